@@ -1,0 +1,10 @@
+//! nix-relay: one SSH endpoint for Nix remote builds.
+//!
+//! Stock Nix clients list the relay as a single builder (`ssh://` or
+//! `ssh-ng://`). The relay decodes each session ([`session`]), keeps every
+//! path it sees in its own store ([`store`], Nix's binary-cache layout),
+//! routes each derivation to the best backend ([`scheduler`]) and drives
+//! that backend over the same protocols ([`backend`]). See ARCHITECTURE.md.
+
+pub mod store;
+pub mod wire;

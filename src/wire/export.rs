@@ -1,0 +1,1 @@
+//! Export stream (serve ImportPaths/ExportPaths).

@@ -1,0 +1,101 @@
+//! The Nix wire layer: bytes ⇄ typed values, and nothing else.
+//!
+//! Invariant: no sockets, no scheduler, no config. Every integer and byte
+//! string goes through [`primitives`]; it is the only module that knows the
+//! byte order and the padding rule. Everything read from the wire is checked
+//! against a [`Limits`] value before anything is allocated.
+
+pub mod export;
+pub mod hash;
+pub mod nar;
+pub mod primitives;
+pub mod serve;
+pub mod store_path;
+
+use std::io;
+
+/// Bounds on what the relay accepts from a peer. Without them a peer could
+/// make the relay allocate whatever length or count it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest generic byte string (derivation env values, error messages).
+    pub max_string_bytes: usize,
+    /// Most elements in one list, set or map.
+    pub max_collection_len: usize,
+    /// Largest NAR accepted in one piece.
+    pub max_nar_bytes: u64,
+}
+
+impl Limits {
+    /// Store paths are at most 211 name bytes + hash + store dir.
+    pub const MAX_PATH_BYTES: usize = 4096;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_string_bytes: 64 << 20,
+            max_collection_len: 1 << 20,
+            max_nar_bytes: 1 << 40,
+        }
+    }
+}
+
+/// A wire-level failure. `field` names what was being read, so a log line
+/// says which step failed ("reading clientVersion: unexpected end of stream").
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {field}: unexpected end of stream")]
+    UnexpectedEof { field: &'static str },
+    #[error("reading {field}")]
+    Read {
+        field: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing to peer")]
+    Write(#[source] io::Error),
+    #[error("reading {field}: length {len} exceeds the limit of {max}")]
+    TooLong {
+        field: &'static str,
+        len: u64,
+        max: u64,
+    },
+    #[error("reading {field}: non-zero padding")]
+    BadPadding { field: &'static str },
+    #[error("reading {field}: not valid UTF-8")]
+    NotUtf8 { field: &'static str },
+    #[error("reading {field}: invalid value {value:#x}")]
+    BadValue { field: &'static str, value: u64 },
+    #[error("bad magic {got:#x} (expected {expected:#x}): peer does not speak this protocol")]
+    BadMagic { got: u64, expected: u64 },
+    #[error("unsupported protocol version {major}.{minor}")]
+    UnsupportedVersion { major: u64, minor: u64 },
+    #[error("unknown command {0}")]
+    UnknownCommand(u64),
+    #[error("invalid store path {path:?}: {reason}")]
+    BadStorePath { path: String, reason: &'static str },
+    #[error("invalid hash {value:?}: {reason}")]
+    BadHash { value: String, reason: &'static str },
+    #[error("malformed NAR at byte {offset}: {reason}")]
+    BadNar { offset: u64, reason: String },
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl Error {
+    pub fn read(field: &'static str, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::UnexpectedEof {
+            Error::UnexpectedEof { field }
+        } else {
+            Error::Read { field, source }
+        }
+    }
+
+    /// True when the peer simply went away (truncated stream).
+    pub fn is_eof(&self) -> bool {
+        matches!(self, Error::UnexpectedEof { .. })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1 @@
+//! Serve protocol (`nix-store --serve`).
