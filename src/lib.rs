@@ -6,5 +6,9 @@
 //! routes each derivation to the best backend ([`scheduler`]) and drives
 //! that backend over the same protocols ([`backend`]). See ARCHITECTURE.md.
 
+pub mod backend;
+pub mod config;
+pub mod scheduler;
+pub mod ssh;
 pub mod store;
 pub mod wire;

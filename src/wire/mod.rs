@@ -5,9 +5,11 @@
 //! byte order and the padding rule. Everything read from the wire is checked
 //! against a [`Limits`] value before anything is allocated.
 
+pub mod build;
 pub mod export;
 pub mod hash;
 pub mod nar;
+pub mod path_info;
 pub mod primitives;
 pub mod serve;
 pub mod store_path;

@@ -15,7 +15,12 @@ pub struct NarLimits {
 
 impl Default for NarLimits {
     fn default() -> Self {
-        NarLimits { max_depth: 256, max_name_len: 255, max_target_len: 4095, max_nar_bytes: 1 << 40 }
+        NarLimits {
+            max_depth: 256,
+            max_name_len: 255,
+            max_target_len: 4095,
+            max_nar_bytes: 1 << 40,
+        }
     }
 }
 

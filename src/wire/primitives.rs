@@ -255,7 +255,9 @@ mod tests {
     #[tokio::test]
     async fn clean_eof_is_distinguished_from_a_partial_integer() {
         assert_eq!(read_u64_or_eof(&mut &[][..], "cmd").await.unwrap(), None);
-        let err = read_u64_or_eof(&mut &[1u8, 2][..], "cmd").await.unwrap_err();
+        let err = read_u64_or_eof(&mut &[1u8, 2][..], "cmd")
+            .await
+            .unwrap_err();
         assert!(err.is_eof());
     }
 }

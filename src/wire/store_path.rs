@@ -56,8 +56,7 @@ impl StorePath {
         if !name.iter().all(ok) {
             return Err("name contains a forbidden character");
         }
-        if name == b"." || name == b".." || name.first() == Some(&b'.') && name.starts_with(b"..")
-        {
+        if name == b"." || name == b".." || name.first() == Some(&b'.') && name.starts_with(b"..") {
             return Err("name is . or ..");
         }
         Ok(())

@@ -1,0 +1,93 @@
+//! Serve-protocol client: the relay driving a backend's `nix-store --serve`.
+//! One request at a time; every method sends a request and reads its reply.
+
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
+use crate::wire::path_info::ValidPathInfo;
+use crate::wire::primitives::read_paths;
+use crate::wire::serve::{self, Request, ServeVersion};
+use crate::wire::store_path::StorePath;
+use crate::wire::{Error, Limits, Result};
+
+pub struct ServeClient<R, W> {
+    pub r: R,
+    pub w: W,
+    pub version: ServeVersion,
+    limits: Limits,
+}
+
+impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, W> {
+    pub fn new(r: R, w: W, version: ServeVersion, limits: Limits) -> Self {
+        ServeClient {
+            r,
+            w,
+            version,
+            limits,
+        }
+    }
+
+    async fn request(&mut self, req: &Request) -> Result<()> {
+        let mut buf = Vec::new();
+        req.write(&mut buf, self.version);
+        serve::send(&mut self.w, &buf).await
+    }
+
+    pub async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<Vec<StorePath>> {
+        self.request(&Request::QueryValidPaths {
+            lock: false,
+            substitute: false,
+            paths,
+        })
+        .await?;
+        read_paths(&mut self.r, "valid paths", &self.limits).await
+    }
+
+    pub async fn query_path_infos(&mut self, paths: Vec<StorePath>) -> Result<Vec<ValidPathInfo>> {
+        self.request(&Request::QueryPathInfos { paths }).await?;
+        serve::read_path_infos(&mut self.r, self.version.minor(), &self.limits).await
+    }
+
+    /// Uploads one path; `nar` must yield exactly `info.nar_size` bytes.
+    pub async fn add_to_store_nar<N: AsyncRead + Unpin>(
+        &mut self,
+        info: &ValidPathInfo,
+        nar: &mut N,
+    ) -> Result<()> {
+        let mut buf = Vec::new();
+        Request::AddToStoreNar { info: info.clone() }.write(&mut buf, self.version);
+        self.w.write_all(&buf).await.map_err(Error::Write)?;
+        let mut limited = nar.take(info.nar_size);
+        let n = tokio::io::copy(&mut limited, &mut self.w)
+            .await
+            .map_err(|e| Error::read("NAR from relay store", e))?;
+        if n != info.nar_size {
+            return Err(Error::UnexpectedEof {
+                field: "NAR from relay store",
+            });
+        }
+        self.w.flush().await.map_err(Error::Write)?;
+        serve::read_ack(&mut self.r, "AddToStoreNar reply").await
+    }
+
+    pub async fn build_derivation(
+        &mut self,
+        drv_path: &StorePath,
+        drv: &BasicDerivation,
+        options: BuildOptions,
+    ) -> Result<BuildResult> {
+        self.request(&Request::BuildDerivation {
+            drv_path: drv_path.clone(),
+            drv: drv.clone(),
+            options,
+        })
+        .await?;
+        BuildResult::read_serve(&mut self.r, self.version.minor(), &self.limits).await
+    }
+
+    /// Asks for a NAR; the caller then reads it from `self.r`.
+    pub async fn dump_store_path(&mut self, path: &StorePath) -> Result<()> {
+        self.request(&Request::DumpStorePath { path: path.clone() })
+            .await
+    }
+}

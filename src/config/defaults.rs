@@ -1,0 +1,84 @@
+//! The embedded default: what `nix-relay serve` runs without a config file.
+//! One relay on loopback, the local machine as its only backend, state in
+//! `./nix-relay-state`, and the user's own SSH public keys as trusted clients.
+
+use std::path::Path;
+
+use super::{Backend, BackendUri, Client, Config, Limits, Server};
+
+pub const LISTEN: &str = "127.0.0.1:2222";
+pub const STATE_DIR: &str = "./nix-relay-state";
+
+/// The system double this relay runs on, as Nix spells it.
+pub fn local_system() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86" => "i686",
+        a => a,
+    };
+    format!("{arch}-{}", std::env::consts::OS)
+}
+
+/// Features a stock Nix advertises by default on this machine.
+pub fn local_features() -> Vec<String> {
+    let mut f: Vec<String> = ["benchmark", "big-parallel", "nixos-test"]
+        .map(String::from)
+        .to_vec();
+    if Path::new("/dev/kvm").exists() {
+        f.push("kvm".into());
+    }
+    f
+}
+
+/// Every `*.pub` key in `~/.ssh`, trusted. Unreadable files are skipped
+/// with a warning: a missing key only means that client cannot log in.
+pub fn home_ssh_keys(home: &Path) -> Vec<Client> {
+    let Ok(dir) = std::fs::read_dir(home.join(".ssh")) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<_> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        match std::fs::read_to_string(&p).map(|t| super::validate::parse_public_key(&t)) {
+            Ok(Ok(key)) => out.push(Client {
+                name: p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                key,
+                trusted: true,
+            }),
+            Ok(Err(e)) => tracing::warn!(file = %p.display(), "skipping client key: {e}"),
+            Err(e) => tracing::warn!(file = %p.display(), "skipping client key: {e}"),
+        }
+    }
+    out
+}
+
+pub fn embedded(home: Option<&Path>) -> Config {
+    let state_dir = Path::new(STATE_DIR).to_owned();
+    Config {
+        server: Server {
+            listen: LISTEN.parse().expect("constant address"),
+            host_key: state_dir.join("ssh_host_ed25519_key"),
+            state_dir,
+        },
+        clients: home.map(home_ssh_keys).unwrap_or_default(),
+        backends: vec![Backend {
+            name: "local".into(),
+            uri: BackendUri::Local,
+            ssh_key: None,
+            host_key: None,
+            systems: vec![local_system()],
+            max_jobs: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            speed_factor: 1.0,
+            supported_features: local_features(),
+            mandatory_features: Vec::new(),
+            connect_timeout: std::time::Duration::from_secs(5),
+        }],
+        limits: Limits::default(),
+    }
+}

@@ -1,0 +1,156 @@
+//! Configuration: TOML → [`RawConfig`] (serde, unknown keys refused) →
+//! validated [`Config`]. Validation collects every problem before failing,
+//! so `check-config` reports them all at once.
+
+pub mod defaults;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use russh::keys::PublicKey;
+
+pub use raw::RawConfig;
+pub use validate::{parse_duration, parse_size};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub clients: Vec<Client>,
+    pub backends: Vec<Backend>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Created (ed25519) on first start if missing.
+    pub host_key: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub name: String,
+    pub key: PublicKey,
+    pub trusted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendUri {
+    /// `ssh://user@host[:port]`: `nix-store --serve --write` over SSH.
+    Ssh {
+        user: String,
+        host: String,
+        port: u16,
+    },
+    /// `local`: `nix-store --serve --write` spawned on this machine.
+    Local,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub uri: BackendUri,
+    pub ssh_key: Option<PathBuf>,
+    /// Pinned host key; a backend whose key differs is refused.
+    pub host_key: Option<PublicKey>,
+    pub systems: Vec<String>,
+    pub max_jobs: u32,
+    pub speed_factor: f64,
+    pub supported_features: Vec<String>,
+    pub mandatory_features: Vec<String>,
+    pub connect_timeout: Duration,
+}
+
+/// Every bound the relay enforces on its peers, named in one place.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest NAR accepted from a client or backend.
+    pub max_nar_size: u64,
+    /// Longest string in a request (env values, error messages).
+    pub max_string_size: u64,
+    /// Most elements in one wire collection.
+    pub max_collection_len: u64,
+    /// Concurrent client sessions; more are refused at exec time.
+    pub max_sessions: u64,
+    /// Jobs waiting for a slot across all systems; more fail at once.
+    pub max_waiting_jobs: u64,
+    /// A client must finish its SSH handshake and protocol hello within this.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_nar_size: 1 << 40,
+            max_string_size: 64 << 20,
+            max_collection_len: 1 << 20,
+            max_sessions: 256,
+            max_waiting_jobs: 10_000,
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Limits {
+    pub fn wire(&self) -> crate::wire::Limits {
+        crate::wire::Limits {
+            max_string_bytes: self.max_string_size as usize,
+            max_collection_len: self.max_collection_len as usize,
+            max_nar_bytes: self.max_nar_size,
+        }
+    }
+
+    pub fn nar(&self) -> crate::wire::nar::NarLimits {
+        crate::wire::nar::NarLimits {
+            max_nar_bytes: self.max_nar_size,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {} problem(s):\n  - {}", path.display(), problems.len(), problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates; `origin` only names the source in errors and
+    /// anchors relative paths.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, Error> {
+        let invalid = |problems| Error::Invalid {
+            path: origin.to_owned(),
+            problems,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(vec![e.to_string()]))?;
+        validate::validate(raw).map_err(invalid)
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,73 @@
+//! The TOML file exactly as written. Unknown keys are refused.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: Option<RawServer>,
+    #[serde(default)]
+    pub client: Vec<RawClient>,
+    #[serde(default)]
+    pub backend: Vec<RawBackend>,
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub host_key: Option<String>,
+    pub state_dir: Option<String>,
+    /// OpenSSH authorized_keys file; every key in it is a trusted client.
+    pub authorized_keys: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub name: String,
+    pub key: String,
+    #[serde(default = "default_true")]
+    pub trusted: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    pub uri: String,
+    pub ssh_key: Option<String>,
+    pub host_key: Option<String>,
+    pub systems: Vec<String>,
+    pub max_jobs: Option<u32>,
+    pub speed_factor: Option<f64>,
+    #[serde(default)]
+    pub supported_features: Vec<String>,
+    #[serde(default)]
+    pub mandatory_features: Vec<String>,
+    pub connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_nar_size: Option<SizeValue>,
+    pub max_string_size: Option<SizeValue>,
+    pub max_collection_len: Option<u64>,
+    pub max_sessions: Option<u64>,
+    pub max_waiting_jobs: Option<u64>,
+    pub handshake_timeout: Option<String>,
+}
+
+/// A size written as a number of bytes or a string like `"200GiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}

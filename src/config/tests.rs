@@ -1,0 +1,95 @@
+use std::path::Path;
+
+use super::*;
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGsl9bcFHoLUq3ANWXnbW6LpSeLX/vfMeDfPmkl2aNB1 lab";
+
+fn example() -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:2300"
+host_key = "/tmp/x/ssh_host_ed25519_key"
+state_dir = "/tmp/x/state"
+
+[[client]]
+name = "lab"
+key = "{KEY}"
+trusted = true
+
+[[backend]]
+name = "h1"
+uri = "ssh://root@127.0.0.1:2301"
+ssh_key = "/tmp/x/id_ed25519"
+host_key = "{KEY}"
+systems = ["x86_64-linux"]
+max_jobs = 2
+speed_factor = 1.0
+supported_features = ["big-parallel"]
+mandatory_features = []
+"#
+    )
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let c = Config::parse(&example(), Path::new("t.toml")).unwrap();
+    assert_eq!(c.server.listen.port(), 2300);
+    assert_eq!(c.clients.len(), 1);
+    let b = &c.backends[0];
+    assert_eq!(
+        b.uri,
+        BackendUri::Ssh {
+            user: "root".into(),
+            host: "127.0.0.1".into(),
+            port: 2301
+        }
+    );
+    assert_eq!(b.max_jobs, 2);
+    assert_eq!(b.supported_features, ["big-parallel"]);
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let text = example().replace("max_jobs = 2", "max_jobs = 2\nmax_jbos = 3");
+    let err = Config::parse(&text, Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_jbos"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = example()
+        .replace("127.0.0.1:2300", "nonsense")
+        .replace("max_jobs = 2", "max_jobs = 0")
+        .replace(&format!("host_key = \"{KEY}\""), "host_key = \"garbage\"");
+    let err = Config::parse(&text, Path::new("t.toml")).unwrap_err();
+    let Error::Invalid { problems, .. } = err else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+}
+
+#[test]
+fn sizes_and_durations_parse() {
+    assert_eq!(parse_size("200GiB").unwrap(), 200 << 30);
+    assert_eq!(parse_size("4096").unwrap(), 4096);
+    assert!(parse_size("12 parsecs").is_err());
+    assert_eq!(parse_duration("30s").unwrap().as_secs(), 30);
+    assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+    assert!(parse_duration("soon").is_err());
+}
+
+#[test]
+fn backend_uris() {
+    use validate::parse_backend_uri as p;
+    assert_eq!(p("local").unwrap(), BackendUri::Local);
+    assert!(matches!(
+        p("ssh://u@h").unwrap(),
+        BackendUri::Ssh { port: 22, .. }
+    ));
+    assert!(p("ssh://h").is_err());
+    assert!(p("http://u@h").is_err());
+}

@@ -1,0 +1,277 @@
+//! RawConfig → Config. Every problem is collected, none stops the others.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use russh::keys::PublicKey;
+
+use super::raw::{RawBackend, RawConfig, RawLimits, SizeValue};
+use super::{Backend, BackendUri, Client, Config, Limits, Server, defaults};
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
+    let mut p = Vec::new();
+    let server = raw.server.unwrap_or_default();
+    let listen = server.listen.as_deref().unwrap_or(defaults::LISTEN);
+    let listen: SocketAddr = listen.parse().unwrap_or_else(|e| {
+        p.push(format!("server.listen {listen:?}: {e}"));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let state_dir = PathBuf::from(server.state_dir.as_deref().unwrap_or(defaults::STATE_DIR));
+    let host_key = server
+        .host_key
+        .map(PathBuf::from)
+        .unwrap_or_else(|| state_dir.join("ssh_host_ed25519_key"));
+    let mut clients = Vec::new();
+    for (i, c) in raw.client.into_iter().enumerate() {
+        match parse_public_key(&c.key) {
+            Ok(key) => clients.push(Client {
+                name: c.name,
+                key,
+                trusted: c.trusted,
+            }),
+            Err(e) => p.push(format!("client[{i}] ({}): key: {e}", c.name)),
+        }
+    }
+    if let Some(path) = server.authorized_keys {
+        match read_authorized_keys(&path) {
+            Ok(mut keys) => clients.append(&mut keys),
+            Err(e) => p.push(format!("server.authorized_keys {path:?}: {e}")),
+        }
+    }
+    let mut names = HashSet::new();
+    let mut backends = Vec::new();
+    for (i, b) in raw.backend.into_iter().enumerate() {
+        if !names.insert(b.name.clone()) {
+            p.push(format!("backend[{i}]: duplicate name {:?}", b.name));
+        }
+        if let Some(b) = validate_backend(i, b, &mut p) {
+            backends.push(b);
+        }
+    }
+    if backends.is_empty() {
+        p.push("no [[backend]]: the relay needs at least one".into());
+    }
+    let limits = validate_limits(raw.limits.unwrap_or_default(), &mut p);
+    if !p.is_empty() {
+        return Err(p);
+    }
+    Ok(Config {
+        server: Server {
+            listen,
+            host_key,
+            state_dir,
+        },
+        clients,
+        backends,
+        limits,
+    })
+}
+
+fn validate_backend(i: usize, b: RawBackend, p: &mut Vec<String>) -> Option<Backend> {
+    let at = format!("backend[{i}] ({})", b.name);
+    let n = p.len();
+    let uri = parse_backend_uri(&b.uri).map_err(|e| p.push(format!("{at}: uri {:?}: {e}", b.uri)));
+    let host_key = match b.host_key.as_deref().map(parse_public_key) {
+        Some(Err(e)) => {
+            p.push(format!("{at}: host_key: {e}"));
+            None
+        }
+        Some(Ok(k)) => Some(k),
+        None => None,
+    };
+    if let Ok(BackendUri::Ssh { .. }) = uri {
+        if b.ssh_key.is_none() {
+            p.push(format!("{at}: ssh:// backends need ssh_key"));
+        }
+        if host_key.is_none() {
+            p.push(format!("{at}: ssh:// backends need host_key (pinned, e.g. the contents of ssh_host_ed25519_key.pub)"));
+        }
+    }
+    if b.systems.is_empty() {
+        p.push(format!("{at}: systems is empty"));
+    }
+    let max_jobs = b.max_jobs.unwrap_or(1);
+    if max_jobs == 0 {
+        p.push(format!("{at}: max_jobs must be at least 1"));
+    }
+    let speed_factor = b.speed_factor.unwrap_or(1.0);
+    if !(speed_factor.is_finite() && speed_factor > 0.0) {
+        p.push(format!("{at}: speed_factor must be a positive number"));
+    }
+    let connect_timeout = match b.connect_timeout.as_deref().map(parse_duration) {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            p.push(format!("{at}: connect_timeout: {e}"));
+            DEFAULT_CONNECT_TIMEOUT
+        }
+        None => DEFAULT_CONNECT_TIMEOUT,
+    };
+    if p.len() > n {
+        return None;
+    }
+    Some(Backend {
+        name: b.name,
+        uri: uri.ok()?,
+        ssh_key: b.ssh_key.map(PathBuf::from),
+        host_key,
+        systems: b.systems,
+        max_jobs,
+        speed_factor,
+        supported_features: b.supported_features,
+        mandatory_features: b.mandatory_features,
+        connect_timeout,
+    })
+}
+
+fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
+    let d = Limits::default();
+    let mut size = |name: &str, v: Option<SizeValue>, default: u64| match v.map(size_of) {
+        None => default,
+        Some(Ok(0)) => {
+            p.push(format!("limits.{name} must be positive"));
+            default
+        }
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            p.push(format!("limits.{name}: {e}"));
+            default
+        }
+    };
+    let mut out = Limits {
+        max_nar_size: size("max_nar_size", l.max_nar_size, d.max_nar_size),
+        max_string_size: size("max_string_size", l.max_string_size, d.max_string_size),
+        max_collection_len: size(
+            "max_collection_len",
+            l.max_collection_len.map(SizeValue::Bytes),
+            d.max_collection_len,
+        ),
+        max_sessions: size(
+            "max_sessions",
+            l.max_sessions.map(SizeValue::Bytes),
+            d.max_sessions,
+        ),
+        max_waiting_jobs: size(
+            "max_waiting_jobs",
+            l.max_waiting_jobs.map(SizeValue::Bytes),
+            d.max_waiting_jobs,
+        ),
+        handshake_timeout: d.handshake_timeout,
+    };
+    if let Some(t) = l.handshake_timeout {
+        match parse_duration(&t) {
+            Ok(v) => out.handshake_timeout = v,
+            Err(e) => p.push(format!("limits.handshake_timeout: {e}")),
+        }
+    }
+    out
+}
+
+fn size_of(v: SizeValue) -> Result<u64, String> {
+    match v {
+        SizeValue::Bytes(n) => Ok(n),
+        SizeValue::Text(t) => parse_size(&t),
+    }
+}
+
+/// `ssh://user@host[:port]` or `local`.
+pub fn parse_backend_uri(s: &str) -> Result<BackendUri, String> {
+    if s == "local" {
+        return Ok(BackendUri::Local);
+    }
+    let rest = s.strip_prefix("ssh://").ok_or(
+        "expected ssh://user@host[:port] or \"local\" (ssh-ng:// backends are not supported yet)",
+    )?;
+    let (user, hostport) = rest.split_once('@').ok_or("missing user@")?;
+    if user.is_empty() {
+        return Err("empty user".into());
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h, p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?)
+        }
+        _ => (hostport, 22),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains('/') {
+        return Err("bad host".into());
+    }
+    Ok(BackendUri::Ssh {
+        user: user.into(),
+        host: host.into(),
+        port,
+    })
+}
+
+pub fn parse_public_key(s: &str) -> Result<PublicKey, String> {
+    PublicKey::from_openssh(s.trim()).map_err(|e| format!("not an OpenSSH public key ({e})"))
+}
+
+fn read_authorized_keys(path: &str) -> Result<Vec<Client>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = parse_public_key(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let name = key.comment().to_string();
+        out.push(Client {
+            name: if name.is_empty() {
+                format!("key{}", n + 1)
+            } else {
+                name
+            },
+            key,
+            trusted: true,
+        });
+    }
+    Ok(out)
+}
+
+/// `"30s"`, `"5m"`, `"2h"`, `"250ms"`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" | "min" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// `"200GiB"`, `"512MiB"`, `"1TB"`, `"4096"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "bad size unit in {s:?} (use B, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} overflows"))
+}

@@ -1,0 +1,232 @@
+//! Slots and queues. [`Scheduler::acquire`] returns a [`Slot`] on a backend
+//! chosen by [`policy::pick`]; dropping the slot frees it and hands it to
+//! the oldest waiting job that fits.
+//!
+//! Invariant: all state lives in one `State` behind one lock, never held
+//! across an await; the choice itself is the pure `policy::pick`. Per
+//! system, waiting jobs are served first come, first served.
+
+pub mod policy;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::config::Backend;
+pub use policy::{BackendView, Decision, JobSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no backend can build for system {system:?} with features [{features}]; configured: {configured}"
+    )]
+    NoneEligible {
+        system: String,
+        features: String,
+        configured: String,
+    },
+    #[error("too many jobs waiting ({0}); try again later")]
+    QueueFull(u64),
+}
+
+struct Waiter {
+    seq: u64,
+    job: JobSpec,
+    tx: oneshot::Sender<Slot>,
+}
+
+struct State {
+    running: Vec<u32>,
+    queues: BTreeMap<String, VecDeque<Waiter>>,
+    waiting: u64,
+    next_seq: u64,
+}
+
+pub struct Scheduler {
+    backends: Vec<Backend>,
+    max_waiting: u64,
+    state: Mutex<State>,
+}
+
+/// A claimed build slot. Dropping it releases the slot.
+pub struct Slot {
+    scheduler: Arc<Scheduler>,
+    backend: usize,
+}
+
+impl Slot {
+    pub fn backend(&self) -> &Backend {
+        &self.scheduler.backends[self.backend]
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let sched = self.scheduler.clone();
+        sched.release(self.backend);
+    }
+}
+
+/// Returned while a job waits: where it stands in its queue.
+pub enum Acquired {
+    Now(Slot),
+    Queued {
+        position: usize,
+        rx: oneshot::Receiver<Slot>,
+    },
+}
+
+impl Scheduler {
+    pub fn new(backends: Vec<Backend>, max_waiting: u64) -> Arc<Scheduler> {
+        let state = State {
+            running: vec![0; backends.len()],
+            queues: BTreeMap::new(),
+            waiting: 0,
+            next_seq: 0,
+        };
+        Arc::new(Scheduler {
+            backends,
+            max_waiting,
+            state: Mutex::new(state),
+        })
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated
+        // in a way that matters more than stopping; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn views<'a>(&'a self, running: &[u32]) -> Vec<BackendView<'a>> {
+        self.backends
+            .iter()
+            .zip(running)
+            .map(|(b, &running)| BackendView {
+                name: &b.name,
+                systems: &b.systems,
+                supported_features: &b.supported_features,
+                mandatory_features: &b.mandatory_features,
+                max_jobs: b.max_jobs,
+                running,
+                speed_factor: b.speed_factor,
+            })
+            .collect()
+    }
+
+    /// Claims a slot now, or queues the job (FIFO per system).
+    pub fn try_acquire(self: &Arc<Self>, job: JobSpec) -> Result<Acquired, Error> {
+        let mut st = self.lock();
+        let queue_empty = st.queues.get(&job.system).is_none_or(VecDeque::is_empty);
+        match policy::pick(&job, &self.views(&st.running), Instant::now()) {
+            Decision::NoneEligible => Err(self.none_eligible(&job)),
+            Decision::Run(i) if queue_empty => {
+                st.running[i] += 1;
+                Ok(Acquired::Now(Slot {
+                    scheduler: self.clone(),
+                    backend: i,
+                }))
+            }
+            Decision::Run(_) | Decision::Wait => {
+                if st.waiting >= self.max_waiting {
+                    return Err(Error::QueueFull(st.waiting));
+                }
+                let (tx, rx) = oneshot::channel();
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                st.waiting += 1;
+                let q = st.queues.entry(job.system.clone()).or_default();
+                q.push_back(Waiter { seq, job, tx });
+                let position = q.len();
+                Ok(Acquired::Queued { position, rx })
+            }
+        }
+    }
+
+    /// Waits for a queued job's slot. Dropping the future leaves the queue:
+    /// a slot handed over meanwhile is released again.
+    pub async fn wait(rx: oneshot::Receiver<Slot>) -> Option<Slot> {
+        rx.await.ok()
+    }
+
+    fn none_eligible(&self, job: &JobSpec) -> Error {
+        let configured = self
+            .backends
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} (systems {}; features {})",
+                    b.name,
+                    b.systems.join(","),
+                    b.supported_features.join(",")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Error::NoneEligible {
+            system: job.system.clone(),
+            features: job.required_features.join(", "),
+            configured,
+        }
+    }
+
+    fn release(self: &Arc<Self>, backend: usize) {
+        let refused = {
+            let mut st = self.lock();
+            st.running[backend] = st.running[backend].saturating_sub(1);
+            self.dispatch(&mut st)
+        };
+        // Slots whose waiter had gone; dropping them (outside the lock)
+        // releases them again.
+        drop(refused);
+    }
+
+    /// Hands free slots to queue heads, oldest head first. Returns the
+    /// slots whose waiters had already given up.
+    fn dispatch(self: &Arc<Self>, st: &mut State) -> Vec<Slot> {
+        let mut refused = Vec::new();
+        loop {
+            let mut heads: Vec<(u64, String)> = st
+                .queues
+                .iter()
+                .filter_map(|(sys, q)| q.front().map(|w| (w.seq, sys.clone())))
+                .collect();
+            heads.sort();
+            let mut progressed = false;
+            for (_, sys) in heads {
+                let Some(head) = st.queues.get(&sys).and_then(VecDeque::front) else {
+                    continue;
+                };
+                let Decision::Run(i) =
+                    policy::pick(&head.job, &self.views(&st.running), Instant::now())
+                else {
+                    continue;
+                };
+                let Some(w) = st.queues.get_mut(&sys).and_then(VecDeque::pop_front) else {
+                    continue;
+                };
+                st.waiting -= 1;
+                st.running[i] += 1;
+                let slot = Slot {
+                    scheduler: self.clone(),
+                    backend: i,
+                };
+                if let Err(slot) = w.tx.send(slot) {
+                    refused.push(slot);
+                }
+                progressed = true;
+            }
+            if !progressed {
+                return refused;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+use std::time::Duration;
+
+use super::*;
+use crate::config::BackendUri;
+
+fn backend(name: &str, systems: &[&str], max_jobs: u32) -> Backend {
+    Backend {
+        name: name.into(),
+        uri: BackendUri::Local,
+        ssh_key: None,
+        host_key: None,
+        systems: systems.iter().map(|s| s.to_string()).collect(),
+        max_jobs,
+        speed_factor: 1.0,
+        supported_features: vec![],
+        mandatory_features: vec![],
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+fn job(system: &str) -> JobSpec {
+    JobSpec {
+        system: system.into(),
+        required_features: vec![],
+    }
+}
+
+fn now(a: Acquired) -> Slot {
+    match a {
+        Acquired::Now(s) => s,
+        Acquired::Queued { .. } => panic!("expected a slot now"),
+    }
+}
+
+fn queued(a: Acquired) -> (usize, oneshot::Receiver<Slot>) {
+    match a {
+        Acquired::Queued { position, rx } => (position, rx),
+        Acquired::Now(_) => panic!("expected to wait"),
+    }
+}
+
+#[tokio::test]
+async fn waiting_jobs_get_freed_slots_in_arrival_order() {
+    let s = Scheduler::new(vec![backend("a", &["x"], 1)], 10);
+    let first = now(s.try_acquire(job("x")).unwrap());
+    let (p1, mut rx1) = queued(s.try_acquire(job("x")).unwrap());
+    let (p2, mut rx2) = queued(s.try_acquire(job("x")).unwrap());
+    assert_eq!((p1, p2), (1, 2));
+    drop(first);
+    let second = rx1.try_recv().expect("oldest waiter gets the slot");
+    assert!(rx2.try_recv().is_err());
+    drop(second);
+    assert_eq!(rx2.try_recv().unwrap().backend().name, "a");
+}
+
+#[tokio::test]
+async fn a_waiter_that_gave_up_does_not_leak_its_slot() {
+    let s = Scheduler::new(vec![backend("a", &["x"], 1)], 10);
+    let first = now(s.try_acquire(job("x")).unwrap());
+    let (_, rx1) = queued(s.try_acquire(job("x")).unwrap());
+    let (_, mut rx2) = queued(s.try_acquire(job("x")).unwrap());
+    drop(rx1);
+    drop(first);
+    assert!(
+        rx2.try_recv().is_ok(),
+        "slot passed on past the departed waiter"
+    );
+}
+
+#[tokio::test]
+async fn other_systems_are_not_blocked_by_a_full_queue() {
+    let s = Scheduler::new(vec![backend("a", &["x"], 1), backend("b", &["y"], 1)], 10);
+    let _x = now(s.try_acquire(job("x")).unwrap());
+    let _wait = queued(s.try_acquire(job("x")).unwrap());
+    assert_eq!(now(s.try_acquire(job("y")).unwrap()).backend().name, "b");
+}
+
+#[tokio::test]
+async fn jobs_nobody_can_build_fail_at_once_with_a_reason() {
+    let s = Scheduler::new(vec![backend("a", &["x86_64-linux"], 1)], 10);
+    let Err(err) = s.try_acquire(job("aarch64-linux")) else {
+        panic!("expected an error")
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains("aarch64-linux") && msg.contains("a (systems x86_64-linux"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn the_waiting_queue_is_bounded() {
+    let s = Scheduler::new(vec![backend("a", &["x"], 1)], 1);
+    let _a = now(s.try_acquire(job("x")).unwrap());
+    let _w = queued(s.try_acquire(job("x")).unwrap());
+    assert!(matches!(s.try_acquire(job("x")), Err(Error::QueueFull(1))));
+}

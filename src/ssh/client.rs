@@ -1,0 +1,160 @@
+//! The relay as an SSH client of its backends: public-key login with a key
+//! file, the backend's host key pinned from the config (no trust on first
+//! use), one exec channel per connection.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use tokio::io::{ReadHalf, SimplexStream};
+
+use super::{ChannelEnd, LogSink, PIPE_BYTES, pump};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading SSH key {path}")]
+    Key {
+        path: String,
+        #[source]
+        source: russh::keys::Error,
+    },
+    #[error("connecting to {addr} timed out after {after:?}")]
+    Timeout { addr: String, after: Duration },
+    #[error("host key of {addr} does not match the pinned host_key (it offered {offered})")]
+    HostKeyMismatch { addr: String, offered: String },
+    #[error("connecting to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: russh::Error,
+    },
+    #[error("{user}@{addr} refused our key")]
+    AuthRefused { user: String, addr: String },
+    #[error("opening an exec channel on {addr}")]
+    Channel {
+        addr: String,
+        #[source]
+        source: russh::Error,
+    },
+}
+
+pub struct Target<'a> {
+    pub user: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    pub key_file: &'a std::path::Path,
+    pub host_key: &'a PublicKey,
+    pub timeout: Duration,
+}
+
+pub struct Pinned {
+    expected: PublicKey,
+    offered: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Pinned {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        let ok = key.key_data() == self.expected.key_data();
+        if !ok && let Ok(mut o) = self.offered.lock() {
+            *o = Some(
+                key.to_openssh()
+                    .unwrap_or_else(|_| "an unreadable key".into()),
+            );
+        }
+        Ok(ok)
+    }
+}
+
+/// A running remote command: its stdout as a pipe, its stdin as a writer.
+pub struct Exec {
+    pub stdout: ReadHalf<SimplexStream>,
+    pub stdin: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    pub ended: tokio::task::JoinHandle<ChannelEnd>,
+    /// Keeps the connection open; dropping it disconnects.
+    pub handle: client::Handle<Pinned>,
+}
+
+fn config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        nodelay: true,
+        inactivity_timeout: None,
+        ..Default::default()
+    })
+}
+
+/// Connects, authenticates and runs `command`; stderr goes to `log`.
+pub async fn exec(t: &Target<'_>, command: &str, log: Option<LogSink>) -> Result<Exec, Error> {
+    let addr = format!("{}:{}", t.host, t.port);
+    let key = russh::keys::load_secret_key(t.key_file, None).map_err(|source| Error::Key {
+        path: t.key_file.display().to_string(),
+        source,
+    })?;
+    let offered = Arc::new(Mutex::new(None));
+    let handler = Pinned {
+        expected: t.host_key.clone(),
+        offered: offered.clone(),
+    };
+    let connect = client::connect(config(), (t.host, t.port), handler);
+    let mut handle = match tokio::time::timeout(t.timeout, connect).await {
+        Err(_) => {
+            return Err(Error::Timeout {
+                addr,
+                after: t.timeout,
+            });
+        }
+        Ok(Err(source)) => {
+            if let Some(offered) = offered.lock().ok().and_then(|o| o.clone()) {
+                return Err(Error::HostKeyMismatch { addr, offered });
+            }
+            return Err(Error::Connect { addr, source });
+        }
+        Ok(Ok(h)) => h,
+    };
+    let hash = if key.algorithm().is_rsa() {
+        handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten()
+    } else {
+        None
+    };
+    let auth = handle
+        .authenticate_publickey(t.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+        .await
+        .map_err(|source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    if !auth.success() {
+        return Err(Error::AuthRefused {
+            user: t.user.into(),
+            addr,
+        });
+    }
+    let chan_err = |source| Error::Channel {
+        addr: addr.clone(),
+        source,
+    };
+    let channel = handle.channel_open_session().await.map_err(chan_err)?;
+    channel.exec(true, command).await.map_err(chan_err)?;
+    let (rx, tx) = channel.split();
+    let (stdout, pipe_in) = tokio::io::simplex(PIPE_BYTES);
+    let ended = tokio::spawn(pump(rx, pipe_in, log));
+    Ok(Exec {
+        stdout,
+        stdin: Box::new(tx.make_writer()),
+        ended,
+        handle,
+    })
+}

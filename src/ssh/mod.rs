@@ -1,0 +1,64 @@
+//! SSH on both sides: the front end clients log into ([`server`]) and the
+//! client the relay uses to reach its backends ([`client`]).
+//!
+//! russh delivers a channel's data through a bounded per-channel queue and
+//! stalls the whole connection while it is full, so a channel's reading half
+//! is always drained by its own task ([`pump`]) into a byte pipe; the
+//! protocol code then reads the pipe and writes the writing half freely.
+
+pub mod client;
+pub mod server;
+
+use bytes::Bytes;
+use russh::ChannelMsg;
+use russh::ChannelReadHalf;
+use tokio::io::{AsyncWriteExt, SimplexStream, WriteHalf};
+use tokio::sync::mpsc;
+
+/// Where a build log goes: a bounded queue of stderr chunks.
+pub type LogSink = mpsc::Sender<Bytes>;
+
+/// Bytes buffered between a channel and its reader. Without a bound a fast
+/// peer could fill memory while the relay waits on the other side.
+pub const PIPE_BYTES: usize = 1 << 20;
+
+/// How a channel ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChannelEnd {
+    pub exit_status: Option<u32>,
+}
+
+/// Drains a channel: data into `data`, stderr (extended data 1) into `log`.
+/// Returns when the peer sends EOF or closes, or the pipe's reader is gone.
+pub async fn pump(
+    mut rx: ChannelReadHalf,
+    mut data: WriteHalf<SimplexStream>,
+    log: Option<LogSink>,
+) -> ChannelEnd {
+    let mut end = ChannelEnd::default();
+    let mut data_open = true;
+    while let Some(msg) = rx.wait().await {
+        match msg {
+            ChannelMsg::Data { data: d } if data_open => {
+                if data.write_all(&d).await.is_err() {
+                    data_open = false;
+                }
+            }
+            ChannelMsg::ExtendedData { data: d, ext: 1 } => {
+                if let Some(log) = &log {
+                    // A gone log reader only means nobody listens any more.
+                    let _ = log.send(Bytes::copy_from_slice(&d)).await;
+                }
+            }
+            ChannelMsg::Eof => {
+                let _ = data.shutdown().await;
+                data_open = false;
+            }
+            ChannelMsg::ExitStatus { exit_status } => end.exit_status = Some(exit_status),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    let _ = data.shutdown().await;
+    end
+}
