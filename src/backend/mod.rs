@@ -53,7 +53,7 @@ enum Transport {
         _handle: russh::client::Handle<crate::ssh::client::Pinned>,
         _ended: tokio::task::JoinHandle<crate::ssh::ChannelEnd>,
     },
-    Local(tokio::process::Child),
+    Local { _child: tokio::process::Child },
 }
 
 /// One live `nix-store --serve --write` on a backend.
@@ -80,7 +80,7 @@ pub async fn connect(
     ) = match &b.uri {
         BackendUri::Local => {
             let (r, w, child) = spawn_local(b, log)?;
-            (r, w, Transport::Local(child))
+            (r, w, Transport::Local { _child: child })
         }
         BackendUri::Ssh { user, host, port } => {
             let (Some(key_file), Some(host_key)) = (&b.ssh_key, &b.host_key) else {

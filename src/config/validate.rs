@@ -44,6 +44,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     }
     let mut names = HashSet::new();
     let mut backends = Vec::new();
+    if raw.backend.is_empty() {
+        p.push("no [[backend]]: the relay needs at least one".into());
+    }
     for (i, b) in raw.backend.into_iter().enumerate() {
         if !names.insert(b.name.clone()) {
             p.push(format!("backend[{i}]: duplicate name {:?}", b.name));
@@ -51,9 +54,6 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         if let Some(b) = validate_backend(i, b, &mut p) {
             backends.push(b);
         }
-    }
-    if backends.is_empty() {
-        p.push("no [[backend]]: the relay needs at least one".into());
     }
     let limits = validate_limits(raw.limits.unwrap_or_default(), &mut p);
     if !p.is_empty() {
@@ -87,7 +87,7 @@ fn validate_backend(i: usize, b: RawBackend, p: &mut Vec<String>) -> Option<Back
         if b.ssh_key.is_none() {
             p.push(format!("{at}: ssh:// backends need ssh_key"));
         }
-        if host_key.is_none() {
+        if b.host_key.is_none() {
             p.push(format!("{at}: ssh:// backends need host_key (pinned, e.g. the contents of ssh_host_ed25519_key.pub)"));
         }
     }
