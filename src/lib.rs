@@ -7,8 +7,12 @@
 //! that backend over the same protocols ([`backend`]). See ARCHITECTURE.md.
 
 pub mod backend;
+pub mod cli;
 pub mod config;
+pub mod keys;
+pub mod machines;
 pub mod scheduler;
+pub mod session;
 pub mod ssh;
 pub mod store;
 pub mod wire;

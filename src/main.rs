@@ -1,1 +1,43 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use nix_relay::cli::{Cli, Cmd, load_config, serve};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve { config } => load_config(config.as_deref())
+            .and_then(|c| tokio::runtime::Runtime::new()?.block_on(serve(c))),
+        Cmd::CheckConfig { file } => match nix_relay::config::Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} clients, {} backends)",
+                    file.display(),
+                    c.clients.len(),
+                    c.backends.len()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Cmd::MachinesEntry { config } => load_config(config.as_deref())
+            .and_then(|c| nix_relay::machines::entry(&c).map(|s| print!("{s}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nix-relay: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

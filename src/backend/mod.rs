@@ -53,15 +53,17 @@ enum Transport {
         _handle: russh::client::Handle<crate::ssh::client::Pinned>,
         _ended: tokio::task::JoinHandle<crate::ssh::ChannelEnd>,
     },
-    Local { _child: tokio::process::Child },
+    Local {
+        _child: tokio::process::Child,
+    },
 }
 
 /// One live `nix-store --serve --write` on a backend.
 pub struct BackendConn {
     pub name: String,
     pub client: ServeClient<
-        BufReader<Box<dyn AsyncRead + Send + Unpin>>,
-        Box<dyn AsyncWrite + Send + Unpin>,
+        BufReader<Box<dyn AsyncRead + Send + Sync + Unpin>>,
+        Box<dyn AsyncWrite + Send + Sync + Unpin>,
     >,
     _transport: Transport,
 }
@@ -74,8 +76,8 @@ pub async fn connect(
     limits: crate::wire::Limits,
 ) -> Result<BackendConn, Error> {
     let (r, w, transport): (
-        Box<dyn AsyncRead + Send + Unpin>,
-        Box<dyn AsyncWrite + Send + Unpin>,
+        Box<dyn AsyncRead + Send + Sync + Unpin>,
+        Box<dyn AsyncWrite + Send + Sync + Unpin>,
         _,
     ) = match &b.uri {
         BackendUri::Local => {
@@ -145,8 +147,8 @@ pub async fn connect(
 }
 
 type Pipes = (
-    Box<dyn AsyncRead + Send + Unpin>,
-    Box<dyn AsyncWrite + Send + Unpin>,
+    Box<dyn AsyncRead + Send + Sync + Unpin>,
+    Box<dyn AsyncWrite + Send + Sync + Unpin>,
     tokio::process::Child,
 );
 

@@ -77,7 +77,7 @@ impl client::Handler for Pinned {
 /// A running remote command: its stdout as a pipe, its stdin as a writer.
 pub struct Exec {
     pub stdout: ReadHalf<SimplexStream>,
-    pub stdin: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    pub stdin: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
     pub ended: tokio::task::JoinHandle<ChannelEnd>,
     /// Keeps the connection open; dropping it disconnects.
     pub handle: client::Handle<Pinned>,

@@ -1,0 +1,119 @@
+//! Command-line surface (clap). `anyhow` lives here and in main only.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, error, info, info_span};
+
+use crate::config::Config;
+use crate::scheduler::Scheduler;
+use crate::session::Relay;
+use crate::ssh::server::{Conn, FrontEnd};
+use crate::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "nix-relay",
+    version,
+    about = "One SSH endpoint for Nix remote builds"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the relay (without --config: local backend, loopback, ./nix-relay-state).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and report every problem (exit 1 on any).
+    CheckConfig { file: PathBuf },
+    /// Print the builder entry for clients (machines-file line and Nix form).
+    MachinesEntry {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(crate::config::defaults::embedded(
+            std::env::var_os("HOME").as_deref().map(Path::new),
+        )),
+    }
+}
+
+pub async fn serve(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.server.state_dir)
+        .with_context(|| format!("creating state dir {}", config.server.state_dir.display()))?;
+    let host_key = crate::keys::load_or_create_host_key(&config.server.host_key)?;
+    let store = Store::open(&config.server.state_dir.join("cache"))?;
+    if config.clients.is_empty() {
+        tracing::warn!("no client keys configured: nobody can log in");
+    }
+    let relay = Arc::new(Relay {
+        store,
+        scheduler: Scheduler::new(config.backends.clone(), config.limits.max_waiting_jobs),
+        limits: config.limits,
+    });
+    let front = Arc::new(FrontEnd {
+        relay,
+        clients: Arc::new(config.clients.clone()),
+        sessions: Arc::new(Semaphore::new(config.limits.max_sessions as usize)),
+    });
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    let ssh_config = crate::ssh::server::config(host_key.clone());
+    info!(listen = %config.server.listen, backends = config.backends.len(), "nix-relay listening");
+    println!(
+        "{}",
+        crate::machines::how_to_point_nix(&config, host_key.public_key())
+    );
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (socket, peer) = accepted.context("accepting a connection")?;
+                let handler = Conn::new(front.clone(), peer.to_string());
+                let cfg = ssh_config.clone();
+                tokio::spawn(async move {
+                    match russh::server::run_stream(cfg, socket, handler).await {
+                        Ok(running) => {
+                            if let Err(e) = running.await {
+                                tracing::debug!("connection ended: {e}");
+                            }
+                        }
+                        Err(e) => tracing::debug!("ssh handshake failed: {e}"),
+                    }
+                }.instrument(info_span!("conn", %peer)));
+            }
+            _ = shutdown_signal() => {
+                info!("shutting down");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,311 @@
+//! A serve-protocol session: a Nix client's `nix-store --serve [--write]`.
+//!
+//! Queries are answered from the relay store, uploads stream into it, and
+//! BuildDerivation goes to a backend ([`super::build`]). Outputs a build
+//! produced stay on the backend until the client asks for them; then they
+//! stream to the client and into the store in one pass (the tee). Outputs
+//! the client never asks for are fetched into the store when the session
+//! ends, so every build lands in the store.
+//!
+//! Invariant: a response is written only after its request was read
+//! whole, and a failure that the serve protocol cannot express (it has no
+//! error channel) ends the session with the reason on the client's stderr.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWrite};
+use tracing::{debug, info, warn};
+
+use super::build::{self, Finished};
+use super::{Error, Relay};
+use crate::ssh::LogSink;
+use crate::store::{Verify, topo_sort};
+use crate::wire::build::{BuildResult, BuildStatus};
+use crate::wire::path_info::ValidPathInfo;
+use crate::wire::primitives::{put_paths, put_u64};
+use crate::wire::serve::{self, Request, ServeVersion, write_path_infos};
+use crate::wire::store_path::StorePath;
+use crate::wire::{export, primitives};
+
+pub struct ServeSession<R, W> {
+    relay: Arc<Relay>,
+    r: R,
+    w: W,
+    log: LogSink,
+    writable: bool,
+    version: ServeVersion,
+    /// Outputs built on a backend, not yet in the relay store.
+    pending: Option<Finished>,
+}
+
+/// Runs one session to its end. `Ok` on a clean end of the client's input.
+pub async fn run<R, W>(
+    relay: Arc<Relay>,
+    r: R,
+    w: W,
+    log: LogSink,
+    writable: bool,
+) -> Result<(), Error>
+where
+    R: AsyncBufRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut s = ServeSession {
+        relay,
+        r,
+        w,
+        log,
+        writable,
+        version: ServeVersion::LATEST,
+        pending: None,
+    };
+    let result = s.serve().await;
+    s.settle_pending().await;
+    result
+}
+
+impl<R, W> ServeSession<R, W>
+where
+    R: AsyncBufRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    async fn serve(&mut self) -> Result<(), Error> {
+        self.version = serve::server_handshake(&mut self.r, &mut self.w).await?;
+        debug!(version = %self.version, "serve handshake done");
+        let limits = self.relay.limits.wire();
+        while let Some(req) = Request::read(&mut self.r, self.version, &limits).await? {
+            debug!(command = ?req.command(), "request");
+            self.handle(req).await?;
+        }
+        Ok(())
+    }
+
+    fn need_write(&self, what: &'static str) -> Result<(), Error> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Error::ReadOnly(what))
+        }
+    }
+
+    async fn reply(&mut self, buf: &[u8]) -> Result<(), Error> {
+        Ok(serve::send(&mut self.w, buf).await?)
+    }
+
+    async fn handle(&mut self, req: Request) -> Result<(), Error> {
+        match req {
+            Request::QueryValidPaths { paths, .. } => self.query_valid_paths(paths).await,
+            Request::QueryPathInfos { paths } => self.query_path_infos(paths).await,
+            Request::DumpStorePath { path } => self.dump_store_path(path).await,
+            Request::ImportPaths => self.import_paths().await,
+            Request::ExportPaths { paths, .. } => self.export_paths(paths).await,
+            Request::BuildPaths { paths, .. } => self.build_paths(paths).await,
+            Request::QueryClosure { paths, .. } => self.query_closure(paths).await,
+            Request::BuildDerivation {
+                drv_path,
+                drv,
+                options,
+            } => {
+                self.need_write("BuildDerivation")?;
+                self.settle_pending().await;
+                let (result, finished) =
+                    build::run(&self.relay, &self.log, &drv_path, &drv, options).await;
+                self.pending = finished;
+                let mut buf = Vec::new();
+                result.write_serve(&mut buf, self.version.minor());
+                self.reply(&buf).await
+            }
+            Request::AddToStoreNar { info } => self.add_to_store_nar(info).await,
+        }
+    }
+
+    /// Metadata from the store, or from a finished build's pending outputs.
+    async fn lookup(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Error> {
+        if let Some(i) = self.pending.as_ref().and_then(|p| p.outputs.get(path)) {
+            return Ok(Some(i.clone()));
+        }
+        Ok(self.relay.store.path_info(path).await?)
+    }
+
+    async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
+        let mut valid = Vec::new();
+        for p in paths {
+            if self.lookup(&p).await?.is_some() {
+                valid.push(p);
+            }
+        }
+        let mut buf = Vec::new();
+        put_paths(&mut buf, valid.iter());
+        self.reply(&buf).await
+    }
+
+    async fn query_path_infos(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
+        let mut infos = Vec::new();
+        for p in paths {
+            if let Some(i) = self.lookup(&p).await? {
+                infos.push(i);
+            }
+        }
+        let mut buf = Vec::new();
+        write_path_infos(&mut buf, &infos, self.version.minor());
+        self.reply(&buf).await
+    }
+
+    async fn dump_store_path(&mut self, path: StorePath) -> Result<(), Error> {
+        if let Some(pending) = self.pending.as_mut()
+            && pending.outputs.contains_key(&path)
+        {
+            pending.fetch(&self.relay, &path, Some(&mut self.w)).await?;
+            return Ok(());
+        }
+        let (_, mut nar) = self.relay.store.open_nar(&path).await?;
+        tokio::io::copy_buf(&mut nar, &mut self.w)
+            .await
+            .map_err(crate::wire::Error::Write)?;
+        Ok(serve::send(&mut self.w, &[]).await?)
+    }
+
+    async fn add_to_store_nar(&mut self, info: ValidPathInfo) -> Result<(), Error> {
+        self.need_write("AddToStoreNar")?;
+        let mut writer = self.relay.store.begin(self.relay.limits.nar()).await?;
+        let mut limited = (&mut self.r).take(info.nar_size);
+        writer
+            .pump(&mut limited, None::<&mut W>, &info.path)
+            .await?;
+        if limited.limit() != 0 {
+            return Err(Error::Refused(format!(
+                "NAR of {} ended {} bytes before the declared narSize",
+                info.path,
+                limited.limit()
+            )));
+        }
+        let path = info.path.clone();
+        writer.commit(info, Verify::Declared).await?;
+        debug!(%path, "upload stored");
+        let mut buf = Vec::new();
+        put_u64(&mut buf, 1);
+        self.reply(&buf).await
+    }
+
+    async fn import_paths(&mut self) -> Result<(), Error> {
+        self.need_write("ImportPaths")?;
+        let limits = self.relay.limits.wire();
+        while export::read_next(&mut self.r).await? {
+            let mut writer = self.relay.store.begin(self.relay.limits.nar()).await?;
+            let placeholder =
+                StorePath::parse("/nix/store/00000000000000000000000000000000-import")?;
+            writer
+                .pump(&mut self.r, None::<&mut W>, &placeholder)
+                .await?;
+            let t = export::read_trailer(&mut self.r, &limits).await?;
+            let info = ValidPathInfo {
+                path: t.path,
+                deriver: t.deriver,
+                nar_hash: crate::wire::hash::Sha256Hash([0; 32]),
+                references: t.references,
+                registration_time: 0,
+                nar_size: 0,
+                ultimate: false,
+                sigs: Vec::new(),
+                ca: None,
+            };
+            writer.commit(info, Verify::Computed).await?;
+        }
+        let mut buf = Vec::new();
+        put_u64(&mut buf, 1);
+        self.reply(&buf).await
+    }
+
+    async fn export_paths(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
+        let mut refs = HashMap::new();
+        for p in &paths {
+            let info = self
+                .relay
+                .store
+                .path_info(p)
+                .await?
+                .ok_or_else(|| crate::store::Error::Missing(p.clone()))?;
+            refs.insert(p.clone(), info.references);
+        }
+        for p in topo_sort(&refs) {
+            let (info, mut nar) = self.relay.store.open_nar(&p).await?;
+            let mut buf = Vec::new();
+            export::write_next(&mut buf, true);
+            self.reply(&buf).await?;
+            tokio::io::copy_buf(&mut nar, &mut self.w)
+                .await
+                .map_err(crate::wire::Error::Write)?;
+            let mut buf = Vec::new();
+            export::write_trailer(
+                &mut buf,
+                &export::ExportTrailer {
+                    path: p.clone(),
+                    references: info.references.into_iter().collect(),
+                    deriver: info.deriver,
+                },
+            );
+            self.reply(&buf).await?;
+        }
+        let mut buf = Vec::new();
+        export::write_next(&mut buf, false);
+        self.reply(&buf).await
+    }
+
+    async fn query_closure(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
+        let closure = self.relay.store.closure_sorted(&paths).await?;
+        let sorted: std::collections::BTreeSet<_> = closure.into_iter().collect();
+        let mut buf = Vec::new();
+        put_paths(&mut buf, sorted.iter());
+        self.reply(&buf).await
+    }
+
+    /// Only already-valid paths can be "built" this way: the serve protocol's
+    /// BuildPaths needs the `.drv` in the builder's store, which the build
+    /// hook never uploads. Anything else is answered with a failure status
+    /// and message (which Nix clients read correctly).
+    async fn build_paths(&mut self, paths: Vec<String>) -> Result<(), Error> {
+        self.need_write("BuildPaths")?;
+        let mut missing = Vec::new();
+        for p in &paths {
+            let plain = p.split('!').next().unwrap_or(p);
+            let valid = match StorePath::parse(plain) {
+                Ok(sp) if !p.contains('!') => self.lookup(&sp).await?.is_some(),
+                _ => false,
+            };
+            if !valid {
+                missing.push(p.clone());
+            }
+        }
+        let mut buf = Vec::new();
+        if missing.is_empty() {
+            put_u64(&mut buf, 0);
+        } else {
+            let msg = format!(
+                "nix-relay cannot build {} with BuildPaths; use the build hook (BuildDerivation)",
+                missing.join(", ")
+            );
+            let r = BuildResult::failure(BuildStatus::MiscFailure, msg);
+            put_u64(&mut buf, r.status as u64);
+            primitives::put_bytes(&mut buf, &r.error_msg);
+        }
+        self.reply(&buf).await
+    }
+
+    /// Moves a finished build's outputs into the store, whatever happened
+    /// to the client.
+    async fn settle_pending(&mut self) {
+        let Some(mut pending) = self.pending.take() else {
+            return;
+        };
+        let left: Vec<StorePath> = pending.outputs.keys().cloned().collect();
+        for path in left {
+            match pending.fetch(&self.relay, &path, None::<&mut W>).await {
+                Ok(()) => info!(%path, backend = %pending.backend, "output stored"),
+                Err(e) => {
+                    warn!(%path, backend = %pending.backend, error = %super::chain(&e), "could not store output")
+                }
+            }
+        }
+    }
+}
