@@ -21,7 +21,8 @@
 #
 # Env: LAB_STATE (/tmp/nix-relay-lab), LAB_BASE_PORT (2400: relay; host N gets
 # base+N), LAB_SANDBOX (true|false), LAB_H<N>_FEATURES / LAB_H<N>_PLATFORMS
-# (space-separated) / LAB_H<N>_MAXJOBS, RELAY_BIN (default
+# (space-separated) / LAB_H<N>_MAXJOBS, LAB_RELAY_USER (nix: ssh user for
+# the relay alias), RELAY_BIN (default
 # ${CARGO_TARGET_DIR:-REPO/target}/debug/nix-relay).
 set -euo pipefail
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -226,7 +227,7 @@ write_ssh_config() {  # needs $STATE/hosts/h1..hN host keys
     echo "Host relay"
     echo "  HostName 127.0.0.1"
     echo "  Port $BASE_PORT"
-    echo "  User nix"
+    echo "  User ${LAB_RELAY_USER:-nix}"
     echo "  HostKeyAlias relay"
   } > "$STATE/ssh_config"
   : > "$STATE/machines"; : > "$STATE/machines-ng"
@@ -390,5 +391,5 @@ case ${1:-} in
   exec) shift; cmd_exec "$@";;
   capture) shift; cmd_capture "$@";;
   relay) shift; cmd_relay "$@";;
-  *) sed -n '2,26p' "$0"; exit 1;;
+  *) sed -n '2,27p' "$0"; exit 1;;
 esac
