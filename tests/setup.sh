@@ -10,6 +10,7 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LAB=$REPO/tests/lab
+export PATH="$PATH:/usr/sbin:/sbin"
 say() { echo "setup.sh: $*"; }
 die() { echo "setup.sh: ERROR: $*" >&2; exit 1; }
 
@@ -83,7 +84,11 @@ ln -sfn busybox "$bb/sh"
 if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 fi
-command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain >= 1.95 (https://rustup.rs), e.g. rustup toolchain install stable --component rustfmt,clippy"
+if ! command -v cargo >/dev/null; then
+  hint=""
+  [ -n "${SUDO_USER:-}" ] && hint=" (under sudo, PATH is reset: try 'sudo env \"PATH=\$PATH\" RUSTUP_HOME=\$HOME/.rustup tests/run.sh')"
+  die "cargo not found: install a Rust toolchain >= 1.95 (https://rustup.rs: rustup toolchain install stable --component rustfmt,clippy)$hint"
+fi
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
 
