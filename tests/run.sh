@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# THE test command:  sudo tests/run.sh [--quick]
+#   1. tests/setup.sh          (root, Debian 12: packages, nix.conf, busybox, toolchain check)
+#   2. cargo fmt --check
+#   3. cargo clippy --all-targets -- -D warnings
+#   4. cargo build
+#   5. cargo test              (unit + golden transcript tests)
+#   6. tests/lab/e2e.sh        (end-to-end with stock Nix 2.8 via the relay; skipped by --quick)
+# Stops at the first failing step. Non-interactive (CI=true, no stdin is fine).
+# The last line is e2e's "N passed, N failed" (or the step that failed).
+# Env: CARGO_TARGET_DIR (honoured; RELAY_BIN defaults to $CARGO_TARGET_DIR/debug/nix-relay),
+#      E2E_DIRECT=1 (e2e without the relay), any other tests/lab/e2e.sh variable,
+#      RUN_SKIP="fmt clippy ..." (skip named steps while iterating locally; never in CI).
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+exec </dev/null
+
+quick=0
+for a in "$@"; do
+  case $a in
+    --quick) quick=1;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0;;
+    *) echo "run.sh: unknown option $a (usage: tests/run.sh [--quick])" >&2; exit 2;;
+  esac
+done
+
+if ! command -v cargo >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+T0=$(date +%s)
+step() {  # step NAME CMD...: run, stop with a clear message on failure
+  local name=$1 t rc=0; shift
+  if [[ " ${RUN_SKIP:-} " == *" $name "* ]]; then echo "==> $name: SKIPPED (RUN_SKIP)"; return 0; fi
+  echo "==> $name: $*"
+  t=$(date +%s)
+  "$@" || rc=$?
+  if [ "$rc" != 0 ]; then
+    echo "run.sh: FAILED at step '$name' (exit status $rc): $*" >&2
+    echo "run.sh: FAILED at step '$name'"
+    exit 1
+  fi
+  echo "==> $name: ok ($(( $(date +%s) - t )) s)"
+}
+
+step setup tests/setup.sh
+step fmt cargo fmt --check
+step clippy cargo clippy --all-targets -- -D warnings
+step build cargo build
+step test cargo test
+if [ "$quick" = 1 ]; then
+  echo "run.sh: --quick: end-to-end lab skipped; all steps passed ($(( $(date +%s) - T0 )) s)"
+  exit 0
+fi
+if [ -z "${RELAY_BIN:-}" ]; then
+  export RELAY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay"
+fi
+echo "==> e2e: tests/lab/e2e.sh (RELAY_BIN=$RELAY_BIN)"
+log=$(mktemp "${TMPDIR:-/tmp}/nix-relay-e2e.XXXXXX")
+rc=0
+tests/lab/e2e.sh 2>&1 | tee "$log" || rc=$?
+summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)
+rm -f "$log"
+[ "$rc" = 0 ] || echo "run.sh: FAILED at step 'e2e' (exit status $rc)"
+echo "run.sh: $(( $(date +%s) - T0 )) s total"
+echo "${summary:-0 passed, 1 failed}"
+exit "$rc"
