@@ -27,7 +27,7 @@ pub enum Error {
     Ssh {
         backend: String,
         #[source]
-        source: crate::ssh::client::Error,
+        source: Box<crate::ssh::client::Error>,
     },
     #[error("backend {backend}: starting `{SERVE_COMMAND}`")]
     Spawn {
@@ -102,7 +102,7 @@ pub async fn connect(
                 .await
                 .map_err(|source| Error::Ssh {
                     backend: b.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let transport = Transport::Ssh {
                 _handle: exec.handle,

@@ -37,7 +37,7 @@ pub enum Decision {
 }
 
 pub fn eligible(job: &JobSpec, b: &BackendView<'_>) -> bool {
-    b.systems.iter().any(|s| *s == job.system)
+    b.systems.contains(&job.system)
         && job
             .required_features
             .iter()

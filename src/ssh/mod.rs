@@ -39,10 +39,10 @@ pub async fn pump(
     let mut data_open = true;
     while let Some(msg) = rx.wait().await {
         match msg {
-            ChannelMsg::Data { data: d } if data_open => {
-                if data.write_all(&d).await.is_err() {
-                    data_open = false;
-                }
+            ChannelMsg::Data { data: d } => {
+                // After the reader is gone, keep draining so the connection
+                // does not stall.
+                data_open = data_open && data.write_all(&d).await.is_ok();
             }
             ChannelMsg::ExtendedData { data: d, ext: 1 } => {
                 if let Some(log) = &log {
