@@ -71,7 +71,10 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     async fn serve(&mut self) -> Result<(), Error> {
-        self.version = serve::server_handshake(&mut self.r, &mut self.w).await?;
+        let limit = self.relay.limits.handshake_timeout;
+        self.version = tokio::time::timeout(limit, serve::server_handshake(&mut self.r, &mut self.w))
+            .await
+            .map_err(|_| Error::Refused(format!("no serve handshake within {limit:?}")))??;
         debug!(version = %self.version, "serve handshake done");
         let limits = self.relay.limits.wire();
         while let Some(req) = Request::read(&mut self.r, self.version, &limits).await? {

@@ -83,10 +83,23 @@ pub struct Exec {
     pub handle: client::Handle<Pinned>,
 }
 
+/// AES-GCM first: with AES-NI it costs about a quarter less CPU per byte
+/// than chacha20-poly1305, and NARs are most of what crosses this link.
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+];
+
 fn config() -> Arc<client::Config> {
     Arc::new(client::Config {
         nodelay: true,
         inactivity_timeout: None,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            ..Default::default()
+        },
         ..Default::default()
     })
 }
