@@ -72,9 +72,10 @@ where
 {
     async fn serve(&mut self) -> Result<(), Error> {
         let limit = self.relay.limits.handshake_timeout;
-        self.version = tokio::time::timeout(limit, serve::server_handshake(&mut self.r, &mut self.w))
-            .await
-            .map_err(|_| Error::Refused(format!("no serve handshake within {limit:?}")))??;
+        self.version =
+            tokio::time::timeout(limit, serve::server_handshake(&mut self.r, &mut self.w))
+                .await
+                .map_err(|_| Error::Refused(format!("no serve handshake within {limit:?}")))??;
         debug!(version = %self.version, "serve handshake done");
         let limits = self.relay.limits.wire();
         while let Some(req) = Request::read(&mut self.r, self.version, &limits).await? {

@@ -56,8 +56,10 @@ impl StorePath {
         if !name.iter().all(ok) {
             return Err("name contains a forbidden character");
         }
-        if name == b"." || name == b".." || name.first() == Some(&b'.') && name.starts_with(b"..") {
-            return Err("name is . or ..");
+        // As current Nix: the first dash-separated component may not be `.` or `..`.
+        let first = name.split(|&c| c == b'-').next().unwrap_or(name);
+        if first == b"." || first == b".." {
+            return Err("name (or its first dash-separated part) is . or ..");
         }
         Ok(())
     }
@@ -116,6 +118,8 @@ mod tests {
         for bad in [
             "/nix/store/jsm9cyjvamk013ndqlj8ckgaqp3yrw28-a/../b",
             "/nix/store/jsm9cyjvamk013ndqlj8ckgaqp3yrw28-..",
+            "/nix/store/jsm9cyjvamk013ndqlj8ckgaqp3yrw28-.-foo",
+            "/nix/store/jsm9cyjvamk013ndqlj8ckgaqp3yrw28-.",
             "/tmp/jsm9cyjvamk013ndqlj8ckgaqp3yrw28-x",
             "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x",
             "/nix/store/jsm9cyjvamk013ndqlj8ckgaqp3yrw28-",
