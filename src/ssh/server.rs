@@ -120,9 +120,20 @@ pub fn config(host_key: russh::keys::PrivateKey) -> Arc<server::Config> {
         auth_rejection_time: std::time::Duration::from_millis(200),
         auth_rejection_time_initial: Some(std::time::Duration::ZERO),
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            ..Default::default()
+        },
         ..Default::default()
     })
 }
+
+/// Only AES-GCM: SSH clients choose by their own order and OpenSSH lists
+/// chacha20-poly1305 first, so offering it would always win. With AES
+/// instructions (x86 AES-NI, ARMv8 crypto extensions) GCM costs about a
+/// quarter less CPU per byte, and the relay handles every byte twice.
+/// Every OpenSSH since 6.2 speaks it.
+const CIPHERS: &[russh::cipher::Name] = &[russh::cipher::AES_256_GCM, russh::cipher::AES_128_GCM];
 
 /// One SSH connection.
 pub struct Conn {
