@@ -19,6 +19,14 @@ pub use client::ServeClient;
 /// The command every backend runs.
 pub const SERVE_COMMAND: &str = "nix-store --serve --write";
 
+/// The remote command line, with `--store` if the backend names one.
+fn serve_command(b: &Backend) -> String {
+    match &b.store {
+        Some(s) => format!("{SERVE_COMMAND} --store '{s}'"),
+        None => SERVE_COMMAND.to_owned(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("backend {backend}: {backend} is missing ssh_key or host_key")]
@@ -98,7 +106,7 @@ pub async fn connect(
                 host_key,
                 timeout: b.connect_timeout,
             };
-            let exec = crate::ssh::client::exec(&target, SERVE_COMMAND, Some(log))
+            let exec = crate::ssh::client::exec(&target, &serve_command(b), Some(log))
                 .await
                 .map_err(|source| Error::Ssh {
                     backend: b.name.clone(),
@@ -159,6 +167,7 @@ fn spawn_local(b: &Backend, log: LogSink) -> Result<Pipes, Error> {
     };
     let mut child = tokio::process::Command::new("nix-store")
         .args(["--serve", "--write"])
+        .args(b.store.iter().flat_map(|s| ["--store", s.as_str()]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -58,8 +58,18 @@ pub fn home_ssh_keys(home: &Path) -> Vec<Client> {
     out
 }
 
+/// The embedded default builds in a chroot store of its own: a client on
+/// the same machine holds the locks of the outputs it waits for in the
+/// system store, so building there would wait on the client forever.
+fn local_store(state_dir: &Path) -> String {
+    let dir = state_dir.join("local-store");
+    let abs = std::path::absolute(&dir).unwrap_or(dir);
+    abs.display().to_string()
+}
+
 pub fn embedded(home: Option<&Path>) -> Config {
     let state_dir = Path::new(STATE_DIR).to_owned();
+    let store = local_store(&state_dir);
     Config {
         server: Server {
             listen: LISTEN.parse().expect("constant address"),
@@ -78,6 +88,7 @@ pub fn embedded(home: Option<&Path>) -> Config {
             supported_features: local_features(),
             mandatory_features: Vec::new(),
             connect_timeout: std::time::Duration::from_secs(5),
+            store: Some(store),
         }],
         limits: Limits::default(),
     }

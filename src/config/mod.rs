@@ -63,6 +63,9 @@ pub struct Backend {
     pub supported_features: Vec<String>,
     pub mandatory_features: Vec<String>,
     pub connect_timeout: Duration,
+    /// `--store` for the backend's `nix-store --serve` (a chroot store path
+    /// or store URI); None = the backend's default store.
+    pub store: Option<String>,
 }
 
 /// Every bound the relay enforces on its peers, named in one place.

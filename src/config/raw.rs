@@ -51,6 +51,7 @@ pub struct RawBackend {
     #[serde(default)]
     pub mandatory_features: Vec<String>,
     pub connect_timeout: Option<String>,
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

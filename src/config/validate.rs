@@ -91,6 +91,13 @@ fn validate_backend(i: usize, b: RawBackend, p: &mut Vec<String>) -> Option<Back
             p.push(format!("{at}: ssh:// backends need host_key (pinned, e.g. the contents of ssh_host_ed25519_key.pub)"));
         }
     }
+    if let Some(s) = &b.store
+        && (s.is_empty() || s.contains(['\'', '\n']))
+    {
+        p.push(format!(
+            "{at}: store must be a non-empty path or URI without quotes"
+        ));
+    }
     if b.systems.is_empty() {
         p.push(format!("{at}: systems is empty"));
     }
@@ -124,6 +131,7 @@ fn validate_backend(i: usize, b: RawBackend, p: &mut Vec<String>) -> Option<Back
         supported_features: b.supported_features,
         mandatory_features: b.mandatory_features,
         connect_timeout,
+        store: b.store,
     })
 }
 

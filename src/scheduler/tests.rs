@@ -15,6 +15,7 @@ fn backend(name: &str, systems: &[&str], max_jobs: u32) -> Backend {
         supported_features: vec![],
         mandatory_features: vec![],
         connect_timeout: Duration::from_secs(5),
+        store: None,
     }
 }
 
