@@ -35,6 +35,15 @@ pub enum Cmd {
     },
     /// Validate a config file and report every problem (exit 1 on any).
     CheckConfig { file: PathBuf },
+    /// Write a cache signing key pair (FILE and FILE.pub); print the public key.
+    Keygen {
+        /// Key name, conventionally ending in -1.
+        #[arg(long)]
+        name: Option<String>,
+        /// Secret key file to create (refuses to overwrite).
+        #[arg(long, default_value = "cache-priv-key.pem")]
+        out: PathBuf,
+    },
     /// Print the builder entry for clients (machines-file line and Nix form).
     MachinesEntry {
         #[arg(long)]
@@ -55,7 +64,15 @@ pub async fn serve(config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.server.state_dir)
         .with_context(|| format!("creating state dir {}", config.server.state_dir.display()))?;
     let host_key = crate::keys::load_or_create_host_key(&config.server.host_key)?;
-    let store = Store::open(&config.server.state_dir.join("cache"))?;
+    let signer =
+        crate::keys::load_or_create_signing_key(&config.cache.signing_key, &config.cache.key_name)?;
+    info!(key = %signer.public(), "cache signing key (put it in trusted-public-keys)");
+    let settings = crate::store::Settings {
+        compression: config.cache.compression,
+        signer: Some(Arc::new(signer)),
+        trusted_keys: config.cache.trusted_public_keys.clone(),
+    };
+    let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
     if config.clients.is_empty() {
         tracing::warn!("no client keys configured: nobody can log in");
     }
@@ -63,6 +80,8 @@ pub async fn serve(config: Config) -> Result<()> {
         store,
         scheduler: Scheduler::new(config.backends.clone(), config.limits.max_waiting_jobs),
         limits: config.limits,
+        flights: Default::default(),
+        keep_going: config.cache.keep_going,
     });
     let front = Arc::new(FrontEnd {
         relay,

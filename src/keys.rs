@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use crate::store::signing::SecretKey;
 use anyhow::{Context, Result};
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::{LineEnding, private::Ed25519Keypair};
@@ -50,4 +51,43 @@ pub fn openssh_line(key: &russh::keys::PublicKey) -> String {
     let mut k = key.clone();
     k.set_comment("");
     k.to_openssh().unwrap_or_default().trim().to_owned()
+}
+
+/// Loads the cache signing key, or creates one named `name` (mode 0600)
+/// with its `.pub` beside it.
+pub fn load_or_create_signing_key(path: &Path, name: &str) -> Result<SecretKey> {
+    if path.exists() {
+        return SecretKey::load(path)
+            .with_context(|| format!("loading signing key {}", path.display()));
+    }
+    let key = SecretKey::from_seed(name, random_seed()?);
+    write_signing_key(&key, path)?;
+    tracing::info!(path = %path.display(), public = %key.public(), "created cache signing key");
+    Ok(key)
+}
+
+/// Writes a secret key file (0600) and `<file>.pub`.
+pub fn write_signing_key(key: &SecretKey, path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, key.to_file_text().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    let pub_path = pub_path(path);
+    std::fs::write(&pub_path, key.public().to_string())
+        .with_context(|| format!("writing {}", pub_path.display()))?;
+    Ok(())
+}
+
+pub fn pub_path(secret: &Path) -> std::path::PathBuf {
+    let mut s = secret.as_os_str().to_owned();
+    s.push(".pub");
+    s.into()
 }

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Cmd::Keygen { name, out } => keygen(name, &out),
         Cmd::MachinesEntry { config } => load_config(config.as_deref())
             .and_then(|c| nix_relay::machines::entry(&c).map(|s| print!("{s}"))),
     };
@@ -42,4 +43,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn keygen(name: Option<String>, out: &std::path::Path) -> anyhow::Result<()> {
+    let name = name.unwrap_or_else(nix_relay::config::defaults::key_name);
+    let key =
+        nix_relay::store::signing::SecretKey::from_seed(&name, nix_relay::keys::random_seed()?);
+    nix_relay::keys::write_signing_key(&key, out)?;
+    eprintln!(
+        "wrote {} and {}; add the public key to trusted-public-keys:",
+        out.display(),
+        nix_relay::keys::pub_path(out).display()
+    );
+    println!("{}", key.public());
+    Ok(())
 }

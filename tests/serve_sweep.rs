@@ -145,9 +145,20 @@ fn store_dir() -> tempfile::TempDir {
 /// A relay with no backends: BuildDerivation fails at once, no network.
 fn relay(root: &Path) -> Arc<Relay> {
     Arc::new(Relay {
-        store: Store::open(root).unwrap(),
+        // Uncompressed and unsigned, so the checks below can read NARs
+        // directly and replays reproduce real Nix's bytes.
+        store: Store::open(
+            root,
+            nix_relay::store::Settings {
+                compression: nix_relay::store::Compression::None,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
         scheduler: Scheduler::new(vec![], 10),
         limits: nix_relay::config::Limits::default(),
+        flights: Default::default(),
+        keep_going: false,
     })
 }
 
@@ -160,7 +171,21 @@ async fn session(
     let log = nix_relay::ssh::server::null_log();
     let mut task = tokio::spawn(async move {
         let mut out = Vec::new();
-        let r = serve::run(relay, Cursor::new(input), &mut out, log, writable).await;
+        let client = nix_relay::session::ClientId {
+            name: "sweep".into(),
+            trusted: true,
+        };
+        let gone = tokio_util::sync::CancellationToken::new();
+        let r = serve::run(
+            relay,
+            Cursor::new(input),
+            &mut out,
+            log,
+            writable,
+            client,
+            gone,
+        )
+        .await;
         (r.map_err(|e| chain(&e)), out)
     });
     match timeout(PER_CASE, &mut task).await {

@@ -7,6 +7,18 @@ use std::path::Path;
 use super::{Backend, BackendUri, Client, Config, Limits, Server};
 
 pub const LISTEN: &str = "127.0.0.1:2222";
+pub const HTTP_LISTEN: &str = "127.0.0.1:5000";
+
+/// `<hostname>-nix-relay-1`, the name of a generated signing key.
+pub fn key_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = host.trim();
+    if host.is_empty() {
+        "nix-relay-1".into()
+    } else {
+        format!("{host}-nix-relay-1")
+    }
+}
 pub const STATE_DIR: &str = "./nix-relay-state";
 
 /// The system double this relay runs on, as Nix spells it.
@@ -74,7 +86,7 @@ pub fn embedded(home: Option<&Path>) -> Config {
         server: Server {
             listen: LISTEN.parse().expect("constant address"),
             host_key: state_dir.join("ssh_host_ed25519_key"),
-            state_dir,
+            state_dir: state_dir.clone(),
         },
         clients: home.map(home_ssh_keys).unwrap_or_default(),
         backends: vec![Backend {
@@ -91,5 +103,14 @@ pub fn embedded(home: Option<&Path>) -> Config {
             store: Some(store),
         }],
         limits: Limits::default(),
+        cache: super::Cache {
+            signing_key: state_dir.join("cache-priv-key.pem"),
+            key_name: key_name(),
+            compression: crate::store::Compression::default(),
+            trusted_public_keys: Vec::new(),
+            keep_going: false,
+            max_size: None,
+        },
+        http_listen: Some(HTTP_LISTEN.parse().expect("constant address")),
     }
 }

@@ -21,6 +21,24 @@ pub struct Config {
     pub clients: Vec<Client>,
     pub backends: Vec<Backend>,
     pub limits: Limits,
+    pub cache: Cache,
+    /// The HTTP listener (binary cache); None = no HTTP.
+    pub http_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    /// Nix-format secret key (`name:base64`); created if missing.
+    pub signing_key: PathBuf,
+    /// Name for a generated key (`<name>:…`); conventionally ends in `-1`.
+    pub key_name: String,
+    pub compression: crate::store::Compression,
+    /// Uploads signed by one of these are trusted (public).
+    pub trusted_public_keys: Vec<crate::store::signing::PublicKey>,
+    /// Finish builds nobody waits for any more, so the cache still gets them.
+    pub keep_going: bool,
+    /// Evict least recently used entries above this size; None = no cap.
+    pub max_size: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

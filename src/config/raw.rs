@@ -11,6 +11,26 @@ pub struct RawConfig {
     #[serde(default)]
     pub backend: Vec<RawBackend>,
     pub limits: Option<RawLimits>,
+    pub cache: Option<RawCache>,
+    pub http: Option<RawHttp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub signing_key: Option<String>,
+    pub key_name: Option<String>,
+    pub compression: Option<String>,
+    #[serde(default)]
+    pub trusted_public_keys: Vec<String>,
+    pub keep_going: Option<bool>,
+    pub max_size: Option<SizeValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

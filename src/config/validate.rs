@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use russh::keys::PublicKey;
 
-use super::raw::{RawBackend, RawConfig, RawLimits, SizeValue};
-use super::{Backend, BackendUri, Client, Config, Limits, Server, defaults};
+use super::raw::{RawBackend, RawCache, RawConfig, RawLimits, SizeValue};
+use super::{Backend, BackendUri, Cache, Client, Config, Limits, Server, defaults};
+use crate::store::Compression;
+use crate::store::signing::PublicKey as CacheKey;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -56,6 +58,17 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         }
     }
     let limits = validate_limits(raw.limits.unwrap_or_default(), &mut p);
+    let cache = validate_cache(raw.cache.unwrap_or_default(), &state_dir, &mut p);
+    let http_listen = raw
+        .http
+        .and_then(|h| h.listen)
+        .and_then(|l| match l.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                p.push(format!("http.listen {l:?}: {e}"));
+                None
+            }
+        });
     if !p.is_empty() {
         return Err(p);
     }
@@ -68,7 +81,45 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         clients,
         backends,
         limits,
+        cache,
+        http_listen,
     })
+}
+
+fn validate_cache(c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>) -> Cache {
+    let compression = c.compression.as_deref().unwrap_or("zstd");
+    let compression = Compression::parse(compression).unwrap_or_else(|| {
+        p.push(format!(
+            "cache.compression {compression:?}: use zstd, xz or none"
+        ));
+        Compression::default()
+    });
+    let mut trusted = Vec::new();
+    for (i, k) in c.trusted_public_keys.iter().enumerate() {
+        match CacheKey::parse(k) {
+            Ok(k) => trusted.push(k),
+            Err(e) => p.push(format!("cache.trusted_public_keys[{i}]: {e}")),
+        }
+    }
+    let max_size = match c.max_size.map(size_of) {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            p.push(format!("cache.max_size: {e}"));
+            None
+        }
+        None => None,
+    };
+    Cache {
+        signing_key: c
+            .signing_key
+            .map(PathBuf::from)
+            .unwrap_or_else(|| state_dir.join("cache-priv-key.pem")),
+        key_name: c.key_name.unwrap_or_else(defaults::key_name),
+        compression,
+        trusted_public_keys: trusted,
+        keep_going: c.keep_going.unwrap_or(false),
+        max_size,
+    }
 }
 
 fn validate_backend(i: usize, b: RawBackend, p: &mut Vec<String>) -> Option<Backend> {

@@ -1,29 +1,35 @@
-//! One derivation's way through a backend: claim a slot, connect, push the
-//! inputs the backend lacks, build with the client's options, and keep the
-//! connection so the outputs can be streamed out afterwards.
+//! One BuildDerivation: answer from the store (cache hit), attach to the
+//! same build in flight, or start one ([`fly`]): claim a slot, connect, push
+//! the inputs the backend lacks, build with the client's options, and keep
+//! the connection so the outputs can be streamed out afterwards.
 //!
 //! Every failure becomes a failing [`BuildResult`] whose message says which
 //! step failed; the client's session goes on.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Error, Relay, chain, say};
+use super::flight::{Attachment, Flight, FlightKey, Outcome};
+use super::{ClientId, Error, Relay, chain, say};
 use crate::backend::{self, BackendConn};
 use crate::scheduler::{Acquired, JobSpec, Scheduler, Slot};
 use crate::ssh::LogSink;
-use crate::store::Verify;
+use crate::store::{Provenance, Scope, Verify};
 use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult, BuildStatus, drv_name};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 
-/// A successful build whose outputs are still on the backend.
+/// A successful build whose outputs are (partly) still on the backend.
 pub struct Finished {
     pub backend: String,
     conn: BackendConn,
     pub outputs: BTreeMap<StorePath, ValidPathInfo>,
+    scope: Scope,
 }
 
 impl Finished {
@@ -44,37 +50,59 @@ impl Finished {
         if let Some(t) = tee {
             t.flush().await.map_err(crate::wire::Error::Write)?;
         }
-        writer.commit(info, Verify::Declared).await?;
+        let prov = Provenance::Built {
+            backend: self.backend.clone(),
+        };
+        writer
+            .commit(info, Verify::Declared, &self.scope, &prov)
+            .await?;
         Ok(())
+    }
+
+    /// Stores every output nobody fetched yet.
+    pub async fn settle(&mut self, relay: &Relay) {
+        let left: Vec<StorePath> = self.outputs.keys().cloned().collect();
+        for path in left {
+            match self.fetch(relay, &path, None::<&mut tokio::io::Sink>).await {
+                Ok(()) => info!(%path, backend = %self.backend, "output stored"),
+                Err(e) => {
+                    warn!(%path, backend = %self.backend, error = %chain(&e), "could not store output")
+                }
+            }
+        }
     }
 }
 
-/// Builds `drv` on the best backend. Never fails: errors become results.
+/// What a session keeps after a successful build: its claim on the
+/// flight, and the outputs it can stream from the backend.
+pub struct Pending {
+    pub finished: Arc<tokio::sync::Mutex<Finished>>,
+    _attachment: Attachment,
+}
+
+/// Builds `drv` for `client`. Never fails: errors become results.
 pub async fn run(
-    relay: &Relay,
+    relay: &Arc<Relay>,
     log: &LogSink,
+    client: &ClientId,
+    gone: &CancellationToken,
     drv_path: &StorePath,
     drv: &BasicDerivation,
     options: BuildOptions,
-) -> (BuildResult, Option<Finished>) {
-    let job = JobSpec {
-        system: drv.platform.clone(),
-        required_features: drv.required_features(),
-    };
-    let span = info_span!("job", drv = drv_name(drv_path), system = %job.system);
+) -> (BuildResult, Option<Pending>) {
+    let span = info_span!("job", drv = drv_name(drv_path), system = %drv.platform);
     async {
-        let slot = match claim(&relay.scheduler, job, log).await {
-            Ok(s) => s,
-            Err(msg) => return (BuildResult::failure(BuildStatus::MiscFailure, msg), None),
-        };
-        let name = slot.backend().name.clone();
-        match on_backend(relay, log, slot, drv_path, drv, options).await {
-            Ok(done) => done,
-            Err(e) => {
-                let msg = format!("nix-relay: building on {name} failed: {}", chain(&e));
-                warn!(backend = %name, "{msg}");
-                say(log, &msg[11..]).await;
-                (BuildResult::failure(BuildStatus::MiscFailure, msg), None)
+        match prepare(relay, log, client, drv).await {
+            Ok(Prepared::Hit) => (cache_hit(), None),
+            Ok(Prepared::Build(key)) => {
+                attach_and_wait(relay, log, client, gone, key, drv_path, drv, options).await
+            }
+            Err(msg) => {
+                say(log, &msg).await;
+                (
+                    BuildResult::failure(BuildStatus::MiscFailure, format!("nix-relay: {msg}")),
+                    None,
+                )
             }
         }
     }
@@ -82,11 +110,203 @@ pub async fn run(
     .await
 }
 
-async fn claim(
-    sched: &std::sync::Arc<Scheduler>,
-    job: JobSpec,
+enum Prepared {
+    Hit,
+    Build(FlightKey),
+}
+
+/// Decides the build's scope from its inputs and checks for a cache hit.
+async fn prepare(
+    relay: &Relay,
     log: &LogSink,
-) -> Result<Slot, String> {
+    client: &ClientId,
+    drv: &BasicDerivation,
+) -> Result<Prepared, String> {
+    let (_, private) = relay
+        .store
+        .closure_sorted(&drv.input_srcs, Some(&client.name))
+        .await
+        .map_err(|e| match e {
+            crate::store::Error::Missing(p) => {
+                format!("input {p} is not in the relay store (the client did not upload it)")
+            }
+            e => chain(&e),
+        })?;
+    let mut outputs = drv.output_paths().map_err(|e| chain(&e))?;
+    outputs.sort();
+    let mut all_there = !outputs.is_empty();
+    for o in &outputs {
+        all_there &= relay
+            .store
+            .contains(o, Some(&client.name))
+            .await
+            .map_err(|e| chain(&e))?;
+    }
+    if all_there {
+        say(log, "cache hit: every output is in the relay store").await;
+        return Ok(Prepared::Hit);
+    }
+    let scope = if private {
+        Scope::Private(client.name.clone())
+    } else {
+        Scope::Public
+    };
+    Ok(Prepared::Build(FlightKey { scope, outputs }))
+}
+
+fn cache_hit() -> BuildResult {
+    BuildResult::failure(BuildStatus::AlreadyValid, "")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attach_and_wait(
+    relay: &Arc<Relay>,
+    log: &LogSink,
+    client: &ClientId,
+    gone: &CancellationToken,
+    key: FlightKey,
+    drv_path: &StorePath,
+    drv: &BasicDerivation,
+    options: BuildOptions,
+) -> (BuildResult, Option<Pending>) {
+    let (attachment, created) = relay.flights.attach(key, relay.keep_going);
+    let flight = attachment.flight.clone();
+    let mut log_rx = flight.log.subscribe();
+    let mut outcome_rx = flight.outcome.subscribe();
+    if created {
+        let task = fly(
+            relay.clone(),
+            flight.clone(),
+            client.name.clone(),
+            drv_path.clone(),
+            drv.clone(),
+            options,
+        );
+        tokio::spawn(task.in_current_span());
+    } else {
+        say(
+            log,
+            format!("attached to the build of '{drv_path}' already running for another client"),
+        )
+        .await;
+    }
+    let outcome = loop {
+        if let Some(o) = outcome_rx.borrow_and_update().clone() {
+            break o;
+        }
+        tokio::select! {
+            chunk = log_rx.recv() => forward(log, chunk).await,
+            changed = outcome_rx.changed() => if changed.is_err() { break lost() },
+            _ = gone.cancelled() => return (BuildResult::failure(BuildStatus::MiscFailure, "client gone"), None),
+        }
+    };
+    while let Ok(chunk) = log_rx.try_recv() {
+        forward(log, Ok(chunk)).await;
+    }
+    let pending = outcome.finished.map(|finished| Pending {
+        finished,
+        _attachment: attachment,
+    });
+    (outcome.result, pending)
+}
+
+fn lost() -> Outcome {
+    Outcome {
+        result: BuildResult::failure(
+            BuildStatus::MiscFailure,
+            "nix-relay: the build task ended without a result",
+        ),
+        finished: None,
+    }
+}
+
+async fn forward(
+    log: &LogSink,
+    chunk: Result<bytes::Bytes, tokio::sync::broadcast::error::RecvError>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    match chunk {
+        Ok(c) => {
+            let _ = log.send(c).await;
+        }
+        Err(RecvError::Lagged(n)) => {
+            say(
+                log,
+                format!("({n} log chunks skipped: this client fell behind)"),
+            )
+            .await
+        }
+        Err(RecvError::Closed) => {}
+    }
+}
+
+/// The flight's own task: build, publish the outcome, then keep the
+/// backend connection until every attached session is done with it.
+async fn fly(
+    relay: Arc<Relay>,
+    flight: Arc<Flight>,
+    client: String,
+    drv_path: StorePath,
+    drv: BasicDerivation,
+    options: BuildOptions,
+) {
+    let (log_tx, mut log_rx) = mpsc::channel::<bytes::Bytes>(64);
+    let fan_out = flight.log.clone();
+    tokio::spawn(async move {
+        while let Some(chunk) = log_rx.recv().await {
+            // No receiver just means nobody is attached right now.
+            let _ = fan_out.send(chunk);
+        }
+    });
+    let scope = flight.key.scope.clone();
+    let result = tokio::select! {
+        r = build(&relay, &log_tx, &client, &scope, &drv_path, &drv, options) => r,
+        _ = flight.cancel.cancelled() => Err("cancelled: every client waiting for it is gone".to_string()),
+    };
+    let outcome = match result {
+        Ok((result, finished)) => Outcome {
+            result,
+            finished: finished.map(|f| Arc::new(tokio::sync::Mutex::new(f))),
+        },
+        Err(msg) => {
+            warn!("{msg}");
+            say(&log_tx, &msg).await;
+            Outcome {
+                result: BuildResult::failure(BuildStatus::MiscFailure, format!("nix-relay: {msg}")),
+                finished: None,
+            }
+        }
+    };
+    let finished = outcome.finished.clone();
+    flight.outcome.send_replace(Some(outcome));
+    if let Some(f) = finished {
+        flight.all_detached().await;
+        f.lock().await.settle(&relay).await;
+    }
+    relay.flights.remove(&flight);
+}
+
+async fn build(
+    relay: &Relay,
+    log: &LogSink,
+    client: &str,
+    scope: &Scope,
+    drv_path: &StorePath,
+    drv: &BasicDerivation,
+    options: BuildOptions,
+) -> Result<(BuildResult, Option<Finished>), String> {
+    let job = JobSpec {
+        system: drv.platform.clone(),
+        required_features: drv.required_features(),
+    };
+    let slot = claim(&relay.scheduler, job, log).await?;
+    let name = slot.backend().name.clone();
+    on_backend(relay, log, client, scope, slot, drv_path, drv, options)
+        .await
+        .map_err(|e| format!("building on {name} failed: {}", chain(&e)))
+}
+
+async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, String> {
     let system = job.system.clone();
     match sched.try_acquire(job) {
         Ok(Acquired::Now(slot)) => Ok(slot),
@@ -94,18 +314,18 @@ async fn claim(
             say(log, format!("waiting: position {position} for {system}")).await;
             Scheduler::wait(rx)
                 .await
-                .ok_or_else(|| "nix-relay: the scheduler dropped the job".to_string())
+                .ok_or_else(|| "the scheduler dropped the job".to_string())
         }
-        Err(e) => {
-            say(log, &e).await;
-            Err(format!("nix-relay: {e}"))
-        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn on_backend(
     relay: &Relay,
     log: &LogSink,
+    client: &str,
+    scope: &Scope,
     slot: Slot,
     drv_path: &StorePath,
     drv: &BasicDerivation,
@@ -114,7 +334,7 @@ async fn on_backend(
     let b = slot.backend().clone();
     say(log, format!("building '{drv_path}' on {}", b.name)).await;
     let mut conn = backend::connect(&b, log.clone(), relay.limits.wire()).await?;
-    push_inputs(relay, &mut conn, &drv.input_srcs).await?;
+    push_inputs(relay, &mut conn, client, &drv.input_srcs).await?;
     let started = tokio::time::Instant::now();
     let result = conn
         .client
@@ -132,11 +352,11 @@ async fn on_backend(
         .query_path_infos(wanted)
         .await
         .map_err(BuildError::Outputs)?;
-    let outputs = infos.into_iter().map(|i| (i.path.clone(), i)).collect();
     let finished = Finished {
         backend: b.name,
         conn,
-        outputs,
+        outputs: infos.into_iter().map(|i| (i.path.clone(), i)).collect(),
+        scope: scope.clone(),
     };
     Ok((result, Some(finished)))
 }
@@ -145,7 +365,7 @@ async fn on_backend(
 pub enum BuildError {
     #[error("connecting")]
     Connect(#[from] backend::Error),
-    #[error("input {0} is not in the relay store (the client did not upload it)")]
+    #[error("input {0} is not in the relay store")]
     MissingInput(StorePath),
     #[error("reading the relay store")]
     Store(#[from] crate::store::Error),
@@ -162,11 +382,12 @@ pub enum BuildError {
 async fn push_inputs(
     relay: &Relay,
     conn: &mut BackendConn,
+    client: &str,
     srcs: &[StorePath],
 ) -> Result<(), BuildError> {
-    let closure = relay
+    let (closure, _) = relay
         .store
-        .closure_sorted(srcs)
+        .closure_sorted(srcs, Some(client))
         .await
         .map_err(|e| match e {
             crate::store::Error::Missing(p) => BuildError::MissingInput(p),
@@ -183,7 +404,7 @@ async fn push_inputs(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     for p in closure.iter().filter(|p| !valid.contains(*p)) {
-        let (narinfo, mut nar) = relay.store.open_nar(p).await?;
+        let (narinfo, mut nar) = relay.store.open_nar(p, Some(client)).await?;
         let mut info = crate::store::to_path_info(&narinfo);
         info.registration_time = now;
         conn.client

@@ -2,6 +2,7 @@
 //! ([`Relay`]: store, scheduler, backends); they know nothing about SSH.
 
 pub mod build;
+pub mod flight;
 pub mod serve;
 
 use std::sync::Arc;
@@ -10,11 +11,22 @@ use crate::scheduler::Scheduler;
 use crate::ssh::LogSink;
 use crate::store::Store;
 
+/// Who is on the other end of a session, as authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientId {
+    pub name: String,
+    /// Trusted clients' uploads are public; others' stay private to them.
+    pub trusted: bool,
+}
+
 /// The shared core every session calls.
 pub struct Relay {
     pub store: Store,
     pub scheduler: Arc<Scheduler>,
     pub limits: crate::config::Limits,
+    pub flights: flight::Flights,
+    /// Finish builds every client gave up on (`[cache] keep_going`).
+    pub keep_going: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,10 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWrite};
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use super::build::{self, Finished};
-use super::{Error, Relay};
+use super::build::{self, Pending};
+use super::{ClientId, Error, Relay};
 use crate::ssh::LogSink;
 use crate::store::{Verify, topo_sort};
 use crate::wire::build::{BuildResult, BuildStatus};
@@ -27,6 +27,7 @@ use crate::wire::primitives::{put_paths, put_u64};
 use crate::wire::serve::{self, Request, ServeVersion, write_path_infos};
 use crate::wire::store_path::StorePath;
 use crate::wire::{export, primitives};
+use tokio_util::sync::CancellationToken;
 
 pub struct ServeSession<R, W> {
     relay: Arc<Relay>,
@@ -34,9 +35,12 @@ pub struct ServeSession<R, W> {
     w: W,
     log: LogSink,
     writable: bool,
+    client: ClientId,
     version: ServeVersion,
-    /// Outputs built on a backend, not yet in the relay store.
-    pending: Option<Finished>,
+    /// The last build's outputs, streamable from its backend.
+    pending: Option<Pending>,
+    /// Fires when the client's channel is gone.
+    gone: CancellationToken,
 }
 
 /// Runs one session to its end. `Ok` on a clean end of the client's input.
@@ -46,6 +50,8 @@ pub async fn run<R, W>(
     w: W,
     log: LogSink,
     writable: bool,
+    client: ClientId,
+    gone: CancellationToken,
 ) -> Result<(), Error>
 where
     R: AsyncBufRead + Unpin + Send,
@@ -57,12 +63,12 @@ where
         w,
         log,
         writable,
+        client,
         version: ServeVersion::LATEST,
         pending: None,
+        gone,
     };
-    let result = s.serve().await;
-    s.settle_pending().await;
-    result
+    s.serve().await
 }
 
 impl<R, W> ServeSession<R, W>
@@ -112,10 +118,18 @@ where
                 options,
             } => {
                 self.need_write("BuildDerivation")?;
-                self.settle_pending().await;
-                let (result, finished) =
-                    build::run(&self.relay, &self.log, &drv_path, &drv, options).await;
-                self.pending = finished;
+                self.pending = None;
+                let (result, pending) = build::run(
+                    &self.relay,
+                    &self.log,
+                    &self.client,
+                    &self.gone,
+                    &drv_path,
+                    &drv,
+                    options,
+                )
+                .await;
+                self.pending = pending;
                 let mut buf = Vec::new();
                 result.write_serve(&mut buf, self.version.minor());
                 self.reply(&buf).await
@@ -126,10 +140,16 @@ where
 
     /// Metadata from the store, or from a finished build's pending outputs.
     async fn lookup(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Error> {
-        if let Some(i) = self.pending.as_ref().and_then(|p| p.outputs.get(path)) {
+        if let Some(p) = &self.pending
+            && let Some(i) = p.finished.lock().await.outputs.get(path)
+        {
             return Ok(Some(i.clone()));
         }
-        Ok(self.relay.store.path_info(path).await?)
+        Ok(self
+            .relay
+            .store
+            .path_info(path, Some(&self.client.name))
+            .await?)
     }
 
     async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
@@ -157,13 +177,20 @@ where
     }
 
     async fn dump_store_path(&mut self, path: StorePath) -> Result<(), Error> {
-        if let Some(pending) = self.pending.as_mut()
-            && pending.outputs.contains_key(&path)
-        {
-            pending.fetch(&self.relay, &path, Some(&mut self.w)).await?;
-            return Ok(());
+        if let Some(pending) = &self.pending {
+            let mut finished = pending.finished.lock().await;
+            if finished.outputs.contains_key(&path) {
+                finished
+                    .fetch(&self.relay, &path, Some(&mut self.w))
+                    .await?;
+                return Ok(());
+            }
         }
-        let (_, mut nar) = self.relay.store.open_nar(&path).await?;
+        let (_, mut nar) = self
+            .relay
+            .store
+            .open_nar(&path, Some(&self.client.name))
+            .await?;
         tokio::io::copy_buf(&mut nar, &mut self.w)
             .await
             .map_err(crate::wire::Error::Write)?;
@@ -185,8 +212,12 @@ where
             )));
         }
         let path = info.path.clone();
-        writer.commit(info, Verify::Declared).await?;
-        debug!(%path, "upload stored");
+        let (scope, prov) =
+            self.relay
+                .store
+                .classify_upload(&info, &self.client.name, self.client.trusted);
+        writer.commit(info, Verify::Declared, &scope, &prov).await?;
+        debug!(%path, ?scope, "upload stored");
         let mut buf = Vec::new();
         put_u64(&mut buf, 1);
         self.reply(&buf).await
@@ -214,7 +245,11 @@ where
                 sigs: Vec::new(),
                 ca: None,
             };
-            writer.commit(info, Verify::Computed).await?;
+            let (scope, prov) =
+                self.relay
+                    .store
+                    .classify_upload(&info, &self.client.name, self.client.trusted);
+            writer.commit(info, Verify::Computed, &scope, &prov).await?;
         }
         let mut buf = Vec::new();
         put_u64(&mut buf, 1);
@@ -227,13 +262,17 @@ where
             let info = self
                 .relay
                 .store
-                .path_info(p)
+                .path_info(p, Some(&self.client.name))
                 .await?
                 .ok_or_else(|| crate::store::Error::Missing(p.clone()))?;
             refs.insert(p.clone(), info.references);
         }
         for p in topo_sort(&refs) {
-            let (info, mut nar) = self.relay.store.open_nar(&p).await?;
+            let (info, mut nar) = self
+                .relay
+                .store
+                .open_nar(&p, Some(&self.client.name))
+                .await?;
             let mut buf = Vec::new();
             export::write_next(&mut buf, true);
             self.reply(&buf).await?;
@@ -257,7 +296,11 @@ where
     }
 
     async fn query_closure(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
-        let closure = self.relay.store.closure_sorted(&paths).await?;
+        let (closure, _) = self
+            .relay
+            .store
+            .closure_sorted(&paths, Some(&self.client.name))
+            .await?;
         let sorted: std::collections::BTreeSet<_> = closure.into_iter().collect();
         let mut buf = Vec::new();
         put_paths(&mut buf, sorted.iter());
@@ -294,22 +337,5 @@ where
             primitives::put_bytes(&mut buf, &r.error_msg);
         }
         self.reply(&buf).await
-    }
-
-    /// Moves a finished build's outputs into the store, whatever happened
-    /// to the client.
-    async fn settle_pending(&mut self) {
-        let Some(mut pending) = self.pending.take() else {
-            return;
-        };
-        let left: Vec<StorePath> = pending.outputs.keys().cloned().collect();
-        for path in left {
-            match pending.fetch(&self.relay, &path, None::<&mut W>).await {
-                Ok(()) => info!(%path, backend = %pending.backend, "output stored"),
-                Err(e) => {
-                    warn!(%path, backend = %pending.backend, error = %super::chain(&e), "could not store output")
-                }
-            }
-        }
     }
 }

@@ -19,7 +19,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{LogSink, PIPE_BYTES, pump};
 use crate::config::Client;
-use crate::session::{self, Relay};
+use crate::session::{self, ClientId, Relay};
+use tokio_util::sync::CancellationToken;
 
 /// What a client's exec string asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +140,7 @@ const CIPHERS: &[russh::cipher::Name] = &[russh::cipher::AES_256_GCM, russh::cip
 pub struct Conn {
     front: Arc<FrontEnd>,
     peer: String,
-    client: Option<String>,
+    client: Option<ClientId>,
     channels: HashMap<ChannelId, Channel<Msg>>,
 }
 
@@ -161,7 +162,7 @@ impl Conn {
     }
 
     fn refuse(&mut self, id: ChannelId, reason: String) {
-        warn!(peer = %self.peer, client = ?self.client, "refused: {reason}");
+        warn!(peer = %self.peer, client = ?self.client.as_ref().map(|c| &c.name), "refused: {reason}");
         if let Some(ch) = self.channels.remove(&id) {
             let (_, tx) = ch.split();
             tokio::spawn(async move {
@@ -200,12 +201,15 @@ impl server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let Some(name) = self.known(key.public_key).map(|c| c.name.clone()) else {
+        let Some(id) = self.known(key.public_key).map(|c| ClientId {
+            name: c.name.clone(),
+            trusted: c.trusted,
+        }) else {
             info!(peer = %self.peer, user, "unknown key refused");
             return Ok(Auth::reject());
         };
-        info!(peer = %self.peer, user, client = %name, "client authenticated");
-        self.client = Some(name);
+        info!(peer = %self.peer, user, client = %id.name, trusted = id.trusted, "client authenticated");
+        self.client = Some(id);
         Ok(Auth::Accept)
     }
 
@@ -241,8 +245,13 @@ impl server::Handler for Conn {
         let Some(ch) = self.channels.remove(&id) else {
             return Ok(());
         };
-        let span = info_span!("session", client = self.client.as_deref().unwrap_or("?"), peer = %self.peer, proto = "serve");
-        tokio::spawn(serve_channel(self.front.relay.clone(), ch, write, permit).instrument(span));
+        let Some(client) = self.client.clone() else {
+            return Ok(());
+        };
+        let span = info_span!("session", client = %client.name, peer = %self.peer, proto = "serve");
+        tokio::spawn(
+            serve_channel(self.front.relay.clone(), ch, write, client, permit).instrument(span),
+        );
         Ok(())
     }
 
@@ -293,11 +302,17 @@ async fn serve_channel(
     relay: Arc<Relay>,
     ch: Channel<Msg>,
     write: bool,
+    client: ClientId,
     _permit: OwnedSemaphorePermit,
 ) {
     let (rx, tx) = ch.split();
     let (stdin, pipe_in) = tokio::io::simplex(PIPE_BYTES);
-    tokio::spawn(pump(rx, pipe_in, None));
+    let gone = CancellationToken::new();
+    let on_close = gone.clone();
+    tokio::spawn(async move {
+        pump(rx, pipe_in, None).await;
+        on_close.cancel();
+    });
     let (log, log_rx) = mpsc::channel(64);
     let stderr = tokio::spawn(forward_log(log_rx, tx.make_writer_ext(Some(1))));
     let stdout = tx.make_writer();
@@ -308,6 +323,8 @@ async fn serve_channel(
         stdout,
         log.clone(),
         write,
+        client,
+        gone,
     )
     .await;
     let status = match &result {

@@ -1,31 +1,42 @@
 //! The relay store: NARs + metadata on disk in Nix's binary-cache layout.
 //!
 //! ```text
-//! <root>/<hashpart>.narinfo        metadata (narinfo.rs); its existence = the path is valid
-//! <root>/nar/<nix32 filehash>.nar  the NAR bytes
-//! <root>/tmp/                      uploads in progress (emptied on open)
+//! <root>/nix-cache-info                  the public scope is a binary cache as is
+//! <root>/<hashpart>.narinfo              its existence = the path is valid (public)
+//! <root>/nar/<nix32 filehash>.nar[.zst|.xz]
+//! <root>/meta/<hashpart>.prov            provenance: built / signed / uploaded (never served)
+//! <root>/private/<client>/…              the same layout, per untrusted client
+//! <root>/tmp/                            writes in progress (emptied on open)
 //! ```
-//! Invariant: an entry becomes visible only when complete. A NAR is written
-//! to `tmp/`, its hash and size verified, fsynced and renamed into `nar/`;
-//! only then is the narinfo written the same way. A crash leaves at most an
-//! orphan file in `tmp/` or `nar/`, never a narinfo without its NAR.
-//! Memory use is bounded: NARs are streamed in fixed-size chunks.
+//! Trust (DESIGN.md): entries that were built by a backend from public
+//! inputs, carry a signature by a trusted key, or were uploaded by a trusted
+//! client are **public** and signed by the relay's key. Unsigned uploads of
+//! an untrusted client, and outputs built from them, live in that client's
+//! **private** scope: only that client sees them.
+//!
+//! Invariant: an entry becomes visible only when complete. The NAR is
+//! written to `tmp/`, its hash and size verified, fsynced and renamed into
+//! `nar/`; then the provenance and, last, the narinfo are written the same
+//! way. A crash leaves at most an orphan file, never a narinfo without its
+//! NAR. Memory use is bounded: NARs are streamed in fixed-size chunks.
 
 pub mod narinfo;
+pub mod signing;
 mod writer;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use tokio::io::BufReader;
+use tokio::io::{AsyncBufRead, BufReader};
 
-use crate::wire::hash::{Sha256Hash, nix32_encode};
 use crate::wire::nar::NarLimits;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 pub use narinfo::NarInfo;
-pub use writer::{NarWriter, Verify};
+use signing::{PublicKey, SecretKey};
+pub use writer::{Compression, NarWriter, Verify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,9 +67,14 @@ pub enum Error {
     },
     #[error("{0} is not in the relay store")]
     Missing(StorePath),
+    #[error("unsupported compression {0:?} in a narinfo")]
+    Compression(String),
 }
 
-fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+pub(crate) fn io_err<'a>(
+    step: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Io {
         step,
         path: path.to_owned(),
@@ -66,17 +82,60 @@ fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
     }
 }
 
+/// Who can see an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Public,
+    /// Private to the client of this name.
+    Private(String),
+}
+
+/// Where an entry came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provenance {
+    Built { backend: String },
+    Signed { key: String },
+    Uploaded { client: String, trusted: bool },
+}
+
+impl Provenance {
+    fn render(&self) -> String {
+        match self {
+            Provenance::Built { backend } => format!("built backend={backend}\n"),
+            Provenance::Signed { key } => format!("signed key={key}\n"),
+            Provenance::Uploaded { client, trusted } => {
+                format!("uploaded client={client} trusted={trusted}\n")
+            }
+        }
+    }
+}
+
+/// How the store treats what it is given.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub compression: Compression,
+    /// Signs every public entry. None: entries are published unsigned.
+    pub signer: Option<Arc<SecretKey>>,
+    /// Uploads signed by one of these keys are public.
+    pub trusted_keys: Vec<PublicKey>,
+}
+
 /// Handle to the on-disk store. Cheap to clone; all state is on disk.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    settings: Arc<Settings>,
 }
+
+/// A NAR being read back, decompressed.
+pub type NarReader = Box<dyn AsyncBufRead + Send + Sync + Unpin>;
 
 impl Store {
     /// Opens (creating if needed) the store under `root`, discarding
-    /// uploads a previous run left unfinished.
-    pub fn open(root: &Path) -> Result<Store, Error> {
-        for d in [root.to_owned(), root.join("nar"), root.join("tmp")] {
+    /// writes a previous run left unfinished.
+    pub fn open(root: &Path, settings: Settings) -> Result<Store, Error> {
+        for d in ["", "nar", "meta", "tmp", "private"] {
+            let d = root.join(d);
             std::fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
         }
         let tmp = root.join("tmp");
@@ -84,8 +143,17 @@ impl Store {
             let p = e.map_err(io_err("listing", &tmp))?.path();
             std::fs::remove_file(&p).map_err(io_err("removing stale upload", &p))?;
         }
+        let info = root.join("nix-cache-info");
+        if !info.exists() {
+            std::fs::write(
+                &info,
+                "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n",
+            )
+            .map_err(io_err("writing", &info))?;
+        }
         Ok(Store {
             root: root.to_owned(),
+            settings: Arc::new(settings),
         })
     }
 
@@ -93,17 +161,21 @@ impl Store {
         &self.root
     }
 
-    fn narinfo_path(&self, hash_part: &str) -> PathBuf {
-        self.root.join(format!("{hash_part}.narinfo"))
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
-    pub(crate) fn nar_rel_url(file_hash: &Sha256Hash) -> String {
-        format!("nar/{}.nar", nix32_encode(&file_hash.0))
+    fn scope_dir(&self, scope: &Scope) -> PathBuf {
+        match scope {
+            Scope::Public => self.root.clone(),
+            Scope::Private(client) => self.root.join("private").join(dir_name(client)),
+        }
     }
 
-    /// The narinfo of `path`, if the store holds it.
-    pub async fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, Error> {
-        let file = self.narinfo_path(path.hash_part());
+    async fn narinfo_in(&self, scope: &Scope, path: &StorePath) -> Result<Option<NarInfo>, Error> {
+        let file = self
+            .scope_dir(scope)
+            .join(format!("{}.narinfo", path.hash_part()));
         let text = match tokio::fs::read_to_string(&file).await {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -116,39 +188,62 @@ impl Store {
         Ok((info.store_path == *path).then_some(info))
     }
 
-    pub async fn path_info(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Error> {
-        Ok(self.narinfo(path).await?.map(|n| to_path_info(&n)))
-    }
-
-    pub async fn contains(&self, path: &StorePath) -> Result<bool, Error> {
-        Ok(self.narinfo(path).await?.is_some())
-    }
-
-    /// The subset of `paths` the store holds, in the given order.
-    pub async fn valid_subset(&self, paths: &[StorePath]) -> Result<Vec<StorePath>, Error> {
-        let mut out = Vec::new();
-        for p in paths {
-            if self.contains(p).await? {
-                out.push(p.clone());
+    /// The entry for `path` visible to `client` (public first, then the
+    /// client's private scope) and where it lives.
+    pub async fn find(
+        &self,
+        path: &StorePath,
+        client: Option<&str>,
+    ) -> Result<Option<(Scope, NarInfo)>, Error> {
+        if let Some(n) = self.narinfo_in(&Scope::Public, path).await? {
+            return Ok(Some((Scope::Public, n)));
+        }
+        if let Some(c) = client {
+            let scope = Scope::Private(c.to_owned());
+            if let Some(n) = self.narinfo_in(&scope, path).await? {
+                return Ok(Some((scope, n)));
             }
         }
-        Ok(out)
+        Ok(None)
     }
 
-    /// Opens the NAR of `path` for reading.
+    pub async fn narinfo(
+        &self,
+        path: &StorePath,
+        client: Option<&str>,
+    ) -> Result<Option<NarInfo>, Error> {
+        Ok(self.find(path, client).await?.map(|(_, n)| n))
+    }
+
+    pub async fn path_info(
+        &self,
+        path: &StorePath,
+        client: Option<&str>,
+    ) -> Result<Option<ValidPathInfo>, Error> {
+        Ok(self.narinfo(path, client).await?.map(|n| to_path_info(&n)))
+    }
+
+    pub async fn contains(&self, path: &StorePath, client: Option<&str>) -> Result<bool, Error> {
+        Ok(self.find(path, client).await?.is_some())
+    }
+
+    /// Opens the NAR of `path` for reading, decompressed.
     pub async fn open_nar(
         &self,
         path: &StorePath,
-    ) -> Result<(NarInfo, BufReader<tokio::fs::File>), Error> {
-        let info = self
-            .narinfo(path)
+        client: Option<&str>,
+    ) -> Result<(NarInfo, NarReader), Error> {
+        let (scope, info) = self
+            .find(path, client)
             .await?
             .ok_or_else(|| Error::Missing(path.clone()))?;
-        let file = self.root.join(&info.url);
+        let file = self.scope_dir(&scope).join(&info.url);
         let f = tokio::fs::File::open(&file)
             .await
             .map_err(io_err("opening NAR", &file))?;
-        Ok((info, BufReader::with_capacity(256 << 10, f)))
+        let raw = BufReader::with_capacity(256 << 10, f);
+        let reader = writer::decompressor(&info.compression, raw)?;
+        Ok((info, reader))
     }
 
     /// Starts storing a NAR; the entry appears when [`NarWriter::commit`]
@@ -157,24 +252,88 @@ impl Store {
         NarWriter::create(self.clone(), limits).await
     }
 
-    /// Closure of `roots` over references, references before referrers.
-    /// Fails if any path in it is missing from the store.
-    pub async fn closure_sorted(&self, roots: &[StorePath]) -> Result<Vec<StorePath>, Error> {
+    /// Where an upload by `client` belongs, by the trust rules above.
+    pub fn classify_upload(
+        &self,
+        info: &ValidPathInfo,
+        client: &str,
+        trusted: bool,
+    ) -> (Scope, Provenance) {
+        let fp = fingerprint(info);
+        for key in &self.settings.trusted_keys {
+            if info.sigs.iter().any(|s| key.verifies(&fp, s)) {
+                return (
+                    Scope::Public,
+                    Provenance::Signed {
+                        key: key.name().to_owned(),
+                    },
+                );
+            }
+        }
+        let scope = if trusted {
+            Scope::Public
+        } else {
+            Scope::Private(client.to_owned())
+        };
+        let prov = Provenance::Uploaded {
+            client: client.to_owned(),
+            trusted,
+        };
+        (scope, prov)
+    }
+
+    /// Closure of `roots` over references, references before referrers,
+    /// as `client` sees the store; also whether any of it is private.
+    /// Fails if any path in it is missing.
+    pub async fn closure_sorted(
+        &self,
+        roots: &[StorePath],
+        client: Option<&str>,
+    ) -> Result<(Vec<StorePath>, bool), Error> {
         let mut refs: HashMap<StorePath, BTreeSet<StorePath>> = HashMap::new();
+        let mut private = false;
         let mut todo: Vec<StorePath> = roots.to_vec();
         while let Some(p) = todo.pop() {
             if refs.contains_key(&p) {
                 continue;
             }
-            let info = self
-                .path_info(&p)
+            let (scope, info) = self
+                .find(&p, client)
                 .await?
                 .ok_or_else(|| Error::Missing(p.clone()))?;
+            private |= scope != Scope::Public;
+            let info = to_path_info(&info);
             todo.extend(info.references.iter().filter(|r| **r != p).cloned());
             refs.insert(p, info.references);
         }
-        Ok(topo_sort(&refs))
+        Ok((topo_sort(&refs), private))
     }
+}
+
+/// A client name as a directory name: safe characters kept, others hex.
+fn dir_name(client: &str) -> String {
+    client
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect()
+}
+
+/// The narinfo fingerprint of a path's metadata (what signatures cover).
+pub fn fingerprint(info: &ValidPathInfo) -> String {
+    let refs: Vec<&str> = info.references.iter().map(StorePath::as_str).collect();
+    format!(
+        "1;{};{};{};{}",
+        info.path,
+        info.nar_hash.to_nix32_prefixed(),
+        info.nar_size,
+        refs.join(",")
+    )
 }
 
 /// Depth-first post-order: every path after all of its references.

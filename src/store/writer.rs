@@ -1,17 +1,143 @@
-//! Streaming a NAR into the store: parse, hash and write in one pass, then
-//! verify, fsync and rename. See the module doc of `store` for the layout.
+//! Streaming a NAR into the store: parse, hash, compress and write in one
+//! pass, then verify, fsync and rename. See the module doc of `store`.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use async_compression::Level;
+use async_compression::tokio::bufread::{XzDecoder, ZstdDecoder};
+use async_compression::tokio::write::{XzEncoder, ZstdEncoder};
+use sha2::Digest;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
-use super::{Error, NarInfo, Store, io_err};
+use super::{Error, NarInfo, NarReader, Provenance, Scope, Store, fingerprint, io_err};
+use crate::wire::hash::Sha256Hash;
 use crate::wire::nar::{NarLimits, NarParser};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How NAR files are compressed on disk (and served over HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// zstd at its fastest level: the relay compresses while it streams an
+    /// output to the client, so speed matters more than the last percent.
+    #[default]
+    Zstd,
+    Xz,
+    None,
+}
+
+impl Compression {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "zstd" => Some(Compression::Zstd),
+            "xz" => Some(Compression::Xz),
+            "none" => Some(Compression::None),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+            Compression::None => "none",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Compression::Zstd => ".nar.zst",
+            Compression::Xz => ".nar.xz",
+            Compression::None => ".nar",
+        }
+    }
+}
+
+/// Counts and hashes what passes through: the compressed file's
+/// FileHash and FileSize.
+struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.hasher.update(&buf[..n]);
+            this.size += n as u64;
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+type FileSink = Hashing<BufWriter<tokio::fs::File>>;
+
+enum Sink {
+    Plain(FileSink),
+    Zstd(ZstdEncoder<FileSink>),
+    Xz(XzEncoder<FileSink>),
+}
+
+impl Sink {
+    async fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.write_all(b).await,
+            Sink::Zstd(w) => w.write_all(b).await,
+            Sink::Xz(w) => w.write_all(b).await,
+        }
+    }
+
+    /// Ends the compressed stream and returns the file sink.
+    async fn finish(self) -> std::io::Result<FileSink> {
+        let mut inner = match self {
+            Sink::Plain(mut w) => {
+                w.flush().await?;
+                w
+            }
+            Sink::Zstd(mut w) => {
+                w.shutdown().await?;
+                w.into_inner()
+            }
+            Sink::Xz(mut w) => {
+                w.shutdown().await?;
+                w.into_inner()
+            }
+        };
+        inner.flush().await?;
+        Ok(inner)
+    }
+}
+
+pub(super) fn decompressor(
+    name: &str,
+    raw: BufReader<tokio::fs::File>,
+) -> Result<NarReader, Error> {
+    const CAP: usize = 256 << 10;
+    Ok(match name {
+        "none" => Box::new(raw),
+        "zstd" => Box::new(BufReader::with_capacity(CAP, ZstdDecoder::new(raw))),
+        "xz" => Box::new(BufReader::with_capacity(CAP, XzDecoder::new(raw))),
+        other => return Err(Error::Compression(other.to_owned())),
+    })
+}
 
 /// How [`NarWriter::commit`] treats the hash and size in the metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,24 +151,30 @@ pub enum Verify {
 pub struct NarWriter {
     store: Store,
     tmp: PathBuf,
-    file: BufWriter<tokio::fs::File>,
+    sink: Option<Sink>,
     parser: NarParser,
 }
 
 impl NarWriter {
     pub(super) async fn create(store: Store, limits: NarLimits) -> Result<NarWriter, Error> {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = store
-            .root
-            .join("tmp")
-            .join(format!("{}-{n}.nar", std::process::id()));
+        let tmp = tmp_path(&store, "nar");
         let f = tokio::fs::File::create(&tmp)
             .await
             .map_err(io_err("creating", &tmp))?;
+        let file = Hashing {
+            inner: BufWriter::with_capacity(256 << 10, f),
+            hasher: sha2::Sha256::new(),
+            size: 0,
+        };
+        let sink = match store.settings.compression {
+            Compression::None => Sink::Plain(file),
+            Compression::Zstd => Sink::Zstd(ZstdEncoder::with_quality(file, Level::Fastest)),
+            Compression::Xz => Sink::Xz(XzEncoder::with_quality(file, Level::Default)),
+        };
         Ok(NarWriter {
             store,
             tmp,
-            file: BufWriter::with_capacity(256 << 10, f),
+            sink: Some(sink),
             parser: NarParser::new(limits),
         })
     }
@@ -57,10 +189,11 @@ impl NarWriter {
             path: path.clone(),
             source,
         })?;
-        self.file
-            .write_all(&buf[..n])
-            .await
-            .map_err(io_err("writing", &self.tmp))?;
+        if let Some(sink) = self.sink.as_mut() {
+            sink.write_all(&buf[..n])
+                .await
+                .map_err(io_err("writing", &self.tmp))?;
+        }
         Ok(n)
     }
 
@@ -99,11 +232,14 @@ impl NarWriter {
         Ok(())
     }
 
-    /// Verifies the NAR, makes it durable and publishes the entry.
+    /// Verifies the NAR, makes it durable and publishes the entry in
+    /// `scope`. Public entries are signed with the relay's key.
     pub async fn commit(
         mut self,
         mut info: ValidPathInfo,
         verify: Verify,
+        scope: &Scope,
+        provenance: &Provenance,
     ) -> Result<ValidPathInfo, Error> {
         let parser = std::mem::replace(&mut self.parser, NarParser::new(NarLimits::default()));
         let summary = parser.finish().map_err(|source| Error::Nar {
@@ -129,26 +265,34 @@ impl NarWriter {
         }
         info.nar_hash = summary.sha256;
         info.nar_size = summary.size;
-        self.file
-            .flush()
-            .await
-            .map_err(io_err("flushing", &self.tmp))?;
-        self.file
-            .get_ref()
-            .sync_all()
-            .await
-            .map_err(io_err("syncing", &self.tmp))?;
-        let url = Store::nar_rel_url(&info.nar_hash);
-        let nar_path = self.store.root.join(&url);
+        let (file_hash, file_size) = self.finish_file().await?;
+        let dir = self.store.scope_dir(scope);
+        for sub in ["nar", "meta"] {
+            let d = dir.join(sub);
+            tokio::fs::create_dir_all(&d)
+                .await
+                .map_err(io_err("creating", &d))?;
+        }
+        let compression = self.store.settings.compression;
+        let url = format!("nar/{}{}", file_hash.to_nix32(), compression.extension());
+        let nar_path = dir.join(&url);
         tokio::fs::rename(&self.tmp, &nar_path)
             .await
             .map_err(io_err("publishing", &nar_path))?;
+        if *scope == Scope::Public
+            && let Some(key) = &self.store.settings.signer
+        {
+            let sig = key.sign(&fingerprint(&info));
+            if !info.sigs.contains(&sig) {
+                info.sigs.push(sig);
+            }
+        }
         let narinfo = NarInfo {
             store_path: info.path.clone(),
             url,
-            compression: "none".into(),
-            file_hash: Some(info.nar_hash),
-            file_size: Some(info.nar_size),
+            compression: compression.name().into(),
+            file_hash: Some(file_hash),
+            file_size: Some(file_size),
             nar_hash: info.nar_hash,
             nar_size: info.nar_size,
             references: info.references.iter().cloned().collect(),
@@ -157,34 +301,64 @@ impl NarWriter {
             sigs: info.sigs.clone(),
             ca: info.ca.clone(),
         };
-        self.store.publish_narinfo(&narinfo).await?;
+        let hash = info.path.hash_part();
+        let store = &self.store;
+        store
+            .publish(
+                &dir.join("meta").join(format!("{hash}.prov")),
+                provenance.render().as_bytes(),
+            )
+            .await?;
+        store
+            .publish(
+                &dir.join(format!("{hash}.narinfo")),
+                narinfo.render().as_bytes(),
+            )
+            .await?;
         Ok(info)
+    }
+
+    async fn finish_file(&mut self) -> Result<(Sha256Hash, u64), Error> {
+        let sink = self.sink.take().ok_or_else(|| {
+            io_err("finishing", &self.tmp)(std::io::Error::other("NAR file already finished"))
+        })?;
+        let file = sink.finish().await.map_err(io_err("writing", &self.tmp))?;
+        let hash = Sha256Hash(file.hasher.finalize().into());
+        file.inner
+            .get_ref()
+            .sync_all()
+            .await
+            .map_err(io_err("syncing", &self.tmp))?;
+        Ok((hash, file.size))
     }
 }
 
+fn tmp_path(store: &Store, ext: &str) -> PathBuf {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    store
+        .root
+        .join("tmp")
+        .join(format!("{}-{n}.{ext}", std::process::id()))
+}
+
 impl Store {
-    async fn publish_narinfo(&self, n: &NarInfo) -> Result<(), Error> {
-        let seq = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}-{seq}.narinfo", std::process::id()));
-        let dest = self.narinfo_path(n.store_path.hash_part());
+    /// Writes `dest` atomically and durably: temp file, fsync, rename, fsync dir.
+    async fn publish(&self, dest: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+        let tmp = tmp_path(self, "part");
         let mut f = tokio::fs::File::create(&tmp)
             .await
             .map_err(io_err("creating", &tmp))?;
-        f.write_all(n.render().as_bytes())
-            .await
-            .map_err(io_err("writing", &tmp))?;
+        f.write_all(bytes).await.map_err(io_err("writing", &tmp))?;
         f.sync_all().await.map_err(io_err("syncing", &tmp))?;
         drop(f);
-        tokio::fs::rename(&tmp, &dest)
+        tokio::fs::rename(&tmp, dest)
             .await
-            .map_err(io_err("publishing", &dest))?;
-        let dir = tokio::fs::File::open(&self.root)
+            .map_err(io_err("publishing", dest))?;
+        let dir = dest.parent().unwrap_or(&self.root);
+        let d = tokio::fs::File::open(dir)
             .await
-            .map_err(io_err("opening", &self.root))?;
-        dir.sync_all().await.map_err(io_err("syncing", &self.root))
+            .map_err(io_err("opening", dir))?;
+        d.sync_all().await.map_err(io_err("syncing", dir))
     }
 }
 

@@ -1,0 +1,141 @@
+//! Builds in flight, shared by every client that wants the same outputs.
+//!
+//! A [`Flight`] is one backend build, keyed by (scope, output paths). The
+//! first client's request starts it in a task of its own; later clients
+//! asking for the same outputs attach to it and get the live log and the
+//! same result. Each attachment is counted: when the last one goes away
+//! before the build finished, the build is cancelled — unless
+//! `keep_going`, then it finishes and lands in the store anyway. After a
+//! success the flight stays until every attachment is gone, so attached
+//! sessions can stream outputs from the backend (the tee); then it stores
+//! whatever outputs nobody fetched and leaves the registry.
+//!
+//! Invariant: at most one flight per key; a flight leaves the registry only
+//! once its outputs are stored or it failed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::build::Finished;
+use crate::store::Scope;
+use crate::wire::build::BuildResult;
+use crate::wire::store_path::StorePath;
+
+/// Log chunks kept for attached clients that fall behind.
+const LOG_BACKLOG: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FlightKey {
+    pub scope: Scope,
+    pub outputs: Vec<StorePath>,
+}
+
+/// What a finished flight hands to the sessions attached to it.
+#[derive(Clone)]
+pub struct Outcome {
+    pub result: BuildResult,
+    /// Outputs still on the backend (None after a failure).
+    pub finished: Option<Arc<tokio::sync::Mutex<Finished>>>,
+}
+
+pub struct Flight {
+    pub key: FlightKey,
+    pub log: broadcast::Sender<Bytes>,
+    pub outcome: watch::Sender<Option<Outcome>>,
+    attached: AtomicUsize,
+    detached: Notify,
+    pub cancel: CancellationToken,
+    keep_going: bool,
+}
+
+impl Flight {
+    fn new(key: FlightKey, keep_going: bool) -> Arc<Flight> {
+        Arc::new(Flight {
+            key,
+            log: broadcast::channel(LOG_BACKLOG).0,
+            outcome: watch::channel(None).0,
+            attached: AtomicUsize::new(0),
+            detached: Notify::new(),
+            cancel: CancellationToken::new(),
+            keep_going,
+        })
+    }
+
+    pub fn attached(&self) -> usize {
+        self.attached.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no session is attached any more.
+    pub async fn all_detached(&self) {
+        loop {
+            let notified = self.detached.notified();
+            if self.attached() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A session's claim on a flight; dropping it detaches.
+pub struct Attachment {
+    pub flight: Arc<Flight>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let f = &self.flight;
+        if f.attached.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if f.outcome.borrow().is_none() && !f.keep_going {
+                tracing::info!(outputs = ?f.key.outputs, "last client gone: cancelling the build");
+                f.cancel.cancel();
+            }
+            f.detached.notify_waiters();
+        }
+    }
+}
+
+/// The registry of flights.
+#[derive(Default)]
+pub struct Flights {
+    map: Mutex<HashMap<FlightKey, Arc<Flight>>>,
+}
+
+impl Flights {
+    /// Attaches to the flight for `key`, or creates it. `true` when created:
+    /// the caller must then start it.
+    pub fn attach(&self, key: FlightKey, keep_going: bool) -> (Attachment, bool) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let (flight, created) = match map.get(&key) {
+            Some(f) if !f.cancel.is_cancelled() => (f.clone(), false),
+            _ => {
+                let f = Flight::new(key.clone(), keep_going);
+                map.insert(key, f.clone());
+                (f, true)
+            }
+        };
+        flight.attached.fetch_add(1, Ordering::SeqCst);
+        (Attachment { flight }, created)
+    }
+
+    /// Removes `flight` (if it is still the one registered for its key).
+    pub fn remove(&self, flight: &Arc<Flight>) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            map.remove(&flight.key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
