@@ -71,6 +71,7 @@ pub async fn serve(config: Config) -> Result<()> {
         compression: config.cache.compression,
         signer: Some(Arc::new(signer)),
         trusted_keys: config.cache.trusted_public_keys.clone(),
+        max_size: config.cache.max_size,
     };
     let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
     if config.clients.is_empty() {

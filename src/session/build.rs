@@ -334,7 +334,8 @@ async fn on_backend(
     let b = slot.backend().clone();
     say(log, format!("building '{drv_path}' on {}", b.name)).await;
     let mut conn = backend::connect(&b, log.clone(), relay.limits.wire()).await?;
-    push_inputs(relay, &mut conn, client, &drv.input_srcs).await?;
+    // What this build needs stays in the store until it is done.
+    let _pin = push_inputs(relay, &mut conn, client, &drv.input_srcs).await?;
     let started = tokio::time::Instant::now();
     let result = conn
         .client
@@ -378,13 +379,13 @@ pub enum BuildError {
 }
 
 /// Uploads the inputs' closure minus what the backend already has,
-/// references first.
+/// references first. The closure stays pinned while the guard lives.
 async fn push_inputs(
     relay: &Relay,
     conn: &mut BackendConn,
     client: &str,
     srcs: &[StorePath],
-) -> Result<(), BuildError> {
+) -> Result<crate::store::Pin, BuildError> {
     let (closure, _) = relay
         .store
         .closure_sorted(srcs, Some(client))
@@ -393,6 +394,7 @@ async fn push_inputs(
             crate::store::Error::Missing(p) => BuildError::MissingInput(p),
             e => BuildError::Store(e),
         })?;
+    let pin = relay.store.pin(&closure);
     let valid: std::collections::HashSet<StorePath> = conn
         .client
         .query_valid_paths(closure.clone())
@@ -412,5 +414,5 @@ async fn push_inputs(
             .await
             .map_err(BuildError::Inputs)?;
     }
-    Ok(())
+    Ok(pin)
 }

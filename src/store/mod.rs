@@ -20,6 +20,7 @@
 //! way. A crash leaves at most an orphan file, never a narinfo without its
 //! NAR. Memory use is bounded: NARs are streamed in fixed-size chunks.
 
+mod evict;
 pub mod narinfo;
 pub mod signing;
 mod writer;
@@ -34,6 +35,7 @@ use tokio::io::{AsyncBufRead, BufReader};
 use crate::wire::nar::NarLimits;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
+pub use evict::Pin;
 pub use narinfo::NarInfo;
 use signing::{PublicKey, SecretKey};
 pub use writer::{Compression, NarWriter, Verify};
@@ -118,6 +120,8 @@ pub struct Settings {
     pub signer: Option<Arc<SecretKey>>,
     /// Uploads signed by one of these keys are public.
     pub trusted_keys: Vec<PublicKey>,
+    /// Evict least recently used entries above this many NAR bytes.
+    pub max_size: Option<u64>,
 }
 
 /// Handle to the on-disk store. Cheap to clone; all state is on disk.
@@ -125,6 +129,7 @@ pub struct Settings {
 pub struct Store {
     root: PathBuf,
     settings: Arc<Settings>,
+    usage: Arc<evict::Usage>,
 }
 
 /// A NAR being read back, decompressed.
@@ -151,10 +156,13 @@ impl Store {
             )
             .map_err(io_err("writing", &info))?;
         }
-        Ok(Store {
+        let store = Store {
             root: root.to_owned(),
             settings: Arc::new(settings),
-        })
+            usage: Default::default(),
+        };
+        store.measure().map_err(io_err("measuring", root))?;
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -237,7 +245,9 @@ impl Store {
             .find(path, client)
             .await?
             .ok_or_else(|| Error::Missing(path.clone()))?;
-        let file = self.scope_dir(&scope).join(&info.url);
+        let dir = self.scope_dir(&scope);
+        self.touch(&dir, path);
+        let file = dir.join(&info.url);
         let f = tokio::fs::File::open(&file)
             .await
             .map_err(io_err("opening NAR", &file))?;

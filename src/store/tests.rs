@@ -311,3 +311,51 @@ fn uploads_are_classified_by_signature_and_client_trust() {
         "forged signature"
     );
 }
+
+#[tokio::test]
+async fn over_the_cap_the_least_recently_used_unpinned_entries_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        compression: Compression::None,
+        ..Default::default()
+    };
+    let store = Store::open(dir.path(), settings).unwrap();
+    let paths: Vec<StorePath> = (0..4).map(|i| path_n(i, "blob")).collect();
+    for (i, p) in paths.iter().enumerate() {
+        let nar = file_nar(&vec![i as u8; 1000]);
+        add(&store, info_for(p, &nar, &[]), &nar).await.unwrap();
+        let prov = dir
+            .path()
+            .join("meta")
+            .join(format!("{}.prov", p.hash_part()));
+        let when =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(prov)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+    let per_entry = store.total_bytes() / 4;
+    let _ = read_back(&store, &paths[0], None).await; // oldest, but just used
+    let pin = store.pin(std::slice::from_ref(&paths[1]));
+    let removed = store.evict_to(2 * per_entry).unwrap();
+    assert_eq!(removed, 2);
+    let mut left = Vec::new();
+    for p in &paths {
+        left.push(store.contains(p, None).await.unwrap());
+    }
+    assert_eq!(
+        left,
+        [true, true, false, false],
+        "used and pinned entries stay"
+    );
+    drop(pin);
+    let reopened = open(dir.path());
+    assert_eq!(
+        reopened.total_bytes(),
+        2 * per_entry,
+        "the total survives a restart"
+    );
+}

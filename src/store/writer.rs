@@ -276,9 +276,13 @@ impl NarWriter {
         let compression = self.store.settings.compression;
         let url = format!("nar/{}{}", file_hash.to_nix32(), compression.extension());
         let nar_path = dir.join(&url);
+        let new_file = !tokio::fs::try_exists(&nar_path).await.unwrap_or(false);
         tokio::fs::rename(&self.tmp, &nar_path)
             .await
             .map_err(io_err("publishing", &nar_path))?;
+        if new_file {
+            self.store.account(file_size);
+        }
         if *scope == Scope::Public
             && let Some(key) = &self.store.settings.signer
         {
@@ -342,6 +346,22 @@ fn tmp_path(store: &Store, ext: &str) -> PathBuf {
 }
 
 impl Store {
+    /// Adds a new NAR file to the running total and, above the cap, starts
+    /// an eviction in the background.
+    fn account(&self, bytes: u64) {
+        let total = self.usage.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if let Some(max) = self.settings.max_size
+            && total > max
+        {
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.evict_to(max) {
+                    tracing::warn!(error = %e, "eviction failed");
+                }
+            });
+        }
+    }
+
     /// Writes `dest` atomically and durably: temp file, fsync, rename, fsync dir.
     async fn publish(&self, dest: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
         let tmp = tmp_path(self, "part");
