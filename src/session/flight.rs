@@ -139,3 +139,67 @@ impl Flights {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: &str) -> FlightKey {
+        let p = format!("/nix/store/{}-{n}", "1".repeat(32));
+        FlightKey {
+            scope: Scope::Public,
+            outputs: vec![StorePath::parse(&p).unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_second_client_attaches_to_the_running_flight() {
+        let flights = Flights::default();
+        let (a, created_a) = flights.attach(key("x"), false);
+        let (b, created_b) = flights.attach(key("x"), false);
+        assert!(created_a && !created_b);
+        assert!(Arc::ptr_eq(&a.flight, &b.flight));
+        assert_eq!(a.flight.attached(), 2);
+        let (_c, created_c) = flights.attach(key("other"), false);
+        assert!(created_c);
+    }
+
+    #[test]
+    fn the_build_is_cancelled_only_when_the_last_client_leaves() {
+        let flights = Flights::default();
+        let (a, _) = flights.attach(key("x"), false);
+        let (b, _) = flights.attach(key("x"), false);
+        let flight = a.flight.clone();
+        drop(a);
+        assert!(!flight.cancel.is_cancelled(), "B keeps it alive");
+        drop(b);
+        assert!(flight.cancel.is_cancelled());
+        let (fresh, created) = flights.attach(key("x"), false);
+        assert!(created, "a cancelled flight is not reused");
+        assert!(!Arc::ptr_eq(&fresh.flight, &flight));
+    }
+
+    #[test]
+    fn keep_going_finishes_builds_nobody_waits_for() {
+        let flights = Flights::default();
+        let (a, _) = flights.attach(key("x"), true);
+        let flight = a.flight.clone();
+        drop(a);
+        assert!(!flight.cancel.is_cancelled());
+    }
+
+    #[test]
+    fn a_finished_flight_is_not_cancelled_by_its_clients_leaving() {
+        let flights = Flights::default();
+        let (a, _) = flights.attach(key("x"), false);
+        let flight = a.flight.clone();
+        flight.outcome.send_replace(Some(Outcome {
+            result: BuildResult::failure(crate::wire::build::BuildStatus::Built, ""),
+            finished: None,
+        }));
+        drop(a);
+        assert!(!flight.cancel.is_cancelled());
+        flights.remove(&flight);
+        assert!(flights.is_empty());
+    }
+}
