@@ -89,6 +89,9 @@ pub async fn serve(config: Config) -> Result<()> {
         clients: Arc::new(config.clients.clone()),
         sessions: Arc::new(Semaphore::new(config.limits.max_sessions as usize)),
     });
+    if let Some(addr) = config.http_listen {
+        spawn_http(addr, relay_store(&front)).await?;
+    }
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -136,4 +139,28 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+fn relay_store(front: &FrontEnd) -> Store {
+    front.relay.store.clone()
+}
+
+/// Serves the public part of the store as a Nix binary cache.
+async fn spawn_http(addr: std::net::SocketAddr, store: Store) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for HTTP on {addr}"))?;
+    let touch = store.clone();
+    let state = crate::http::HttpState {
+        root: store.root().to_owned(),
+        on_narinfo_hit: Some(Arc::new(move |hash: &str| touch.touch_public(hash))),
+    };
+    let router = crate::http::router(state);
+    info!(listen = %addr, "binary cache listening (HTTP)");
+    tokio::spawn(async move {
+        if let Err(e) = crate::http::serve(listener, router).await {
+            error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(())
 }

@@ -93,3 +93,32 @@ fn backend_uris() {
     assert!(p("ssh://h").is_err());
     assert!(p("http://u@h").is_err());
 }
+
+#[test]
+fn cache_and_http_sections_parse_and_are_checked() {
+    let text = example()
+        + r#"
+[cache]
+signing_key = "/tmp/x/cache.sec"
+key_name = "lab-1"
+compression = "xz"
+trusted_public_keys = ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]
+keep_going = true
+max_size = "200GiB"
+
+[http]
+listen = "127.0.0.1:5000"
+"#;
+    let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+    assert_eq!(c.cache.compression, crate::store::Compression::Xz);
+    assert_eq!(c.cache.max_size, Some(200 << 30));
+    assert!(c.cache.keep_going);
+    assert_eq!(c.cache.trusted_public_keys.len(), 1);
+    assert_eq!(c.http_listen.unwrap().port(), 5000);
+    let bad = text.replace("\"xz\"", "\"lz5\"").replace("6NCHdD59", "");
+    let Error::Invalid { problems, .. } = Config::parse(&bad, Path::new("t.toml")).unwrap_err()
+    else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+}

@@ -88,6 +88,14 @@ impl Store {
         }
     }
 
+    /// Marks a public entry as used now, by hash part (HTTP cache hits).
+    pub fn touch_public(&self, hash_part: &str) {
+        let prov = self.root.join("meta").join(format!("{hash_part}.prov"));
+        if let Ok(f) = std::fs::File::options().write(true).open(&prov) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
     /// Sums the NAR files of every scope (at open).
     pub(super) fn measure(&self) -> std::io::Result<()> {
         let mut total = 0;
