@@ -44,6 +44,15 @@ pub enum Cmd {
         #[arg(long, default_value = "cache-priv-key.pem")]
         out: PathBuf,
     },
+    /// Show what the running relay is doing (from its /status).
+    Status {
+        /// The relay's HTTP listener.
+        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        url: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the builder entry for clients (machines-file line and Nix form).
     MachinesEntry {
         #[arg(long)]
@@ -77,20 +86,20 @@ pub async fn serve(config: Config) -> Result<()> {
     if config.clients.is_empty() {
         tracing::warn!("no client keys configured: nobody can log in");
     }
-    let relay = Arc::new(Relay {
+    let relay = Arc::new(Relay::new(
         store,
-        scheduler: Scheduler::new(config.backends.clone(), config.limits.max_waiting_jobs),
-        limits: config.limits,
-        flights: Default::default(),
-        keep_going: config.cache.keep_going,
-    });
+        Scheduler::new(config.backends.clone(), config.limits.max_waiting_jobs),
+        config.limits,
+        config.cache.keep_going,
+    ));
     let front = Arc::new(FrontEnd {
         relay,
         clients: Arc::new(config.clients.clone()),
         sessions: Arc::new(Semaphore::new(config.limits.max_sessions as usize)),
     });
+    let metrics = install_metrics(&config, &front.relay);
     if let Some(addr) = config.http_listen {
-        spawn_http(addr, relay_store(&front)).await?;
+        spawn_http(addr, front.relay.clone(), metrics).await?;
     }
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -141,12 +150,50 @@ async fn shutdown_signal() {
     }
 }
 
-fn relay_store(front: &FrontEnd) -> Store {
-    front.relay.store.clone()
+/// Installs the Prometheus recorder and its upkeep task. A failure only
+/// costs the metrics, so it is logged, not fatal.
+fn install_metrics(
+    config: &Config,
+    relay: &Arc<Relay>,
+) -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    let systems = config
+        .backends
+        .iter()
+        .flat_map(|b| b.systems.iter().cloned())
+        .collect();
+    let handle = match crate::metrics::install(systems) {
+        Ok(h) => h,
+        Err(e) => {
+            error!("metrics disabled: {e}");
+            return None;
+        }
+    };
+    let slots: Vec<(String, u32)> = config
+        .backends
+        .iter()
+        .map(|b| (b.name.clone(), b.max_jobs))
+        .collect();
+    crate::metrics::register_zeroes(&slots);
+    let (h, relay) = (handle.clone(), relay.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            h.run_upkeep();
+            crate::metrics::store_bytes(relay.store.total_bytes());
+        }
+    });
+    Some(handle)
 }
 
-/// Serves the public part of the store as a Nix binary cache.
-async fn spawn_http(addr: std::net::SocketAddr, store: Store) -> Result<()> {
+/// Serves the public part of the store as a Nix binary cache, plus
+/// `/status` and `/metrics`.
+async fn spawn_http(
+    addr: std::net::SocketAddr,
+    relay: Arc<Relay>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<()> {
+    let store = relay.store.clone();
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening for HTTP on {addr}"))?;
@@ -155,12 +202,27 @@ async fn spawn_http(addr: std::net::SocketAddr, store: Store) -> Result<()> {
         root: store.root().to_owned(),
         on_narinfo_hit: Some(Arc::new(move |hash: &str| touch.touch_public(hash))),
     };
-    let router = crate::http::router(state);
+    let router = crate::status::router(relay, metrics).merge(crate::http::router(state));
     info!(listen = %addr, "binary cache listening (HTTP)");
     tokio::spawn(async move {
         if let Err(e) = crate::http::serve(listener, router).await {
             error!(error = %e, "HTTP server stopped");
         }
     });
+    Ok(())
+}
+
+pub async fn status(url: &str, json: bool) -> Result<()> {
+    let body = crate::status::http_get(&format!("{}/status", url.trim_end_matches('/'))).await?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("parsing /status")?;
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100);
+    print!("{}", crate::status::render(&v, width));
     Ok(())
 }

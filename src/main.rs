@@ -33,6 +33,9 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Keygen { name, out } => keygen(name, &out),
+        Cmd::Status { url, json } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(nix_relay::cli::status(&url, json))),
         Cmd::MachinesEntry { config } => load_config(config.as_deref())
             .and_then(|c| nix_relay::machines::entry(&c).map(|s| print!("{s}"))),
     };

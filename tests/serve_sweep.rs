@@ -144,10 +144,10 @@ fn store_dir() -> tempfile::TempDir {
 
 /// A relay with no backends: BuildDerivation fails at once, no network.
 fn relay(root: &Path) -> Arc<Relay> {
-    Arc::new(Relay {
-        // Uncompressed and unsigned, so the checks below can read NARs
-        // directly and replays reproduce real Nix's bytes.
-        store: Store::open(
+    // Uncompressed and unsigned, so the checks below can read NARs
+    // directly and replays reproduce real Nix's bytes.
+    Arc::new(Relay::new(
+        Store::open(
             root,
             nix_relay::store::Settings {
                 compression: nix_relay::store::Compression::None,
@@ -155,11 +155,10 @@ fn relay(root: &Path) -> Arc<Relay> {
             },
         )
         .unwrap(),
-        scheduler: Scheduler::new(vec![], 10),
-        limits: nix_relay::config::Limits::default(),
-        flights: Default::default(),
-        keep_going: false,
-    })
+        Scheduler::new(vec![], 10),
+        nix_relay::config::Limits::default(),
+        false,
+    ))
 }
 
 /// Runs one serve session on `input`. Outer Err: panic or timeout.

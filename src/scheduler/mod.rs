@@ -33,12 +33,15 @@ pub enum Error {
 
 struct Waiter {
     seq: u64,
+    since: Instant,
     job: JobSpec,
     tx: oneshot::Sender<Slot>,
 }
 
 struct State {
     running: Vec<u32>,
+    /// Whether the last connection to each backend worked (None: not tried).
+    healthy: Vec<Option<bool>>,
     queues: BTreeMap<String, VecDeque<Waiter>>,
     waiting: u64,
     next_seq: u64,
@@ -82,6 +85,7 @@ impl Scheduler {
     pub fn new(backends: Vec<Backend>, max_waiting: u64) -> Arc<Scheduler> {
         let state = State {
             running: vec![0; backends.len()],
+            healthy: vec![None; backends.len()],
             queues: BTreeMap::new(),
             waiting: 0,
             next_seq: 0,
@@ -127,6 +131,7 @@ impl Scheduler {
             Decision::NoneEligible => Err(self.none_eligible(&job)),
             Decision::Run(i) if queue_empty => {
                 st.running[i] += 1;
+                self.publish_slots(&st, i);
                 Ok(Acquired::Now(Slot {
                     scheduler: self.clone(),
                     backend: i,
@@ -140,9 +145,16 @@ impl Scheduler {
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 st.waiting += 1;
-                let q = st.queues.entry(job.system.clone()).or_default();
-                q.push_back(Waiter { seq, job, tx });
+                let system = job.system.clone();
+                let q = st.queues.entry(system.clone()).or_default();
+                q.push_back(Waiter {
+                    seq,
+                    since: Instant::now(),
+                    job,
+                    tx,
+                });
                 let position = q.len();
+                crate::metrics::queue_depth(&system, position);
                 Ok(Acquired::Queued { position, rx })
             }
         }
@@ -179,6 +191,7 @@ impl Scheduler {
         let refused = {
             let mut st = self.lock();
             st.running[backend] = st.running[backend].saturating_sub(1);
+            self.publish_slots(&st, backend);
             self.dispatch(&mut st)
         };
         // Slots whose waiter had gone; dropping them (outside the lock)
@@ -212,6 +225,8 @@ impl Scheduler {
                 };
                 st.waiting -= 1;
                 st.running[i] += 1;
+                self.publish_slots(st, i);
+                crate::metrics::queue_depth(&sys, st.queues.get(&sys).map_or(0, VecDeque::len));
                 let slot = Slot {
                     scheduler: self.clone(),
                     backend: i,
@@ -225,6 +240,79 @@ impl Scheduler {
                 return refused;
             }
         }
+    }
+}
+
+/// What `/status` shows of the scheduler.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub backends: Vec<BackendStatus>,
+    pub queues: Vec<QueueStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendStatus {
+    pub name: String,
+    pub systems: Vec<String>,
+    pub features: Vec<String>,
+    /// `up`, `down` (last connection failed) or `unknown` (not tried yet).
+    pub state: &'static str,
+    pub running: u32,
+    pub max_jobs: u32,
+    pub speed_factor: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueStatus {
+    pub system: String,
+    /// Seconds each waiting job has waited, oldest first.
+    pub waiting_seconds: Vec<f64>,
+}
+
+impl Scheduler {
+    /// Records whether connecting to backend `name` worked.
+    pub fn report_connect(&self, name: &str, ok: bool) {
+        if let Some(i) = self.backends.iter().position(|b| b.name == name) {
+            self.lock().healthy[i] = Some(ok);
+        }
+        crate::metrics::backend_up(name, ok);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.lock();
+        let backends = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BackendStatus {
+                name: b.name.clone(),
+                systems: b.systems.clone(),
+                features: b.supported_features.clone(),
+                state: match st.healthy[i] {
+                    Some(true) => "up",
+                    Some(false) => "down",
+                    None => "unknown",
+                },
+                running: st.running[i],
+                max_jobs: b.max_jobs,
+                speed_factor: b.speed_factor,
+            })
+            .collect();
+        let now = Instant::now();
+        let queues = st
+            .queues
+            .iter()
+            .map(|(system, q)| QueueStatus {
+                system: system.clone(),
+                waiting_seconds: q.iter().map(|w| (now - w.since).as_secs_f64()).collect(),
+            })
+            .collect();
+        Snapshot { backends, queues }
+    }
+
+    fn publish_slots(&self, st: &State, i: usize) {
+        let b = &self.backends[i];
+        crate::metrics::backend_slots(&b.name, st.running[i], b.max_jobs);
     }
 }
 

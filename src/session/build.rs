@@ -14,9 +14,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::BuildRecord;
 use super::flight::{Attachment, Flight, FlightKey, Outcome};
 use super::{ClientId, Error, Relay, chain, say};
 use crate::backend::{self, BackendConn};
+use crate::metrics::{Direction, Outcome as BuildOutcome};
 use crate::scheduler::{Acquired, JobSpec, Scheduler, Slot};
 use crate::ssh::LogSink;
 use crate::store::{Provenance, Scope, Verify};
@@ -43,6 +45,7 @@ impl Finished {
         let Some(info) = self.outputs.remove(path) else {
             return Err(crate::store::Error::Missing(path.clone()).into());
         };
+        let tee_used = tee.is_some();
         let client = &mut self.conn.client;
         client.dump_store_path(path).await?;
         let mut writer = relay.store.begin(relay.limits.nar()).await?;
@@ -53,9 +56,13 @@ impl Finished {
         let prov = Provenance::Built {
             backend: self.backend.clone(),
         };
-        writer
+        let info = writer
             .commit(info, Verify::Declared, &self.scope, &prov)
             .await?;
+        crate::metrics::nar_bytes(Direction::FromBackend, info.nar_size);
+        if tee_used {
+            crate::metrics::nar_bytes(Direction::ToClient, info.nar_size);
+        }
         Ok(())
     }
 
@@ -93,8 +100,12 @@ pub async fn run(
     let span = info_span!("job", drv = drv_name(drv_path), system = %drv.platform);
     async {
         match prepare(relay, log, client, drv).await {
-            Ok(Prepared::Hit) => (cache_hit(), None),
+            Ok(Prepared::Hit) => {
+                crate::metrics::cache_lookup(true);
+                (cache_hit(), None)
+            }
             Ok(Prepared::Build(key)) => {
+                crate::metrics::cache_lookup(false);
                 attach_and_wait(relay, log, client, gone, key, drv_path, drv, options).await
             }
             Err(msg) => {
@@ -184,6 +195,7 @@ async fn attach_and_wait(
         );
         tokio::spawn(task.in_current_span());
     } else {
+        crate::metrics::dedup_attach();
         say(
             log,
             format!("attached to the build of '{drv_path}' already running for another client"),
@@ -261,7 +273,10 @@ async fn fly(
     let scope = flight.key.scope.clone();
     let result = tokio::select! {
         r = build(&relay, &log_tx, &client, &scope, &drv_path, &drv, options) => r,
-        _ = flight.cancel.cancelled() => Err("cancelled: every client waiting for it is gone".to_string()),
+        _ = flight.cancel.cancelled() => {
+            crate::metrics::build_finished(&drv.platform, "none", BuildOutcome::Cancelled, None);
+            Err("cancelled: every client waiting for it is gone".to_string())
+        }
     };
     let outcome = match result {
         Ok((result, finished)) => Outcome {
@@ -299,11 +314,27 @@ async fn build(
         system: drv.platform.clone(),
         required_features: drv.required_features(),
     };
+    let system = job.system.clone();
+    let queued = tokio::time::Instant::now();
     let slot = claim(&relay.scheduler, job, log).await?;
+    crate::metrics::queue_wait(&system, queued.elapsed());
     let name = slot.backend().name.clone();
-    on_backend(relay, log, client, scope, slot, drv_path, drv, options)
-        .await
-        .map_err(|e| format!("building on {name} failed: {}", chain(&e)))
+    let started = tokio::time::Instant::now();
+    let r = on_backend(relay, log, client, scope, slot, drv_path, drv, options).await;
+    let outcome = match &r {
+        Ok((res, _)) if res.status.is_success() => BuildOutcome::Success,
+        Ok(_) => BuildOutcome::Failure,
+        Err(_) => BuildOutcome::Error,
+    };
+    crate::metrics::build_finished(&system, &name, outcome, Some(started.elapsed()));
+    relay.record(BuildRecord::new(
+        drv_path,
+        &system,
+        &name,
+        outcome,
+        started.elapsed(),
+    ));
+    r.map_err(|e| format!("building on {name} failed: {}", chain(&e)))
 }
 
 async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, String> {
@@ -333,7 +364,9 @@ async fn on_backend(
 ) -> Result<(BuildResult, Option<Finished>), BuildError> {
     let b = slot.backend().clone();
     say(log, format!("building '{drv_path}' on {}", b.name)).await;
-    let mut conn = backend::connect(&b, log.clone(), relay.limits.wire()).await?;
+    let conn = backend::connect(&b, log.clone(), relay.limits.wire()).await;
+    relay.scheduler.report_connect(&b.name, conn.is_ok());
+    let mut conn = conn?;
     // What this build needs stays in the store until it is done.
     let _pin = push_inputs(relay, &mut conn, client, &drv.input_srcs).await?;
     let started = tokio::time::Instant::now();
@@ -413,6 +446,7 @@ async fn push_inputs(
             .add_to_store_nar(&info, &mut nar)
             .await
             .map_err(BuildError::Inputs)?;
+        crate::metrics::nar_bytes(Direction::ToBackend, info.nar_size);
     }
     Ok(pin)
 }

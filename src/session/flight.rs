@@ -51,6 +51,7 @@ pub struct Flight {
     detached: Notify,
     pub cancel: CancellationToken,
     keep_going: bool,
+    created: std::time::Instant,
 }
 
 impl Flight {
@@ -63,6 +64,7 @@ impl Flight {
             detached: Notify::new(),
             cancel: CancellationToken::new(),
             keep_going,
+            created: std::time::Instant::now(),
         })
     }
 
@@ -80,6 +82,16 @@ impl Flight {
             notified.await;
         }
     }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlightStatus {
+    /// Output names (never full paths).
+    pub outputs: Vec<String>,
+    pub private: bool,
+    pub attached: usize,
+    pub state: &'static str,
+    pub age_seconds: f64,
 }
 
 /// A session's claim on a flight; dropping it detaches.
@@ -129,6 +141,24 @@ impl Flights {
         if map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             map.remove(&flight.key);
         }
+    }
+
+    /// What `/status` shows of the builds in flight.
+    pub fn snapshot(&self) -> Vec<FlightStatus> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .map(|f| FlightStatus {
+                outputs: f.key.outputs.iter().map(|p| p.name().to_owned()).collect(),
+                private: f.key.scope != Scope::Public,
+                attached: f.attached(),
+                state: if f.outcome.borrow().is_some() {
+                    "storing outputs"
+                } else {
+                    "building"
+                },
+                age_seconds: f.created.elapsed().as_secs_f64(),
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -27,6 +27,80 @@ pub struct Relay {
     pub flights: flight::Flights,
     /// Finish builds every client gave up on (`[cache] keep_going`).
     pub keep_going: bool,
+    /// The last builds, newest last (for `/status`).
+    recent: std::sync::Mutex<std::collections::VecDeque<BuildRecord>>,
+    pub started: std::time::Instant,
+}
+
+/// Builds kept for `/status`.
+const RECENT_BUILDS: usize = 50;
+
+impl Relay {
+    pub fn new(
+        store: Store,
+        scheduler: Arc<Scheduler>,
+        limits: crate::config::Limits,
+        keep_going: bool,
+    ) -> Self {
+        Relay {
+            store,
+            scheduler,
+            limits,
+            flights: Default::default(),
+            keep_going,
+            recent: Default::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn record(&self, r: BuildRecord) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_BUILDS {
+            recent.pop_front();
+        }
+        recent.push_back(r);
+    }
+
+    pub fn recent_builds(&self) -> Vec<BuildRecord> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// One finished backend build, as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildRecord {
+    pub drv: String,
+    pub system: String,
+    pub backend: String,
+    pub outcome: &'static str,
+    pub duration_seconds: f64,
+    pub finished_unix: u64,
+}
+
+impl BuildRecord {
+    pub fn new(
+        drv_path: &crate::wire::store_path::StorePath,
+        system: &str,
+        backend: &str,
+        outcome: crate::metrics::Outcome,
+        took: std::time::Duration,
+    ) -> Self {
+        BuildRecord {
+            drv: crate::wire::build::drv_name(drv_path).to_owned(),
+            system: system.to_owned(),
+            backend: backend.to_owned(),
+            outcome: outcome.label(),
+            duration_seconds: took.as_secs_f64(),
+            finished_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -186,11 +186,12 @@ where
                 return Ok(());
             }
         }
-        let (_, mut nar) = self
+        let (info, mut nar) = self
             .relay
             .store
             .open_nar(&path, Some(&self.client.name))
             .await?;
+        crate::metrics::nar_bytes(crate::metrics::Direction::ToClient, info.nar_size);
         tokio::io::copy_buf(&mut nar, &mut self.w)
             .await
             .map_err(crate::wire::Error::Write)?;
@@ -211,6 +212,7 @@ where
                 limited.limit()
             )));
         }
+        crate::metrics::nar_bytes(crate::metrics::Direction::FromClient, info.nar_size);
         let path = info.path.clone();
         let (scope, prov) =
             self.relay

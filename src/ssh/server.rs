@@ -317,6 +317,7 @@ async fn serve_channel(
     let stderr = tokio::spawn(forward_log(log_rx, tx.make_writer_ext(Some(1))));
     let stdout = tx.make_writer();
     info!("serve session started");
+    crate::metrics::session_started("serve");
     let result = session::serve::run(
         relay,
         BufReader::with_capacity(256 << 10, stdin),
@@ -340,6 +341,7 @@ async fn serve_channel(
     // Let the last log lines out before the exit status.
     let _ = stderr.await;
     finish(&tx, status).await;
+    crate::metrics::session_ended("serve");
     info!(status, "serve session ended");
 }
 

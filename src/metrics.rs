@@ -1,0 +1,215 @@
+//! Every metric the relay exports, defined in one place (prefix `nix_relay_`).
+//!
+//! Labels come only from closed sets or configured names: `protocol`
+//! (`serve`), `system` (a configured backend system, else `other`),
+//! `backend` (a configured backend name), `outcome` (below), `direction`
+//! (below). Never a store path or a peer address. The README lists them all.
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static SYSTEMS: OnceLock<BTreeSet<String>> = OnceLock::new();
+
+/// Seconds; builds range from milliseconds to hours.
+const DURATION_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+];
+
+/// Installs the global recorder. `systems` is the allow-list for the
+/// `system` label (the union of the backends' systems).
+pub fn install(systems: BTreeSet<String>) -> Result<PrometheusHandle, String> {
+    let _ = SYSTEMS.set(systems);
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "nix_relay_sessions_total",
+        "Client sessions started, by protocol"
+    );
+    describe_gauge!(
+        "nix_relay_sessions_active",
+        "Client sessions open now, by protocol"
+    );
+    describe_counter!(
+        "nix_relay_builds_total",
+        "Backend builds finished, by system, backend and outcome"
+    );
+    describe_histogram!(
+        "nix_relay_build_duration_seconds",
+        "Backend build time, by system and backend"
+    );
+    describe_histogram!(
+        "nix_relay_queue_wait_seconds",
+        "Time a build waited for a slot, by system"
+    );
+    describe_gauge!(
+        "nix_relay_queue_depth",
+        "Builds waiting for a slot, by system"
+    );
+    describe_gauge!(
+        "nix_relay_backend_up",
+        "1 if the last connection to the backend worked, else 0"
+    );
+    describe_gauge!(
+        "nix_relay_backend_slots_used",
+        "Build slots in use, by backend"
+    );
+    describe_gauge!(
+        "nix_relay_backend_slots",
+        "Build slots configured (max_jobs), by backend"
+    );
+    describe_counter!("nix_relay_nar_bytes_total", "NAR bytes moved, by direction");
+    describe_counter!(
+        "nix_relay_cache_hits_total",
+        "Builds answered from the relay store"
+    );
+    describe_counter!(
+        "nix_relay_cache_misses_total",
+        "Builds the relay store could not answer"
+    );
+    describe_counter!(
+        "nix_relay_dedup_attaches_total",
+        "Builds joined by another client while in flight"
+    );
+    describe_counter!(
+        "nix_relay_retries_total",
+        "Builds requeued after an infrastructure failure"
+    );
+    describe_gauge!(
+        "nix_relay_store_bytes",
+        "Bytes of NAR files in the relay store"
+    );
+}
+
+/// `system` label: a configured system, or `other`.
+fn system(s: &str) -> String {
+    match SYSTEMS.get() {
+        Some(set) if set.contains(s) => s.to_owned(),
+        _ => "other".to_owned(),
+    }
+}
+
+pub fn session_started(protocol: &'static str) {
+    counter!("nix_relay_sessions_total", "protocol" => protocol).increment(1);
+    gauge!("nix_relay_sessions_active", "protocol" => protocol).increment(1.0);
+}
+
+pub fn session_ended(protocol: &'static str) {
+    gauge!("nix_relay_sessions_active", "protocol" => protocol).decrement(1.0);
+}
+
+/// How a backend build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The build succeeded.
+    Success,
+    /// The builder failed (non-zero exit, output check, timeout).
+    Failure,
+    /// The relay could not get a result (connection, protocol, store).
+    Error,
+    /// Every waiting client left and the build was stopped.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Error => "error",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+pub fn build_finished(sys: &str, backend: &str, outcome: Outcome, took: Option<Duration>) {
+    let sys = system(sys);
+    counter!("nix_relay_builds_total", "system" => sys.clone(), "backend" => backend.to_owned(), "outcome" => outcome.label())
+        .increment(1);
+    if let Some(d) = took {
+        histogram!("nix_relay_build_duration_seconds", "system" => sys, "backend" => backend.to_owned())
+            .record(d.as_secs_f64());
+    }
+}
+
+pub fn queue_wait(sys: &str, waited: Duration) {
+    histogram!("nix_relay_queue_wait_seconds", "system" => system(sys))
+        .record(waited.as_secs_f64());
+}
+
+pub fn queue_depth(sys: &str, depth: usize) {
+    gauge!("nix_relay_queue_depth", "system" => system(sys)).set(depth as f64);
+}
+
+pub fn backend_up(backend: &str, up: bool) {
+    gauge!("nix_relay_backend_up", "backend" => backend.to_owned()).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn backend_slots(backend: &str, used: u32, total: u32) {
+    gauge!("nix_relay_backend_slots_used", "backend" => backend.to_owned()).set(f64::from(used));
+    gauge!("nix_relay_backend_slots", "backend" => backend.to_owned()).set(f64::from(total));
+}
+
+/// Which way NAR bytes went.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    /// A client uploaded to the relay.
+    FromClient,
+    /// The relay sent to a client.
+    ToClient,
+    /// The relay pushed inputs to a backend.
+    ToBackend,
+    /// The relay fetched outputs from a backend.
+    FromBackend,
+}
+
+pub fn nar_bytes(dir: Direction, n: u64) {
+    let d = match dir {
+        Direction::FromClient => "from_client",
+        Direction::ToClient => "to_client",
+        Direction::ToBackend => "to_backend",
+        Direction::FromBackend => "from_backend",
+    };
+    counter!("nix_relay_nar_bytes_total", "direction" => d).increment(n);
+}
+
+pub fn cache_lookup(hit: bool) {
+    if hit {
+        counter!("nix_relay_cache_hits_total").increment(1);
+    } else {
+        counter!("nix_relay_cache_misses_total").increment(1);
+    }
+}
+
+pub fn dedup_attach() {
+    counter!("nix_relay_dedup_attaches_total").increment(1);
+}
+
+pub fn store_bytes(n: u64) {
+    gauge!("nix_relay_store_bytes").set(n as f64);
+}
+
+/// Makes every counter appear from the start (at zero), so dashboards and
+/// alerts see the series before the first event.
+pub fn register_zeroes(backends: &[(String, u32)]) {
+    counter!("nix_relay_cache_hits_total").absolute(0);
+    counter!("nix_relay_cache_misses_total").absolute(0);
+    counter!("nix_relay_dedup_attaches_total").absolute(0);
+    counter!("nix_relay_retries_total").absolute(0);
+    counter!("nix_relay_sessions_total", "protocol" => "serve").absolute(0);
+    gauge!("nix_relay_sessions_active", "protocol" => "serve").set(0.0);
+    for (name, slots) in backends {
+        backend_slots(name, 0, *slots);
+    }
+}

@@ -1,0 +1,197 @@
+//! `/status` (JSON), `/metrics` (Prometheus text) and `nix-relay status`,
+//! which renders `/status` as a table.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::session::Relay;
+
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+    #[serde(flatten)]
+    pub scheduler: crate::scheduler::Snapshot,
+    pub flights: Vec<crate::session::flight::FlightStatus>,
+    pub recent_builds: Vec<crate::session::BuildRecord>,
+    pub store_bytes: u64,
+    pub store_max_bytes: Option<u64>,
+}
+
+pub fn collect(relay: &Relay) -> Status {
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: relay.started.elapsed().as_secs(),
+        scheduler: relay.scheduler.snapshot(),
+        flights: relay.flights.snapshot(),
+        recent_builds: relay.recent_builds(),
+        store_bytes: relay.store.total_bytes(),
+        store_max_bytes: relay.store.settings().max_size,
+    }
+}
+
+/// `/status` and, with a recorder installed, `/metrics`.
+pub fn router(relay: Arc<Relay>, metrics: Option<PrometheusHandle>) -> Router {
+    let r = Router::new().route(
+        "/status",
+        get(move || {
+            let relay = relay.clone();
+            async move {
+                let body = serde_json::to_string(&collect(&relay))
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+                ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }
+        }),
+    );
+    match metrics {
+        Some(h) => r.route(
+            "/metrics",
+            get(move || {
+                let h = h.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        h.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        ),
+        None => r,
+    }
+}
+
+/// GETs `url` (`http://host:port[/path]`) and returns the body.
+pub async fn http_get(url: &str) -> Result<String> {
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (hostport, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = tokio::net::TcpStream::connect(hostport)
+        .await
+        .with_context(|| format!("connecting to {hostport}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.take(64 << 20).read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("{url}: {status}");
+    }
+    Ok(body.to_owned())
+}
+
+fn secs(v: &Value) -> String {
+    let s = v.as_f64().unwrap_or(0.0);
+    if s < 120.0 {
+        format!("{s:.0}s")
+    } else if s < 7200.0 {
+        format!("{:.0}m", s / 60.0)
+    } else {
+        format!("{:.1}h", s / 3600.0)
+    }
+}
+
+fn strs(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// Renders `/status` JSON as tables no wider than `width`.
+pub fn render(status: &Value, width: usize) -> String {
+    let mut o = String::new();
+    let cut = |s: String| -> String { s.chars().take(width).collect() };
+    let _ = writeln!(
+        o,
+        "nix-relay {} up {}",
+        status["version"].as_str().unwrap_or("?"),
+        secs(&status["uptime_seconds"])
+    );
+    let _ = writeln!(
+        o,
+        "\n{:<12} {:<7} {:>7} {:>5}  systems",
+        "BACKEND", "STATE", "SLOTS", "SPEED"
+    );
+    for b in status["backends"].as_array().into_iter().flatten() {
+        let slots = format!("{}/{}", b["running"], b["max_jobs"]);
+        let line = format!(
+            "{:<12} {:<7} {:>7} {:>5}  {}",
+            b["name"].as_str().unwrap_or("?"),
+            b["state"].as_str().unwrap_or("?"),
+            slots,
+            b["speed_factor"],
+            strs(&b["systems"])
+        );
+        let _ = writeln!(o, "{}", cut(line));
+    }
+    let queues = status["queues"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(o, "\nQUEUE                 WAITING  OLDEST");
+    if queues.is_empty() {
+        let _ = writeln!(o, "(empty)");
+    }
+    for q in &queues {
+        let w = q["waiting_seconds"].as_array().cloned().unwrap_or_default();
+        let oldest = w.first().map(secs).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "{:<21} {:>7}  {}",
+            q["system"].as_str().unwrap_or("?"),
+            w.len(),
+            oldest
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nIN FLIGHT                          STATE            CLIENTS  AGE"
+    );
+    for f in status["flights"].as_array().into_iter().flatten() {
+        let line = format!(
+            "{:<34} {:<16} {:>7}  {}",
+            strs(&f["outputs"]),
+            f["state"].as_str().unwrap_or("?"),
+            f["attached"],
+            secs(&f["age_seconds"])
+        );
+        let _ = writeln!(o, "{}", cut(line));
+    }
+    let _ = writeln!(
+        o,
+        "\nRECENT BUILDS                      BACKEND      OUTCOME    TIME"
+    );
+    let recent = status["recent_builds"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for b in recent.iter().rev().take(10) {
+        let line = format!(
+            "{:<34} {:<12} {:<10} {}",
+            b["drv"].as_str().unwrap_or("?"),
+            b["backend"].as_str().unwrap_or("?"),
+            b["outcome"].as_str().unwrap_or("?"),
+            secs(&b["duration_seconds"])
+        );
+        let _ = writeln!(o, "{}", cut(line));
+    }
+    let mib = status["store_bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+    let _ = writeln!(o, "\nstore: {mib:.1} MiB");
+    o
+}
