@@ -440,6 +440,7 @@ sc_j() {
     --max-jobs 0 --option builders "" >"$LOGS/j.wrong.out" 2>"$LOGS/j.wrong.log" || rc=$?
   echo "  wrong key -> exit $rc: $(grep -m1 -i error "$LOGS/j.wrong.log" || true)"
   [ "$rc" != 0 ] || fail "nix-store -r with a wrong trusted-public-keys succeeded"
+  grep -q "is not signed by any of the keys" "$LOGS/j.wrong.log" || fail "the wrong-key failure is not about signatures: $(head -3 "$LOGS/j.wrong.log" | tr '\n' ' ')"
   if in_ns client2 nix-store --check-validity "$out" >/dev/null 2>&1; then fail "client2: $out valid after the wrong-key attempt"; fi
   # the relay's key: substituted, not built
   rc=0
@@ -456,7 +457,9 @@ sc_j() {
 
 sc_k_desc="untrusted client eve: its upload and output stay private (not public, not HTTP, not for lab)"
 sc_k() {
-  local s=$SEED-k f=$LOGS/k-eve.nix out src p h rc i
+  local s=$SEED-k f=$LOGS/k-eve.nix out src p h rc i pub u
+  # a public control path: a leaf built by the trusted client (also makes busybox public)
+  pub=$(build_in client "$LOGS/k.lab.nix.log" "$BUILDERS" leaves "$s" --arg nLeaves 1) || { tail -5 "$LOGS/k.lab.nix.log"; fail "lab's control build failed"; }
   cat >"$f" <<NIX
 let lab = import $DRV { seed = "$s"; }; in
 derivation {
@@ -486,15 +489,26 @@ NIX
     for p in "$src" "$out"; do
       rc=$(http_code "/$(hash_part "$p").narinfo")
       [ "$rc" = 404 ] || fail "GET /$(hash_part "$p").narinfo: HTTP $rc, expected 404"
+      h=$(hash_part "$p"); u=$(sed -n 's/^URL: //p' "$CACHE/private/eve/$h.narinfo")
+      for u in "/private/eve/$h.narinfo" "/private/eve/$u" "/$u" "/nar/../private/eve/$h.narinfo" "/nar/%2e%2e/private/eve/$h.narinfo" "/meta/$h.prov"; do
+        rc=$(curl -s --path-as-is -o /dev/null -w '%{http_code}' --max-time 10 "$HTTP_URL$u" || true)
+        [ "$rc" != 200 ] || fail "GET $u: HTTP 200 (a private file is served)"
+      done
     done
-    echo "  HTTP: 404 for both"
+    rc=$(http_code "/$(hash_part "$pub").narinfo")
+    [ "$rc" = 200 ] || fail "control: GET /$(hash_part "$pub").narinfo (public): HTTP $rc"
+    echo "  HTTP: 404 for both narinfos; private/, meta/ and ../ URLs not served; the public control is"
   else
     note "HTTP 404 checks skipped: GET $HTTP_URL/nix-cache-info got no answer"
   fi
+  # control: lab's query works and sees a public path
+  in_ns client nix path-info --store ssh://relay "$pub" >/dev/null 2>"$LOGS/k.lab.err" \
+    || fail "control: lab's 'nix path-info --store ssh://relay $pub' failed: $(head -1 "$LOGS/k.lab.err")"
   for p in "$src" "$out"; do
     rc=0
     in_ns client nix path-info --store ssh://relay "$p" >"$LOGS/k.lab.out" 2>"$LOGS/k.lab.err" || rc=$?
     [ "$rc" != 0 ] || fail "the trusted client lab sees eve's private $p (nix path-info --store ssh://relay: $(cat "$LOGS/k.lab.out"))"
+    grep -q "don't know how to build\|is not valid" "$LOGS/k.lab.err" || fail "lab: unexpected error for $p: $(head -2 "$LOGS/k.lab.err" | tr '\n' ' ')"
     echo "  lab: nix path-info $p -> exit $rc: $(head -1 "$LOGS/k.lab.err")"
     rc=0
     in_ns client3 nix path-info --store ssh://relay-eve "$p" >"$LOGS/k.eve.out" 2>"$LOGS/k.eve.err" || rc=$?
@@ -524,6 +538,7 @@ sc_l() {
   for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
   if kill -0 "$pid" 2>/dev/null; then fail "relay pid $pid survived kill -9"; fi
   echo "  killed the relay (pid $pid) right after 'build finished'; cache/tmp held $tmpn file(s)"
+  [ "$tmpn" != 0 ] || note "cache/tmp was empty at the kill: the NAR was not being written at that moment (timing)"
   wait "$bg" || true
   echo "  the client's nix-build -A big ended with exit $(cat "$LOGS/l.1.rc" 2>/dev/null || echo '?')"
   store_consistent "after kill -9"
