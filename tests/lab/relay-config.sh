@@ -5,6 +5,10 @@
 # Backends h1..hN: ssh://root@127.0.0.1:$((LAB_BASE_PORT+N)), the lab key,
 # the host's pinned ed25519 host key, and the same systems / features /
 # max-jobs the backend's own nix.conf declares (see hosts.sh).
+# Clients: "lab" (keys/id_lab, trusted) and "eve" (keys/id_eve, untrusted).
+# Cache: signed with $LAB_STATE/keys/relay-cache.sec (the relay creates it and
+# relay-cache.sec.pub, "nix-relay-lab-1:<base64>", for trusted-public-keys),
+# zstd NARs; HTTP binary cache on 127.0.0.1:$((LAB_BASE_PORT+80)).
 set -euo pipefail
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STATE=${LAB_STATE:-/tmp/nix-relay-lab}
@@ -46,6 +50,22 @@ tmp=$OUT.tmp.$$
   echo "name = \"lab\""
   echo "key = \"$(tr -d '\n' < "$STATE/keys/id_lab.pub")\""
   echo "trusted = true"
+  if [ -f "$STATE/keys/id_eve.pub" ]; then
+    echo
+    echo "[[client]]"
+    echo "name = \"eve\""
+    echo "key = \"$(tr -d '\n' < "$STATE/keys/id_eve.pub")\""
+    echo "trusted = false"
+  fi
+  echo
+  echo "[cache]"
+  echo "signing_key = \"$STATE/keys/relay-cache.sec\""
+  echo "key_name = \"nix-relay-lab-1\""
+  echo "compression = \"zstd\""
+  echo "keep_going = false"
+  echo
+  echo "[http]"
+  echo "listen = \"127.0.0.1:$((BASE_PORT + 80))\""
   for i in $(seq 1 "$n"); do
     hk=$STATE/hosts/h$i/ssh/ssh_host_ed25519_key.pub
     [ -f "$hk" ] || die "no host key for h$i ($hk)"
