@@ -2,18 +2,27 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use nix_relay::cli::{Cli, Cmd, load_config, serve};
+use nix_relay::cli::{Cli, Cmd, LogFormat, load_config, serve};
 use tracing_subscriber::EnvFilter;
 
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command {
         Cmd::Serve { config } => load_config(config.as_deref())
             .and_then(|c| tokio::runtime::Runtime::new()?.block_on(serve(c))),

@@ -17,7 +17,8 @@ die() { echo "setup.sh: ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (try: sudo $0)"
 
 # ---- packages -----------------------------------------------------------------
-pkgs="nix-bin openssh-server openssh-client busybox-static util-linux python3"
+# prometheus: for promtool (checks the /metrics exposition)
+pkgs="nix-bin openssh-server openssh-client busybox-static util-linux python3 curl prometheus"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -28,7 +29,14 @@ if [ -n "$missing" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq </dev/null
   # shellcheck disable=SC2086
+  # Packages must not start services here (prometheus ships one): block
+  # service starts for the duration of the install.
+  rc_guard=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; rc_guard=1
+  fi
   apt-get install -y -qq --no-install-recommends $missing </dev/null >/dev/null
+  [ "$rc_guard" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 for c in nix-store nix-build nix ssh ssh-keygen unshare nsenter python3; do
   command -v "$c" >/dev/null || die "'$c' not found after package install"
