@@ -105,6 +105,14 @@ pub fn router(state: HttpState) -> Router {
 /// Serves `router` on `listener` (HTTP/1.1) until the listener fails or the
 /// task is dropped. Transient accept errors are retried by axum.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Headers and body go out in separate writes; without TCP_NODELAY the
+    // body of a small response waits for the client's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("set_nodelay failed: {e}");
+        }
+    });
     axum::serve(listener, router).await
 }
 
