@@ -387,3 +387,22 @@ where
         }
     }
 }
+
+/// Client side of `STDERR_READ max` (AddToStoreNar at 1.21–1.22, where the
+/// server pulls the NAR): one `str` of at most `max` bytes; empty = no more.
+pub fn write_read_reply(buf: &mut Vec<u8>, data: &[u8]) {
+    put_bytes(buf, data);
+}
+
+/// Server side: the client's answer to `STDERR_READ max`; longer than
+/// `max` (or the string limit) is refused before allocating.
+pub async fn read_read_reply<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u64,
+    limits: &Limits,
+) -> Result<Vec<u8>> {
+    let max = usize::try_from(max)
+        .unwrap_or(usize::MAX)
+        .min(limits.max_string_bytes);
+    read_bytes(r, "STDERR_READ reply", max).await
+}
