@@ -13,6 +13,7 @@ pub mod path_info;
 pub mod primitives;
 pub mod serve;
 pub mod store_path;
+pub mod worker;
 
 use std::io;
 
