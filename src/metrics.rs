@@ -1,7 +1,7 @@
 //! Every metric the relay exports, defined in one place (prefix `nix_relay_`).
 //!
 //! Labels come only from closed sets or configured names: `protocol`
-//! (`serve`), `system` (a configured backend system, else `other`),
+//! (`serve`, `worker`), `system` (a configured backend system, else `other`),
 //! `backend` (a configured backend name), `outcome` (below), `direction`
 //! (below). Never a store path or a peer address. The README lists them all.
 
@@ -207,8 +207,10 @@ pub fn register_zeroes(backends: &[(String, u32)]) {
     counter!("nix_relay_cache_misses_total").absolute(0);
     counter!("nix_relay_dedup_attaches_total").absolute(0);
     counter!("nix_relay_retries_total").absolute(0);
-    counter!("nix_relay_sessions_total", "protocol" => "serve").absolute(0);
-    gauge!("nix_relay_sessions_active", "protocol" => "serve").set(0.0);
+    for p in ["serve", "worker"] {
+        counter!("nix_relay_sessions_total", "protocol" => p).absolute(0);
+        gauge!("nix_relay_sessions_active", "protocol" => p).set(0.0);
+    }
     for (name, slots) in backends {
         backend_slots(name, 0, *slots);
     }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Serve { write: bool },
+    Worker,
     Refused(String),
 }
 
@@ -40,13 +41,28 @@ pub fn parse_command(cmd: &[u8]) -> Command {
     let program = words.first().map(|w| w.rsplit('/').next().unwrap_or(w));
     match program {
         Some("nix-store") => serve_args(&words[1..]),
-        Some("nix-daemon") => Command::Refused(
-            "ssh-ng:// (nix-daemon --stdio) is not served yet; use ssh:// (nix-store --serve)"
-                .into(),
-        ),
+        Some("nix-daemon") => daemon_args(&words[1..]),
         _ => Command::Refused(format!(
             "only `nix-store --serve [--write]` is served here, not {text:?}"
         )),
+    }
+}
+
+fn daemon_args(args: &[String]) -> Command {
+    let mut stdio = false;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--stdio" => stdio = true,
+            "--store" if i + 1 < args.len() => i += 1,
+            other => return Command::Refused(format!("unsupported nix-daemon argument {other:?}")),
+        }
+        i += 1;
+    }
+    if stdio {
+        Command::Worker
+    } else {
+        Command::Refused("only `nix-daemon --stdio` is served here".into())
     }
 }
 
@@ -231,8 +247,9 @@ impl server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_success(id)?;
-        let write = match parse_command(data) {
-            Command::Serve { write } => write,
+        let proto = match parse_command(data) {
+            Command::Serve { write } => Proto::Serve { write },
+            Command::Worker => Proto::Worker,
             Command::Refused(reason) => {
                 self.refuse(id, reason);
                 return Ok(());
@@ -248,9 +265,14 @@ impl server::Handler for Conn {
         let Some(client) = self.client.clone() else {
             return Ok(());
         };
-        let span = info_span!("session", client = %client.name, peer = %self.peer, proto = "serve");
+        let name = if proto == Proto::Worker {
+            "worker"
+        } else {
+            "serve"
+        };
+        let span = info_span!("session", client = %client.name, peer = %self.peer, proto = name);
         tokio::spawn(
-            serve_channel(self.front.relay.clone(), ch, write, client, permit).instrument(span),
+            run_channel(self.front.relay.clone(), ch, proto, client, permit).instrument(span),
         );
         Ok(())
     }
@@ -297,11 +319,17 @@ impl server::Handler for Conn {
     }
 }
 
-/// Runs a serve session on an accepted exec channel.
-async fn serve_channel(
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Serve { write: bool },
+    Worker,
+}
+
+/// Runs a session on an accepted exec channel; its end sets the exit status.
+async fn run_channel(
     relay: Arc<Relay>,
     ch: Channel<Msg>,
-    write: bool,
+    proto: Proto,
     client: ClientId,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -316,18 +344,19 @@ async fn serve_channel(
     let (log, log_rx) = mpsc::channel(64);
     let stderr = tokio::spawn(forward_log(log_rx, tx.make_writer_ext(Some(1))));
     let stdout = tx.make_writer();
-    info!("serve session started");
-    crate::metrics::session_started("serve");
-    let result = session::serve::run(
-        relay,
-        BufReader::with_capacity(256 << 10, stdin),
-        stdout,
-        log.clone(),
-        write,
-        client,
-        gone,
-    )
-    .await;
+    let stdin = BufReader::with_capacity(256 << 10, stdin);
+    let label = match proto {
+        Proto::Serve { .. } => "serve",
+        Proto::Worker => "worker",
+    };
+    info!("session started");
+    crate::metrics::session_started(label);
+    let result = match proto {
+        Proto::Serve { write } => {
+            session::serve::run(relay, stdin, stdout, log.clone(), write, client, gone).await
+        }
+        Proto::Worker => session::worker::run(relay, stdin, stdout, client, gone).await,
+    };
     let status = match &result {
         Ok(()) => 0,
         Err(e) => {
@@ -341,8 +370,8 @@ async fn serve_channel(
     // Let the last log lines out before the exit status.
     let _ = stderr.await;
     finish(&tx, status).await;
-    crate::metrics::session_ended("serve");
-    info!(status, "serve session ended");
+    crate::metrics::session_ended(label);
+    info!(status, "session ended");
 }
 
 async fn forward_log(
@@ -386,6 +415,15 @@ mod tests {
     }
 
     #[test]
+    fn nix_daemon_stdio_starts_a_worker_session() {
+        assert_eq!(parse_command(b"nix-daemon --stdio"), Command::Worker);
+        assert_eq!(
+            parse_command(b"nix-daemon --stdio --store 'ssh-ng://x'"),
+            Command::Worker
+        );
+    }
+
+    #[test]
     fn anything_else_is_refused() {
         for cmd in [
             &b"bash"[..],
@@ -394,6 +432,8 @@ mod tests {
             b"nix-store --export /nix/store/x",
             b"echo hi",
             b"nix-store '--serve",
+            b"nix-daemon",
+            b"nix-daemon --stdio; sh",
             b"",
         ] {
             assert!(

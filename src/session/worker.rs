@@ -1,0 +1,547 @@
+//! A worker-protocol session: a Nix client's `nix-daemon --stdio` (ssh-ng://).
+//!
+//! The same core as the serve session (`super::serve`): queries answered
+//! from the relay store, uploads streamed into it, BuildDerivation through
+//! [`super::build`] (cache hit, dedup, or a backend), outputs teed from the
+//! backend on NarFromPath. What differs is the framing: every reply is a
+//! STDERR stream ended by `STDERR_LAST` (then the result) or `STDERR_ERROR`,
+//! and build logs travel in-band as activity messages.
+//!
+//! Invariant: after an op has been read whole, any failure the client can
+//! be told about goes out as `STDERR_ERROR` and the session continues; a
+//! failure while the op's own bytes are still unread (an unknown op, a
+//! broken frame) ends the session, because the stream can no longer be
+//! trusted to be in sync.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufRead, AsyncWrite, BufReader};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::build::{self, Pending};
+use super::{ClientId, Error, Relay};
+use crate::store::Verify;
+use crate::wire::build::{BuildOptions, BuildResult, BuildStatus};
+use crate::wire::path_info::ValidPathInfo;
+use crate::wire::primitives::read_u64;
+use crate::wire::serve::send;
+use crate::wire::store_path::StorePath;
+use crate::wire::worker::framed::FramedReader;
+use crate::wire::worker::stderr::{Field, StderrMsg, WorkerError, read_read_reply};
+use crate::wire::worker::values::{QueryMissingReply, WorkerBuildResult, read_upload_path_info};
+use crate::wire::worker::{Reply, Request, Trust, WorkerVersion, server_handshake};
+
+/// Bytes asked for per `STDERR_READ` from 1.21–1.22 clients.
+const READ_CHUNK: u64 = 64 << 10;
+
+pub struct WorkerSession<R, W> {
+    relay: Arc<Relay>,
+    r: R,
+    w: W,
+    client: ClientId,
+    gone: CancellationToken,
+    version: WorkerVersion,
+    options: BuildOptions,
+    pending: Option<Pending>,
+    next_activity: u64,
+}
+
+/// An op that failed after it was read whole: the client hears why.
+struct OpError(String);
+
+impl<E: std::error::Error + 'static> From<E> for OpError {
+    fn from(e: E) -> Self {
+        OpError(super::chain(&e))
+    }
+}
+
+/// Runs one session to its end. `Ok` on a clean end of the client's input.
+pub async fn run<R, W>(
+    relay: Arc<Relay>,
+    r: R,
+    w: W,
+    client: ClientId,
+    gone: CancellationToken,
+) -> Result<(), Error>
+where
+    R: AsyncBufRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut s = WorkerSession {
+        relay,
+        r,
+        w,
+        client,
+        gone,
+        version: WorkerVersion::LATEST,
+        options: BuildOptions::default(),
+        pending: None,
+        next_activity: u64::from(std::process::id()) << 32,
+    };
+    s.serve().await
+}
+
+impl<R, W> WorkerSession<R, W>
+where
+    R: AsyncBufRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    async fn serve(&mut self) -> Result<(), Error> {
+        let limit = self.relay.limits.handshake_timeout;
+        let version = concat!("nix-relay ", env!("CARGO_PKG_VERSION"));
+        let hs = server_handshake(
+            &mut self.r,
+            &mut self.w,
+            WorkerVersion::LATEST,
+            version,
+            Trust::Trusted,
+        );
+        let hs = tokio::time::timeout(limit, hs)
+            .await
+            .map_err(|_| Error::Refused(format!("no worker handshake within {limit:?}")))??;
+        self.version = hs.version;
+        debug!(version = %format_args!("{}.{}", hs.version.major(), hs.version.minor()), "worker handshake done");
+        self.reply(&[StderrMsg::Last], None).await?;
+        let limits = self.relay.limits.wire();
+        loop {
+            let req = match Request::read(&mut self.r, self.version, &limits).await {
+                Ok(Some(req)) => req,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // The op's bytes cannot be skipped: say why, then stop.
+                    let msg = format!("nix-relay: {}", super::chain(&e));
+                    let _ = self.reply(&[error(&msg)], None).await;
+                    return Err(e.into());
+                }
+            };
+            debug!(op = ?req.op(), "request");
+            match self.handle(req).await {
+                Ok(Ok(())) => {}
+                Ok(Err(OpError(msg))) => self.reply(&[error(&msg)], None).await?,
+                Err(fatal) => {
+                    let _ = self.reply(&[error(&super::chain(&fatal))], None).await;
+                    return Err(fatal);
+                }
+            }
+        }
+    }
+
+    /// Writes `msgs` and, after a final `STDERR_LAST`, the reply.
+    async fn reply(&mut self, msgs: &[StderrMsg], reply: Option<Reply>) -> Result<(), Error> {
+        let mut buf = Vec::new();
+        for m in msgs {
+            m.write(&mut buf, self.version);
+        }
+        if let Some(r) = reply {
+            StderrMsg::Last.write(&mut buf, self.version);
+            r.write(&mut buf, self.version);
+        }
+        Ok(send(&mut self.w, &buf).await?)
+    }
+
+    async fn ok(&mut self, reply: Reply) -> Result<Result<(), OpError>, Error> {
+        self.reply(&[], Some(reply)).await?;
+        Ok(Ok(()))
+    }
+
+    async fn handle(&mut self, req: Request) -> Result<Result<(), OpError>, Error> {
+        match req {
+            Request::SetOptions(o) => {
+                self.options = options_from(&o);
+                self.ok(Reply::None).await
+            }
+            Request::IsValidPath { path } => {
+                let valid = self.lookup(&path).await?.is_some();
+                self.ok(Reply::Bool(valid)).await
+            }
+            Request::QueryValidPaths { paths, .. } => {
+                let mut valid = Vec::new();
+                for p in paths {
+                    if self.lookup(&p).await?.is_some() {
+                        valid.push(p);
+                    }
+                }
+                self.ok(Reply::Paths(valid)).await
+            }
+            Request::QueryPathInfo { path } => self.query_path_info(path).await,
+            Request::QueryReferrers { .. }
+            | Request::QuerySubstitutablePaths { .. }
+            | Request::QueryValidDerivers { .. } => self.ok(Reply::Paths(Vec::new())).await,
+            Request::QueryPathFromHashPart { .. } => self.ok(Reply::Str(String::new())).await,
+            Request::AddTempRoot { .. } | Request::AddIndirectRoot { .. } => {
+                self.ok(Reply::Ack).await
+            }
+            Request::AddPermRoot { gc_root, .. } => self.ok(Reply::Str(gc_root)).await,
+            Request::EnsurePath { path } => match self.lookup(&path).await? {
+                Some(_) => self.ok(Reply::Ack).await,
+                None => Ok(Err(OpError(format!(
+                    "path '{path}' is not valid on nix-relay"
+                )))),
+            },
+            Request::AddToStoreNar { info, .. } => self.add_to_store_nar(info).await,
+            Request::AddMultipleToStore { .. } => self.add_multiple().await,
+            Request::NarFromPath { path } => self.nar_from_path(path).await,
+            Request::BuildDerivation { drv_path, drv, .. } => {
+                self.build_derivation(drv_path, drv).await
+            }
+            Request::BuildPaths { paths, .. } => match self.unbuildable(&paths).await? {
+                None => self.ok(Reply::Ack).await,
+                Some(msg) => Ok(Err(OpError(msg))),
+            },
+            Request::BuildPathsWithResults { paths, .. } => {
+                self.build_paths_with_results(paths).await
+            }
+            Request::QueryMissing { paths } => self.query_missing(paths).await,
+            Request::QueryDerivationOutputMap { .. } => self.ok(Reply::OutputMap(Vec::new())).await,
+            Request::QueryRealisation { .. } => self.ok(Reply::Strings(Vec::new())).await,
+            Request::RegisterDrvOutput(_) => self.ok(Reply::None).await,
+            Request::AddBuildLog { .. } => {
+                let mut framed = FramedReader::new(&mut self.r, &self.relay.limits.wire());
+                framed.drain().await?;
+                self.ok(Reply::Ack).await
+            }
+            Request::AddToStore { .. } => {
+                let mut framed = FramedReader::new(&mut self.r, &self.relay.limits.wire());
+                framed.drain().await?;
+                Ok(Err(OpError(
+                    "nix-relay does not serve AddToStore; use `nix copy` (AddMultipleToStore)"
+                        .into(),
+                )))
+            }
+            Request::AddToStoreLegacy(_) => Err(Error::Refused(
+                "nix-relay does not serve the pre-1.25 AddToStore operation".into(),
+            )),
+        }
+    }
+
+    async fn lookup(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Error> {
+        if let Some(p) = &self.pending
+            && let Some(i) = p.finished.lock().await.outputs.get(path)
+        {
+            return Ok(Some(i.clone()));
+        }
+        Ok(self
+            .relay
+            .store
+            .path_info(path, Some(&self.client.name))
+            .await?)
+    }
+
+    async fn query_path_info(&mut self, path: StorePath) -> Result<Result<(), OpError>, Error> {
+        let info = self.lookup(&path).await?;
+        if info.is_none() && self.version.minor() < 17 {
+            return Ok(Err(OpError(format!("path '{path}' is not valid"))));
+        }
+        self.ok(Reply::PathInfo(info)).await
+    }
+
+    async fn add_to_store_nar(
+        &mut self,
+        info: ValidPathInfo,
+    ) -> Result<Result<(), OpError>, Error> {
+        if self.version.minor() < 23 {
+            return self.add_pulled(info).await;
+        }
+        let limits = self.relay.limits.wire();
+        let mut framed = BufReader::new(FramedReader::new(&mut self.r, &limits));
+        let stored = store_upload_via(&self.relay, &self.client, info, &mut framed).await;
+        // Whatever happened, the frames must be consumed to the end.
+        let rest = framed.into_inner().drain().await?;
+        match stored {
+            Ok(()) if rest == 0 => self.ok(Reply::None).await,
+            Ok(()) => Ok(Err(OpError(format!(
+                "{rest} bytes after the NAR in AddToStoreNar"
+            )))),
+            Err(e) => Ok(Err(e.into())),
+        }
+    }
+
+    /// 1.21–1.22: the NAR is pulled from the client with `STDERR_READ`.
+    async fn add_pulled(&mut self, info: ValidPathInfo) -> Result<Result<(), OpError>, Error> {
+        let mut writer = self.relay.store.begin(self.relay.limits.nar()).await?;
+        let limits = self.relay.limits.wire();
+        let mut left = info.nar_size;
+        while left > 0 {
+            self.reply(&[StderrMsg::Read(left.min(READ_CHUNK))], None)
+                .await?;
+            let chunk = read_read_reply(&mut self.r, READ_CHUNK, &limits).await?;
+            if chunk.is_empty() || chunk.len() as u64 > left {
+                return Err(Error::Refused("client sent a wrong-sized NAR chunk".into()));
+            }
+            if writer.feed(&chunk, &info.path).await? != chunk.len() {
+                return Ok(Err(OpError(format!(
+                    "the NAR of {} ends before its narSize",
+                    info.path
+                ))));
+            }
+            left -= chunk.len() as u64;
+        }
+        let (scope, prov) =
+            self.relay
+                .store
+                .classify_upload(&info, &self.client.name, self.client.trusted);
+        match writer.commit(info, Verify::Declared, &scope, &prov).await {
+            Ok(_) => self.ok(Reply::None).await,
+            Err(e) => Ok(Err(e.into())),
+        }
+    }
+
+    async fn add_multiple(&mut self) -> Result<Result<(), OpError>, Error> {
+        let limits = self.relay.limits.wire();
+        let mut framed = BufReader::new(FramedReader::new(&mut self.r, &limits));
+        let stored = store_many(&self.relay, &self.client, &mut framed).await;
+        let rest = framed.into_inner().drain().await?;
+        match stored {
+            Ok(n) if rest == 0 => {
+                debug!(paths = n, "AddMultipleToStore stored");
+                self.ok(Reply::None).await
+            }
+            Ok(_) => Ok(Err(OpError(format!(
+                "{rest} unexpected bytes at the end of AddMultipleToStore"
+            )))),
+            Err(e) => Ok(Err(e.into())),
+        }
+    }
+
+    async fn nar_from_path(&mut self, path: StorePath) -> Result<Result<(), OpError>, Error> {
+        if let Some(p) = &self.pending {
+            let finished = p.finished.clone();
+            let mut finished = finished.lock().await;
+            if finished.outputs.contains_key(&path) {
+                self.reply(&[], Some(Reply::Nar)).await?;
+                finished
+                    .fetch(&self.relay, &path, Some(&mut self.w))
+                    .await?;
+                return Ok(Ok(()));
+            }
+        }
+        let (info, mut nar) = match self
+            .relay
+            .store
+            .open_nar(&path, Some(&self.client.name))
+            .await
+        {
+            Ok(x) => x,
+            Err(crate::store::Error::Missing(p)) => {
+                return Ok(Err(OpError(format!("path '{p}' is not valid"))));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.reply(&[], Some(Reply::Nar)).await?;
+        crate::metrics::nar_bytes(crate::metrics::Direction::ToClient, info.nar_size);
+        tokio::io::copy_buf(&mut nar, &mut self.w)
+            .await
+            .map_err(crate::wire::Error::Write)?;
+        Ok(Ok(send(&mut self.w, &[]).await?))
+    }
+
+    async fn build_derivation(
+        &mut self,
+        drv_path: StorePath,
+        drv: crate::wire::build::BasicDerivation,
+    ) -> Result<Result<(), OpError>, Error> {
+        self.pending = None;
+        let (log, mut log_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+        let act = self.next_activity;
+        self.next_activity += 1;
+        let start = StderrMsg::StartActivity {
+            id: act,
+            level: 3,
+            kind: crate::wire::worker::stderr::ACT_BUILD,
+            text: format!("building '{drv_path}' via nix-relay").into_bytes(),
+            fields: vec![
+                Field::Str(drv_path.as_str().into()),
+                Field::Str(Vec::new()),
+                Field::Int(1),
+                Field::Int(1),
+            ],
+            parent: 0,
+        };
+        self.reply(&[start], None).await?;
+        let (relay, client, gone, options) = (
+            self.relay.clone(),
+            self.client.clone(),
+            self.gone.clone(),
+            self.options,
+        );
+        let fut =
+            async move { build::run(&relay, &log, &client, &gone, &drv_path, &drv, options).await };
+        tokio::pin!(fut);
+        let mut lines = LineSplitter::default();
+        let (result, pending) = loop {
+            tokio::select! {
+                done = &mut fut => break done,
+                Some(chunk) = log_rx.recv() => {
+                    let msgs = lines.push(act, &chunk);
+                    self.reply(&msgs, None).await?;
+                }
+            }
+        };
+        let mut msgs = Vec::new();
+        while let Ok(chunk) = log_rx.try_recv() {
+            msgs.extend(lines.push(act, &chunk));
+        }
+        msgs.extend(lines.finish(act));
+        msgs.push(StderrMsg::StopActivity { id: act });
+        self.pending = pending;
+        self.reply(&msgs, Some(Reply::Build(WorkerBuildResult::from(result))))
+            .await?;
+        Ok(Ok(()))
+    }
+
+    /// `None` when every path is an already valid opaque path; otherwise why not.
+    async fn unbuildable(&self, paths: &[String]) -> Result<Option<String>, Error> {
+        let mut missing = Vec::new();
+        for p in paths {
+            let valid = match StorePath::parse(p) {
+                Ok(sp) => self.lookup(&sp).await?.is_some(),
+                Err(_) => false,
+            };
+            if !valid {
+                missing.push(p.clone());
+            }
+        }
+        Ok((!missing.is_empty()).then(|| {
+            format!(
+                "nix-relay cannot build {} with BuildPaths; use the build hook (BuildDerivation)",
+                missing.join(", ")
+            )
+        }))
+    }
+
+    async fn build_paths_with_results(
+        &mut self,
+        paths: Vec<String>,
+    ) -> Result<Result<(), OpError>, Error> {
+        let mut results = Vec::new();
+        for p in paths {
+            let r = match self.unbuildable(std::slice::from_ref(&p)).await? {
+                None => BuildResult::failure(BuildStatus::AlreadyValid, ""),
+                Some(msg) => BuildResult::failure(BuildStatus::MiscFailure, msg),
+            };
+            results.push((p, WorkerBuildResult::from(r)));
+        }
+        self.ok(Reply::BuildResults(results)).await
+    }
+
+    async fn query_missing(&mut self, paths: Vec<String>) -> Result<Result<(), OpError>, Error> {
+        let mut unknown = Vec::new();
+        for p in &paths {
+            let base = p.split('!').next().unwrap_or(p);
+            if let Ok(sp) = StorePath::parse(base)
+                && (p.contains('!') || self.lookup(&sp).await?.is_none())
+            {
+                unknown.push(sp);
+            }
+        }
+        let reply = QueryMissingReply {
+            will_build: Vec::new(),
+            will_substitute: Vec::new(),
+            unknown,
+            download_size: 0,
+            nar_size: 0,
+        };
+        self.ok(Reply::Missing(reply)).await
+    }
+}
+
+fn error(msg: &str) -> StderrMsg {
+    StderrMsg::Error(WorkerError::new(msg.as_bytes().to_vec()))
+}
+
+async fn store_upload_via<B: AsyncBufRead + Unpin>(
+    relay: &Relay,
+    client: &ClientId,
+    info: ValidPathInfo,
+    r: &mut B,
+) -> Result<(), Error> {
+    let mut writer = relay.store.begin(relay.limits.nar()).await?;
+    writer
+        .pump(r, None::<&mut tokio::io::Sink>, &info.path)
+        .await?;
+    crate::metrics::nar_bytes(crate::metrics::Direction::FromClient, info.nar_size);
+    let (scope, prov) = relay
+        .store
+        .classify_upload(&info, &client.name, client.trusted);
+    writer.commit(info, Verify::Declared, &scope, &prov).await?;
+    Ok(())
+}
+
+/// The content of an AddMultipleToStore stream: count, then per path its
+/// info (1.16 layout) and NAR.
+async fn store_many<B: AsyncBufRead + Unpin>(
+    relay: &Relay,
+    client: &ClientId,
+    r: &mut B,
+) -> Result<u64, Error> {
+    let limits = relay.limits.wire();
+    let n = read_u64(r, "AddMultipleToStore count").await?;
+    if n > limits.max_collection_len as u64 {
+        return Err(crate::wire::Error::TooLong {
+            field: "AddMultipleToStore count",
+            len: n,
+            max: limits.max_collection_len as u64,
+        }
+        .into());
+    }
+    for _ in 0..n {
+        let info = read_upload_path_info(r, &limits).await?;
+        store_upload_via(relay, client, info, r).await?;
+    }
+    Ok(n)
+}
+
+/// Serve-style build options from a worker client's SetOptions.
+fn options_from(o: &crate::wire::worker::options::ClientOptions) -> BuildOptions {
+    let get = |k: &str| {
+        o.overrides
+            .iter()
+            .find(|(name, _)| name == k)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    BuildOptions {
+        max_silent_time: get("max-silent-time").unwrap_or(o.max_silent_time),
+        build_timeout: get("timeout").unwrap_or(0),
+        max_log_size: get("max-build-log-size").unwrap_or(0),
+        nr_repeats: 0,
+        enforce_determinism: false,
+        keep_failed: o.keep_failed,
+    }
+}
+
+/// Turns log bytes into one `RESULT buildLogLine` per line.
+#[derive(Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, act: u64, chunk: &[u8]) -> Vec<StderrMsg> {
+        let mut out = Vec::new();
+        for &b in chunk {
+            if b == b'\n' {
+                out.push(line(act, std::mem::take(&mut self.partial)));
+            } else {
+                self.partial.push(b);
+            }
+        }
+        out
+    }
+
+    fn finish(&mut self, act: u64) -> Vec<StderrMsg> {
+        if self.partial.is_empty() {
+            Vec::new()
+        } else {
+            vec![line(act, std::mem::take(&mut self.partial))]
+        }
+    }
+}
+
+fn line(act: u64, text: Vec<u8>) -> StderrMsg {
+    StderrMsg::Result {
+        id: act,
+        kind: crate::wire::worker::stderr::RES_BUILD_LOG_LINE,
+        fields: vec![Field::Str(text)],
+    }
+}
