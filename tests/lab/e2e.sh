@@ -31,7 +31,7 @@ NHOSTS=3
 # client namespaces: client client2 client3 (hosts.sh up makes LAB_CLIENTS of them)
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
-SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m l}
+SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l}
 DIRECT=${E2E_DIRECT:-0}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 [ "$DIRECT" = 1 ] && MODE=direct || MODE=relay
@@ -460,6 +460,38 @@ PY
   echo "  promtool ok; /status schema ok; nix-relay status renders $(wc -l <"$LOGS/m.status.txt") lines"
 }
 
+sc_n_desc="ssh-ng:// client -> relay: DAG, feature, foreign, failing and 200 MiB builds; nix copy --to/--from ssh-ng://relay"
+sc_n() {
+  local s=$SEED-n ng out p h n
+  ng=$(sed 's|^ssh://|ssh-ng://|' "$STATE/machines-relay")
+  local B="$BUILDERS"; BUILDERS=$ng
+  out=$(build top "$s") || { tail -5 "$BLOG"; fail "ssh-ng: nix-build -A top failed"; }
+  client_valid "$out" $(client nix-store -q --references "$out")
+  n=$(grep -c "^building '[^']*' on 'ssh-ng://relay'" "$BLOG" || true)
+  [ "$n" = 11 ] || fail "ssh-ng: expected 11 builds on ssh-ng://relay, saw $n"
+  grep -q "nix-relay: building '" "$BLOG" || fail "ssh-ng: the relay's own log lines did not reach the client"
+  out=$(build feature "$s") || fail "ssh-ng: -A feature failed"
+  [ "$(hosts_with "$out")" = h1 ] || fail "ssh-ng: feature output not only on h1"
+  out=$(build foreign "$s") || fail "ssh-ng: -A foreign failed"
+  [ "$(hosts_with "$out")" = h2 ] || fail "ssh-ng: foreign output not only on h2"
+  if build fail "$s" >/dev/null; then fail "ssh-ng: -A fail succeeded"; fi
+  grep -q "lab-fail: about to fail on purpose" "$BLOG" || fail "ssh-ng: the builder's stderr did not reach the client"
+  grep -q "failed with exit code 3" "$BLOG" || fail "ssh-ng: no failure message"
+  out=$(build big "$s") || fail "ssh-ng: -A big failed"
+  client_valid "$out"
+  [ "$(client nix-store -q --hash "$out")" = "$(timeout "$TMO" "$HS" exec h1 nix-store -q --hash "$out" 2>/dev/null || timeout "$TMO" "$HS" exec h2 nix-store -q --hash "$out" 2>/dev/null || timeout "$TMO" "$HS" exec h3 nix-store -q --hash "$out")" ] || fail "ssh-ng: big narHash differs from the backend's"
+  BUILDERS=$B
+  # nix copy --to / --from ssh-ng://relay of a locally built path
+  p=$(client nix-build "$DRV" -A many --argstr seed "$s-local" --no-out-link 2>/dev/null) || fail "local build for nix copy failed"
+  client nix --extra-experimental-features nix-command copy --to ssh-ng://relay "$p" >&2 || fail "nix copy --to ssh-ng://relay failed"
+  h=$(hash_part "$p")
+  [ -f "$CACHE/$h.narinfo" ] || fail "nix copy --to: $p not in the relay store"
+  client nix-store --delete "$p" >&2 || fail "could not delete $p on the client"
+  client nix --extra-experimental-features nix-command copy --from ssh-ng://relay "$p" >&2 || fail "nix copy --from ssh-ng://relay failed"
+  client_valid "$p"
+  echo "  ssh-ng: 11-drv DAG, feature->h1, foreign->h2, failure log, 200 MiB, copy --to/--from"
+}
+
 sc_j_desc="substitution over HTTP: right key works (nothing built), wrong key refused; narinfo signed"
 sc_j() {
   local s=$SEED-j out refs p pub wrong rc ni i
@@ -609,7 +641,7 @@ sc_l() {
 
 # ---- run ----------------------------------------------------------------------------
 relay_only() { [ "$1" = f ] && return 0; return 1; }
-needs_relay() { case $1 in h|i|j|k|l|m) return 0;; esac; return 1; }
+needs_relay() { case $1 in h|i|j|k|l|m|n) return 0;; esac; return 1; }
 for s in $SCENARIOS; do
   desc_var="sc_${s}_desc"
   if ! declare -F "sc_$s" >/dev/null; then echo "FAIL $s: no such scenario"; failn=$((failn + 1)); continue; fi
