@@ -487,7 +487,9 @@ sc_n() {
   h=$(hash_part "$p")
   [ -f "$CACHE/$h.narinfo" ] || fail "nix copy --to: $p not in the relay store"
   client nix-store --delete "$p" >&2 || fail "could not delete $p on the client"
-  client nix --extra-experimental-features nix-command copy --from ssh-ng://relay "$p" >&2 || fail "nix copy --from ssh-ng://relay failed"
+  # the relay signs what it serves: trust its key, as a LAN client would
+  client nix --extra-experimental-features nix-command copy --from ssh-ng://relay \
+    --option trusted-public-keys "$(cat "$STATE/keys/relay-cache.sec.pub")" "$p" >&2 || fail "nix copy --from ssh-ng://relay failed"
   client_valid "$p"
   echo "  ssh-ng: 11-drv DAG, feature->h1, foreign->h2, failure log, 200 MiB, copy --to/--from"
 }
