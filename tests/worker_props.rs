@@ -218,6 +218,11 @@ fn complex_request() -> impl Strategy<Value = Request> {
             .prop_map(|(paths, mode)| Request::BuildPathsWithResults { paths, mode }),
         (store_path(), "/[a-z/]{1,30}")
             .prop_map(|(path, gc_root)| Request::AddPermRoot { path, gc_root }),
+        (
+            store_path(),
+            proptest::collection::vec("[a-z0-9-]{1,12}:[A-Za-z0-9+/=]{1,40}", 0..3)
+        )
+            .prop_map(|(path, sigs)| Request::AddSignatures { path, sigs }),
     ]
 }
 

@@ -172,6 +172,7 @@ where
             Request::AddTempRoot { .. } | Request::AddIndirectRoot { .. } => {
                 self.ok(Reply::Ack).await
             }
+            Request::AddSignatures { path, sigs } => self.add_signatures(path, sigs).await,
             Request::AddPermRoot { gc_root, .. } => self.ok(Reply::Str(gc_root)).await,
             Request::EnsurePath { path } => match self.lookup(&path).await? {
                 Some(_) => self.ok(Reply::Ack).await,
@@ -226,6 +227,31 @@ where
             .store
             .path_info(path, Some(&self.client.name))
             .await?)
+    }
+
+    async fn add_signatures(
+        &mut self,
+        path: StorePath,
+        sigs: Vec<String>,
+    ) -> Result<Result<(), OpError>, Error> {
+        if !self.client.trusted {
+            return Ok(Err(OpError(
+                "only trusted clients may add signatures".into(),
+            )));
+        }
+        let client = Some(self.client.name.as_str());
+        if self
+            .relay
+            .store
+            .add_signatures(&path, &sigs, client)
+            .await?
+        {
+            self.ok(Reply::Ack).await
+        } else {
+            Ok(Err(OpError(format!(
+                "path '{path}' is not valid on nix-relay"
+            ))))
+        }
     }
 
     async fn query_path_info(&mut self, path: StorePath) -> Result<Result<(), OpError>, Error> {

@@ -262,6 +262,30 @@ impl Store {
         NarWriter::create(self.clone(), limits).await
     }
 
+    /// Adds signatures to an entry `client` can see (as Nix's daemon does
+    /// for trusted clients: the signatures are recorded, not verified).
+    /// Returns false if the path is not in the store.
+    pub async fn add_signatures(
+        &self,
+        path: &StorePath,
+        sigs: &[String],
+        client: Option<&str>,
+    ) -> Result<bool, Error> {
+        let Some((scope, mut info)) = self.find(path, client).await? else {
+            return Ok(false);
+        };
+        for s in sigs {
+            if !info.sigs.contains(s) {
+                info.sigs.push(s.clone());
+            }
+        }
+        let file = self
+            .scope_dir(&scope)
+            .join(format!("{}.narinfo", path.hash_part()));
+        self.publish(&file, info.render().as_bytes()).await?;
+        Ok(true)
+    }
+
     /// Where an upload by `client` belongs, by the trust rules above.
     pub fn classify_upload(
         &self,

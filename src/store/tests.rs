@@ -359,3 +359,34 @@ async fn over_the_cap_the_least_recently_used_unpinned_entries_go() {
         "the total survives a restart"
     );
 }
+
+#[tokio::test]
+async fn added_signatures_are_recorded_in_the_narinfo() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let nar = file_nar(b"x");
+    let p = path("x");
+    add(&store, info_for(&p, &nar, &[]), &nar).await.unwrap();
+    let sig = "other-1:c2ln".to_string();
+    assert!(
+        store
+            .add_signatures(&p, std::slice::from_ref(&sig), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .narinfo(&p, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .sigs
+            .contains(&sig)
+    );
+    assert!(
+        !store
+            .add_signatures(&path_n(5, "y"), &[sig], None)
+            .await
+            .unwrap()
+    );
+}

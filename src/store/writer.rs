@@ -363,7 +363,7 @@ impl Store {
     }
 
     /// Writes `dest` atomically and durably: temp file, fsync, rename, fsync dir.
-    async fn publish(&self, dest: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+    pub(super) async fn publish(&self, dest: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
         let tmp = tmp_path(self, "part");
         let mut f = tokio::fs::File::create(&tmp)
             .await

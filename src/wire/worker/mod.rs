@@ -133,6 +133,7 @@ pub enum Op {
     QuerySubstitutablePaths = 32,
     QueryValidDerivers = 33,
     BuildDerivation = 36,
+    AddSignatures = 37,
     NarFromPath = 38,
     AddToStoreNar = 39,
     QueryMissing = 40,
@@ -148,7 +149,7 @@ pub enum Op {
 impl Op {
     pub fn from_u64(v: u64) -> Option<Op> {
         use Op::*;
-        const ALL: [Op; 24] = [
+        const ALL: [Op; 25] = [
             IsValidPath,
             QueryReferrers,
             AddToStore,
@@ -163,6 +164,7 @@ impl Op {
             QuerySubstitutablePaths,
             QueryValidDerivers,
             BuildDerivation,
+            AddSignatures,
             NarFromPath,
             AddToStoreNar,
             QueryMissing,

@@ -29,6 +29,7 @@
 //!                           PAYLOAD framed: u64 n · n × (ValidPathInfo 1.16 · raw NAR) → (nothing)
 //! 45 AddBuildLog            str drvPath (BASE NAME) PAYLOAD framed log bytes → u64 1
 //! 46 BuildPathsWithResults  list<str derivedPath> · u64 mode        → KeyedBuildResults
+//! 37 AddSignatures          str path · set<str> sigs                → u64 1
 //! 47 AddPermRoot            str path · str gcRoot                   → str gcRoot
 //! ```
 //! Ops exist from: 41 ≥1.22, 42/43 ≥1.27, 44/45 ≥1.32, 46 ≥1.34, 47 ≥1.36.
@@ -131,6 +132,10 @@ pub enum Request {
         path: StorePath,
         gc_root: String,
     },
+    AddSignatures {
+        path: StorePath,
+        sigs: Vec<String>,
+    },
 }
 
 /// Minor version from which each op exists (all others: ≤ 1.21).
@@ -187,6 +192,7 @@ impl Request {
             R::AddBuildLog { .. } => Op::AddBuildLog,
             R::BuildPathsWithResults { .. } => Op::BuildPathsWithResults,
             R::AddPermRoot { .. } => Op::AddPermRoot,
+            R::AddSignatures { .. } => Op::AddSignatures,
         }
     }
 
@@ -254,6 +260,10 @@ impl Request {
             Op::AddPermRoot => Request::AddPermRoot {
                 path: read_path(r, "path").await?,
                 gc_root: read_string(r, "gcRoot", Limits::MAX_PATH_BYTES).await?,
+            },
+            Op::AddSignatures => Request::AddSignatures {
+                path: read_path(r, "path").await?,
+                sigs: read_strings(r, "sigs", limits).await?,
             },
             _ => Self::read_simple(r, op, limits).await?,
         })
@@ -384,6 +394,10 @@ impl Request {
             Request::AddPermRoot { path, gc_root } => {
                 put_str(buf, path.as_str());
                 put_str(buf, gc_root);
+            }
+            Request::AddSignatures { path, sigs } => {
+                put_str(buf, path.as_str());
+                put_strings(buf, sigs);
             }
             _ => unreachable!("simple requests are written by write_simple"),
         }
