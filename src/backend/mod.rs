@@ -60,7 +60,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("backend {backend}: {protocol:?} handshake")]
+    #[error("backend {backend}: {protocol} handshake")]
     Handshake {
         backend: String,
         protocol: Protocol,

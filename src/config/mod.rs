@@ -65,6 +65,15 @@ pub enum Protocol {
     Worker,
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Serve => "serve",
+            Protocol::Worker => "worker",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendUri {
     /// `ssh://user@host[:port]` (`nix-store --serve --write`) or
