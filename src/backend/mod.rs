@@ -1,29 +1,45 @@
-//! Connections to backends: a serve-protocol client over SSH (russh) or
-//! over a local `nix-store --serve --write` subprocess.
+//! Connections to backends: a serve-protocol client (`ssh://`, `local`)
+//! or a worker-protocol client (`ssh-ng://`) over SSH (russh) or a local
+//! subprocess, behind one [`Client`].
 //!
 //! Invariant: a [`BackendConn`] owns its transport; dropping it closes the
 //! SSH connection or kills the subprocess, which makes the remote
-//! `nix-store --serve` stop whatever it was building.
+//! `nix-store --serve` or `nix-daemon --stdio` stop whatever it was building.
 
 mod client;
+mod conn;
+mod worker;
 
 use std::process::Stdio;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
-use crate::config::{Backend, BackendUri};
+use crate::config::{Backend, BackendUri, Protocol};
 use crate::ssh::LogSink;
 use crate::wire::serve::{self, ServeVersion};
+use crate::wire::worker::WorkerVersion;
 pub use client::ServeClient;
+pub use conn::Client;
+pub use worker::WorkerClient;
 
-/// The command every backend runs.
+/// The command serve backends (`ssh://`, `local`) run.
 pub const SERVE_COMMAND: &str = "nix-store --serve --write";
+/// The command worker backends (`ssh-ng://`) run.
+pub const WORKER_COMMAND: &str = "nix-daemon --stdio";
+
+fn base_command(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Serve => SERVE_COMMAND,
+        Protocol::Worker => WORKER_COMMAND,
+    }
+}
 
 /// The remote command line, with `--store` if the backend names one.
-fn serve_command(b: &Backend) -> String {
+fn remote_command(b: &Backend) -> String {
+    let base = base_command(b.uri.protocol());
     match &b.store {
-        Some(s) => format!("{SERVE_COMMAND} --store '{s}'"),
-        None => SERVE_COMMAND.to_owned(),
+        Some(s) => format!("{base} --store '{s}'"),
+        None => base.to_owned(),
     }
 }
 
@@ -37,15 +53,17 @@ pub enum Error {
         #[source]
         source: Box<crate::ssh::client::Error>,
     },
-    #[error("backend {backend}: starting `{SERVE_COMMAND}`")]
+    #[error("backend {backend}: starting `{command}`")]
     Spawn {
         backend: String,
+        command: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("backend {backend}: serve handshake")]
+    #[error("backend {backend}: {protocol} handshake")]
     Handshake {
         backend: String,
+        protocol: Protocol,
         #[source]
         source: crate::wire::Error,
     },
@@ -66,18 +84,20 @@ enum Transport {
     },
 }
 
-/// One live `nix-store --serve --write` on a backend.
+/// The reading half of a backend connection.
+pub type ConnReader = BufReader<Box<dyn AsyncRead + Send + Sync + Unpin>>;
+/// The writing half of a backend connection.
+pub type ConnWriter = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+
+/// One live `nix-store --serve --write` or `nix-daemon --stdio` on a backend.
 pub struct BackendConn {
     pub name: String,
-    pub client: ServeClient<
-        BufReader<Box<dyn AsyncRead + Send + Sync + Unpin>>,
-        Box<dyn AsyncWrite + Send + Sync + Unpin>,
-    >,
+    pub client: Client,
     _transport: Transport,
 }
 
-/// Connects to `b`, runs the serve command and completes the handshake.
-/// The backend's stderr (its build log) goes to `log`.
+/// Connects to `b`, runs its command and completes the handshake. The
+/// backend's stderr goes to `log` (for serve backends, the build log).
 pub async fn connect(
     b: &Backend,
     log: LogSink,
@@ -88,11 +108,13 @@ pub async fn connect(
         Box<dyn AsyncWrite + Send + Sync + Unpin>,
         _,
     ) = match &b.uri {
-        BackendUri::Local => {
+        BackendUri::Local | BackendUri::LocalWorker => {
             let (r, w, child) = spawn_local(b, log)?;
             (r, w, Transport::Local { _child: child })
         }
-        BackendUri::Ssh { user, host, port } => {
+        BackendUri::Ssh {
+            user, host, port, ..
+        } => {
             let (Some(key_file), Some(host_key)) = (&b.ssh_key, &b.host_key) else {
                 return Err(Error::Incomplete {
                     backend: b.name.clone(),
@@ -106,7 +128,7 @@ pub async fn connect(
                 host_key,
                 timeout: b.connect_timeout,
             };
-            let exec = crate::ssh::client::exec(&target, &serve_command(b), Some(log))
+            let exec = crate::ssh::client::exec(&target, &remote_command(b), Some(log))
                 .await
                 .map_err(|source| Error::Ssh {
                     backend: b.name.clone(),
@@ -119,39 +141,68 @@ pub async fn connect(
             (Box::new(exec.stdout), exec.stdin, transport)
         }
     };
-    let mut r = BufReader::with_capacity(256 << 10, r);
-    let mut w = w;
-    let handshake =
-        tokio::time::timeout(b.connect_timeout, serve::client_handshake(&mut r, &mut w));
-    let version = match handshake.await {
-        Ok(Ok(v)) => v,
-        Ok(Err(source)) => {
-            return Err(Error::Handshake {
-                backend: b.name.clone(),
-                source,
-            });
-        }
-        Err(_) => {
-            return Err(Error::Handshake {
-                backend: b.name.clone(),
-                source: crate::wire::Error::Protocol(format!(
-                    "no answer within {:?}",
-                    b.connect_timeout
-                )),
-            });
-        }
+    let r = BufReader::with_capacity(256 << 10, r);
+    let client = match b.uri.protocol() {
+        Protocol::Serve => handshake_serve(b, r, w, limits).await?,
+        Protocol::Worker => handshake_worker(b, r, w, limits).await?,
     };
+    Ok(BackendConn {
+        name: b.name.clone(),
+        client,
+        _transport: transport,
+    })
+}
+
+/// Runs `handshake` within the backend's connect timeout.
+async fn timed<T>(
+    b: &Backend,
+    protocol: Protocol,
+    handshake: impl Future<Output = crate::wire::Result<T>>,
+) -> Result<T, Error> {
+    let source = match tokio::time::timeout(b.connect_timeout, handshake).await {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(source)) => source,
+        Err(_) => crate::wire::Error::Protocol(format!("no answer within {:?}", b.connect_timeout)),
+    };
+    Err(Error::Handshake {
+        backend: b.name.clone(),
+        protocol,
+        source,
+    })
+}
+
+async fn handshake_serve(
+    b: &Backend,
+    mut r: ConnReader,
+    mut w: ConnWriter,
+    limits: crate::wire::Limits,
+) -> Result<Client, Error> {
+    let hs = serve::client_handshake(&mut r, &mut w);
+    let version = timed(b, Protocol::Serve, hs).await?;
     if version < ServeVersion::MIN_BACKEND {
         return Err(Error::TooOld {
             backend: b.name.clone(),
             version,
         });
     }
-    Ok(BackendConn {
-        name: b.name.clone(),
-        client: ServeClient::new(r, w, version, limits),
-        _transport: transport,
-    })
+    Ok(Client::Serve(ServeClient::new(r, w, version, limits)))
+}
+
+async fn handshake_worker(
+    b: &Backend,
+    mut r: ConnReader,
+    mut w: ConnWriter,
+    limits: crate::wire::Limits,
+) -> Result<Client, Error> {
+    let hs = crate::wire::worker::client_handshake(&mut r, &mut w, WorkerVersion::LATEST, &limits);
+    let hs = timed(b, Protocol::Worker, hs).await?;
+    tracing::debug!(
+        backend = %b.name,
+        version = %hs.version,
+        daemon = hs.daemon_version.as_deref().unwrap_or("?"),
+        "worker handshake done"
+    );
+    Ok(Client::Worker(WorkerClient::new(r, w, hs.version, limits)))
 }
 
 type Pipes = (
@@ -160,13 +211,18 @@ type Pipes = (
     tokio::process::Child,
 );
 
+/// `nix-store --serve --write` or `nix-daemon --stdio` as a subprocess.
 fn spawn_local(b: &Backend, log: LogSink) -> Result<Pipes, Error> {
+    let command = base_command(b.uri.protocol());
     let spawn_err = |source| Error::Spawn {
         backend: b.name.clone(),
+        command,
         source,
     };
-    let mut child = tokio::process::Command::new("nix-store")
-        .args(["--serve", "--write"])
+    let mut words = command.split(' ');
+    let program = words.next().unwrap_or(command);
+    let mut child = tokio::process::Command::new(program)
+        .args(words)
         .args(b.store.iter().flat_map(|s| ["--store", s.as_str()]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

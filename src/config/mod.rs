@@ -56,16 +56,50 @@ pub struct Client {
     pub trusted: bool,
 }
 
+/// Which Nix protocol a backend speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `nix-store --serve --write` (`ssh://`).
+    Serve,
+    /// `nix-daemon --stdio` (`ssh-ng://`).
+    Worker,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Serve => "serve",
+            Protocol::Worker => "worker",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendUri {
-    /// `ssh://user@host[:port]`: `nix-store --serve --write` over SSH.
+    /// `ssh://user@host[:port]` (`nix-store --serve --write`) or
+    /// `ssh-ng://user@host[:port]` (`nix-daemon --stdio`) over SSH.
     Ssh {
         user: String,
         host: String,
         port: u16,
+        protocol: Protocol,
     },
     /// `local`: `nix-store --serve --write` spawned on this machine.
     Local,
+    /// `nix-daemon --stdio` spawned on this machine. Not accepted in a
+    /// config file: the integration tests use it to drive a real daemon
+    /// without SSH.
+    LocalWorker,
+}
+
+impl BackendUri {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            BackendUri::Ssh { protocol, .. } => *protocol,
+            BackendUri::Local => Protocol::Serve,
+            BackendUri::LocalWorker => Protocol::Worker,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -43,7 +43,8 @@ fn the_documented_example_parses() {
         BackendUri::Ssh {
             user: "root".into(),
             host: "127.0.0.1".into(),
-            port: 2301
+            port: 2301,
+            protocol: super::Protocol::Serve,
         }
     );
     assert_eq!(b.max_jobs, 2);
@@ -92,6 +93,32 @@ fn backend_uris() {
     ));
     assert!(p("ssh://h").is_err());
     assert!(p("http://u@h").is_err());
+    assert_eq!(
+        p("ssh-ng://root@10.0.0.2:2222").unwrap(),
+        BackendUri::Ssh {
+            user: "root".into(),
+            host: "10.0.0.2".into(),
+            port: 2222,
+            protocol: super::Protocol::Worker,
+        }
+    );
+    assert!(matches!(
+        p("ssh-ng://u@builder.lan").unwrap(),
+        BackendUri::Ssh {
+            port: 22,
+            protocol: super::Protocol::Worker,
+            ..
+        }
+    ));
+    assert!(matches!(
+        p("ssh://u@h").unwrap(),
+        BackendUri::Ssh {
+            protocol: super::Protocol::Serve,
+            ..
+        }
+    ));
+    assert!(p("ssh-ng://h").is_err());
+    assert!(p("ssh-ng:/u@h").is_err());
 }
 
 #[test]

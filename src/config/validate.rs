@@ -8,7 +8,7 @@ use std::time::Duration;
 use russh::keys::PublicKey;
 
 use super::raw::{RawBackend, RawCache, RawConfig, RawLimits, SizeValue};
-use super::{Backend, BackendUri, Cache, Client, Config, Limits, Server, defaults};
+use super::{Backend, BackendUri, Cache, Client, Config, Limits, Protocol, Server, defaults};
 use crate::store::Compression;
 use crate::store::signing::PublicKey as CacheKey;
 
@@ -136,10 +136,10 @@ fn validate_backend(i: usize, b: RawBackend, p: &mut Vec<String>) -> Option<Back
     };
     if let Ok(BackendUri::Ssh { .. }) = uri {
         if b.ssh_key.is_none() {
-            p.push(format!("{at}: ssh:// backends need ssh_key"));
+            p.push(format!("{at}: ssh:// and ssh-ng:// backends need ssh_key"));
         }
         if b.host_key.is_none() {
-            p.push(format!("{at}: ssh:// backends need host_key (pinned, e.g. the contents of ssh_host_ed25519_key.pub)"));
+            p.push(format!("{at}: ssh:// and ssh-ng:// backends need host_key (pinned, e.g. the contents of ssh_host_ed25519_key.pub)"));
         }
     }
     if let Some(s) = &b.store
@@ -236,14 +236,20 @@ fn size_of(v: SizeValue) -> Result<u64, String> {
     }
 }
 
-/// `ssh://user@host[:port]` or `local`.
+/// `ssh://user@host[:port]`, `ssh-ng://user@host[:port]` or `local`.
 pub fn parse_backend_uri(s: &str) -> Result<BackendUri, String> {
     if s == "local" {
         return Ok(BackendUri::Local);
     }
-    let rest = s.strip_prefix("ssh://").ok_or(
-        "expected ssh://user@host[:port] or \"local\" (ssh-ng:// backends are not supported yet)",
-    )?;
+    let (rest, protocol) = if let Some(rest) = s.strip_prefix("ssh://") {
+        (rest, Protocol::Serve)
+    } else if let Some(rest) = s.strip_prefix("ssh-ng://") {
+        (rest, Protocol::Worker)
+    } else {
+        return Err(
+            "expected ssh://user@host[:port], ssh-ng://user@host[:port] or \"local\"".into(),
+        );
+    };
     let (user, hostport) = rest.split_once('@').ok_or("missing user@")?;
     if user.is_empty() {
         return Err("empty user".into());
@@ -262,6 +268,7 @@ pub fn parse_backend_uri(s: &str) -> Result<BackendUri, String> {
         user: user.into(),
         host: host.into(),
         port,
+        protocol,
     })
 }
 

@@ -49,7 +49,9 @@ impl Finished {
         let client = &mut self.conn.client;
         client.dump_store_path(path).await?;
         let mut writer = relay.store.begin(relay.limits.nar()).await?;
-        writer.pump(&mut client.r, tee.as_deref_mut(), path).await?;
+        writer
+            .pump(client.reader(), tee.as_deref_mut(), path)
+            .await?;
         if let Some(t) = tee {
             t.flush().await.map_err(crate::wire::Error::Write)?;
         }
@@ -372,7 +374,7 @@ async fn on_backend(
     let started = tokio::time::Instant::now();
     let result = conn
         .client
-        .build_derivation(drv_path, drv, options)
+        .build_derivation(drv_path, drv, options, log)
         .await
         .map_err(BuildError::Build)?;
     drop(slot);

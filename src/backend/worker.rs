@@ -1,0 +1,259 @@
+//! Worker-protocol client: the relay driving a backend's
+//! `nix-daemon --stdio` (`ssh-ng://`). The same operations as
+//! [`super::ServeClient`], one request at a time; every op's STDERR stream
+//! is read to its end (activities of any op are tolerated), and a
+//! `STDERR_ERROR` becomes an `Err` carrying the daemon's message.
+//!
+//! The build log arrives in-band: build log lines (`RESULT` 101/107),
+//! `STDERR_NEXT` text and the start of build activities (`building '…'`)
+//! become lines on the log sink, so a flight's log looks like a serve
+//! backend's stderr.
+
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::ssh::LogSink;
+use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
+use crate::wire::path_info::ValidPathInfo;
+use crate::wire::primitives::{read_bool, read_paths};
+use crate::wire::store_path::StorePath;
+use crate::wire::worker::framed::DEFAULT_FRAME_SIZE;
+use crate::wire::worker::stderr::{
+    ACT_BUILD, LVL_INFO, RES_BUILD_LOG_LINE, RES_POST_BUILD_LOG_LINE, write_read_reply,
+};
+use crate::wire::worker::{
+    BUILD_MODE_NORMAL, ClientOptions, Field, FramedWriter, Request, StderrMsg, WorkerBuildResult,
+    WorkerError, WorkerVersion, read_worker_path_info,
+};
+use crate::wire::{Error, Limits, Result};
+
+/// AddToStoreNar sends the NAR framed from this version on; before, the
+/// daemon pulls it with `STDERR_READ`.
+const FRAMED_NAR_MINOR: u8 = 23;
+/// QueryPathInfo answers start with a found flag from this version on.
+const FOUND_FLAG_MINOR: u8 = 17;
+
+pub struct WorkerClient<R, W> {
+    pub r: R,
+    pub w: W,
+    pub version: WorkerVersion,
+    limits: Limits,
+}
+
+/// The text a STDERR message contributes to the build log, if any.
+pub fn log_text(msg: &StderrMsg) -> Option<Vec<u8>> {
+    let line = |t: &[u8]| {
+        let mut v = t.to_vec();
+        if !v.ends_with(b"\n") {
+            v.push(b'\n');
+        }
+        Some(v)
+    };
+    match msg {
+        StderrMsg::Next(t) => line(t),
+        StderrMsg::StartActivity { kind, text, .. } if *kind == ACT_BUILD && !text.is_empty() => {
+            line(text)
+        }
+        StderrMsg::Result { kind, fields, .. }
+            if *kind == RES_BUILD_LOG_LINE || *kind == RES_POST_BUILD_LOG_LINE =>
+        {
+            match fields.first() {
+                Some(Field::Str(s)) => line(s),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The daemon settings for one build: the serve options the client gave,
+/// daemon defaults for the rest (no substitutes, all cores).
+pub fn client_options(o: &BuildOptions) -> ClientOptions {
+    ClientOptions {
+        keep_failed: o.keep_failed,
+        verbosity: LVL_INFO,
+        max_build_jobs: 1,
+        max_silent_time: o.max_silent_time,
+        // lvlError: build output is "verbose" (sent as it comes).
+        verbose_build: 0,
+        build_cores: 0,
+        use_substitutes: false,
+        overrides: vec![
+            ("timeout".into(), o.build_timeout.to_string()),
+            ("max-build-log-size".into(), o.max_log_size.to_string()),
+        ],
+        ..ClientOptions::default()
+    }
+}
+
+fn daemon_error(op: &str, e: &WorkerError) -> Error {
+    Error::Protocol(format!(
+        "nix-daemon failed {op}: {}",
+        String::from_utf8_lossy(&e.message).trim_end()
+    ))
+}
+
+impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R, W> {
+    pub fn new(r: R, w: W, version: WorkerVersion, limits: Limits) -> Self {
+        WorkerClient {
+            r,
+            w,
+            version,
+            limits,
+        }
+    }
+
+    async fn request(&mut self, req: &Request) -> Result<()> {
+        let mut buf = Vec::new();
+        req.write(&mut buf, self.version);
+        self.w.write_all(&buf).await.map_err(Error::Write)?;
+        self.w.flush().await.map_err(Error::Write)
+    }
+
+    /// Reads an op's STDERR stream to `STDERR_LAST`; text for the build
+    /// log goes to `log` (if any), everything else is skipped.
+    async fn finish(&mut self, op: &str, log: Option<&LogSink>) -> Result<()> {
+        loop {
+            let msg = StderrMsg::read(&mut self.r, self.version, &self.limits).await?;
+            match msg {
+                StderrMsg::Last => return Ok(()),
+                StderrMsg::Error(e) => return Err(daemon_error(op, &e)),
+                StderrMsg::Read(_) => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected STDERR_READ during {op}"
+                    )));
+                }
+                m => {
+                    let text = log_text(&m);
+                    match (log, text) {
+                        // The log's reader may be gone; the op goes on.
+                        (Some(log), Some(t)) => drop(log.send(t.into()).await),
+                        (None, Some(t)) => {
+                            tracing::debug!(op, text = %String::from_utf8_lossy(&t).trim_end(), "daemon message");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<Vec<StorePath>> {
+        self.request(&Request::QueryValidPaths {
+            paths,
+            substitute: false,
+        })
+        .await?;
+        self.finish("QueryValidPaths", None).await?;
+        read_paths(&mut self.r, "valid paths", &self.limits).await
+    }
+
+    /// The infos of the paths that are valid (others are left out).
+    pub async fn query_path_infos(&mut self, paths: Vec<StorePath>) -> Result<Vec<ValidPathInfo>> {
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            self.request(&Request::QueryPathInfo { path: path.clone() })
+                .await?;
+            self.finish("QueryPathInfo", None).await?;
+            if self.version.minor() >= FOUND_FLAG_MINOR && !read_bool(&mut self.r, "found").await? {
+                continue;
+            }
+            out.push(read_worker_path_info(&mut self.r, path, self.version, &self.limits).await?);
+        }
+        Ok(out)
+    }
+
+    /// Uploads one path; `nar` must yield exactly `info.nar_size` bytes.
+    pub async fn add_to_store_nar<N: AsyncRead + Unpin>(
+        &mut self,
+        info: &ValidPathInfo,
+        nar: &mut N,
+    ) -> Result<()> {
+        self.request(&Request::AddToStoreNar {
+            info: info.clone(),
+            repair: false,
+            dont_check_sigs: true,
+        })
+        .await?;
+        let mut limited = nar.take(info.nar_size);
+        if self.version.minor() < FRAMED_NAR_MINOR {
+            return self.answer_reads(&mut limited, info.nar_size).await;
+        }
+        let mut framed = FramedWriter::new(&mut self.w, DEFAULT_FRAME_SIZE);
+        let n = tokio::io::copy(&mut limited, &mut framed)
+            .await
+            .map_err(|e| Error::read("NAR from relay store", e))?;
+        if n != info.nar_size {
+            return Err(Error::UnexpectedEof {
+                field: "NAR from relay store",
+            });
+        }
+        framed.finish().await?;
+        self.finish("AddToStoreNar", None).await
+    }
+
+    /// AddToStoreNar at 1.21–1.22: the daemon pulls the NAR with
+    /// `STDERR_READ max`, each answered with one chunk (empty at the end).
+    async fn answer_reads<N: AsyncRead + Unpin>(&mut self, nar: &mut N, size: u64) -> Result<()> {
+        let mut sent = 0u64;
+        let mut chunk = Vec::new();
+        loop {
+            match StderrMsg::read(&mut self.r, self.version, &self.limits).await? {
+                StderrMsg::Last if sent == size => return Ok(()),
+                StderrMsg::Last => {
+                    return Err(Error::Protocol(format!(
+                        "the daemon ended AddToStoreNar after {sent} of {size} NAR bytes"
+                    )));
+                }
+                StderrMsg::Error(e) => return Err(daemon_error("AddToStoreNar", &e)),
+                StderrMsg::Read(max) => {
+                    let want = max.min(size - sent).min(DEFAULT_FRAME_SIZE as u64);
+                    // Bounded by DEFAULT_FRAME_SIZE above.
+                    chunk.resize(want as usize, 0);
+                    nar.read_exact(&mut chunk)
+                        .await
+                        .map_err(|e| Error::read("NAR from relay store", e))?;
+                    sent += want;
+                    let mut buf = Vec::with_capacity(chunk.len() + 16);
+                    write_read_reply(&mut buf, &chunk);
+                    self.w.write_all(&buf).await.map_err(Error::Write)?;
+                    self.w.flush().await.map_err(Error::Write)?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// SetOptions with the client's build options, then BuildDerivation;
+    /// the daemon's log goes to `log` as it comes.
+    pub async fn build_derivation(
+        &mut self,
+        drv_path: &StorePath,
+        drv: &BasicDerivation,
+        options: BuildOptions,
+        log: &LogSink,
+    ) -> Result<BuildResult> {
+        self.request(&Request::SetOptions(client_options(&options)))
+            .await?;
+        self.finish("SetOptions", Some(log)).await?;
+        self.request(&Request::BuildDerivation {
+            drv_path: drv_path.clone(),
+            drv: drv.clone(),
+            mode: BUILD_MODE_NORMAL,
+        })
+        .await?;
+        self.finish("BuildDerivation", Some(log)).await?;
+        let res = WorkerBuildResult::read(&mut self.r, self.version, &self.limits).await?;
+        Ok(res.base)
+    }
+
+    /// Asks for a NAR; the caller then reads it from `self.r`.
+    pub async fn dump_store_path(&mut self, path: &StorePath) -> Result<()> {
+        self.request(&Request::NarFromPath { path: path.clone() })
+            .await?;
+        self.finish("NarFromPath", None).await
+    }
+}
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;
