@@ -56,13 +56,25 @@ fi
 if [ -z "${RELAY_BIN:-}" ]; then
   export RELAY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay"
 fi
-echo "==> e2e: tests/lab/e2e.sh (RELAY_BIN=$RELAY_BIN)"
-log=$(mktemp "${TMPDIR:-/tmp}/nix-relay-e2e.XXXXXX")
-rc=0
-tests/lab/e2e.sh 2>&1 | tee "$log" || rc=$?
-summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)
-rm -f "$log"
-[ "$rc" = 0 ] || echo "run.sh: FAILED at step 'e2e' (exit status $rc)"
+# Two passes: every scenario with ssh:// backends, then the build scenarios
+# again with ssh-ng:// backends (nix-daemon --stdio behind the relay).
+passed=0; failed=0; rc=0
+e2e_pass() {  # e2e_pass LABEL [ENV=VALUE...]
+  local label=$1 log r=0 line; shift
+  echo "==> e2e ($label): tests/lab/e2e.sh (RELAY_BIN=$RELAY_BIN)"
+  log=$(mktemp "${TMPDIR:-/tmp}/nix-relay-e2e.XXXXXX")
+  env "$@" tests/lab/e2e.sh 2>&1 | tee "$log" || r=$?
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)
+  rm -f "$log"
+  if [ -n "$line" ]; then
+    passed=$((passed + ${line%% passed*})); line=${line#* passed, }; failed=$((failed + ${line%% failed*}))
+  else
+    failed=$((failed + 1))
+  fi
+  [ "$r" = 0 ] || { echo "run.sh: FAILED at step 'e2e ($label)' (exit status $r)"; rc=1; }
+}
+e2e_pass "ssh:// backends"
+e2e_pass "ssh-ng:// backends" LAB_BACKEND_PROTO=ssh-ng E2E_SCENARIOS="a b c d e g n"
 echo "run.sh: $(( $(date +%s) - T0 )) s total"
-echo "${summary:-0 passed, 1 failed}"
+echo "$passed passed, $failed failed"
 exit "$rc"

@@ -67,6 +67,8 @@ if ! "$HS" up "${up_args[@]}" > "$LOGS/hosts-up.log" 2>&1; then
   echo "FAIL setup: lab did not come up (see above)"
   echo "0 passed, 1 failed"; exit 1
 fi
+# only this run's backend commands count (check y)
+for f in "$STATE"/hosts/h*/log/commands.log; do [ -f "$f" ] && : > "$f"; done
 # the backends have nothing in their stores: copy nothing in advance (the
 # client's builds must ship busybox and all inputs themselves)
 
@@ -691,6 +693,18 @@ if [ "$MODE" = relay ]; then
     echo "PASS z: the relay is still running after all scenarios"; pass=$((pass + 1))
   else
     echo "FAIL z: the relay is not running any more (see $STATE/relay.log)"; failn=$((failn + 1))
+  fi
+fi
+
+# the relay drove its backends over the configured protocol, and only that
+if [ "$MODE" = relay ]; then
+  want="nix-store --serve --write"; other="nix-daemon --stdio"
+  [ "${LAB_BACKEND_PROTO:-ssh}" = ssh-ng ] && { want="nix-daemon --stdio"; other="nix-store --serve"; }
+  cmds=$(cat "$STATE"/hosts/h*/log/commands.log 2>/dev/null || true)
+  if grep -q -- "$want" <<<"$cmds" && ! grep -q -- "$other" <<<"$cmds"; then
+    echo "PASS y: backends were driven with '$want' only (${LAB_BACKEND_PROTO:-ssh}://)"; pass=$((pass + 1))
+  else
+    echo "FAIL y: backends' commands.log do not show only '$want'"; failn=$((failn + 1))
   fi
 fi
 
