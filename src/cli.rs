@@ -107,6 +107,15 @@ pub async fn serve(config: Config) -> Result<()> {
         sessions: Arc::new(Semaphore::new(config.limits.max_sessions as usize)),
     });
     let metrics = install_metrics(&config, &front.relay);
+    let sched = front.relay.scheduler.clone();
+    tokio::spawn(async move {
+        // Backends whose backoff ended get their waiting jobs.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            sched.tick();
+        }
+    });
     if let Some(addr) = config.http_listen {
         spawn_http(addr, front.relay.clone(), metrics).await?;
     }

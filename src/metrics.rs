@@ -192,6 +192,10 @@ pub fn cache_lookup(hit: bool) {
     }
 }
 
+pub fn retry() {
+    counter!("nix_relay_retries_total").increment(1);
+}
+
 pub fn dedup_attach() {
     counter!("nix_relay_dedup_attaches_total").increment(1);
 }

@@ -38,10 +38,20 @@ struct Waiter {
     tx: oneshot::Sender<Slot>,
 }
 
+/// First backoff after a failure; it doubles per failure up to the max.
+const BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+#[derive(Debug, Clone, Default)]
+struct Health {
+    last_ok: Option<bool>,
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
 struct State {
     running: Vec<u32>,
-    /// Whether the last connection to each backend worked (None: not tried).
-    healthy: Vec<Option<bool>>,
+    health: Vec<Health>,
     queues: BTreeMap<String, VecDeque<Waiter>>,
     waiting: u64,
     next_seq: u64,
@@ -85,7 +95,7 @@ impl Scheduler {
     pub fn new(backends: Vec<Backend>, max_waiting: u64) -> Arc<Scheduler> {
         let state = State {
             running: vec![0; backends.len()],
-            healthy: vec![None; backends.len()],
+            health: vec![Health::default(); backends.len()],
             queues: BTreeMap::new(),
             waiting: 0,
             next_seq: 0,
@@ -107,11 +117,11 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn views<'a>(&'a self, running: &[u32]) -> Vec<BackendView<'a>> {
+    fn views<'a>(&'a self, st: &State) -> Vec<BackendView<'a>> {
         self.backends
             .iter()
-            .zip(running)
-            .map(|(b, &running)| BackendView {
+            .zip(st.running.iter().zip(&st.health))
+            .map(|(b, (&running, health))| BackendView {
                 name: &b.name,
                 systems: &b.systems,
                 supported_features: &b.supported_features,
@@ -119,6 +129,7 @@ impl Scheduler {
                 max_jobs: b.max_jobs,
                 running,
                 speed_factor: b.speed_factor,
+                down_until: health.down_until,
             })
             .collect()
     }
@@ -127,7 +138,7 @@ impl Scheduler {
     pub fn try_acquire(self: &Arc<Self>, job: JobSpec) -> Result<Acquired, Error> {
         let mut st = self.lock();
         let queue_empty = st.queues.get(&job.system).is_none_or(VecDeque::is_empty);
-        match policy::pick(&job, &self.views(&st.running), Instant::now()) {
+        match policy::pick(&job, &self.views(&st), Instant::now()) {
             Decision::NoneEligible => Err(self.none_eligible(&job)),
             Decision::Run(i) if queue_empty => {
                 st.running[i] += 1;
@@ -215,8 +226,7 @@ impl Scheduler {
                 let Some(head) = st.queues.get(&sys).and_then(VecDeque::front) else {
                     continue;
                 };
-                let Decision::Run(i) =
-                    policy::pick(&head.job, &self.views(&st.running), Instant::now())
+                let Decision::Run(i) = policy::pick(&head.job, &self.views(&st), Instant::now())
                 else {
                     continue;
                 };
@@ -255,7 +265,8 @@ pub struct BackendStatus {
     pub name: String,
     pub systems: Vec<String>,
     pub features: Vec<String>,
-    /// `up`, `down` (last connection failed) or `unknown` (not tried yet).
+    /// `up`, `down` (failed, backing off), `probing` (backoff over, next
+    /// job tries it) or `unknown` (not tried yet).
     pub state: &'static str,
     pub running: u32,
     pub max_jobs: u32,
@@ -270,12 +281,42 @@ pub struct QueueStatus {
 }
 
 impl Scheduler {
-    /// Records whether connecting to backend `name` worked.
+    /// Records whether backend `name` worked. A failure marks it down for
+    /// an exponentially growing backoff; it is re-probed by the next job
+    /// after that.
     pub fn report_connect(&self, name: &str, ok: bool) {
         if let Some(i) = self.backends.iter().position(|b| b.name == name) {
-            self.lock().healthy[i] = Some(ok);
+            let mut st = self.lock();
+            let h = &mut st.health[i];
+            h.last_ok = Some(ok);
+            if ok {
+                h.failures = 0;
+                h.down_until = None;
+            } else {
+                h.failures = h.failures.saturating_add(1);
+                let backoff = BACKOFF_FIRST
+                    .saturating_mul(1 << (h.failures - 1).min(10))
+                    .min(BACKOFF_MAX);
+                h.down_until = Some(Instant::now() + backoff);
+                tracing::warn!(
+                    backend = name,
+                    failures = h.failures,
+                    ?backoff,
+                    "backend marked down"
+                );
+            }
         }
         crate::metrics::backend_up(name, ok);
+    }
+
+    /// Hands slots of backends whose backoff ended to waiting jobs. Run
+    /// periodically.
+    pub fn tick(self: &Arc<Self>) {
+        let refused = {
+            let mut st = self.lock();
+            self.dispatch(&mut st)
+        };
+        drop(refused);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -288,10 +329,11 @@ impl Scheduler {
                 name: b.name.clone(),
                 systems: b.systems.clone(),
                 features: b.supported_features.clone(),
-                state: match st.healthy[i] {
-                    Some(true) => "up",
-                    Some(false) => "down",
-                    None => "unknown",
+                state: match (st.health[i].last_ok, st.health[i].down_until) {
+                    (_, Some(t)) if t > Instant::now() => "down",
+                    (Some(true), _) => "up",
+                    (Some(false), _) => "probing",
+                    (None, _) => "unknown",
                 },
                 running: st.running[i],
                 max_jobs: b.max_jobs,

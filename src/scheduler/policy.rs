@@ -4,7 +4,8 @@
 //! features are all supported, and every mandatory feature of the backend is
 //! required by the job. Among eligible backends with a free slot the fastest
 //! wins: highest speed factor, then lowest load (running / max_jobs), then
-//! configuration order. No free slot: wait. Nothing eligible: fail.
+//! configuration order. A backend marked down is skipped until its backoff
+//! ends. No free slot: wait. Nothing eligible: fail.
 
 use tokio::time::Instant;
 
@@ -24,6 +25,8 @@ pub struct BackendView<'a> {
     pub max_jobs: u32,
     pub running: u32,
     pub speed_factor: f64,
+    /// Marked down until this instant (a failed connection, backing off).
+    pub down_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +50,7 @@ pub fn eligible(job: &JobSpec, b: &BackendView<'_>) -> bool {
             .all(|m| job.required_features.contains(m))
 }
 
-pub fn pick(job: &JobSpec, backends: &[BackendView<'_>], _now: Instant) -> Decision {
+pub fn pick(job: &JobSpec, backends: &[BackendView<'_>], now: Instant) -> Decision {
     let mut any_eligible = false;
     let mut best: Option<(usize, &BackendView<'_>)> = None;
     for (i, b) in backends.iter().enumerate() {
@@ -55,7 +58,7 @@ pub fn pick(job: &JobSpec, backends: &[BackendView<'_>], _now: Instant) -> Decis
             continue;
         }
         any_eligible = true;
-        if b.running >= b.max_jobs {
+        if b.running >= b.max_jobs || b.down_until.is_some_and(|t| t > now) {
             continue;
         }
         if best.is_none_or(|(_, cur)| better(b, cur)) {
@@ -90,6 +93,7 @@ mod tests {
     }
 
     struct B {
+        down_until: Option<Instant>,
         systems: Vec<String>,
         feats: Vec<String>,
         mand: Vec<String>,
@@ -100,6 +104,7 @@ mod tests {
 
     fn b(systems: &[&str], feats: &[&str], max: u32, running: u32, speed: f64) -> B {
         B {
+            down_until: None,
             systems: s(systems),
             feats: s(feats),
             mand: vec![],
@@ -119,6 +124,7 @@ mod tests {
                 max_jobs: b.max,
                 running: b.running,
                 speed_factor: b.speed,
+                down_until: b.down_until,
             })
             .collect()
     }
@@ -210,6 +216,28 @@ mod tests {
         assert_eq!(
             pick(&job("x", &[]), &views(&bs), Instant::now()),
             Decision::Wait
+        );
+    }
+
+    #[test]
+    fn a_backend_marked_down_is_skipped_until_its_backoff_ends() {
+        let now = Instant::now();
+        let mut dead = b(&["x"], &[], 4, 0, 9.0);
+        dead.down_until = Some(now + std::time::Duration::from_secs(10));
+        let mut only = b(&["x"], &[], 4, 0, 9.0);
+        only.down_until = dead.down_until;
+        let bs = [dead, b(&["x"], &[], 1, 0, 1.0)];
+        assert_eq!(pick(&job("x", &[]), &views(&bs), now), Decision::Run(1));
+        let later = now + std::time::Duration::from_secs(11);
+        assert_eq!(
+            pick(&job("x", &[]), &views(&bs), later),
+            Decision::Run(0),
+            "re-probed after the backoff"
+        );
+        assert_eq!(
+            pick(&job("x", &[]), &views(&[only]), now),
+            Decision::Wait,
+            "down is not ineligible"
         );
     }
 }

@@ -96,3 +96,25 @@ async fn the_waiting_queue_is_bounded() {
     let _w = queued(s.try_acquire(job("x")).unwrap());
     assert!(matches!(s.try_acquire(job("x")), Err(Error::QueueFull(1))));
 }
+
+#[tokio::test]
+async fn a_failed_backend_is_avoided_while_it_backs_off() {
+    let s = Scheduler::new(vec![backend("a", &["x"], 1), backend("b", &["x"], 1)], 10);
+    s.report_connect("a", false);
+    assert_eq!(s.snapshot().backends[0].state, "down");
+    let slot = now(s.try_acquire(job("x")).unwrap());
+    assert_eq!(slot.backend().name, "b", "the down backend is skipped");
+    let (_, mut rx) = queued(s.try_acquire(job("x")).unwrap());
+    s.tick();
+    assert!(
+        rx.try_recv().is_err(),
+        "still backing off: the job waits rather than using it"
+    );
+    s.report_connect("a", true);
+    s.tick();
+    assert_eq!(
+        rx.try_recv().unwrap().backend().name,
+        "a",
+        "back up: the waiting job gets it"
+    );
+}

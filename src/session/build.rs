@@ -303,6 +303,12 @@ async fn fly(
     relay.flights.remove(&flight);
 }
 
+/// Tries a build up to this many times when backends fail under it.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Builds on the best backend; a build lost to infrastructure (the backend
+/// unreachable or gone mid-build) is retried on another, up to
+/// [`MAX_ATTEMPTS`]. A build that fails on its own is not retried.
 async fn build(
     relay: &Relay,
     log: &LogSink,
@@ -312,31 +318,55 @@ async fn build(
     drv: &BasicDerivation,
     options: BuildOptions,
 ) -> Result<(BuildResult, Option<Finished>), String> {
-    let job = JobSpec {
-        system: drv.platform.clone(),
-        required_features: drv.required_features(),
-    };
-    let system = job.system.clone();
-    let queued = tokio::time::Instant::now();
-    let slot = claim(&relay.scheduler, job, log).await?;
-    crate::metrics::queue_wait(&system, queued.elapsed());
-    let name = slot.backend().name.clone();
-    let started = tokio::time::Instant::now();
-    let r = on_backend(relay, log, client, scope, slot, drv_path, drv, options).await;
-    let outcome = match &r {
-        Ok((res, _)) if res.status.is_success() => BuildOutcome::Success,
-        Ok(_) => BuildOutcome::Failure,
-        Err(_) => BuildOutcome::Error,
-    };
-    crate::metrics::build_finished(&system, &name, outcome, Some(started.elapsed()));
-    relay.record(BuildRecord::new(
-        drv_path,
-        &system,
-        &name,
-        outcome,
-        started.elapsed(),
-    ));
-    r.map_err(|e| format!("building on {name} failed: {}", chain(&e)))
+    let system = drv.platform.clone();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let job = JobSpec {
+            system: system.clone(),
+            required_features: drv.required_features(),
+        };
+        let queued = tokio::time::Instant::now();
+        let slot = claim(&relay.scheduler, job, log).await?;
+        crate::metrics::queue_wait(&system, queued.elapsed());
+        let name = slot.backend().name.clone();
+        let started = tokio::time::Instant::now();
+        let r = on_backend(relay, log, client, scope, slot, drv_path, drv, options).await;
+        let outcome = match &r {
+            Ok((res, _)) if res.status.is_success() => BuildOutcome::Success,
+            Ok(_) => BuildOutcome::Failure,
+            Err(_) => BuildOutcome::Error,
+        };
+        crate::metrics::build_finished(&system, &name, outcome, Some(started.elapsed()));
+        relay.record(BuildRecord::new(
+            drv_path,
+            &system,
+            &name,
+            outcome,
+            started.elapsed(),
+        ));
+        match r {
+            Ok(done) => return Ok(done),
+            Err(e) if e.is_infrastructure() && attempt < MAX_ATTEMPTS => {
+                relay.scheduler.report_connect(&name, false);
+                crate::metrics::retry();
+                let msg = format!(
+                    "backend {name} failed ({}); retrying elsewhere (attempt {}/{MAX_ATTEMPTS})",
+                    chain(&e),
+                    attempt + 1
+                );
+                warn!("{msg}");
+                say(log, msg).await;
+            }
+            Err(e) => {
+                if e.is_infrastructure() {
+                    relay.scheduler.report_connect(&name, false);
+                }
+                return Err(format!("building on {name} failed: {}", chain(&e)));
+            }
+        }
+    }
+    Err(format!(
+        "no backend could build it in {MAX_ATTEMPTS} attempts"
+    ))
 }
 
 async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, String> {
@@ -395,6 +425,20 @@ async fn on_backend(
         scope: scope.clone(),
     };
     Ok((result, Some(finished)))
+}
+
+impl BuildError {
+    /// A failure of the backend or the link to it, not of the build: worth
+    /// another backend.
+    pub fn is_infrastructure(&self) -> bool {
+        use crate::wire::Error as W;
+        let wire = |e: &W| matches!(e, W::UnexpectedEof { .. } | W::Read { .. } | W::Write(_));
+        match self {
+            BuildError::Connect(_) => true,
+            BuildError::Inputs(e) | BuildError::Build(e) | BuildError::Outputs(e) => wire(e),
+            BuildError::MissingInput(_) | BuildError::Store(_) => false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

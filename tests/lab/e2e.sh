@@ -31,7 +31,7 @@ NHOSTS=3
 # client namespaces: client client2 client3 (hosts.sh up makes LAB_CLIENTS of them)
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
-SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l}
+SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l o}
 DIRECT=${E2E_DIRECT:-0}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 [ "$DIRECT" = 1 ] && MODE=direct || MODE=relay
@@ -496,6 +496,38 @@ sc_n() {
   echo "  ssh-ng: 11-drv DAG, feature->h1, foreign->h2, failure log, 200 MiB, copy --to/--from"
 }
 
+# descendants PID: every process below PID (children first), from /proc
+descendants() {
+  local p c
+  for c in $(awk -v p="$1" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null); do
+    descendants "$c"; echo "$c"
+  done
+}
+
+sc_o_desc="a backend killed mid-build (sshd and every process): the build is retried elsewhere, the client succeeds"
+sc_o() {
+  local s=$SEED-o bg=$LOGS/o.nix.log out host pid i
+  ( build slow "$s" --arg sleepSecs 8 >"$LOGS/o.out" ) 2>/dev/null &
+  bg=$!
+  host=""
+  for i in $(seq 1 100); do
+    host=$(grep -o "nix-relay: building '[^']*' on h[0-9]" "$BLOG" 2>/dev/null | tail -1 | grep -o 'h[0-9]$' || true)
+    [ -n "$host" ] && grep -q "slow: 1/8" "$BLOG" 2>/dev/null && break
+    sleep 0.1
+  done
+  [ -n "$host" ] || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
+  pid=$(cat "$STATE/run/$host.pid")
+  echo "  killing $host (sshd $pid and $(descendants "$pid" | wc -w) processes under it) mid-build"
+  kill -9 $(descendants "$pid") "$pid" 2>/dev/null || true
+  wait "$bg" || { tail -5 "$BLOG"; fail "the client's build failed after $host died"; }
+  out=$(cat "$LOGS/o.out")
+  client_valid "$out"
+  grep -q "retrying elsewhere" "$BLOG" || fail "no retry line in the client's log"
+  [ -n "$(hosts_with "$out")" ] || fail "the output is on no backend"
+  case " $(hosts_with "$out") " in *" $host "*) fail "the output is on the killed $host";; esac
+  echo "  retried on: $(hosts_with "$out")"
+}
+
 sc_j_desc="substitution over HTTP: right key works (nothing built), wrong key refused; narinfo signed"
 sc_j() {
   local s=$SEED-j out refs p pub wrong rc ni i
@@ -645,7 +677,7 @@ sc_l() {
 
 # ---- run ----------------------------------------------------------------------------
 relay_only() { [ "$1" = f ] && return 0; return 1; }
-needs_relay() { case $1 in h|i|j|k|l|m|n) return 0;; esac; return 1; }
+needs_relay() { case $1 in h|i|j|k|l|m|n|o) return 0;; esac; return 1; }
 for s in $SCENARIOS; do
   desc_var="sc_${s}_desc"
   if ! declare -F "sc_$s" >/dev/null; then echo "FAIL $s: no such scenario"; failn=$((failn + 1)); continue; fi
