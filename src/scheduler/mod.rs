@@ -226,7 +226,7 @@ impl Scheduler {
                 let Some(head) = st.queues.get(&sys).and_then(VecDeque::front) else {
                     continue;
                 };
-                let Decision::Run(i) = policy::pick(&head.job, &self.views(&st), Instant::now())
+                let Decision::Run(i) = policy::pick(&head.job, &self.views(st), Instant::now())
                 else {
                     continue;
                 };
