@@ -2,14 +2,24 @@
 # nix-relay benchmark: the same fresh derivations built by a stock Nix 2.8
 # client DIRECTLY on backend h1 (--builders ssh://h1) and VIA THE RELAY
 # (--builders ssh://relay; the relay's config has h1 as its only backend).
+# With BENCH_PROTO=ssh-ng the client speaks the daemon protocol instead
+# (ssh-ng://h1, i.e. h1's `nix-daemon --stdio`, and ssh-ng://relay); the
+# relay's own backend connection stays ssh:// (nix-store --serve).
 #
 #   sudo benches/relay_vs_direct.sh
+#   sudo BENCH_PROTO=both benches/relay_vs_direct.sh
 #
 # Prints a table and three goal lines (small-build ratio, throughput ratio,
-# relay peak RSS). Exit status 0 even when a goal is missed; non-zero only on
-# errors (lab/relay did not start, a build failed or timed out, ...).
+# relay peak RSS) per protocol; with BENCH_PROTO=both also a line comparing
+# ssh-ng via the relay with ssh via the relay. Exit status 0 even when a goal
+# is missed; non-zero only on errors (lab/relay did not start, a build failed
+# or timed out, ...).
 #
 # Env:
+#   BENCH_PROTO    ssh (the default) | ssh-ng | both: the client's store URI
+#                  scheme, in both the direct and the relay builder line. both:
+#                  the four modes (direct, relay, ng-direct, ng-relay) alternate
+#                  in one run, against the same lab and the same relay process
 #   BENCH_N        small-build runs per mode (7)
 #   BENCH_BIG_N    200 MiB runs per mode (3)
 #   BENCH_BIG_MIB  size of the big output in MiB (200; keep it even)
@@ -37,6 +47,7 @@ export LAB_BASE_PORT=${LAB_BASE_PORT:-2600}
 export RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/nix-relay}
 STATE=$LAB_STATE
 N=${BENCH_N:-7}
+PROTO=${BENCH_PROTO:-ssh}
 BIG_N=${BENCH_BIG_N:-3}
 BIG_MIB=${BENCH_BIG_MIB:-200}
 RAW=${BENCH_RAW:-1}
@@ -53,6 +64,12 @@ note() { echo "bench: $*" >&2; }
 for v in N BIG_N BIG_MIB RAW_MIB TMO; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
+case $PROTO in
+  ssh) PROTOS=ssh; MODES="direct relay"; W=6;;
+  ssh-ng) PROTOS=ssh-ng; MODES="ng-direct ng-relay"; W=9;;
+  both) PROTOS="ssh ssh-ng"; MODES="direct relay ng-direct ng-relay"; W=9;;
+  *) die "BENCH_PROTO must be ssh, ssh-ng or both (got '$PROTO')";;
+esac
 [ "$N" -le 101 ] && [ "$BIG_N" -le 21 ] || die "BENCH_N <= 101 and BENCH_BIG_N <= 21, please"
 [ -x "$RELAY_BIN" ] || die "relay binary not found: $RELAY_BIN
   build it:  CARGO_TARGET_DIR=/some/dir cargo build --release   (then RELAY_BIN=/some/dir/release/nix-relay)"
@@ -90,6 +107,13 @@ RELAY_PID=$(cat "$STATE/run/relay.pid")
 DIRECT_B=$(head -1 "$STATE/machines")
 RELAY_B=$(cat "$STATE/machines-relay")
 case $DIRECT_B in "ssh://h1 "*) ;; *) die "unexpected first machines line: $DIRECT_B";; esac
+case $RELAY_B in "ssh://relay "*) ;; *) die "unexpected machines-relay line: $RELAY_B";; esac
+# the same lines for the daemon protocol (ssh-ng): only the scheme differs
+NG_DIRECT_B=ssh-ng://${DIRECT_B#ssh://}
+NG_RELAY_B=ssh-ng://${RELAY_B#ssh://}
+# modes: direct relay (ssh://), ng-direct ng-relay (ssh-ng://)
+mode_proto() { case $1 in ng-*) echo ssh-ng;; *) echo ssh;; esac; }
+proto_modes() { case $1 in ssh) echo "direct relay";; ssh-ng) echo "ng-direct ng-relay";; esac; }
 
 relay_alive() { "$HS" relay status >/dev/null 2>&1 || die "the relay is not running any more (see $STATE/relay.log)"; }
 cpu_secs() {  # user+system CPU seconds the relay has used so far
@@ -98,12 +122,22 @@ cpu_secs() {  # user+system CPU seconds the relay has used so far
 status_kib() {  # status_kib FIELD: from the relay's /proc status, in KiB
   awk -v f="$1:" '$1 == f { print $2 }' "/proc/$RELAY_PID/status"
 }
+# The relay's peak RSS and CPU time, per protocol: VmHWM is reset
+# (clear_refs 5) before every relay-mode build and read after it; the maximum
+# per protocol and phase is kept. CPU time is summed over the relay-mode builds.
+HWM_RESET=1
+declare -A HWM CPU
+hwm_reset() { echo 5 > "/proc/$RELAY_PID/clear_refs" 2>/dev/null || HWM_RESET=0; }
+hwm_note() {  # hwm_note KEY: HWM[KEY] = max(HWM[KEY], VmHWM now)
+  local v; v=$(status_kib VmHWM)
+  [ "${HWM[$1]:-0}" -ge "$v" ] || HWM[$1]=$v
+}
 
 # ---- measuring one build ----------------------------------------------------------
 # Each stderr line of the client is stamped with the time it arrived
 # ($EPOCHREALTIME, bash builtin: no extra process start-up). From the stamps:
 #   eval     = start .. "this derivation will be built" (nix-build start-up + evaluation)
-#   connect  = .. "building '…' on '…'"            (build hook, ssh connect + serve handshake)
+#   connect  = .. "building '…' on '…'"            (build hook, ssh connect + serve/daemon handshake)
 #   build    = .. last "copying path '…' from '…'" (inputs to the builder, the build itself)
 #   copy-out = .. nix-build exits                  (output NAR transfer + import on the client)
 stamp() { local l; while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
@@ -112,7 +146,11 @@ stamp() { local l; while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$
 build() {
   local mode=$1 attr=$2 seed=$3 builders log t0 t1 rc=0
   shift 3
-  case $mode in direct) builders=$DIRECT_B;; relay) builders=$RELAY_B;; *) die "bad mode $mode";; esac
+  case $mode in
+    direct) builders=$DIRECT_B;; relay) builders=$RELAY_B;;
+    ng-direct) builders=$NG_DIRECT_B;; ng-relay) builders=$NG_RELAY_B;;
+    *) die "bad mode $mode";;
+  esac
   log=$LOGS/$seed.log
   t0=$EPOCHREALTIME
   { timeout "$TMO" "$HS" exec client env NIX_SSHOPTS="$SSHOPTS" nix-build "$DRV" -A "$attr" --argstr seed "$seed" \
@@ -126,14 +164,19 @@ build() {
   fi
   OUT=$(tail -1 "$LOGS/$seed.out")
   [[ $OUT == /nix/store/* ]] || die "no output path from nix-build ($mode, $seed): $OUT"
-  local host=h1; [ "$mode" = relay ] && host=relay
-  grep -q "^[0-9.]* building '[^']*' on 'ssh://$host'" "$log" ||
-    die "$mode build of $attr did not run on ssh://$host (log: $log)"
-  if grep -Eq "^[0-9.]* building '[^']*'\.\.\.$" "$log"; then die "$mode build of $attr ran LOCALLY on the client (log: $log)"; fi
+  local host=h1 scheme; [ "${mode#ng-}" = relay ] && host=relay
+  scheme=$(mode_proto "$mode")
+  grep -q "^[0-9.]* building '[^']*' on '$scheme://$host'" "$log" ||
+    die "$mode build of $attr did not run on $scheme://$host (log: $log)"
+  # a local build prints "building 'X'..." with no "building 'X' on '…'" before it (over
+  # ssh-ng the builder's own "building 'X'..." is forwarded to the client, after that line)
+  if awk "/^[0-9.]* building '[^']*' on '/ { split(\$0, f, \"'\"); remote[f[2]] = 1 }
+          /^[0-9.]* building '[^']*'\\.\\.\\.\$/ { split(\$0, f, \"'\"); if (!remote[f[2]]) bad = 1 }
+          END { exit !bad }" "$log"; then die "$mode build of $attr ran LOCALLY on the client (log: $log)"; fi
   read -r R_TOTAL R_EVAL R_SETUP R_BUILD R_COPY < <(awk -v t0="$t0" -v t1="$t1" '
       / derivations? will be built:$/ { if (!e) e = $1 }
-      / building .* on .ssh:/ { if (!b) b = $1 }
-      / copying path .* from .ssh:/ { c = $1 }
+      / building .* on .ssh(-ng)?:\/\// { if (!b) b = $1 }
+      / copying path .* from .ssh(-ng)?:\/\// { c = $1 }
       END {
         if (!e) e = t0; if (!b) b = e; if (!c) c = b
         printf "%.3f %.3f %.3f %.3f %.3f\n", t1 - t0, e - t0, b - e, c - b, t1 - c
@@ -146,12 +189,17 @@ calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
 # columns: 1 total, 2 eval, 3 connect, 4 build, 5 copy-out
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$R_TOTAL" "$R_EVAL" "$R_SETUP" "$R_BUILD" "$R_COPY" >> "$LOGS/$1-$2.tsv"; }
 col_median() { cut -f"$1" "$LOGS/$2.tsv" | median; }
-run_line() { printf '  %-6s %-6s #%-2s %7.3f s   (eval %.3f  connect %.3f  build %.3f  copy-out %.3f)\n' "$1" "$2" "$3" "$R_TOTAL" "$R_EVAL" "$R_SETUP" "$R_BUILD" "$R_COPY"; }
+run_line() { printf "  %-6s %-${W}s #%-2s %7.3f s   (eval %.3f  connect %.3f  build %.3f  copy-out %.3f)\n" "$1" "$2" "$3" "$R_TOTAL" "$R_EVAL" "$R_SETUP" "$R_BUILD" "$R_COPY"; }
 
 echo "nix-relay bench: relay vs direct, one backend (h1)   $(date -u +%FT%TZ)"
 echo "  relay:   $RELAY_BIN (pid $RELAY_PID), 127.0.0.1:$LAB_BASE_PORT, backends: h1 only"
 echo "  direct:  $(cut -d' ' -f1-6 <<< "$DIRECT_B") …"
 echo "  via:     $(cut -d' ' -f1-6 <<< "$RELAY_B") …"
+if [ "$PROTO" != ssh ]; then
+  echo "  ssh-ng:  $(cut -d' ' -f1-6 <<< "$NG_DIRECT_B") … (h1's nix-daemon --stdio)"
+  echo "           $(cut -d' ' -f1-6 <<< "$NG_RELAY_B") … (the relay's worker front end; relay -> h1 stays ssh://)"
+  echo "  modes:   $MODES (BENCH_PROTO=$PROTO)"
+fi
 echo "  machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(nix --version), $(ssh -V 2>&1 | cut -d, -f1)"
 echo "  client:  NIX_SSHOPTS=\"$SSHOPTS\""
 echo "  state:   $STATE (logs: $LOGS)   seed prefix: $RUN_ID"
@@ -200,35 +248,59 @@ if [ "$RAW" = 1 ]; then
 fi
 
 # ---- warm-up: busybox (the only input source) reaches h1 and the relay store ----------
+# relay_build PHASE MODE ATTR SEED [args]: build(), and for relay modes the relay's
+# peak RSS (HWM[PROTO-PHASE]) and CPU time (CPU[PROTO-PHASE]) over this build
+relay_build() {
+  local phase=$1 mode=$2 c0 key
+  shift 2
+  key=$(mode_proto "$mode")-$phase
+  if [ "${mode#ng-}" = relay ]; then
+    hwm_reset; c0=$(cpu_secs)
+    [ "$phase" = big ] && echo "$mode" > "$LOGS/sampler-mode"
+    build "$mode" "$@"
+    [ "$phase" = big ] && echo - > "$LOGS/sampler-mode"
+    CPU[$key]=$(calc "${CPU[$key]:-0} + $(cpu_secs) - $c0" 2)
+    hwm_note "$key"
+  else
+    build "$mode" "$@"
+  fi
+}
+# order I: the modes in the order of $MODES for odd I, reversed for even I
+order() {
+  local m r=""
+  if [ $(($1 % 2)) = 1 ]; then echo "$MODES"; return; fi
+  for m in $MODES; do r="$m${r:+ $r}"; done
+  echo "$r"
+}
+
 echo "warm-up (ships busybox; not counted):"
-build direct leaves "$RUN_ID-warm-direct" --arg nLeaves 1; run_line warmup direct 1
-build relay leaves "$RUN_ID-warm-relay" --arg nLeaves 1; run_line warmup relay 1
+for m in $MODES; do
+  relay_build small "$m" leaves "$RUN_ID-warm-$m" --arg nLeaves 1; run_line warmup "$m" 1
+done
 relay_alive
 echo
 
 # ---- 1. small builds ------------------------------------------------------------------
 echo "1. small build (-A leaves --arg nLeaves 1: one leaf derivation), $N runs per mode, alternating:"
 for i in $(seq 1 "$N"); do
-  if [ $((i % 2)) = 1 ]; then order="direct relay"; else order="relay direct"; fi
-  for m in $order; do
-    build "$m" leaves "$RUN_ID-small-$m-$i" --arg nLeaves 1
+  for m in $(order "$i"); do
+    relay_build small "$m" leaves "$RUN_ID-small-$m-$i" --arg nLeaves 1
     record small "$m"; run_line small "$m" "$i"
   done
 done
 relay_alive
-HWM_SMALL=$(status_kib VmHWM)
 echo
 
 # ---- 2. big output ------------------------------------------------------------------------
-# reset the relay's peak RSS (VmHWM) so that the next reading covers the big builds only
-echo 5 > "/proc/$RELAY_PID/clear_refs" 2>/dev/null && HWM_RESET=1 || HWM_RESET=0
-# sample VmRSS every 50 ms as well (bounded: it stops with the relay or at cleanup)
+# sample VmRSS every 50 ms as well, tagged with the relay mode being built
+# (bounded: it stops with the relay or at cleanup)
+echo - > "$LOGS/sampler-mode"
 ( while kill -0 "$RELAY_PID" 2>/dev/null; do
-    awk '$1 == "VmRSS:" { print $2 }' "/proc/$RELAY_PID/status" 2>/dev/null || break
+    read -r sm < "$LOGS/sampler-mode" || sm=-
+    awk -v m="$sm" '$1 == "VmRSS:" { print m, $2 }' "/proc/$RELAY_PID/status" 2>/dev/null || break
     sleep 0.05
   done > "$LOGS/relay-rss-kib.txt" ) &
 SAMPLER_PID=$!
-CPU0=$(cpu_secs)
 
 echo "2. big output (-A big --arg bigMiB $BIG_MIB), $BIG_N runs per mode, alternating:"
 t0=$EPOCHREALTIME
@@ -236,74 +308,96 @@ timeout "$TMO" sync || die "sync timed out"
 timeout "$TMO" "$HS" exec h1 nix-build "$DRV" -A big --arg bigMiB "$BIG_MIB" --argstr seed "$RUN_ID-big-local" \
   --no-out-link > "$LOGS/big-local.out" 2> "$LOGS/big-local.log" </dev/null || die "local build of big on h1 failed (log: $LOGS/big-local.log)"
 BIG_LOCAL=$(calc "$EPOCHREALTIME - $t0" 3)
-printf '  local  h1    #1  %7.3f s   (nix-build -A big inside h1: eval + build, no transfer)\n' "$BIG_LOCAL"
+printf "  %-6s %-${W}s #%-2s %7.3f s   (nix-build -A big inside h1: eval + build, no transfer)\n" local h1 1 "$BIG_LOCAL"
 for i in $(seq 1 "$BIG_N"); do
-  if [ $((i % 2)) = 1 ]; then order="direct relay"; else order="relay direct"; fi
-  for m in $order; do
+  for m in $(order "$i"); do
     # flush the previous run's dirty pages first, so that their write-back
     # does not land in this run's timing (each run writes BIG_MIB to the client's
     # store, and to the relay's in relay mode)
     timeout "$TMO" sync || die "sync timed out"
-    build "$m" big "$RUN_ID-big-$m-$i" --arg bigMiB "$BIG_MIB"
+    relay_build big "$m" big "$RUN_ID-big-$m-$i" --arg bigMiB "$BIG_MIB"
     size=$("$HS" exec client stat -c %s "$OUT" </dev/null)
     [ "$size" = $((BIG_MIB * 1048576)) ] || die "$m: $OUT has $size bytes, expected $BIG_MIB MiB"
     record big "$m"; run_line big "$m" "$i"
   done
 done
 relay_alive
-CPU_BIG=$(calc "($(cpu_secs) - $CPU0) / $BIG_N" 2)
-HWM_BIG=$(status_kib VmHWM)
 RSS_NOW=$(status_kib VmRSS)
 kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=
-RSS_SAMPLED=$(sort -n "$LOGS/relay-rss-kib.txt" | tail -1); RSS_SAMPLED=${RSS_SAMPLED:-0}
-# the relay's own account of the backend build time ("build finished … secs=…")
-RELAY_BUILD_SECS=$(sed 's/\x1b\[[0-9;]*m//g' "$STATE/relay.log" | grep 'build finished' | grep -- "lab-big-" |
-  sed -n 's/.*secs=\([0-9.]*\).*/\1/p' | median)
-[ "$RELAY_BUILD_SECS" = nan ] || RELAY_BUILD_SECS=$(calc "$RELAY_BUILD_SECS" 3)
 echo
 
 # ---- report --------------------------------------------------------------------------------
-sd=$(col_median 1 small-direct); sr=$(col_median 1 small-relay)
-bd=$(col_median 1 big-direct); br=$(col_median 1 big-relay)
-# throughput of the copy-out phase (per run, then the median)
+median_or_nan() { local m; m=$(median); [ "$m" = nan ] && echo nan || calc "$m" 3; }
+# copy-out throughput of MODE (per run, then the median)
 tp() { awk -v mib="$BIG_MIB" -F'\t' '{ if ($5 > 0) printf "%.3f\n", mib / $5 }' "$LOGS/big-$1.tsv" | median; }
 # wall-derived: BIG_MIB / (wall - local build time on h1)
 tpw() { awk -v mib="$BIG_MIB" -v b="$BIG_LOCAL" -F'\t' '{ d = $1 - b; if (d > 0) printf "%.3f\n", mib / d }' "$LOGS/big-$1.tsv" | median; }
-tpd=$(tp direct); tpr=$(tp relay); twd=$(tpw direct); twr=$(tpw relay)
 row() { printf '  %-44s %9s %9s %9s\n' "$@"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a != "nan") printf "%.2f", a / b; else print "n/a" }'; }
-echo "results (medians; seconds unless stated)"
-row "" direct relay relay/direct
-echo "  small build, $N runs"
-row "  total wall" "$sd" "$sr" "$(ratio "$sr" "$sd")"
-for c in 2:eval 3:connect 4:build 5:copy-out; do
-  a=$(col_median "${c%%:*}" small-direct); b=$(col_median "${c%%:*}" small-relay)
-  row "    ${c#*:}" "$a" "$b" "$(ratio "$b" "$a")"
-done
-echo "  big output ($BIG_MIB MiB), $BIG_N runs"
-row "  total wall" "$bd" "$br" "$(ratio "$br" "$bd")"
-for c in 2:eval 3:connect 4:build 5:copy-out; do
-  a=$(col_median "${c%%:*}" big-direct); b=$(col_median "${c%%:*}" big-relay)
-  row "    ${c#*:}" "$a" "$b" "$(ratio "$b" "$a")"
-done
-row "  copy-out throughput (MiB/s)" "$tpd" "$tpr" "$(ratio "$tpr" "$tpd")"
-row "  wall-derived throughput (MiB/s) [1]" "$twd" "$twr" "$(ratio "$twr" "$twd")"
-echo "  [1] $BIG_MIB MiB / (total wall - $BIG_LOCAL s, a local nix-build -A big inside h1)"
-echo "  big: backend build time as the relay logged it (median): ${RELAY_BUILD_SECS} s;" \
-  "relay CPU (user+sys) per big build: $CPU_BIG s"
-[ "$RAW" = 1 ] && echo "  raw OpenSSH ceiling: 1 hop $RAW_1 MiB/s, 2 hops $RAW_2 MiB/s"
-echo "  relay VmHWM: $(calc "$HWM_SMALL / 1024" 1) MiB after warm-up + small builds;" \
-  "$(calc "$HWM_BIG / 1024" 1) MiB over the big builds$([ "$HWM_RESET" = 1 ] || echo ' (could not reset: covers the whole run)');" \
-  "max sampled VmRSS $(calc "$RSS_SAMPLED / 1024" 1) MiB; VmRSS now $(calc "$RSS_NOW / 1024" 1) MiB"
-echo
-
 goal() {  # goal NAME VALUE OP LIMIT UNIT
   local ok
   ok=$(awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN { if (v == "n/a") { print "n/a"; exit }
         if ((op == "<=" && v + 0 <= l + 0) || (op == ">=" && v + 0 >= l + 0)) print "met"; else print "MISSED" }')
   echo "$1: $2$5 (goal $3 $4$5) $ok"
 }
-goal "small-build ratio" "$(ratio "$sr" "$sd")" "<=" 1.25 ""
-goal "throughput ratio" "$(ratio "$tpr" "$tpd")" ">=" 0.9 ""
-goal "relay peak RSS" "$(calc "$HWM_BIG / 1024" 1)" "<=" 64 " MiB"
+
+# report PROTO: the table and the three goal lines of one protocol
+report() {
+  local p=$1 dm rm gp="" sd sr bd br a b c tpd tpr twd twr relay_secs rss_sampled sproto
+  read -r dm rm <<< "$(proto_modes "$p")"
+  if [ "$PROTO" = ssh ]; then
+    echo "results (medians; seconds unless stated)"
+  else
+    echo "results, $p:// (medians; seconds unless stated)"
+    gp="$p "
+  fi
+  sd=$(col_median 1 "small-$dm"); sr=$(col_median 1 "small-$rm")
+  bd=$(col_median 1 "big-$dm"); br=$(col_median 1 "big-$rm")
+  tpd=$(tp "$dm"); tpr=$(tp "$rm"); twd=$(tpw "$dm"); twr=$(tpw "$rm")
+  # the relay's own account of the backend build time ("build finished … secs=…"),
+  # of this protocol's sessions (the client-facing protocol: serve or worker)
+  sproto=serve; [ "$p" = ssh-ng ] && sproto=worker
+  relay_secs=$(sed 's/\x1b\[[0-9;]*m//g' "$STATE/relay.log" | grep 'build finished' | grep -- "proto=\"$sproto\"" |
+    grep -- "lab-big-" | sed -n 's/.*secs=\([0-9.]*\).*/\1/p' | median_or_nan)
+  rss_sampled=$(awk -v m="$rm" '$1 == m { print $2 }' "$LOGS/relay-rss-kib.txt" | sort -n | tail -1)
+  rss_sampled=${rss_sampled:-0}
+  row "" direct relay relay/direct
+  echo "  small build, $N runs"
+  row "  total wall" "$sd" "$sr" "$(ratio "$sr" "$sd")"
+  for c in 2:eval 3:connect 4:build 5:copy-out; do
+    a=$(col_median "${c%%:*}" "small-$dm"); b=$(col_median "${c%%:*}" "small-$rm")
+    row "    ${c#*:}" "$a" "$b" "$(ratio "$b" "$a")"
+  done
+  echo "  big output ($BIG_MIB MiB), $BIG_N runs"
+  row "  total wall" "$bd" "$br" "$(ratio "$br" "$bd")"
+  for c in 2:eval 3:connect 4:build 5:copy-out; do
+    a=$(col_median "${c%%:*}" "big-$dm"); b=$(col_median "${c%%:*}" "big-$rm")
+    row "    ${c#*:}" "$a" "$b" "$(ratio "$b" "$a")"
+  done
+  row "  copy-out throughput (MiB/s)" "$tpd" "$tpr" "$(ratio "$tpr" "$tpd")"
+  row "  wall-derived throughput (MiB/s) [1]" "$twd" "$twr" "$(ratio "$twr" "$twd")"
+  echo "  [1] $BIG_MIB MiB / (total wall - $BIG_LOCAL s, a local nix-build -A big inside h1)"
+  echo "  big: backend build time as the relay logged it (median): ${relay_secs} s;" \
+    "relay CPU (user+sys) per big build: $(calc "${CPU[$p-big]:-0} / $BIG_N" 2) s"
+  [ "$RAW" = 1 ] && echo "  raw OpenSSH ceiling: 1 hop $RAW_1 MiB/s, 2 hops $RAW_2 MiB/s"
+  echo "  relay VmHWM: $(calc "${HWM[$p-small]:-0} / 1024" 1) MiB after warm-up + small builds;" \
+    "$(calc "${HWM[$p-big]:-0} / 1024" 1) MiB over the big builds$([ "$HWM_RESET" = 1 ] || echo ' (could not reset: covers the whole run)');" \
+    "max sampled VmRSS $(calc "$rss_sampled / 1024" 1) MiB; VmRSS now $(calc "$RSS_NOW / 1024" 1) MiB"
+  echo
+  goal "${gp}small-build ratio" "$(ratio "$sr" "$sd")" "<=" 1.25 ""
+  goal "${gp}throughput ratio" "$(ratio "$tpr" "$tpd")" ">=" 0.9 ""
+  goal "${gp}relay peak RSS" "$(calc "${HWM[$p-big]:-0} / 1024" 1)" "<=" 64 " MiB"
+}
+
+first=1
+for p in $PROTOS; do
+  [ "$first" = 1 ] || echo
+  first=0
+  report "$p"
+done
+if [ "$PROTO" = both ]; then
+  echo
+  echo "ssh-ng via relay vs ssh via relay: small-build ratio $(ratio "$(col_median 1 small-ng-relay)" "$(col_median 1 small-relay)")," \
+    "throughput ratio $(ratio "$(tp ng-relay)" "$(tp relay)") (goal: ssh-ng no slower)"
+fi
 exit 0
