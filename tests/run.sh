@@ -45,6 +45,7 @@ step() {  # step NAME CMD...: run, stop with a clear message on failure
 }
 
 step setup tests/setup.sh
+step nixos bash tests/nixos/check.sh
 step fmt cargo fmt --check
 step clippy cargo clippy --all-targets -- -D warnings
 step build cargo build

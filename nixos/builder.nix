@@ -1,0 +1,113 @@
+# services.nix-relay-builder: a backend machine the relay builds on.
+#
+#   imports = [ ./nixos/builder.nix ];
+#   services.nix-relay-builder = {
+#     enable = true;
+#     relayPublicKey = "ssh-ed25519 AAAA... nix-relay@ser5";  # builderKeyFile's .pub
+#   };
+#
+# Creates the SSH user the relay logs in as (default nix-builder), trusted by
+# this machine's nix-daemon, allowed to run only `nix-store --serve --write`;
+# enables OpenSSH; keeps the store from filling the disk (weekly GC, min-free
+# / max-free). The relay pins this machine's SSH host key: put the contents
+# of /etc/ssh/ssh_host_ed25519_key.pub into the backend's `host_key`.
+#
+# lib surface used: mkOption mkEnableOption mkIf mkDefault optionalString
+#   types.{bool str int}
+{ config, lib, ... }:
+
+let
+  inherit (lib) mkOption mkEnableOption mkIf mkDefault types;
+  cfg = config.services.nix-relay-builder;
+  GiB = 1024 * 1024 * 1024;
+  # The relay runs `nix-store --serve --write` (README: backends). A backend
+  # with `store = ...` in the relay config needs restrictCommand = false.
+  serveCommand = "${config.nix.package}/bin/nix-store --serve --write";
+  keyOptions = "restrict" + lib.optionalString cfg.restrictCommand ",command=\"${serveCommand}\"";
+in
+{
+  options.services.nix-relay-builder = {
+    enable = mkEnableOption "this machine as a nix-relay backend (builder)";
+
+    relayPublicKey = mkOption {
+      type = types.str;
+      example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... nix-relay@ser5";
+      description = ''
+        The relay's builder SSH public key: the `.pub` of the file given as
+        services.nix-relay.builderKeyFile (or of the backend's `ssh_key`).
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "nix-builder";
+      description = "The SSH user the relay logs in as (the user in the backend's uri).";
+    };
+
+    restrictCommand = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Let the relay's key run only `nix-store --serve --write` (an
+        authorized_keys `command=` with `restrict`). Turn off if the relay's
+        backend entry sets `store`, which appends `--store ...`.
+      '';
+    };
+
+    gc = {
+      automatic = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Collect garbage automatically (nix.gc).";
+      };
+      dates = mkOption {
+        type = types.str;
+        default = "weekly";
+        description = "When to collect garbage (systemd calendar expression).";
+      };
+      options = mkOption {
+        type = types.str;
+        default = "--delete-older-than 14d";
+        description = "Options for nix-collect-garbage.";
+      };
+    };
+
+    minFree = mkOption {
+      type = types.int;
+      default = 5 * GiB;
+      description = "nix.settings.min-free: collect garbage during builds when free space drops below this (bytes).";
+    };
+
+    maxFree = mkOption {
+      type = types.int;
+      default = 20 * GiB;
+      description = "nix.settings.max-free: stop such a collection once this much is free (bytes).";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    users.users.${cfg.user} = {
+      isSystemUser = true;
+      group = cfg.user;
+      description = "nix-relay builds";
+      # sshd runs the command through the login shell; nologin would refuse it.
+      useDefaultShell = true;
+      openssh.authorizedKeys.keys = [ "${keyOptions} ${cfg.relayPublicKey}" ];
+    };
+    users.groups.${cfg.user} = { };
+
+    # The relay uploads unsigned inputs and builds input-addressed
+    # derivations: its user must be trusted by the nix-daemon.
+    nix.settings.trusted-users = [ "root" cfg.user ];
+
+    services.openssh.enable = true;
+
+    nix.gc = {
+      automatic = mkDefault cfg.gc.automatic;
+      dates = mkDefault cfg.gc.dates;
+      options = mkDefault cfg.gc.options;
+    };
+    nix.settings.min-free = mkDefault cfg.minFree;
+    nix.settings.max-free = mkDefault cfg.maxFree;
+  };
+}
