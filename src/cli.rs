@@ -132,6 +132,11 @@ pub async fn serve(config: Config) -> Result<()> {
         tokio::select! {
             accepted = listener.accept() => {
                 let (socket, peer) = accepted.context("accepting a connection")?;
+                // russh applies `nodelay` only in its own accept loop; small
+                // protocol replies must not wait for delayed ACKs (~40 ms).
+                if let Err(e) = socket.set_nodelay(true) {
+                    tracing::debug!("set_nodelay failed: {e}");
+                }
                 let handler = Conn::new(front.clone(), peer.to_string());
                 let cfg = ssh_config.clone();
                 tokio::spawn(async move {
