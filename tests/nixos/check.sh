@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks of the NixOS packaging that need no nixpkgs (tests/run.sh step "nixos"):
 #   1. nix-instantiate --parse on every .nix file under nixos/ and tests/nixos/,
-#      and on the ```nix snippets of nixos/DEPLOY.md;
+#      and on the ```nix snippets of README.md;
 #   2. tests/nixos/eval.nix: the modules evaluated against a stand-in lib /
 #      module system (tests/nixos/stub.nix), every expectation checked there;
 #   3. if a built relay is at hand ($RELAY_BIN, or target/debug/nix-relay),
@@ -30,19 +30,19 @@ done < <(find nixos tests/nixos -name '*.nix' -print0 | sort -z)
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/nixos-check.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-# The ```nix snippets of nixos/DEPLOY.md parse too.
-awk -v d="$tmp" '/^```nix$/ { k++; f = d "/deploy-" k ".nix"; next } /^```/ { f = ""; next } f { print > f }' nixos/DEPLOY.md
+# The ```nix snippets of README.md parse too.
+awk -v d="$tmp" '/^```nix$/ { k++; f = d "/deploy-" k ".nix"; next } /^```/ { f = ""; next } f { print > f }' README.md
 for f in "$tmp"/deploy-*.nix; do
   [ -e "$f" ] || continue
   if ! out=$(nix-instantiate --parse "$f" 2>&1 >/dev/null); then
-    echo "tests/nixos/check.sh: parse error in a nix snippet of nixos/DEPLOY.md:" >&2
+    echo "tests/nixos/check.sh: parse error in a nix snippet of README.md:" >&2
     echo "$out" >&2
     cat -n "$f" >&2
     exit 1
   fi
   n=$((n + 1))
 done
-echo "nixos: $n .nix files and nixos/DEPLOY.md snippets parse"
+echo "nixos: $n .nix files and README.md snippets parse"
 # --readonly-mode: the evaluation never writes to the store.
 if ! nix-instantiate --eval --strict --json --readonly-mode tests/nixos/eval.nix >"$tmp/eval.json" 2>"$tmp/eval.err"; then
   echo "tests/nixos/check.sh: tests/nixos/eval.nix failed:" >&2
