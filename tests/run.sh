@@ -45,10 +45,10 @@ step() {  # step NAME CMD...: run, stop with a clear message on failure
 }
 
 step setup tests/setup.sh
-step nixos bash tests/nixos/check.sh
 step fmt cargo fmt --check
 step clippy cargo clippy --all-targets -- -D warnings
 step build cargo build
+step nixos bash tests/nixos/check.sh
 step test cargo test
 if [ "$quick" = 1 ]; then
   echo "run.sh: --quick: end-to-end lab skipped; all steps passed ($(( $(date +%s) - T0 )) s)"
