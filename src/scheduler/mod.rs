@@ -4,11 +4,13 @@
 //!
 //! Invariant: all state lives in one `State` behind one lock, never held
 //! across an await; the choice itself is the pure `policy::pick`. Per
-//! system, waiting jobs are served first come, first served.
+//! system, waiting jobs are served round-robin across clients, and first
+//! come, first served within a client (`queue`).
 
 pub mod policy;
+mod queue;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -16,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::Backend;
 pub use policy::{BackendView, Decision, JobSpec};
+use queue::{SystemQueue, Waiter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -29,13 +32,6 @@ pub enum Error {
     },
     #[error("too many jobs waiting ({0}); try again later")]
     QueueFull(u64),
-}
-
-struct Waiter {
-    seq: u64,
-    since: Instant,
-    job: JobSpec,
-    tx: oneshot::Sender<Slot>,
 }
 
 /// First backoff after a failure; it doubles per failure up to the max.
@@ -52,7 +48,7 @@ struct Health {
 struct State {
     running: Vec<u32>,
     health: Vec<Health>,
-    queues: BTreeMap<String, VecDeque<Waiter>>,
+    queues: BTreeMap<String, SystemQueue>,
     waiting: u64,
     next_seq: u64,
 }
@@ -134,10 +130,10 @@ impl Scheduler {
             .collect()
     }
 
-    /// Claims a slot now, or queues the job (FIFO per system).
+    /// Claims a slot now, or queues the job (see `queue` for the order).
     pub fn try_acquire(self: &Arc<Self>, job: JobSpec) -> Result<Acquired, Error> {
         let mut st = self.lock();
-        let queue_empty = st.queues.get(&job.system).is_none_or(VecDeque::is_empty);
+        let queue_empty = st.queues.get(&job.system).is_none_or(SystemQueue::is_empty);
         match policy::pick(&job, &self.views(&st), Instant::now()) {
             Decision::NoneEligible => Err(self.none_eligible(&job)),
             Decision::Run(i) if queue_empty => {
@@ -158,14 +154,13 @@ impl Scheduler {
                 st.waiting += 1;
                 let system = job.system.clone();
                 let q = st.queues.entry(system.clone()).or_default();
-                q.push_back(Waiter {
+                let position = q.push_back(Waiter {
                     seq,
                     since: Instant::now(),
                     job,
                     tx,
                 });
-                let position = q.len();
-                crate::metrics::queue_depth(&system, position);
+                crate::metrics::queue_depth(&system, q.len());
                 Ok(Acquired::Queued { position, rx })
             }
         }
@@ -223,20 +218,20 @@ impl Scheduler {
             heads.sort();
             let mut progressed = false;
             for (_, sys) in heads {
-                let Some(head) = st.queues.get(&sys).and_then(VecDeque::front) else {
+                let Some(head) = st.queues.get(&sys).and_then(SystemQueue::front) else {
                     continue;
                 };
                 let Decision::Run(i) = policy::pick(&head.job, &self.views(st), Instant::now())
                 else {
                     continue;
                 };
-                let Some(w) = st.queues.get_mut(&sys).and_then(VecDeque::pop_front) else {
+                let Some(w) = st.queues.get_mut(&sys).and_then(SystemQueue::pop_front) else {
                     continue;
                 };
                 st.waiting -= 1;
                 st.running[i] += 1;
                 self.publish_slots(st, i);
-                crate::metrics::queue_depth(&sys, st.queues.get(&sys).map_or(0, VecDeque::len));
+                crate::metrics::queue_depth(&sys, st.queues.get(&sys).map_or(0, SystemQueue::len));
                 let slot = Slot {
                     scheduler: self.clone(),
                     backend: i,

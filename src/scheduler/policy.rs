@@ -11,6 +11,8 @@ use tokio::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSpec {
+    /// The client asking (queues are fair across clients).
+    pub client: String,
     pub system: String,
     pub required_features: Vec<String>,
 }
@@ -131,6 +133,7 @@ mod tests {
 
     fn job(system: &str, feats: &[&str]) -> JobSpec {
         JobSpec {
+            client: String::new(),
             system: system.into(),
             required_features: s(feats),
         }

@@ -20,7 +20,12 @@ fn backend(name: &str, systems: &[&str], max_jobs: u32) -> Backend {
 }
 
 fn job(system: &str) -> JobSpec {
+    job_for("", system)
+}
+
+fn job_for(client: &str, system: &str) -> JobSpec {
     JobSpec {
+        client: client.into(),
         system: system.into(),
         required_features: vec![],
     }
@@ -117,4 +122,27 @@ async fn a_failed_backend_is_avoided_while_it_backs_off() {
         "a",
         "back up: the waiting job gets it"
     );
+}
+
+#[tokio::test]
+async fn clients_are_served_round_robin_not_first_come() {
+    let s = Scheduler::new(vec![backend("a", &["x"], 1)], 100);
+    let running = now(s.try_acquire(job_for("big", "x")).unwrap());
+    let mut big = Vec::new();
+    for _ in 0..5 {
+        big.push(queued(s.try_acquire(job_for("big", "x")).unwrap()).1);
+    }
+    let (position, mut small) = queued(s.try_acquire(job_for("small", "x")).unwrap());
+    assert_eq!(
+        position, 2,
+        "the single build waits for one turn, not for five"
+    );
+    drop(running);
+    let first = big[0].try_recv().expect("big's oldest job goes first");
+    assert!(small.try_recv().is_err());
+    drop(first);
+    let second = small.try_recv().expect("then it is small's turn");
+    assert!(big[1].try_recv().is_err());
+    drop(second);
+    assert!(big[1].try_recv().is_ok(), "then big again");
 }

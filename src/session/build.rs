@@ -321,6 +321,7 @@ async fn build(
     let system = drv.platform.clone();
     for attempt in 1..=MAX_ATTEMPTS {
         let job = JobSpec {
+            client: client.to_owned(),
             system: system.clone(),
             required_features: drv.required_features(),
         };
