@@ -397,17 +397,23 @@ async fn on_backend(
 ) -> Result<(BuildResult, Option<Finished>), BuildError> {
     let b = slot.backend().clone();
     say(log, format!("building '{drv_path}' on {}", b.name)).await;
+    let (log, activity) = super::watchdog::watched(log);
+    let log = &log;
     let conn = backend::connect(&b, log.clone(), relay.limits.wire()).await;
     relay.scheduler.report_connect(&b.name, conn.is_ok());
     let mut conn = conn?;
     // What this build needs stays in the store until it is done.
     let _pin = push_inputs(relay, &mut conn, client, &drv.input_srcs).await?;
     let started = tokio::time::Instant::now();
-    let result = conn
-        .client
-        .build_derivation(drv_path, drv, options, log)
-        .await
-        .map_err(BuildError::Build)?;
+    let result = tokio::select! {
+        r = conn.client.build_derivation(drv_path, drv, options, log) => r.map_err(BuildError::Build)?,
+        why = super::watchdog::expired(options, started, activity) => {
+            // Dropping the connection stops the backend's build.
+            warn!(backend = %b.name, "{why}");
+            say(log, &why[11..]).await;
+            return Ok((BuildResult::failure(BuildStatus::TimedOut, why), None));
+        }
+    };
     drop(slot);
     info!(backend = %b.name, status = ?result.status, secs = started.elapsed().as_secs_f32(), "build finished");
     if !result.status.is_success() {

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod flight;
 pub mod serve;
+mod watchdog;
 pub mod worker;
 
 use std::sync::Arc;

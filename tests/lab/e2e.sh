@@ -31,7 +31,7 @@ NHOSTS=3
 # client namespaces: client client2 client3 (hosts.sh up makes LAB_CLIENTS of them)
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
-SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l o}
+SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l p o}
 DIRECT=${E2E_DIRECT:-0}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 [ "$DIRECT" = 1 ] && MODE=direct || MODE=relay
@@ -528,6 +528,31 @@ sc_o() {
   echo "  retried on: $(hosts_with "$out")"
 }
 
+sc_p_desc="a wedged backend (every process stopped) cannot hang the client: the relay times the build out (max-silent-time)"
+sc_p() {
+  local s=$SEED-p bg host pid procs rc=0 t0
+  ( build slow "$s" --arg sleepSecs 60 --option max-silent-time 2 >/dev/null ) 2>/dev/null &
+  bg=$!
+  host=""
+  for i in $(seq 1 100); do
+    host=$(grep -o "nix-relay: building '[^']*' on h[0-9]" "$BLOG" 2>/dev/null | tail -1 | grep -o 'h[0-9]$' || true)
+    [ -n "$host" ] && grep -q "slow: 1/60" "$BLOG" 2>/dev/null && break
+    sleep 0.1
+  done
+  [ -n "$host" ] || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
+  pid=$(cat "$STATE/run/$host.pid")
+  procs=$(descendants "$pid")
+  echo "  stopping $(echo $procs | wc -w) processes of $host's ssh session (its sshd keeps listening)"
+  t0=$(date +%s)
+  kill -STOP $procs 2>/dev/null || true
+  wait "$bg" || rc=$?
+  kill -CONT $procs 2>/dev/null || true
+  [ "$rc" != 0 ] || fail "the build succeeded although its backend was frozen"
+  grep -q "no output for 2 seconds" "$BLOG" || fail "the client was not told why (log: $BLOG)"
+  echo "  the client got the relay's timeout after $(( $(date +%s) - t0 )) s"
+  [ $(( $(date +%s) - t0 )) -lt 60 ] || fail "took too long: the relay did not enforce max-silent-time"
+}
+
 sc_j_desc="substitution over HTTP: right key works (nothing built), wrong key refused; narinfo signed"
 sc_j() {
   local s=$SEED-j out refs p pub wrong rc ni i
@@ -677,7 +702,7 @@ sc_l() {
 
 # ---- run ----------------------------------------------------------------------------
 relay_only() { [ "$1" = f ] && return 0; return 1; }
-needs_relay() { case $1 in h|i|j|k|l|m|n|o) return 0;; esac; return 1; }
+needs_relay() { case $1 in h|i|j|k|l|m|n|o|p) return 0;; esac; return 1; }
 for s in $SCENARIOS; do
   desc_var="sc_${s}_desc"
   if ! declare -F "sc_$s" >/dev/null; then echo "FAIL $s: no such scenario"; failn=$((failn + 1)); continue; fi
