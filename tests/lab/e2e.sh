@@ -31,7 +31,7 @@ NHOSTS=3
 # client namespaces: client client2 client3 (hosts.sh up makes LAB_CLIENTS of them)
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
-SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l p o}
+SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l p q o}
 DIRECT=${E2E_DIRECT:-0}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 [ "$DIRECT" = 1 ] && MODE=direct || MODE=relay
@@ -553,6 +553,31 @@ sc_p() {
   [ $(( $(date +%s) - t0 )) -lt 60 ] || fail "took too long: the relay did not enforce max-silent-time"
 }
 
+sc_q_desc="the client killed mid-build: the backend's build processes are gone within 5 s"
+sc_q() {
+  local s=$SEED-q bg host pid left i
+  ( build slow "$s" --arg sleepSecs 60 >/dev/null ) 2>/dev/null &
+  bg=$!
+  host=""
+  for i in $(seq 1 100); do
+    host=$(grep -o "nix-relay: building '[^']*' on h[0-9]" "$BLOG" 2>/dev/null | tail -1 | grep -o 'h[0-9]$' || true)
+    [ -n "$host" ] && grep -q "slow: 1/60" "$BLOG" 2>/dev/null && break
+    sleep 0.1
+  done
+  [ -n "$host" ] || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
+  pid=$(cat "$STATE/run/$host.pid")
+  [ -n "$(descendants "$pid")" ] || fail "no build processes on $host to begin with"
+  kill -9 $(descendants "$bg") "$bg" 2>/dev/null || true
+  wait "$bg" 2>/dev/null || true
+  for i in $(seq 1 50); do
+    left=$(descendants "$pid")
+    [ -z "$left" ] && break
+    sleep 0.1
+  done
+  [ -z "$left" ] || fail "$host still runs $(echo $left | wc -w) processes 5 s after the client died: $(ps -o pid=,args= -p $(echo $left | tr ' ' ,) | head -3 | tr '\n' ';')"
+  echo "  $host's build processes were gone $((i / 10)).$((i % 10)) s after the client was killed"
+}
+
 sc_j_desc="substitution over HTTP: right key works (nothing built), wrong key refused; narinfo signed"
 sc_j() {
   local s=$SEED-j out refs p pub wrong rc ni i
@@ -702,7 +727,7 @@ sc_l() {
 
 # ---- run ----------------------------------------------------------------------------
 relay_only() { [ "$1" = f ] && return 0; return 1; }
-needs_relay() { case $1 in h|i|j|k|l|m|n|o|p) return 0;; esac; return 1; }
+needs_relay() { case $1 in h|i|j|k|l|m|n|o|p|q) return 0;; esac; return 1; }
 for s in $SCENARIOS; do
   desc_var="sc_${s}_desc"
   if ! declare -F "sc_$s" >/dev/null; then echo "FAIL $s: no such scenario"; failn=$((failn + 1)); continue; fi
