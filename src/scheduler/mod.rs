@@ -304,6 +304,33 @@ impl Scheduler {
         crate::metrics::backend_up(name, ok);
     }
 
+    /// `2 running on opi01, opi02`: builds on the backends serving `system`.
+    pub fn running_summary(&self, system: &str) -> String {
+        let st = self.lock();
+        let on: Vec<&str> = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| b.systems.iter().any(|s| s == system) && st.running[*i] > 0)
+            .map(|(_, b)| b.name.as_str())
+            .collect();
+        let n: u32 = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.systems.iter().any(|s| s == system))
+            .map(|(i, _)| st.running[i])
+            .sum();
+        format!(
+            "{n} running on {}",
+            if on.is_empty() {
+                "none".into()
+            } else {
+                on.join(", ")
+            }
+        )
+    }
+
     /// Hands slots of backends whose backoff ended to waiting jobs. Run
     /// periodically.
     pub fn tick(self: &Arc<Self>) {

@@ -146,3 +146,21 @@ async fn clients_are_served_round_robin_not_first_come() {
     drop(second);
     assert!(big[1].try_recv().is_ok(), "then big again");
 }
+
+#[tokio::test]
+async fn the_waiting_message_says_what_is_running_where() {
+    let s = Scheduler::new(
+        vec![
+            backend("opi01", &["aarch64-linux"], 1),
+            backend("opi02", &["aarch64-linux"], 1),
+        ],
+        10,
+    );
+    let _a = now(s.try_acquire(job("aarch64-linux")).unwrap());
+    let _b = now(s.try_acquire(job("aarch64-linux")).unwrap());
+    assert_eq!(
+        s.running_summary("aarch64-linux"),
+        "2 running on opi01, opi02"
+    );
+    assert_eq!(s.running_summary("x86_64-linux"), "0 running on none");
+}

@@ -375,7 +375,12 @@ async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Sl
     match sched.try_acquire(job) {
         Ok(Acquired::Now(slot)) => Ok(slot),
         Ok(Acquired::Queued { position, rx }) => {
-            say(log, format!("waiting: position {position} for {system}")).await;
+            let running = sched.running_summary(&system);
+            say(
+                log,
+                format!("waiting: position {position} for {system} ({running})"),
+            )
+            .await;
             Scheduler::wait(rx)
                 .await
                 .ok_or_else(|| "the scheduler dropped the job".to_string())
