@@ -12,6 +12,8 @@ use std::sync::Arc;
 use crate::scheduler::Scheduler;
 use crate::ssh::LogSink;
 use crate::store::Store;
+use crate::wire::path_info::ValidPathInfo;
+use crate::wire::store_path::StorePath;
 
 /// Who is on the other end of a session, as authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +117,67 @@ pub enum Error {
     ReadOnly(&'static str),
     #[error("{0}")]
     Refused(String),
+}
+
+/// Metadata of `path` as `client` sees it: an output of its last build
+/// still on the backend (`pending`), else the relay store.
+pub async fn lookup(
+    relay: &Relay,
+    pending: Option<&build::Pending>,
+    client: &ClientId,
+    path: &StorePath,
+) -> Result<Option<ValidPathInfo>, Error> {
+    if let Some(p) = pending
+        && let Some(i) = p.finished.lock().await.outputs.get(path)
+    {
+        return Ok(Some(i.clone()));
+    }
+    Ok(relay.store.path_info(path, Some(&client.name)).await?)
+}
+
+/// Publishes an upload whose NAR `writer` has received, where the trust
+/// rules put it (`Store::classify_upload`), and counts its bytes.
+pub async fn commit_upload(
+    relay: &Relay,
+    client: &ClientId,
+    writer: crate::store::NarWriter,
+    info: ValidPathInfo,
+) -> Result<crate::store::Scope, crate::store::Error> {
+    crate::metrics::nar_bytes(crate::metrics::Direction::FromClient, info.nar_size);
+    let (scope, prov) = relay
+        .store
+        .classify_upload(&info, &client.name, client.trusted);
+    writer
+        .commit(info, crate::store::Verify::Declared, &scope, &prov)
+        .await?;
+    Ok(scope)
+}
+
+/// `None` when every path (serve/worker BuildPaths) is an already valid
+/// opaque path; otherwise the message saying why the relay won't build it.
+pub async fn unbuildable(
+    relay: &Relay,
+    pending: Option<&build::Pending>,
+    client: &ClientId,
+    paths: &[String],
+) -> Result<Option<String>, Error> {
+    let mut missing = Vec::new();
+    for p in paths {
+        // `drv!outputs` is not a store path: derivations are not built this way.
+        let valid = match StorePath::parse(p) {
+            Ok(sp) => lookup(relay, pending, client, &sp).await?.is_some(),
+            Err(_) => false,
+        };
+        if !valid {
+            missing.push(p.as_str());
+        }
+    }
+    Ok((!missing.is_empty()).then(|| {
+        format!(
+            "nix-relay cannot build {} with BuildPaths; use the build hook (BuildDerivation)",
+            missing.join(", ")
+        )
+    }))
 }
 
 /// Sends one line of the relay's own to the client's log (stderr).

@@ -140,16 +140,7 @@ where
 
     /// Metadata from the store, or from a finished build's pending outputs.
     async fn lookup(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Error> {
-        if let Some(p) = &self.pending
-            && let Some(i) = p.finished.lock().await.outputs.get(path)
-        {
-            return Ok(Some(i.clone()));
-        }
-        Ok(self
-            .relay
-            .store
-            .path_info(path, Some(&self.client.name))
-            .await?)
+        super::lookup(&self.relay, self.pending.as_ref(), &self.client, path).await
     }
 
     async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
@@ -212,13 +203,8 @@ where
                 limited.limit()
             )));
         }
-        crate::metrics::nar_bytes(crate::metrics::Direction::FromClient, info.nar_size);
         let path = info.path.clone();
-        let (scope, prov) =
-            self.relay
-                .store
-                .classify_upload(&info, &self.client.name, self.client.trusted);
-        writer.commit(info, Verify::Declared, &scope, &prov).await?;
+        let scope = super::commit_upload(&self.relay, &self.client, writer, info).await?;
         debug!(%path, ?scope, "upload stored");
         let mut buf = Vec::new();
         put_u64(&mut buf, 1);
@@ -315,28 +301,15 @@ where
     /// and message (which Nix clients read correctly).
     async fn build_paths(&mut self, paths: Vec<String>) -> Result<(), Error> {
         self.need_write("BuildPaths")?;
-        let mut missing = Vec::new();
-        for p in &paths {
-            let plain = p.split('!').next().unwrap_or(p);
-            let valid = match StorePath::parse(plain) {
-                Ok(sp) if !p.contains('!') => self.lookup(&sp).await?.is_some(),
-                _ => false,
-            };
-            if !valid {
-                missing.push(p.clone());
-            }
-        }
+        let why =
+            super::unbuildable(&self.relay, self.pending.as_ref(), &self.client, &paths).await?;
         let mut buf = Vec::new();
-        if missing.is_empty() {
-            put_u64(&mut buf, 0);
-        } else {
-            let msg = format!(
-                "nix-relay cannot build {} with BuildPaths; use the build hook (BuildDerivation)",
-                missing.join(", ")
-            );
+        if let Some(msg) = why {
             let r = BuildResult::failure(BuildStatus::MiscFailure, msg);
             put_u64(&mut buf, r.status as u64);
             primitives::put_bytes(&mut buf, &r.error_msg);
+        } else {
+            put_u64(&mut buf, 0);
         }
         self.reply(&buf).await
     }

@@ -21,7 +21,6 @@ use tracing::debug;
 
 use super::build::{self, Pending};
 use super::{ClientId, Error, Relay};
-use crate::store::Verify;
 use crate::wire::build::{BuildOptions, BuildResult, BuildStatus};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::primitives::read_u64;
@@ -217,16 +216,7 @@ where
     }
 
     async fn lookup(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Error> {
-        if let Some(p) = &self.pending
-            && let Some(i) = p.finished.lock().await.outputs.get(path)
-        {
-            return Ok(Some(i.clone()));
-        }
-        Ok(self
-            .relay
-            .store
-            .path_info(path, Some(&self.client.name))
-            .await?)
+        super::lookup(&self.relay, self.pending.as_ref(), &self.client, path).await
     }
 
     async fn add_signatures(
@@ -303,11 +293,7 @@ where
             }
             left -= chunk.len() as u64;
         }
-        let (scope, prov) =
-            self.relay
-                .store
-                .classify_upload(&info, &self.client.name, self.client.trusted);
-        match writer.commit(info, Verify::Declared, &scope, &prov).await {
+        match super::commit_upload(&self.relay, &self.client, writer, info).await {
             Ok(_) => self.ok(Reply::None).await,
             Err(e) => Ok(Err(e.into())),
         }
@@ -416,24 +402,8 @@ where
         Ok(Ok(()))
     }
 
-    /// `None` when every path is an already valid opaque path; otherwise why not.
     async fn unbuildable(&self, paths: &[String]) -> Result<Option<String>, Error> {
-        let mut missing = Vec::new();
-        for p in paths {
-            let valid = match StorePath::parse(p) {
-                Ok(sp) => self.lookup(&sp).await?.is_some(),
-                Err(_) => false,
-            };
-            if !valid {
-                missing.push(p.clone());
-            }
-        }
-        Ok((!missing.is_empty()).then(|| {
-            format!(
-                "nix-relay cannot build {} with BuildPaths; use the build hook (BuildDerivation)",
-                missing.join(", ")
-            )
-        }))
+        super::unbuildable(&self.relay, self.pending.as_ref(), &self.client, paths).await
     }
 
     async fn build_paths_with_results(
@@ -486,11 +456,7 @@ async fn store_upload_via<B: AsyncBufRead + Unpin>(
     writer
         .pump(r, None::<&mut tokio::io::Sink>, &info.path)
         .await?;
-    crate::metrics::nar_bytes(crate::metrics::Direction::FromClient, info.nar_size);
-    let (scope, prov) = relay
-        .store
-        .classify_upload(&info, &client.name, client.trusted);
-    writer.commit(info, Verify::Declared, &scope, &prov).await?;
+    super::commit_upload(relay, client, writer, info).await?;
     Ok(())
 }
 
