@@ -34,14 +34,6 @@ async fn read_hash<R: AsyncRead + Unpin>(r: &mut R, field: &'static str) -> Resu
     Sha256Hash::parse_any(&read_string(r, field, 256).await?)
 }
 
-async fn read_opt_string<R: AsyncRead + Unpin>(
-    r: &mut R,
-    field: &'static str,
-) -> Result<Option<String>> {
-    let s = read_string(r, field, Limits::MAX_PATH_BYTES).await?;
-    Ok(if s.is_empty() { None } else { Some(s) })
-}
-
 impl ValidPathInfo {
     /// The header of serve `AddToStoreNar` (the NAR follows).
     pub async fn read_add_header<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits) -> Result<Self> {

@@ -202,6 +202,15 @@ pub async fn read_opt_path<R: AsyncRead + Unpin>(
     }
 }
 
+/// Optional short string (content address, ...): the empty string means none.
+pub async fn read_opt_string<R: AsyncRead + Unpin>(
+    r: &mut R,
+    field: &'static str,
+) -> Result<Option<String>> {
+    let s = read_string(r, field, Limits::MAX_PATH_BYTES).await?;
+    Ok(if s.is_empty() { None } else { Some(s) })
+}
+
 pub async fn read_paths<R: AsyncRead + Unpin>(
     r: &mut R,
     field: &'static str,

@@ -27,14 +27,6 @@ use super::WorkerVersion;
 /// The layout AddMultipleToStore and AddToStoreNar always use.
 pub const PATH_INFO_LAYOUT: WorkerVersion = WorkerVersion::new(1, 16);
 
-async fn read_opt_str<R: AsyncRead + Unpin>(
-    r: &mut R,
-    field: &'static str,
-) -> Result<Option<String>> {
-    let s = read_string(r, field, Limits::MAX_PATH_BYTES).await?;
-    Ok(if s.is_empty() { None } else { Some(s) })
-}
-
 /// UnkeyedValidPathInfo of `path` (QueryPathInfo reply).
 pub async fn read_worker_path_info<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -58,7 +50,7 @@ pub async fn read_worker_path_info<R: AsyncRead + Unpin>(
     if version.minor() >= 16 {
         info.ultimate = read_bool(r, "ultimate").await?;
         info.sigs = read_strings(r, "sigs", limits).await?;
-        info.ca = read_opt_str(r, "ca").await?;
+        info.ca = read_opt_string(r, "ca").await?;
     }
     Ok(info)
 }
@@ -96,26 +88,13 @@ pub fn write_worker_valid_path_info(
 }
 
 /// A ValidPathInfo announcing a NAR the receiver will take (AddToStoreNar,
-/// AddMultipleToStore entries): 1.16 layout, narSize 1..=max_nar_bytes.
+/// AddMultipleToStore entries): the 1.16 layout, which is byte for byte the
+/// serve AddToStoreNar header, with narSize 1..=max_nar_bytes.
 pub async fn read_upload_path_info<R: AsyncRead + Unpin>(
     r: &mut R,
     limits: &Limits,
 ) -> Result<ValidPathInfo> {
-    let info = read_worker_valid_path_info(r, PATH_INFO_LAYOUT, limits).await?;
-    if info.nar_size == 0 {
-        return Err(Error::BadValue {
-            field: "narSize",
-            value: 0,
-        });
-    }
-    if info.nar_size > limits.max_nar_bytes {
-        return Err(Error::TooLong {
-            field: "narSize",
-            len: info.nar_size,
-            max: limits.max_nar_bytes,
-        });
-    }
-    Ok(info)
+    ValidPathInfo::read_add_header(r, limits).await
 }
 
 /// A worker BuildResult: the shared [`BuildResult`] plus the CPU times of
