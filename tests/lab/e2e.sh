@@ -496,6 +496,18 @@ sc_n() {
   echo "  ssh-ng: 11-drv DAG, feature->h1, foreign->h2, failure log, 200 MiB, copy --to/--from"
 }
 
+# wait_started TEXT: waits up to 10 s until $BLOG shows the relay building on
+# a backend and then TEXT (the builder is running); prints the backend's name
+wait_started() {
+  local h i
+  for i in $(seq 1 100); do
+    h=$(grep -o "nix-relay: building '[^']*' on h[0-9]" "$BLOG" 2>/dev/null | tail -1 | grep -o 'h[0-9]$' || true)
+    if [ -n "$h" ] && grep -q "$1" "$BLOG" 2>/dev/null; then echo "$h"; return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
 # descendants PID: every process below PID (children first), from /proc
 descendants() {
   local p c
@@ -509,13 +521,7 @@ sc_o() {
   local s=$SEED-o bg=$LOGS/o.nix.log out host pid i
   ( build slow "$s" --arg sleepSecs 8 >"$LOGS/o.out" ) 2>/dev/null &
   bg=$!
-  host=""
-  for i in $(seq 1 100); do
-    host=$(grep -o "nix-relay: building '[^']*' on h[0-9]" "$BLOG" 2>/dev/null | tail -1 | grep -o 'h[0-9]$' || true)
-    [ -n "$host" ] && grep -q "slow: 1/8" "$BLOG" 2>/dev/null && break
-    sleep 0.1
-  done
-  [ -n "$host" ] || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
+  host=$(wait_started "slow: 1/8") || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
   pid=$(cat "$STATE/run/$host.pid")
   echo "  killing $host (sshd $pid and $(descendants "$pid" | wc -w) processes under it) mid-build"
   kill -9 $(descendants "$pid") "$pid" 2>/dev/null || true
@@ -533,13 +539,7 @@ sc_p() {
   local s=$SEED-p bg host pid procs rc=0 t0
   ( build slow "$s" --arg sleepSecs 60 --option max-silent-time 2 >/dev/null ) 2>/dev/null &
   bg=$!
-  host=""
-  for i in $(seq 1 100); do
-    host=$(grep -o "nix-relay: building '[^']*' on h[0-9]" "$BLOG" 2>/dev/null | tail -1 | grep -o 'h[0-9]$' || true)
-    [ -n "$host" ] && grep -q "slow: 1/60" "$BLOG" 2>/dev/null && break
-    sleep 0.1
-  done
-  [ -n "$host" ] || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
+  host=$(wait_started "slow: 1/60") || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
   pid=$(cat "$STATE/run/$host.pid")
   procs=$(descendants "$pid")
   echo "  stopping $(echo $procs | wc -w) processes of $host's ssh session (its sshd keeps listening)"
@@ -558,13 +558,7 @@ sc_q() {
   local s=$SEED-q bg host pid left i
   ( build slow "$s" --arg sleepSecs 60 >/dev/null ) 2>/dev/null &
   bg=$!
-  host=""
-  for i in $(seq 1 100); do
-    host=$(grep -o "nix-relay: building '[^']*' on h[0-9]" "$BLOG" 2>/dev/null | tail -1 | grep -o 'h[0-9]$' || true)
-    [ -n "$host" ] && grep -q "slow: 1/60" "$BLOG" 2>/dev/null && break
-    sleep 0.1
-  done
-  [ -n "$host" ] || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
+  host=$(wait_started "slow: 1/60") || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
   pid=$(cat "$STATE/run/$host.pid")
   [ -n "$(descendants "$pid")" ] || fail "no build processes on $host to begin with"
   kill -9 $(descendants "$bg") "$bg" 2>/dev/null || true
