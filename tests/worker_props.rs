@@ -5,9 +5,6 @@
 //! arbitrary input never panics; over-limit lengths are refused before
 //! anything is allocated.
 
-use std::cell::RefCell;
-use std::future::Future;
-
 use nix_relay::wire::build::{BasicDerivation, BuildResult, BuildStatus, DerivationOutput};
 use nix_relay::wire::hash::Sha256Hash;
 use nix_relay::wire::path_info::ValidPathInfo;
@@ -23,36 +20,13 @@ use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-thread_local! {
-    static RT: RefCell<tokio::runtime::Runtime> = RefCell::new(
-        tokio::runtime::Builder::new_current_thread().build().unwrap(),
-    );
-}
-
-/// The readers run over `&[u8]` and the writers into `Vec<u8>`: never blocking.
-fn block_on<F: Future>(f: F) -> F::Output {
-    RT.with(|rt| rt.borrow().block_on(f))
-}
-
-const SMALL: Limits = Limits {
-    max_string_bytes: 4096,
-    max_collection_len: 64,
-    max_nar_bytes: 1 << 20,
-};
+mod common;
+use common::props::{SMALL, block_on, bytes, store_path};
 
 const VERSIONS: [u8; 6] = [21, 25, 32, 34, 37, 38];
 
 fn v(minor: u8) -> WorkerVersion {
     WorkerVersion::new(1, minor)
-}
-
-fn store_path() -> impl Strategy<Value = StorePath> {
-    ("[0-9a-df-np-sv-z]{32}", "[a-z0-9+_-][a-z0-9+._-]{0,39}")
-        .prop_map(|(h, n)| StorePath::parse(&format!("/nix/store/{h}-{n}")).unwrap())
-}
-
-fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
-    vec(any::<u8>(), 0..max)
 }
 
 fn paths() -> impl Strategy<Value = Vec<StorePath>> {

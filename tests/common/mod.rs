@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod props;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 
