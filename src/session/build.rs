@@ -415,7 +415,7 @@ async fn on_backend(
         why = super::watchdog::expired(options, started, activity) => {
             // Dropping the connection stops the backend's build.
             warn!(backend = %b.name, "{why}");
-            say(log, &why[11..]).await;
+            say(log, why.trim_start_matches("nix-relay: ")).await;
             return Ok((BuildResult::failure(BuildStatus::TimedOut, why), None));
         }
     };

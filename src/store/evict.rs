@@ -79,21 +79,12 @@ impl Store {
 
     /// Marks an entry as used now (for LRU).
     pub(super) fn touch(&self, scope_dir: &Path, path: &StorePath) {
-        let prov = scope_dir
-            .join("meta")
-            .join(format!("{}.prov", path.hash_part()));
-        // Only the eviction order depends on this; failing to bump is harmless.
-        if let Ok(f) = std::fs::File::options().write(true).open(&prov) {
-            let _ = f.set_modified(SystemTime::now());
-        }
+        touch_prov(scope_dir, path.hash_part());
     }
 
     /// Marks a public entry as used now, by hash part (HTTP cache hits).
     pub fn touch_public(&self, hash_part: &str) {
-        let prov = self.root.join("meta").join(format!("{hash_part}.prov"));
-        if let Ok(f) = std::fs::File::options().write(true).open(&prov) {
-            let _ = f.set_modified(SystemTime::now());
-        }
+        touch_prov(&self.root, hash_part);
     }
 
     /// Sums the NAR files of every scope (at open).
@@ -199,6 +190,15 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Bumps the modification time of an entry's provenance file: its last use.
+fn touch_prov(scope_dir: &Path, hash_part: &str) {
+    let prov = scope_dir.join("meta").join(format!("{hash_part}.prov"));
+    // Only the eviction order depends on this; failing to bump is harmless.
+    if let Ok(f) = std::fs::File::options().write(true).open(&prov) {
+        let _ = f.set_modified(SystemTime::now());
     }
 }
 
