@@ -32,6 +32,8 @@ set -euo pipefail
 export LC_ALL=C   # $EPOCHREALTIME and awk: "." as the decimal point
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
+# shellcheck source=benches/lib.sh
+. "$BENCH_DIR/lib.sh"
 LAB_DIR=$REPO/tests/lab
 HS=$LAB_DIR/hosts.sh
 DRV=$LAB_DIR/drv
@@ -153,20 +155,12 @@ relay_start() {  # like hosts.sh relay start, with $CONF; tracked in $STATE/run/
   die "the relay did not listen on 127.0.0.1:$LAB_BASE_PORT and :$HTTP_PORT (log: $STATE/relay.log)"
 }
 relay_start
-relay_alive() { "$HS" relay status >/dev/null 2>&1 || die "the relay is not running any more (see $STATE/relay.log)"; }
-cpu_secs() {  # user+system CPU seconds the relay has used so far
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$RELAY_PID/stat"
-}
-status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$RELAY_PID/status"; }
 [ -s "$PUBKEY_FILE" ] || die "the relay did not write its public key to $PUBKEY_FILE"
 PUBKEY=$(tr -d '\n' < "$PUBKEY_FILE")
 RELAY_B=$(cat "$STATE/machines-relay")
 HTTP_URL=http://127.0.0.1:$HTTP_PORT
 FILE_URL=file://$CACHE
 
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) { print "nan"; exit } if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a != "nan") printf "%.2f", a / b; else print "n/a" }'; }
 
 echo "nix-relay bench: HTTP binary cache   $(date -u +%FT%TZ)"
 echo "  relay:   $RELAY_BIN (pid $RELAY_PID), ssh 127.0.0.1:$LAB_BASE_PORT, http $HTTP_URL, backends: h1 only"
@@ -293,12 +287,6 @@ echo "  $CLIENTS clients: p90 $L_p90_ms ms, max $L_max_ms ms, errors $L_errors; 
 echo "  relay VmHWM (whole run): $(calc "$HWM / 1024" 1) MiB"
 echo
 
-goal() {  # goal NAME VALUE OP LIMIT UNIT
-  local ok
-  ok=$(awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN { if (v == "n/a") { print "n/a"; exit }
-        if ((op == "<=" && v + 0 <= l + 0) || (op == ">=" && v + 0 >= l + 0)) print "met"; else print "MISSED" }')
-  echo "$1: $2$5 (goal $3 $4$5) $ok"
-}
 goal "http-vs-file copy ratio" "$(ratio "$CH" "$CF")" "<=" 1.2 ""
 echo "narinfo latency ($CLIENTS clients): p50 $L_p50_ms ms p99 $L_p99_ms ms ($L_rps req/s, $L_errors errors; 1 client: p50 $B_P50 ms p99 $B_P99 ms)"
 errs=$((L_errors + B_ERR))

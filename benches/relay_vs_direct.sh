@@ -39,6 +39,8 @@ set -euo pipefail
 export LC_ALL=C   # $EPOCHREALTIME and awk: "." as the decimal point
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
+# shellcheck source=benches/lib.sh
+. "$BENCH_DIR/lib.sh"
 LAB_DIR=$REPO/tests/lab
 HS=$LAB_DIR/hosts.sh
 DRV=$LAB_DIR/drv
@@ -115,13 +117,6 @@ NG_RELAY_B=ssh-ng://${RELAY_B#ssh://}
 mode_proto() { case $1 in ng-*) echo ssh-ng;; *) echo ssh;; esac; }
 proto_modes() { case $1 in ssh) echo "direct relay";; ssh-ng) echo "ng-direct ng-relay";; esac; }
 
-relay_alive() { "$HS" relay status >/dev/null 2>&1 || die "the relay is not running any more (see $STATE/relay.log)"; }
-cpu_secs() {  # user+system CPU seconds the relay has used so far
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$RELAY_PID/stat"
-}
-status_kib() {  # status_kib FIELD: from the relay's /proc status, in KiB
-  awk -v f="$1:" '$1 == f { print $2 }' "/proc/$RELAY_PID/status"
-}
 # The relay's peak RSS and CPU time, per protocol: VmHWM is reset
 # (clear_refs 5) before every relay-mode build and read after it; the maximum
 # per protocol and phase is kept. CPU time is summed over the relay-mode builds.
@@ -183,8 +178,6 @@ build() {
       }' "$log")
 }
 
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) { print "nan"; exit } if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
 # record KIND MODE: appends this run's numbers to $LOGS/KIND-MODE.tsv
 # columns: 1 total, 2 eval, 3 connect, 4 build, 5 copy-out
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$R_TOTAL" "$R_EVAL" "$R_SETUP" "$R_BUILD" "$R_COPY" >> "$LOGS/$1-$2.tsv"; }
@@ -333,13 +326,6 @@ tp() { awk -v mib="$BIG_MIB" -F'\t' '{ if ($5 > 0) printf "%.3f\n", mib / $5 }' 
 # wall-derived: BIG_MIB / (wall - local build time on h1)
 tpw() { awk -v mib="$BIG_MIB" -v b="$BIG_LOCAL" -F'\t' '{ d = $1 - b; if (d > 0) printf "%.3f\n", mib / d }' "$LOGS/big-$1.tsv" | median; }
 row() { printf '  %-44s %9s %9s %9s\n' "$@"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a != "nan") printf "%.2f", a / b; else print "n/a" }'; }
-goal() {  # goal NAME VALUE OP LIMIT UNIT
-  local ok
-  ok=$(awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN { if (v == "n/a") { print "n/a"; exit }
-        if ((op == "<=" && v + 0 <= l + 0) || (op == ">=" && v + 0 >= l + 0)) print "met"; else print "MISSED" }')
-  echo "$1: $2$5 (goal $3 $4$5) $ok"
-}
 
 # report PROTO: the table and the three goal lines of one protocol
 report() {
