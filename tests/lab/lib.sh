@@ -1,0 +1,112 @@
+# Helpers for the e2e scenarios (sourced by e2e.sh after the lab is up;
+# each scenario runs in a subshell with set -euo pipefail).
+
+# ---- helpers used inside scenarios (each scenario runs in a subshell, set -e) ----
+# fail REASON: end the scenario with a one-line reason
+fail() { echo "REASON: $*" >&2; exit 1; }
+client() { timeout "$TMO" "$HS" exec client "$@" </dev/null; }
+on_host() { timeout "$TMO" "$HS" exec "$1" nix-store --check-validity "$2" </dev/null >/dev/null 2>&1; }
+# build ATTR SEED [nix-build args...]: prints output paths; the client's log goes to $BLOG
+build() {
+  local a=$1 s=$2; shift 2
+  echo "+ nix-build -A $a --argstr seed $s $* (log: $BLOG)" >&2
+  client nix-build "$DRV" -A "$a" --argstr seed "$s" --no-out-link \
+    --max-jobs 0 --builders "$BUILDERS" "$@" 2>"$BLOG"
+}
+# hosts_with PATH: names of the backends whose store has PATH valid
+hosts_with() {
+  local i r=""
+  for i in $(seq 1 "$NHOSTS"); do on_host "h$i" "$1" && r="$r h$i"; done
+  echo "${r# }"
+}
+# not_on_relay_machine PATH...: the root namespace (where the relay runs) has no such output
+not_on_relay_machine() {
+  local p
+  for p in "$@"; do
+    [ ! -e "$p" ] || fail "$p exists in the root namespace's /nix (relay machine)"
+    if nix-store --check-validity "$p" >/dev/null 2>&1; then fail "$p is valid in the root namespace's store"; fi
+  done
+}
+client_valid() {  # client_valid PATH...: valid + NAR hash verifies in the client's store
+  local p
+  for p in "$@"; do
+    client nix-store --verify-path "$p" >&2 || fail "client: nix-store --verify-path $p failed"
+  done
+}
+# remote_builds: the 'building ... on ...' lines of $BLOG must all name the
+# expected builder and there must be no local build; prints their count
+remote_builds() {
+  local n bad
+  n=$(grep -c "^building '[^']*' on '" "$BLOG" || true)
+  if grep -Eq "^building '[^']*'\.\.\.$" "$BLOG"; then fail "client log shows a LOCAL build: $(grep -E "^building '[^']*'\.\.\.$" "$BLOG" | head -1)"; fi
+  if [ "$MODE" = relay ]; then
+    bad=$(grep "^building '[^']*' on '" "$BLOG" | grep -vc "on 'ssh://relay'" || true)
+    [ "$bad" = 0 ] || fail "client sent $bad build(s) somewhere else than ssh://relay"
+  fi
+  echo "$n"
+}
+relay_alive() {
+  [ "$MODE" = relay ] || return 0
+  "$HS" relay status >/dev/null 2>&1 || fail "the relay is not running (crashed? see $STATE/relay.log)"
+}
+# skip REASON: the scenario cannot run here (reported as SKIP, counted neither way)
+skip() { echo "SKIP-REASON: $*" >&2; exit 77; }
+# note TEXT: printed under the scenario's PASS line
+note() { echo "NOTE: $*" >&2; }
+
+# ---- helpers for the multi-client / cache scenarios (h..l) ---------------------
+CACHE=$STATE/relay-state/cache
+HTTP_PORT=$((BASE_PORT + 80))
+HTTP_URL=http://127.0.0.1:$HTTP_PORT
+# in_ns NS CMD...: run CMD in namespace NS (client, client2, client3, hN)
+in_ns() { local ns=$1; shift; timeout "$TMO" "$HS" exec "$ns" "$@" </dev/null; }
+# build_in NS LOG BUILDERS ATTR SEED [nix-build args...]: build in NS; prints output paths
+build_in() {
+  local ns=$1 lg=$2 bl=$3 a=$4 s=$5; shift 5
+  echo "+ [$ns] nix-build -A $a --argstr seed $s $* (log: $lg)" >&2
+  in_ns "$ns" nix-build "$DRV" -A "$a" --argstr seed "$s" --no-out-link \
+    --max-jobs 0 --builders "$bl" "$@" 2>"$lg"
+}
+# drv_of NS ATTR SEED [args...]: the .drv path (instantiated in NS)
+drv_of() {
+  local ns=$1 a=$2 s=$3; shift 3
+  in_ns "$ns" nix-instantiate "$DRV" -A "$a" --argstr seed "$s" "$@" 2>/dev/null
+}
+# drv_name /nix/store/<hash>-NAME.drv -> NAME (what the relay logs as drv="NAME")
+drv_name() { local n=${1#/nix/store/*-}; echo "${n%.drv}"; }
+hash_part() { local n=${1#/nix/store/}; echo "${n%%-*}"; }
+relay_log_size() { stat -c %s "$STATE/relay.log"; }
+# finished_since OFFSET NAME: 'build finished' lines of drv="NAME" in relay.log after byte OFFSET
+finished_since() {
+  { tail -c +"$(( $1 + 1 ))" "$STATE/relay.log" | grep -a "drv=\"$2\"" | grep -a " build finished " || true; } | wc -l
+}
+# http_code PATH [OUTFILE]: HTTP status of GET $HTTP_URL/PATH ("000": no answer)
+http_code() {
+  curl -s -o "${2:-/dev/null}" -w '%{http_code}' --max-time 10 "$HTTP_URL$1" 2>/dev/null || true
+}
+# http_up_or_skip: SKIP the scenario when the relay's HTTP binary cache does not answer
+http_up_or_skip() {
+  local c; c=$(http_code /nix-cache-info)
+  [ "$c" != 000 ] || skip "no HTTP binary cache on $HTTP_URL: GET /nix-cache-info got no answer (relay built without the [http] server?)"
+  [ "$c" = 200 ] || fail "GET /nix-cache-info: HTTP $c, expected 200"
+}
+# store_consistent WHEN: every narinfo of the relay store (public and private)
+# has its NAR file, with the size (FileSize) and hash (FileHash) it declares
+store_consistent() {
+  local ni url size fh f n=0 got
+  for ni in "$CACHE"/*.narinfo "$CACHE"/private/*/*.narinfo; do
+    [ -e "$ni" ] || continue
+    n=$((n + 1))
+    url=$(sed -n 's/^URL: //p' "$ni"); size=$(sed -n 's/^FileSize: //p' "$ni"); fh=$(sed -n 's/^FileHash: sha256://p' "$ni")
+    [ -n "$url" ] && [ -n "$size" ] || fail "$1: $ni has no URL/FileSize"
+    f=$(dirname "$ni")/$url
+    [ -f "$f" ] || fail "$1: $ni names $url, which does not exist"
+    got=$(stat -c %s "$f")
+    [ "$got" = "$size" ] || fail "$1: $f is $got bytes, $ni says FileSize $size"
+    if [ -n "$fh" ]; then
+      got=$(nix-hash --flat --type sha256 --base32 "$f")
+      [ "$got" = "$fh" ] || fail "$1: $f has sha256 $got, $ni says FileHash $fh"
+    fi
+  done
+  echo "  $1: $n narinfo(s), every NAR present with its FileSize and FileHash"
+}
