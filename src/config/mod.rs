@@ -102,7 +102,7 @@ impl BackendUri {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
     pub name: String,
     pub uri: BackendUri,
