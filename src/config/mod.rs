@@ -24,6 +24,8 @@ pub struct Config {
     pub cache: Cache,
     /// The HTTP listener (binary cache); None = no HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// The admin endpoint (drain, undrain); loopback only; None = off.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
