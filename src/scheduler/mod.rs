@@ -227,8 +227,7 @@ impl Scheduler {
                 e.running = e.running.saturating_sub(1);
                 crate::metrics::backend_slots(&e.config.name, e.running, e.config.max_jobs);
                 if e.removing && e.running == 0 {
-                    tracing::info!(backend = %e.config.name, "removed backend finished its last build; forgotten");
-                    st.entries.remove(i);
+                    st.forget(i);
                 }
             }
             self.dispatch(&mut st)
@@ -319,6 +318,7 @@ impl State {
     /// Adds a backend with a fresh id, at the end of the order.
     fn insert(&mut self, b: Backend, from_config: bool) {
         crate::metrics::backend_slots(&b.name, 0, b.max_jobs);
+        crate::metrics::backend_draining(&b.name, false);
         self.entries.push(Entry {
             id: self.next_id,
             config: Arc::new(b),
