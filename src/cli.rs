@@ -265,7 +265,7 @@ pub fn reload(path: &Path, sched: &Arc<Scheduler>) -> Result<ReloadSummary, Vec<
             .into_iter()
             .map(|p| format!("{}: {p}", path.display()))
             .collect()),
-        Err(e) => Err(vec![format!("{e:#}")]),
+        Err(e) => Err(vec![format!("{:#}", anyhow::Error::from(e))]),
     }
 }
 
@@ -411,7 +411,12 @@ mod tests {
         assert!(problems[0].contains("relay.toml"), "{problems:?}");
         assert_eq!(names(&sched), ["h1", "h2"], "nothing changed");
         std::fs::remove_file(&file).unwrap();
-        assert_eq!(reload(&file, &sched).unwrap_err().len(), 1, "unreadable");
+        let unreadable = reload(&file, &sched).unwrap_err();
+        assert_eq!(unreadable.len(), 1);
+        assert!(
+            unreadable[0].contains("reading config file") && unreadable[0].contains("No such file"),
+            "the cause is named: {unreadable:?}"
+        );
         assert_eq!(names(&sched), ["h1", "h2"]);
     }
 }
