@@ -105,6 +105,7 @@ pub async fn serve(config: Config) -> Result<()> {
         relay,
         clients: Arc::new(config.clients.clone()),
         sessions: Arc::new(Semaphore::new(config.limits.max_sessions as usize)),
+        handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes as usize)),
     });
     let metrics = install_metrics(&config, &front.relay);
     let sched = front.relay.scheduler.clone();

@@ -46,6 +46,7 @@ fn front(dir: &std::path::Path, limits: Limits) -> Arc<FrontEnd> {
             trusted: true,
         }]),
         sessions: Arc::new(Semaphore::new(8)),
+        handshakes: Arc::new(Semaphore::new(limits.max_handshakes as usize)),
     })
 }
 
@@ -210,4 +211,30 @@ async fn a_logged_in_client_that_never_execs_is_cut_too() {
     let _idle = h.channel_open_session().await.unwrap();
     conn.await.unwrap();
     assert!(h.is_closed() || h.channel_open_session().await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_beyond_max_handshakes_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(7),
+        max_handshakes: 1,
+        ..Limits::default()
+    };
+    let fe = front(dir.path(), limits);
+    let (_silent, first) = tokio::io::duplex(1 << 16);
+    let first = tokio::spawn(serve_connection(
+        fe.clone(),
+        config(key(9)),
+        first,
+        "first".into(),
+    ));
+    tokio::task::yield_now().await;
+    let (_other, second) = tokio::io::duplex(1 << 16);
+    serve_connection(fe, config(key(9)), second, "second".into()).await;
+    assert!(
+        !first.is_finished(),
+        "the second connection waited for the first one's deadline"
+    );
+    first.await.unwrap();
 }

@@ -30,6 +30,9 @@ pub struct FrontEnd {
     pub relay: Arc<Relay>,
     pub clients: Arc<Vec<Client>>,
     pub sessions: Arc<Semaphore>,
+    /// Connections that have not had a session accepted yet
+    /// (`limits.max_handshakes`).
+    pub handshakes: Arc<Semaphore>,
 }
 
 pub fn config(host_key: russh::keys::PrivateKey) -> Arc<server::Config> {
@@ -70,11 +73,16 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limit = front.relay.limits.handshake_timeout;
+    let Ok(permit) = front.handshakes.clone().try_acquire_owned() else {
+        warn!(%peer, "dropped: max_handshakes connections are already in their handshake");
+        return;
+    };
     let cut = CancellationToken::new();
     let established = CancellationToken::new();
     let watch = (cut.clone(), established.clone(), peer.clone());
     let deadline = tokio::spawn(async move {
         let (cut, established, peer) = watch;
+        let _permit = permit;
         tokio::select! {
             () = established.cancelled() => {}
             () = tokio::time::sleep(limit) => {
