@@ -1,8 +1,10 @@
-//! A connection that can be cut from outside: once its token is cancelled,
+//! A stream that can be cut from outside: once its token is cancelled,
 //! every read and write fails with `TimedOut`. The front end wraps each
 //! client socket in one so a client that never finishes its SSH handshake
 //! (or never asks for a session) is dropped even while russh waits inside a
-//! key exchange, where it would not look at a disconnect request.
+//! key exchange, where it would not look at a disconnect request; channel
+//! writers are wrapped too, because russh's wait for window space does not
+//! end when the connection does.
 
 use std::io;
 use std::pin::Pin;

@@ -405,8 +405,12 @@ async fn run_channel(
         on_close.cancel();
     });
     let (log, log_rx) = mpsc::channel(64);
-    let stderr = tokio::spawn(forward_log(log_rx, tx.make_writer_ext(Some(1))));
-    let stdout = tx.make_writer();
+    // russh's writers wait for window space without noticing a closed
+    // channel: cut them when it closes, so a vanished client cannot leave
+    // this session waiting forever.
+    let stderr = Cuttable::new(tx.make_writer_ext(Some(1)), gone.clone());
+    let stderr = tokio::spawn(forward_log(log_rx, stderr));
+    let stdout = Cuttable::new(tx.make_writer(), gone.clone());
     let stdin = BufReader::with_capacity(256 << 10, stdin);
     let label = match proto {
         Proto::Serve { .. } => "serve",
