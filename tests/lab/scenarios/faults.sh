@@ -4,15 +4,18 @@
 # Sourced by e2e.sh; helpers in lib.sh (and wait_started/descendants from
 # ops.sh).
 
-# backend_io HOST FIELD: the sum of FIELD (rchar|wchar, /proc/PID/io) over
-# the Nix processes serving HOST's SSH sessions right now
-backend_io() {
-  local pid p sum=0 v
-  pid=$(cat "$STATE/run/$1.pid")
-  for p in $(descendants "$pid"); do
-    case $(cat "/proc/$p/comm" 2>/dev/null) in nix-store|nix-daemon) ;; *) continue;; esac
-    v=$(awk -v f="$2:" '$1 == f { print $2 }' "/proc/$p/io" 2>/dev/null || true)
-    sum=$((sum + ${v:-0}))
+# nix_pids HOST: the Nix processes serving HOST's SSH sessions right now
+nix_pids() {
+  local p
+  for p in $(descendants "$(cat "$STATE/run/$1.pid")"); do
+    case $(cat "/proc/$p/comm" 2>/dev/null) in nix-store|nix-daemon) echo "$p";; esac
+  done
+}
+# io_of FIELD PID...: the sum of FIELD (rchar|wchar, /proc/PID/io) over PIDs
+io_of() {
+  local f=$1 p k v sum=0; shift
+  for p in "$@"; do
+    { while read -r k v; do [ "$k" = "$f:" ] && sum=$((sum + v)); done <"/proc/$p/io"; } 2>/dev/null || true
   done
   echo "$sum"
 }
@@ -28,12 +31,22 @@ kill_sessions() {
   kill -9 $procs 2>/dev/null || true
   echo "$(echo $procs | wc -w)"
 }
-# wait_io HOST FIELD BYTES: waits (up to 3 min) until backend_io passes BYTES
-wait_io() {
-  local i
-  for i in $(seq 1 3600); do
-    [ "$(backend_io "$1" "$2")" -gt "$3" ] && return 0
-    sleep 0.05
+# wait_io_kill HOST FIELD BYTES: waits (up to 3 min) until HOST's Nix processes
+# have passed BYTES of FIELD, then kill -9s them at once; IO_GOT holds the
+# count it saw. Polls their /proc/PID/io every 20 ms (finding the processes
+# again only every second: a 200 MiB transfer takes ~2 s here)
+wait_io_kill() {
+  local i pids=""
+  for i in $(seq 1 9000); do
+    if [ $((i % 50)) = 1 ] || [ -z "$pids" ]; then pids=$(nix_pids "$1"); fi
+    # shellcheck disable=SC2086
+    IO_GOT=$(io_of "$2" $pids)
+    if [ "$IO_GOT" -gt "$3" ]; then
+      # shellcheck disable=SC2086
+      kill -9 $pids 2>/dev/null || true
+      return 0
+    fi
+    sleep 0.02
   done
   return 1
 }
@@ -59,7 +72,7 @@ wait_tmp_empty() {
 sc_fault_backend_upload_relay=1
 sc_fault_backend_upload_desc="a backend killed while the relay pushes it a 150 MiB input: retried elsewhere, client succeeds, store consistent"
 sc_fault_backend_upload() {
-  local s=$SEED-fu f=$LOGS/fu.input p bg host n out got
+  local s=$SEED-fu f=$LOGS/fu.input p bg host n out
   head -c $((150 << 20)) /dev/urandom >"$f"
   p=$(client nix-store --add "$f") || fail "nix-store --add of the big input failed"
   echo "  input $p ($(stat -c %s "$f") bytes) in the client's store"
@@ -68,10 +81,9 @@ sc_fault_backend_upload() {
       --max-jobs 0 --builders "$BUILDERS" >"$LOGS/fu.out" 2>"$BLOG" ) &
   bg=$!
   host=$(wait_backend) || { kill "$bg" 2>/dev/null || true; fail "the build never went to a backend"; }
-  wait_io "$host" rchar $((20 << 20)) || { kill "$bg" 2>/dev/null || true; fail "$host never received 20 MiB of the input"; }
-  got=$(backend_io "$host" rchar)
-  n=$(kill_sessions "$host") || fail "nothing to kill on $host"
-  echo "  killed $n process(es) of $host's SSH session after it had read $got bytes (mid-upload)"
+  wait_io_kill "$host" rchar $((20 << 20)) || { kill "$bg" 2>/dev/null || true; fail "$host never received 20 MiB of the input"; }
+  n=$(kill_sessions "$host") || n=0
+  echo "  killed $host's Nix process after it had read $IO_GOT bytes (mid-upload), then $n more process(es) of its SSH session"
   wait "$bg" || { tail -5 "$BLOG"; fail "the client's build failed after $host died mid-upload"; }
   out=$(cat "$LOGS/fu.out")
   [ "$(client cat "$out")" = $((150 << 20)) ] || fail "the output does not hold the input's size"
@@ -84,7 +96,7 @@ sc_fault_backend_upload() {
 sc_fault_backend_download_relay=1
 sc_fault_backend_download_desc="a backend killed while the relay streams a 200 MiB output from it: the client gets an error, store consistent, a retry succeeds"
 sc_fault_backend_download() {
-  local s=$SEED-fd drv name off bg host i n rc out got
+  local s=$SEED-fd drv name off bg host i n rc out
   drv=$(drv_of client big "$s") || fail "nix-instantiate -A big failed"
   name=$(drv_name "$drv")
   off=$(relay_log_size)
@@ -97,10 +109,12 @@ sc_fault_backend_download() {
   done
   [ "$(finished_since "$off" "$name")" -ge 1 ] || { kill "$bg" 2>/dev/null || true; fail "no 'build finished' for $name"; }
   host=$(grep -o "nix-relay: building '[^']*' on h[0-9]" "$BLOG" | tail -1 | grep -o 'h[0-9]$')
-  wait_io "$host" wchar $((20 << 20)) || { kill "$bg" 2>/dev/null || true; fail "$host never sent 20 MiB of the output"; }
-  got=$(backend_io "$host" wchar)
-  n=$(kill_sessions "$host") || fail "nothing to kill on $host"
-  echo "  killed $n process(es) of $host's SSH session after it had sent $got bytes (mid-download)"
+  wait_io_kill "$host" wchar $((20 << 20)) || { kill "$bg" 2>/dev/null || true; fail "$host never sent 20 MiB of the output"; }
+  n=$(kill_sessions "$host") || n=0
+  echo "  killed $host's Nix process after it had written $IO_GOT bytes (mid-download), then $n more process(es) of its SSH session"
+  # the backend writes into its SSH session's buffers faster than the relay
+  # reads: even when it has written everything, the relay gets a cut stream
+  [ "$IO_GOT" -lt $((200 << 20)) ] || note "the backend had written $IO_GOT bytes (the whole NAR) before the kill; its SSH buffers were cut"
   wait "$bg" || true
   rc=$(cat "$LOGS/fd.rc")
   echo "  the client's nix-build ended with exit $rc: $(grep -m1 -i 'error' "$BLOG" | sed 's/\x1b\[[0-9;]*m//g')"
