@@ -138,7 +138,8 @@ pub struct Limits {
     pub max_handshakes: u64,
     /// Jobs waiting for a slot across all systems; more fail at once.
     pub max_waiting_jobs: u64,
-    /// A client must finish its SSH handshake and protocol hello within this.
+    /// A client must get a session accepted (SSH handshake, auth, exec) within
+    /// this, and then send its protocol hello within this again.
     pub handshake_timeout: Duration,
 }
 
