@@ -86,6 +86,10 @@ fn describe() {
         "nix_relay_retries_total",
         "Builds requeued after an infrastructure failure"
     );
+    describe_counter!(
+        "nix_relay_backend_sessions_total",
+        "Backend sessions checked out, by backend and kind (new: connected, reused: from the pool)"
+    );
     describe_gauge!(
         "nix_relay_store_bytes",
         "Bytes of NAR files in the relay store"
@@ -200,6 +204,12 @@ pub fn dedup_attach() {
     counter!("nix_relay_dedup_attaches_total").increment(1);
 }
 
+/// A build got a backend session: `kind` is `new` or `reused`.
+pub fn backend_session(backend: &str, kind: &'static str) {
+    counter!("nix_relay_backend_sessions_total", "backend" => backend.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
 pub fn store_bytes(n: u64) {
     gauge!("nix_relay_store_bytes").set(n as f64);
 }
@@ -217,5 +227,9 @@ pub fn register_zeroes(backends: &[(String, u32)]) {
     }
     for (name, slots) in backends {
         backend_slots(name, 0, *slots);
+        for kind in ["new", "reused"] {
+            counter!("nix_relay_backend_sessions_total", "backend" => name.clone(), "kind" => kind)
+                .absolute(0);
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! system, waiting jobs are served round-robin across clients, and first
 //! come, first served within a client (`queue`).
 
+pub mod locality;
 pub mod policy;
 mod queue;
 
@@ -57,6 +58,8 @@ pub struct Scheduler {
     backends: Vec<Backend>,
     max_waiting: u64,
     state: Mutex<State>,
+    /// What each backend is believed to have (placement by locality).
+    locality: locality::Locality,
 }
 
 /// A claimed build slot. Dropping it releases the slot.
@@ -100,6 +103,7 @@ impl Scheduler {
             backends,
             max_waiting,
             state: Mutex::new(state),
+            locality: Default::default(),
         })
     }
 
@@ -113,7 +117,12 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn views<'a>(&'a self, st: &State) -> Vec<BackendView<'a>> {
+    pub fn locality(&self) -> &locality::Locality {
+        &self.locality
+    }
+
+    /// The backends as `job` sees them (its missing input bytes included).
+    fn views<'a>(&'a self, st: &State, job: &JobSpec) -> Vec<BackendView<'a>> {
         self.backends
             .iter()
             .zip(st.running.iter().zip(&st.health))
@@ -126,6 +135,7 @@ impl Scheduler {
                 running,
                 speed_factor: b.speed_factor,
                 down_until: health.down_until,
+                missing_bytes: self.locality.missing_bytes(&b.name, &job.inputs),
             })
             .collect()
     }
@@ -134,7 +144,7 @@ impl Scheduler {
     pub fn try_acquire(self: &Arc<Self>, job: JobSpec) -> Result<Acquired, Error> {
         let mut st = self.lock();
         let queue_empty = st.queues.get(&job.system).is_none_or(SystemQueue::is_empty);
-        match policy::pick(&job, &self.views(&st), Instant::now()) {
+        match policy::pick(&job, &self.views(&st, &job), Instant::now()) {
             Decision::NoneEligible => Err(self.none_eligible(&job)),
             Decision::Run(i) if queue_empty => {
                 st.running[i] += 1;
@@ -221,7 +231,8 @@ impl Scheduler {
                 let Some(head) = st.queues.get(&sys).and_then(SystemQueue::front) else {
                     continue;
                 };
-                let Decision::Run(i) = policy::pick(&head.job, &self.views(st), Instant::now())
+                let Decision::Run(i) =
+                    policy::pick(&head.job, &self.views(st, &head.job), Instant::now())
                 else {
                     continue;
                 };
