@@ -91,6 +91,10 @@ fn describe() {
         "Backend sessions checked out, by backend and kind (new: connected, reused: from the pool)"
     );
     describe_gauge!(
+        "nix_relay_backend_sessions_idle",
+        "Warm backend sessions in the pool now, by backend"
+    );
+    describe_gauge!(
         "nix_relay_store_bytes",
         "Bytes of NAR files in the relay store"
     );
@@ -210,6 +214,10 @@ pub fn backend_session(backend: &str, kind: &'static str) {
         .increment(1);
 }
 
+pub fn backend_sessions_idle(backend: &str, n: usize) {
+    gauge!("nix_relay_backend_sessions_idle", "backend" => backend.to_owned()).set(n as f64);
+}
+
 pub fn store_bytes(n: u64) {
     gauge!("nix_relay_store_bytes").set(n as f64);
 }
@@ -227,6 +235,7 @@ pub fn register_zeroes(backends: &[(String, u32)]) {
     }
     for (name, slots) in backends {
         backend_slots(name, 0, *slots);
+        backend_sessions_idle(name, 0);
         for kind in ["new", "reused"] {
             counter!("nix_relay_backend_sessions_total", "backend" => name.clone(), "kind" => kind)
                 .absolute(0);

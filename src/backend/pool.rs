@@ -129,7 +129,9 @@ impl Pool {
         let list = idle.get_mut(k)?;
         let timeout = self.limits.idle_timeout;
         list.retain(|i| i.since.elapsed() < timeout);
-        list.pop()
+        let got = list.pop();
+        publish(&idle, &k.0);
+        got
     }
 
     /// Takes `conn` back if it is at a request boundary and open.
@@ -140,7 +142,7 @@ impl Pool {
         conn.set_log(None);
         {
             let mut idle = self.lock();
-            let list = idle.entry(key).or_default();
+            let list = idle.entry(key.clone()).or_default();
             list.push(Idle {
                 conn,
                 since: Instant::now(),
@@ -148,6 +150,7 @@ impl Pool {
             if list.len() > self.limits.max_idle {
                 list.remove(0);
             }
+            publish(&idle, &key.0);
         }
         self.reap_later();
     }
@@ -171,15 +174,22 @@ impl Pool {
     pub fn reap(&self) {
         let timeout = self.limits.idle_timeout;
         let mut idle = self.lock();
-        for list in idle.values_mut() {
+        let mut names = Vec::new();
+        for ((name, _), list) in idle.iter_mut() {
             list.retain(|i| i.since.elapsed() < timeout);
+            names.push(name.clone());
         }
         idle.retain(|_, list| !list.is_empty());
+        for n in names {
+            publish(&idle, &n);
+        }
     }
 
     /// Closes every idle session of backend `name` (it just failed).
     pub fn forget(&self, name: &str) {
-        self.lock().retain(|(n, _), _| n != name);
+        let mut idle = self.lock();
+        idle.retain(|(n, _), _| n != name);
+        publish(&idle, name);
     }
 
     /// Idle sessions of backend `name` now.
@@ -190,6 +200,16 @@ impl Pool {
             .map(|(_, l)| l.len())
             .sum()
     }
+}
+
+/// Sets the idle-sessions gauge of backend `name`.
+fn publish(idle: &HashMap<Key, Vec<Idle>>, name: &str) {
+    let n: usize = idle
+        .iter()
+        .filter(|((k, _), _)| k == name)
+        .map(|(_, l)| l.len())
+        .sum();
+    crate::metrics::backend_sessions_idle(name, n);
 }
 
 /// Answers an empty QueryValidPaths within the connect timeout.

@@ -471,7 +471,6 @@ async fn on_backend(
     relay.scheduler.report_connect(&b.name, conn.is_ok());
     let (mut conn, kind) = conn?;
     crate::metrics::backend_session(&b.name, kind.label());
-    tracing::debug!(backend = %b.name, session = kind.label(), "backend session");
     push_inputs(relay, &mut conn, job.client, &job.inputs.closure).await?;
     relay
         .scheduler
@@ -489,7 +488,7 @@ async fn on_backend(
         }
     };
     drop(slot);
-    info!(backend = %b.name, status = ?result.status, secs = started.elapsed().as_secs_f32(), "build finished");
+    info!(backend = %b.name, session = kind.label(), status = ?result.status, secs = started.elapsed().as_secs_f32(), "build finished");
     if !result.status.is_success() {
         return Ok((result, None));
     }
@@ -572,3 +571,7 @@ async fn push_inputs(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "build_tests.rs"]
+mod tests;
