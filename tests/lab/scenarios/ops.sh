@@ -111,7 +111,7 @@ descendants() {
 builders_under() {
   local c
   for c in $(descendants "$1"); do
-    tr '\0' ' ' < "/proc/$c/cmdline" 2>/dev/null | grep -q 'slow: \$i' && echo "$c"
+    tr '\0' ' ' 2>/dev/null < "/proc/$c/cmdline" | grep -q 'slow: \$i' && echo "$c"
   done
   return 0
 }
