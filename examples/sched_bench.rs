@@ -104,10 +104,11 @@ fn main() {
         drop(slot);
         release.push(t.elapsed());
         waiters.retain_mut(|rx| match rx.try_recv() {
-            Ok(s) => {
+            Ok(Ok(s)) => {
                 running.push(s);
                 false
             }
+            Ok(Err(e)) => panic!("a queued job failed: {e}"),
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
             Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
         });

@@ -69,6 +69,10 @@ fn describe() {
         "nix_relay_backend_slots",
         "Build slots configured (max_jobs), by backend"
     );
+    describe_gauge!(
+        "nix_relay_backend_draining",
+        "1 if the backend is draining (drained or removed: takes no new build), else 0"
+    );
     describe_counter!("nix_relay_nar_bytes_total", "NAR bytes moved, by direction");
     describe_counter!(
         "nix_relay_cache_hits_total",
@@ -169,6 +173,14 @@ pub fn backend_slots(backend: &str, used: u32, total: u32) {
     gauge!("nix_relay_backend_slots", "backend" => backend.to_owned()).set(f64::from(total));
 }
 
+pub fn backend_draining(backend: &str, draining: bool) {
+    gauge!("nix_relay_backend_draining", "backend" => backend.to_owned()).set(if draining {
+        1.0
+    } else {
+        0.0
+    });
+}
+
 /// Which way NAR bytes went.
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {
@@ -235,6 +247,7 @@ pub fn register_zeroes(backends: &[(String, u32)]) {
     }
     for (name, slots) in backends {
         backend_slots(name, 0, *slots);
+        backend_draining(name, false);
         backend_sessions_idle(name, 0);
         for kind in ["new", "reused"] {
             counter!("nix_relay_backend_sessions_total", "backend" => name.clone(), "kind" => kind)

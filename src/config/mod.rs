@@ -24,6 +24,8 @@ pub struct Config {
     pub cache: Cache,
     /// The HTTP listener (binary cache); None = no HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// The admin endpoint (drain, undrain); loopback only; None = off.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +104,7 @@ impl BackendUri {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
     pub name: String,
     pub uri: BackendUri,

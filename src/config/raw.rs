@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub cache: Option<RawCache>,
     pub http: Option<RawHttp>,
+    pub admin: Option<RawAdmin>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -30,6 +31,12 @@ pub struct RawCache {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
     pub listen: Option<String>,
 }
 

@@ -445,9 +445,7 @@ async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Sl
                 format!("waiting: position {position} for {system} ({running})"),
             )
             .await;
-            Scheduler::wait(rx)
-                .await
-                .ok_or_else(|| "the scheduler dropped the job".to_string())
+            Scheduler::wait(rx).await.map_err(|e| e.to_string())
         }
         Err(e) => Err(e.to_string()),
     }
