@@ -188,3 +188,25 @@ async fn a_session_whose_process_died_is_discarded_at_checkout() {
     assert_eq!(kind, Kind::New);
     assert_eq!(p.idle_count("b1"), 0, "the dead session was dropped");
 }
+
+#[tokio::test]
+async fn a_worker_protocol_session_is_reused_the_same_way() {
+    let daemon = std::process::Command::new("nix-daemon")
+        .arg("--version")
+        .output();
+    if !daemon.is_ok_and(|o| o.status.success()) {
+        return eprintln!("skipping: nix-daemon is not installed");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(2);
+    let mut b = backend(dir.path(), "ng");
+    b.uri = BackendUri::LocalWorker;
+    let (mut lease, kind) = checkout(&p, &b).await;
+    assert_eq!(kind, Kind::New);
+    assert!(matches!(lease.client, Client::Worker(_)));
+    assert_eq!(lease.client.query_valid_paths(vec![]).await.unwrap(), []);
+    drop(lease);
+    let (mut lease, kind) = checkout(&p, &b).await;
+    assert_eq!(kind, Kind::Reused);
+    assert_eq!(lease.client.query_valid_paths(vec![]).await.unwrap(), []);
+}
