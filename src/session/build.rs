@@ -49,6 +49,15 @@ impl Finished {
         let Some(info) = self.outputs.remove(path) else {
             return Err(crate::store::Error::Missing(path.clone()).into());
         };
+        if !self.conn.client.is_idle() {
+            // An earlier transfer was abandoned halfway: the stream is
+            // out of step, so nothing more can be read from it.
+            return Err(crate::wire::Error::Protocol(format!(
+                "the session to {} was left mid-transfer",
+                self.backend
+            ))
+            .into());
+        }
         let tee_used = tee.is_some();
         let client = &mut self.conn.client;
         client.dump_store_path(path).await?;
