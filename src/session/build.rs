@@ -374,8 +374,7 @@ async fn build(
         match r {
             Ok(done) => return Ok(done),
             Err(e) if e.is_infrastructure() && attempt < MAX_ATTEMPTS => {
-                relay.scheduler.report_connect(&name, false);
-                relay.pool.forget(&name);
+                backend_failed(relay, &name, &e);
                 crate::metrics::retry();
                 let msg = format!(
                     "backend {name} failed ({}); retrying elsewhere (attempt {}/{MAX_ATTEMPTS})",
@@ -387,8 +386,7 @@ async fn build(
             }
             Err(e) => {
                 if e.is_infrastructure() {
-                    relay.scheduler.report_connect(&name, false);
-                    relay.pool.forget(&name);
+                    backend_failed(relay, &name, &e);
                 }
                 return Err(format!("building on {name} failed: {}", chain(&e)));
             }
@@ -397,6 +395,15 @@ async fn build(
     Err(format!(
         "no backend could build it in {MAX_ATTEMPTS} attempts"
     ))
+}
+
+/// Marks backend `name` down (once per failure: a failed connect was
+/// reported by `on_backend` already) and closes its idle sessions.
+fn backend_failed(relay: &Relay, name: &str, e: &BuildError) {
+    if !matches!(e, BuildError::Connect(_)) {
+        relay.scheduler.report_connect(name, false);
+    }
+    relay.pool.forget(name);
 }
 
 /// One build attempt's fixed inputs.
