@@ -89,8 +89,9 @@ fn main() {
     let mut waiters = Vec::with_capacity(queued);
     let mut enqueue = Vec::with_capacity(queued);
     for n in 0..queued {
+        let j = job(n, paths);
         let t = Instant::now();
-        let r = sched.try_acquire(job(n, paths));
+        let r = sched.try_acquire(j);
         enqueue.push(t.elapsed());
         match r {
             Ok(Acquired::Queued { rx, .. }) => waiters.push(rx),
