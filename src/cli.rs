@@ -12,7 +12,7 @@ use tracing::{Instrument, error, info, info_span};
 use crate::config::Config;
 use crate::scheduler::{ReloadSummary, Scheduler};
 use crate::session::Relay;
-use crate::ssh::server::{Conn, FrontEnd};
+use crate::ssh::server::{FrontEnd, serve_connection};
 use crate::store::Store;
 
 #[derive(Parser)]
@@ -170,6 +170,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
         relay,
         clients: Arc::new(config.clients.clone()),
         sessions: Arc::new(Semaphore::new(config.limits.max_sessions as usize)),
+        handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes as usize)),
     });
     let metrics = install_metrics(&config, &front.relay);
     let sched = front.relay.scheduler.clone();
@@ -209,18 +210,8 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
                 if let Err(e) = socket.set_nodelay(true) {
                     tracing::debug!("set_nodelay failed: {e}");
                 }
-                let handler = Conn::new(front.clone(), peer.to_string());
-                let cfg = ssh_config.clone();
-                tokio::spawn(async move {
-                    match russh::server::run_stream(cfg, socket, handler).await {
-                        Ok(running) => {
-                            if let Err(e) = running.await {
-                                tracing::debug!("connection ended: {e}");
-                            }
-                        }
-                        Err(e) => tracing::debug!("ssh handshake failed: {e}"),
-                    }
-                }.instrument(info_span!("conn", %peer)));
+                let conn = serve_connection(front.clone(), ssh_config.clone(), socket, peer.to_string());
+                tokio::spawn(conn.instrument(info_span!("conn", %peer)));
             }
             _ = shutdown_signal() => {
                 info!("shutting down");
@@ -265,7 +256,7 @@ pub fn reload(path: &Path, sched: &Arc<Scheduler>) -> Result<ReloadSummary, Vec<
             .into_iter()
             .map(|p| format!("{}: {p}", path.display()))
             .collect()),
-        Err(e) => Err(vec![format!("{e:#}")]),
+        Err(e) => Err(vec![format!("{:#}", anyhow::Error::from(e))]),
     }
 }
 
@@ -411,7 +402,12 @@ mod tests {
         assert!(problems[0].contains("relay.toml"), "{problems:?}");
         assert_eq!(names(&sched), ["h1", "h2"], "nothing changed");
         std::fs::remove_file(&file).unwrap();
-        assert_eq!(reload(&file, &sched).unwrap_err().len(), 1, "unreadable");
+        let unreadable = reload(&file, &sched).unwrap_err();
+        assert_eq!(unreadable.len(), 1);
+        assert!(
+            unreadable[0].contains("reading config file") && unreadable[0].contains("No such file"),
+            "the cause is named: {unreadable:?}"
+        );
         assert_eq!(names(&sched), ["h1", "h2"]);
     }
 }
