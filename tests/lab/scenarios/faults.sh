@@ -181,7 +181,8 @@ relay2_start() {
   local port=$1 mib=$2 extra=$3 i b64
   R2_DIR=$STATE/relay2-$port
   rm -rf "$R2_DIR"; mkdir -p "$R2_DIR/state"
-  awk '/^\[http\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' "$STATE/relay.toml" |
+  # no [http] or [admin]: their ports belong to the lab's relay
+  awk '/^\[(http|admin)\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' "$STATE/relay.toml" |
     sed -e "s|^listen = \"127.0.0.1:$BASE_PORT\"|listen = \"127.0.0.1:$port\"|" \
         -e "s|^state_dir = .*|state_dir = \"$R2_DIR/state\"|" >"$R2_DIR/relay.toml"
   printf '\n%s\n' "$extra" >>"$R2_DIR/relay.toml"
