@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Seeds the fuzz corpora from the golden transcripts (tests/golden) and the
-# README's config example:   bash fuzz/seed.sh [CORPUS_DIR]   (default fuzz/corpus)
+# Seeds the fuzz corpora from the golden transcripts (tests/golden), the
+# README's config example and the committed regression inputs (fuzz/regressions):   bash fuzz/seed.sh [CORPUS_DIR]   (default fuzz/corpus)
 # Each seed starts with the target's selector byte(s) (see fuzz/README.md).
 # Idempotent: seed files are named after their source and overwritten.
 set -euo pipefail
@@ -109,6 +109,10 @@ for f in sorted(glob.glob(os.path.join(golden, "cache", "*.narinfo"))):
 readme = read(os.path.join(repo, "README.md")).decode()
 for n, block in enumerate(re.findall(r"```toml\n(.*?)```", readme, re.S)):
     seed("config_parse", f"readme-{n}", block.encode())
+
+# Inputs that once broke an invariant (fuzz/regressions/TARGET/NAME).
+for f in sorted(glob.glob(os.path.join(repo, "fuzz", "regressions", "*", "*"))):
+    seed(os.path.basename(os.path.dirname(f)), "regression-" + os.path.basename(f), read(f))
 
 print("seeded " + ", ".join(f"{t}: {n}" for t, n in sorted(count.items())) + f" (in {out})")
 PY

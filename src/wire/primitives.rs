@@ -287,13 +287,47 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_eof(), "{err}");
+    }
+
+    /// A reader that records the largest buffer it was offered: what the
+    /// caller had allocated for the bytes still to come.
+    struct Spy<'a> {
+        data: &'a [u8],
+        largest_offer: usize,
+    }
+
+    impl tokio::io::AsyncRead for Spy<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.largest_offer = self.largest_offer.max(buf.remaining());
+            let n = buf.remaining().min(self.data.len());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Found by the fuzzers' allocation budget: a peer announcing a 60 MiB
+    /// string and sending 9 bytes made the reader allocate 60 MiB.
+    #[tokio::test]
+    async fn an_announced_length_is_not_allocated_before_the_bytes_arrive() {
         let mut announced = Vec::new();
         put_u64(&mut announced, 60 << 20);
         announced.extend_from_slice(b"only this");
-        let err = read_bytes(&mut &announced[..], "x", 64 << 20)
-            .await
-            .unwrap_err();
+        let mut spy = Spy {
+            data: &announced,
+            largest_offer: 0,
+        };
+        let err = read_bytes(&mut spy, "x", 64 << 20).await.unwrap_err();
         assert!(err.is_eof(), "{err}");
+        assert!(
+            spy.largest_offer <= STRING_PREALLOC,
+            "{} bytes allocated ahead of the data",
+            spy.largest_offer
+        );
     }
 
     #[tokio::test]
