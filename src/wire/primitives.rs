@@ -310,7 +310,7 @@ mod tests {
         }
     }
 
-    /// Found by the fuzzers' allocation budget: a peer announcing a 60 MiB
+    /// Caught by the fuzzers' allocation budget: a peer announcing a 60 MiB
     /// string and sending 9 bytes made the reader allocate 60 MiB.
     #[tokio::test]
     async fn an_announced_length_is_not_allocated_before_the_bytes_arrive() {
