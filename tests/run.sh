@@ -5,11 +5,13 @@
 #   3. cargo clippy --all-targets -- -D warnings
 #   4. cargo build
 #   5. cargo test              (unit + golden transcript tests)
-#   6. tests/lab/e2e.sh        (end-to-end with stock Nix 2.8 via the relay; skipped by --quick)
+#   6. tests/fuzz.sh           (every fuzz target for FUZZ_SECONDS, default 60; skipped by --quick)
+#   7. tests/lab/e2e.sh        (end-to-end with stock Nix 2.8 via the relay; skipped by --quick)
 # Stops at the first failing step. Non-interactive (CI=true, no stdin is fine).
 # The last line is e2e's "N passed, N failed" (or the step that failed).
 # Env: CARGO_TARGET_DIR (honoured; RELAY_BIN defaults to $CARGO_TARGET_DIR/debug/nix-relay),
 #      E2E_DIRECT=1 (e2e without the relay), any other tests/lab/e2e.sh variable,
+#      FUZZ_SECONDS / FUZZ_JOBS / FUZZ_TARGETS (tests/fuzz.sh),
 #      RUN_SKIP="fmt clippy ..." (skip named steps while iterating locally; never in CI).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,9 +53,10 @@ step build cargo build
 step nixos bash tests/nixos/check.sh
 step test cargo test
 if [ "$quick" = 1 ]; then
-  echo "run.sh: --quick: end-to-end lab skipped; all steps passed ($(( $(date +%s) - T0 )) s)"
+  echo "run.sh: --quick: fuzz and end-to-end lab skipped; all steps passed ($(( $(date +%s) - T0 )) s)"
   exit 0
 fi
+step fuzz bash tests/fuzz.sh
 if [ -z "${RELAY_BIN:-}" ]; then
   export RELAY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay"
 fi

@@ -16,8 +16,8 @@
 //! entry names are non-empty, not `.` or `..`, free of `/` and NUL, at most
 //! `max_name_len` bytes and strictly increasing bytewise within a directory;
 //! symlink targets are 1..=`max_target_len` bytes without NUL; nodes nest at
-//! most `max_depth` directories deep; the whole NAR is at most
-//! `max_nar_bytes`. Only canonical NARs are accepted (`type` first,
+//! most `max_depth` directories deep; a NAR holds at most `max_entries`
+//! directory entries in all; the whole NAR is at most `max_nar_bytes`. Only canonical NARs are accepted (`type` first,
 //! `executable` before `contents`), as current Nix does.
 //!
 //! `contents` is never buffered: it is only counted (and hashed with every
@@ -40,9 +40,15 @@ pub const NAR_MAGIC: &[u8] = b"nix-archive-1";
 /// Bounds on one NAR. Memory used by the parser is O(max_depth * max_name_len).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NarLimits {
+    /// Directories nested in directories (the root is depth 0).
     pub max_depth: usize,
+    /// Longest entry name, in bytes (Linux's NAME_MAX is 255).
     pub max_name_len: usize,
+    /// Longest symlink target, in bytes (Linux's PATH_MAX is 4096 with the NUL).
     pub max_target_len: usize,
+    /// Directory entries in the whole NAR: bounds the inodes a consumer
+    /// that unpacks it creates, whatever the NAR's size.
+    pub max_entries: u64,
     pub max_nar_bytes: u64,
 }
 
@@ -52,6 +58,7 @@ impl Default for NarLimits {
             max_depth: 256,
             max_name_len: 255,
             max_target_len: 4095,
+            max_entries: 1 << 24,
             max_nar_bytes: 1 << 40,
         }
     }
@@ -155,6 +162,8 @@ pub struct NarParser {
     tok_start: u64,
     tok_len: u64,
     dirs: Vec<DirFrame>,
+    /// Directory entries seen so far, in the whole NAR.
+    entries: u64,
     consumed: u64,
     hasher: sha2::Sha256,
     failed: Option<Fail>,
@@ -173,6 +182,7 @@ impl NarParser {
             tok_start: 0,
             tok_len: 0,
             dirs: Vec::new(),
+            entries: 0,
             consumed: 0,
             hasher: sha2::Sha256::new(),
             failed: None,
@@ -382,7 +392,7 @@ impl NarParser {
             (E::TargetTag, b"target") => E::Target,
             (E::Target, t) => self.check_target(t)?,
             (E::NodeClose, b")") => self.close_node(),
-            (E::EntryOrClose, b"entry") => E::EntryOpen,
+            (E::EntryOrClose, b"entry") => self.count_entry()?,
             (E::EntryOrClose, b")") => {
                 self.dirs.pop();
                 self.close_node()
@@ -406,6 +416,15 @@ impl NarParser {
         } else {
             Expect::EntryClose
         }
+    }
+
+    fn count_entry(&mut self) -> Result<Expect, Fail> {
+        if self.entries >= self.limits.max_entries {
+            let max = self.limits.max_entries;
+            return Err(self.err_tok(format!("more than {max} directory entries (max_entries)")));
+        }
+        self.entries += 1;
+        Ok(Expect::EntryOpen)
     }
 
     fn enter_child(&self) -> Result<Expect, Fail> {

@@ -137,16 +137,29 @@ pub async fn read_padding<R: AsyncRead + Unpin>(
     Ok(())
 }
 
+/// Most bytes of a string allocated before they arrive: a peer that
+/// announces a long string and sends nothing costs this much, not the
+/// string limit.
+pub const STRING_PREALLOC: usize = 16 << 10;
+
+/// A byte string of at most `max` bytes. Memory grows with the bytes that
+/// actually arrive (at most [`STRING_PREALLOC`] ahead of them), not with
+/// the announced length.
 pub async fn read_bytes<R: AsyncRead + Unpin>(
     r: &mut R,
     field: &'static str,
     max: usize,
 ) -> Result<Vec<u8>> {
     let len = read_len(r, field, max).await?;
-    let mut v = vec![0u8; len];
-    r.read_exact(&mut v)
+    let mut v = Vec::with_capacity(len.min(STRING_PREALLOC));
+    let got = (&mut *r)
+        .take(len as u64)
+        .read_to_end(&mut v)
         .await
         .map_err(|e| Error::read(field, e))?;
+    if got < len {
+        return Err(Error::UnexpectedEof { field });
+    }
     read_padding(r, len as u64, field).await?;
     Ok(v)
 }
@@ -259,6 +272,62 @@ mod tests {
         put_u64(&mut b, u64::MAX);
         let err = read_bytes(&mut &b[..], "x", 100).await.unwrap_err();
         assert!(matches!(err, Error::TooLong { .. }), "{err}");
+    }
+
+    /// Strings longer than the preallocation grow as their bytes arrive; a
+    /// string cut short is an end of stream, whatever length it announced.
+    #[tokio::test]
+    async fn strings_beyond_the_preallocation_read_whole_or_report_eof() {
+        let long = vec![b'x'; STRING_PREALLOC * 3 + 5];
+        let mut b = Vec::new();
+        put_bytes(&mut b, &long);
+        let got = read_bytes(&mut &b[..], "x", long.len()).await.unwrap();
+        assert_eq!(got, long);
+        let err = read_bytes(&mut &b[..b.len() - 20], "x", long.len())
+            .await
+            .unwrap_err();
+        assert!(err.is_eof(), "{err}");
+    }
+
+    /// A reader that records the largest buffer it was offered: what the
+    /// caller had allocated for the bytes still to come.
+    struct Spy<'a> {
+        data: &'a [u8],
+        largest_offer: usize,
+    }
+
+    impl tokio::io::AsyncRead for Spy<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.largest_offer = self.largest_offer.max(buf.remaining());
+            let n = buf.remaining().min(self.data.len());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Caught by the fuzzers' allocation budget: a peer announcing a 60 MiB
+    /// string and sending 9 bytes made the reader allocate 60 MiB.
+    #[tokio::test]
+    async fn an_announced_length_is_not_allocated_before_the_bytes_arrive() {
+        let mut announced = Vec::new();
+        put_u64(&mut announced, 60 << 20);
+        announced.extend_from_slice(b"only this");
+        let mut spy = Spy {
+            data: &announced,
+            largest_offer: 0,
+        };
+        let err = read_bytes(&mut spy, "x", 64 << 20).await.unwrap_err();
+        assert!(err.is_eof(), "{err}");
+        assert!(
+            spy.largest_offer <= STRING_PREALLOC,
+            "{} bytes allocated ahead of the data",
+            spy.largest_offer
+        );
     }
 
     #[tokio::test]

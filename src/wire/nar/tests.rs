@@ -319,6 +319,66 @@ fn nesting_deeper_than_max_depth_is_rejected() {
     expect_bad(&nar, limits(2), "nested deeper");
 }
 
+/// A name or target announcing an absurd length fails at its length field,
+/// before any of the announced bytes would be buffered.
+#[test]
+fn absurd_name_and_target_lengths_fail_at_the_length_field() {
+    let mut dir = tokens(&[
+        b"nix-archive-1",
+        b"(",
+        b"type",
+        b"directory",
+        b"entry",
+        b"(",
+        b"name",
+    ]);
+    let name_at = dir.len() as u64;
+    dir.extend_from_slice(&u64::MAX.to_le_bytes());
+    let off = expect_bad(&dir, NarLimits::default(), "of entry name exceeds 255");
+    assert_eq!(off, name_at);
+
+    let mut link = tokens(&[b"nix-archive-1", b"(", b"type", b"symlink", b"target"]);
+    let target_at = link.len() as u64;
+    link.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    let off = expect_bad(
+        &link,
+        NarLimits::default(),
+        "of symlink target exceeds 4095",
+    );
+    assert_eq!(off, target_at);
+}
+
+/// `max_entries` counts entries in every directory of the NAR together.
+#[test]
+fn max_entries_caps_the_entries_of_the_whole_nar() {
+    let sub = |names: &[&str]| {
+        let entries = names.iter().map(|n| (n.as_bytes().to_vec(), file(b"")));
+        NarNode::Directory(entries.collect())
+    };
+    // 2 top-level entries + 2 + 1 below them = 5.
+    let tree = NarNode::Directory(vec![
+        (b"a".to_vec(), sub(&["x", "y"])),
+        (b"b".to_vec(), sub(&["z"])),
+    ]);
+    let nar = encode_nar(&tree);
+    let limits = |max_entries| NarLimits {
+        max_entries,
+        ..NarLimits::default()
+    };
+    assert!(parse_chunked(&nar, &[3], limits(5)).is_ok());
+    expect_bad(&nar, limits(4), "more than 4 directory entries");
+    let empty_dir = encode_nar(&NarNode::Directory(Vec::new()));
+    assert!(parse_chunked(&empty_dir, &[1], limits(0)).is_ok());
+}
+
+/// Sorting is per directory: the same name in sibling directories is fine.
+#[test]
+fn the_same_name_in_two_directories_is_not_a_duplicate() {
+    let sub = || NarNode::Directory(vec![(b"same".to_vec(), file(b"x"))]);
+    let tree = NarNode::Directory(vec![(b"a".to_vec(), sub()), (b"b".to_vec(), sub())]);
+    assert!(parse(&encode_nar(&tree)).is_ok());
+}
+
 #[test]
 fn max_nar_bytes_is_enforced() {
     let nar = encode_nar(&file(&[7u8; 100]));
