@@ -112,5 +112,6 @@ pub fn embedded(home: Option<&Path>) -> Config {
             max_size: None,
         },
         http_listen: Some(HTTP_LISTEN.parse().expect("constant address")),
+        ec2: None,
     }
 }
