@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod ec2;
 pub mod http;
 pub mod keys;
 pub mod machines;

@@ -59,17 +59,35 @@ const RICH: Budget = Budget {
 
 #[test]
 fn an_aarch64_job_nobody_can_serve_launches_the_arm_template() {
-    let ts = [t("x86", "x86_64-linux", 0.1), t("arm", "aarch64-linux", 0.3)];
-    let plan = decide(&[group("aarch64-linux", 1, 0, false)], &views(&ts), &[], RICH);
+    let ts = [
+        t("x86", "x86_64-linux", 0.1),
+        t("arm", "aarch64-linux", 0.3),
+    ];
+    let plan = decide(
+        &[group("aarch64-linux", 1, 0, false)],
+        &views(&ts),
+        &[],
+        RICH,
+    );
     assert_eq!(plan.launch, ["arm"]);
 }
 
 #[test]
 fn servable_jobs_launch_only_after_waiting_longer_than_the_boot_estimate() {
     let ts = [t("x86", "x86_64-linux", 0.1)];
-    let short = decide(&[group("x86_64-linux", 3, 60, true)], &views(&ts), &[], RICH);
+    let short = decide(
+        &[group("x86_64-linux", 3, 60, true)],
+        &views(&ts),
+        &[],
+        RICH,
+    );
     assert!(short.launch.is_empty());
-    let long = decide(&[group("x86_64-linux", 3, 181, true)], &views(&ts), &[], RICH);
+    let long = decide(
+        &[group("x86_64-linux", 3, 181, true)],
+        &views(&ts),
+        &[],
+        RICH,
+    );
     assert_eq!(long.launch, ["x86"]);
 }
 
@@ -77,8 +95,17 @@ fn servable_jobs_launch_only_after_waiting_longer_than_the_boot_estimate() {
 fn the_cheapest_fitting_template_wins() {
     let mut big = t("big", "x86_64-linux", 0.2);
     big.features = s(&["kvm"]);
-    let ts = [t("pricey", "x86_64-linux", 0.5), big, t("cheap", "x86_64-linux", 0.1)];
-    let plain = decide(&[group("x86_64-linux", 1, 0, false)], &views(&ts), &[], RICH);
+    let ts = [
+        t("pricey", "x86_64-linux", 0.5),
+        big,
+        t("cheap", "x86_64-linux", 0.1),
+    ];
+    let plain = decide(
+        &[group("x86_64-linux", 1, 0, false)],
+        &views(&ts),
+        &[],
+        RICH,
+    );
     assert_eq!(plain.launch, ["cheap"]);
     let mut kvm = group("x86_64-linux", 1, 0, false);
     kvm.required_features = s(&["kvm"]);
@@ -89,9 +116,19 @@ fn the_cheapest_fitting_template_wins() {
 #[test]
 fn one_instance_serves_as_many_jobs_as_it_has_slots() {
     let ts = [t("arm", "aarch64-linux", 0.3)];
-    let plan = decide(&[group("aarch64-linux", 4, 0, false)], &views(&ts), &[], RICH);
+    let plan = decide(
+        &[group("aarch64-linux", 4, 0, false)],
+        &views(&ts),
+        &[],
+        RICH,
+    );
     assert_eq!(plan.launch, ["arm"]);
-    let plan = decide(&[group("aarch64-linux", 5, 0, false)], &views(&ts), &[], RICH);
+    let plan = decide(
+        &[group("aarch64-linux", 5, 0, false)],
+        &views(&ts),
+        &[],
+        RICH,
+    );
     assert_eq!(plan.launch, ["arm", "arm"]);
 }
 
@@ -102,7 +139,12 @@ fn booting_instances_with_free_slots_are_used_before_launching() {
         template: "arm",
         free_slots: 4,
     }];
-    let plan = decide(&[group("aarch64-linux", 3, 0, false)], &views(&ts), &booting, RICH);
+    let plan = decide(
+        &[group("aarch64-linux", 3, 0, false)],
+        &views(&ts),
+        &booting,
+        RICH,
+    );
     assert!(plan.launch.is_empty(), "{plan:?}");
 }
 
@@ -113,7 +155,12 @@ fn never_more_than_max_instances() {
         template: "arm",
         free_slots: 0,
     }];
-    let plan = decide(&[group("aarch64-linux", 40, 0, false)], &views(&ts), &up, RICH);
+    let plan = decide(
+        &[group("aarch64-linux", 40, 0, false)],
+        &views(&ts),
+        &up,
+        RICH,
+    );
     assert_eq!(plan.launch, ["arm"], "max_instances is 2, one is up");
 }
 
@@ -125,14 +172,24 @@ fn the_budget_refuses_a_launch_whose_worst_case_does_not_fit() {
         spent: 0.5,
         committed: 0.25,
     };
-    let plan = decide(&[group("aarch64-linux", 1, 0, false)], &views(&ts), &[], tight);
+    let plan = decide(
+        &[group("aarch64-linux", 1, 0, false)],
+        &views(&ts),
+        &[],
+        tight,
+    );
     assert!(plan.launch.is_empty());
     assert_eq!(plan.refused_for_budget, ["arm"]);
     let enough = Budget {
         per_day: 1.1,
         ..tight
     };
-    let plan = decide(&[group("aarch64-linux", 1, 0, false)], &views(&ts), &[], enough);
+    let plan = decide(
+        &[group("aarch64-linux", 1, 0, false)],
+        &views(&ts),
+        &[],
+        enough,
+    );
     assert_eq!(plan.launch, ["arm"]);
 }
 
@@ -144,7 +201,12 @@ fn the_budget_counts_launches_planned_in_the_same_decision() {
         spent: 0.0,
         committed: 0.0,
     };
-    let plan = decide(&[group("aarch64-linux", 8, 0, false)], &views(&ts), &[], budget);
+    let plan = decide(
+        &[group("aarch64-linux", 8, 0, false)],
+        &views(&ts),
+        &[],
+        budget,
+    );
     assert_eq!(plan.launch, ["arm"]);
     assert_eq!(plan.refused_for_budget, ["arm"]);
 }
@@ -152,6 +214,11 @@ fn the_budget_counts_launches_planned_in_the_same_decision() {
 #[test]
 fn jobs_no_template_fits_launch_nothing() {
     let ts = [t("x86", "x86_64-linux", 0.1)];
-    let plan = decide(&[group("riscv64-linux", 1, 999, false)], &views(&ts), &[], RICH);
+    let plan = decide(
+        &[group("riscv64-linux", 1, 999, false)],
+        &views(&ts),
+        &[],
+        RICH,
+    );
     assert_eq!(plan, Plan::default());
 }
