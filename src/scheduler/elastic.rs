@@ -93,7 +93,7 @@ pub fn decide(
         .collect();
     let mut committed = budget.spent + budget.committed;
     let mut groups: Vec<&WaitingGroup> = waiting.iter().filter(|g| g.count > 0).collect();
-    groups.sort_by(|a, b| b.oldest_wait.cmp(&a.oldest_wait));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.oldest_wait));
     for g in groups {
         let mut fitting: Vec<usize> = (0..templates.len())
             .filter(|&i| fits(g, &templates[i]))
