@@ -2,6 +2,8 @@
 //! RunInstances (spot first when asked, on-demand on no spot capacity),
 //! and the gauges.
 
+use std::collections::BTreeSet;
+
 use russh::keys::PrivateKey;
 use tokio::time::Instant;
 
@@ -9,8 +11,8 @@ use super::api::ErrorKind;
 use super::manager::{Manager, Phase, Tracked};
 use super::{Error, Instance, LaunchSpec, Market, userdata};
 use crate::config::ec2::Template;
-use crate::scheduler::Scheduler;
 use crate::scheduler::elastic::{self, Budget, InstanceView, TemplateView, WaitingGroup};
+use crate::scheduler::{ElasticSpec, Scheduler};
 
 /// The scheduler's waiting jobs as the launch decision sees them.
 pub(crate) fn waiting_groups(sched: &Scheduler) -> Vec<WaitingGroup> {
@@ -70,9 +72,9 @@ impl Manager {
     }
 
     pub(super) async fn launch_wanted(&mut self, now: Instant) {
+        self.withhold_unaffordable(now);
         let plan = self.plan(now);
         for name in &plan.refused_for_budget {
-            tracing::warn!(template = %name, budget = self.cfg.budget_per_day, "launch refused: the day's EC2 budget would not cover it");
             crate::metrics::ec2_launch(name, "refused_budget");
         }
         for name in plan.launch {
@@ -81,6 +83,46 @@ impl Manager {
                 crate::metrics::ec2_launch(&name, "failed");
             }
         }
+    }
+
+    /// Templates the budget cannot launch and that have no live instance
+    /// are withheld from the scheduler, so jobs only they could serve fail
+    /// with a reason instead of waiting all day; they come back when the
+    /// budget allows (the next UTC day, or when live instances end).
+    fn withhold_unaffordable(&mut self, now: Instant) {
+        let b = self.budget(now);
+        let blocked: BTreeSet<String> = (self.cfg.templates.iter())
+            .filter(|t| {
+                let live = self.tracked.values().any(|x| x.template == t.name);
+                let worst = t.price_per_hour * t.max_lifetime.as_secs_f64() / 3600.0;
+                !live && b.spent + b.committed + worst > b.per_day
+            })
+            .map(|t| t.name.clone())
+            .collect();
+        if blocked == self.blocked {
+            return;
+        }
+        for name in blocked.difference(&self.blocked) {
+            tracing::warn!(template = %name, budget = b.per_day, spent = b.spent, "EC2 template withheld: the day's budget cannot cover another instance; jobs only it could serve fail");
+        }
+        for name in self.blocked.difference(&blocked) {
+            tracing::info!(template = %name, "EC2 template available again");
+        }
+        self.blocked = blocked;
+        self.sched.set_elastic(self.elastic_specs());
+    }
+
+    /// What the scheduler may queue jobs for: every template not withheld.
+    pub(super) fn elastic_specs(&self) -> Vec<ElasticSpec> {
+        (self.cfg.templates.iter())
+            .filter(|t| !self.blocked.contains(&t.name))
+            .map(|t| ElasticSpec {
+                name: t.name.clone(),
+                systems: t.systems.clone(),
+                supported_features: t.supported_features.clone(),
+                mandatory_features: vec![],
+            })
+            .collect()
     }
 
     fn spec(&self, tpl: &Template, user_data: String, market: Market) -> LaunchSpec {

@@ -18,7 +18,7 @@ use super::cost::{Clock, Ledger};
 use super::{Ec2Api, Error, Instance, InstanceState};
 use crate::config::ec2::{Ec2Config, Template};
 use crate::config::{Backend, BackendUri, Protocol};
-use crate::scheduler::{ElasticSpec, Scheduler};
+use crate::scheduler::Scheduler;
 
 pub const TICK: Duration = Duration::from_secs(5);
 /// A booted instance that is not reachable by SSH within this many boot
@@ -76,6 +76,8 @@ pub struct Manager {
     pub(super) tracked: BTreeMap<String, Tracked>,
     pub(super) ledger: Ledger,
     pub(super) last_reconcile: Option<Instant>,
+    /// Templates withheld from the scheduler: the budget cannot launch them.
+    pub(super) blocked: std::collections::BTreeSet<String>,
 }
 
 /// Why an instance is terminated (a log field and a metric label).
@@ -122,6 +124,7 @@ impl Manager {
             tracked: BTreeMap::new(),
             ledger: Ledger::default(),
             last_reconcile: None,
+            blocked: Default::default(),
         }
     }
 
@@ -144,18 +147,7 @@ impl Manager {
             };
             self.slots.insert(t.name.clone(), n.max(1));
         }
-        let specs = self
-            .cfg
-            .templates
-            .iter()
-            .map(|t| ElasticSpec {
-                name: t.name.clone(),
-                systems: t.systems.clone(),
-                supported_features: t.supported_features.clone(),
-                mandatory_features: vec![],
-            })
-            .collect();
-        self.sched.set_elastic(specs);
+        self.sched.set_elastic(self.elastic_specs());
         Ok(())
     }
 

@@ -224,10 +224,15 @@ async fn a_vanished_instance_is_forgotten_and_its_work_relaunches() {
 async fn the_budget_refuses_a_launch_it_cannot_cover() {
     // arm: 0.3 $/h × 4 h max_lifetime = 1.2 $ worst case.
     let mut r = rig(config(1.0)).await;
-    let _rx = queue(&r.sched, "aarch64-linux");
+    let mut rx = queue(&r.sched, "aarch64-linux");
     r.m.tick().await;
     assert!(r.fake.live().is_empty());
     assert!(!r.fake.calls.lock().unwrap().contains(&"RunInstances"));
+    let granted = rx.try_recv().expect("answered, not left waiting");
+    assert!(
+        granted.is_err(),
+        "the job fails: only the withheld template could serve it"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,6 +17,7 @@ MOTO=${NIX_RELAY_MOTO:-/opt/nix-relay-test/moto/bin/moto_server}
 MOTO_PORT=$((BASE_PORT + 91))
 EC2_SSHD_PORT=$((BASE_PORT + 92))
 EC2_DIR=$STATE/ec2
+EC2_CONF=$EC2_DIR/relay.toml
 
 # ec2_api ACTION [K=V...]: an unsigned EC2 Query call to moto; prints the XML
 ec2_api() {
@@ -48,20 +49,20 @@ ec2_wait_ids() {  # ec2_wait_ids STATE SECONDS: wait until some instance is in S
 ec2_setup() {  # start moto, swap in the EC2 relay config, restart the relay
   [ -x "$MOTO" ] || fail "$MOTO missing (tests/setup.sh installs moto)"
   EC2_RELAY_ID=lab-$SEED-$1
+  EC2_SCENARIO=$1
   mkdir -p "$EC2_DIR"
   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing setsid "$MOTO" -H 127.0.0.1 -p "$MOTO_PORT" \
     >"$LOGS/$1.moto.log" 2>&1 &
   echo $! >"$EC2_DIR/moto.pid"
   for i in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MOTO_PORT") 2>/dev/null && break; sleep 0.2; done
   "$HS" relay stop >/dev/null 2>&1 || true
-  cp "$STATE/relay.toml" "$EC2_DIR/relay.toml.saved"
-  python3 - "$STATE/relay.toml" <<'PY'
+  python3 - "$STATE/relay.toml" "$EC2_CONF" <<'PY'
 import re, sys
-p = sys.argv[1]
-blocks = re.split(r"\n(?=\[\[backend\]\])", open(p).read())
-open(p, "w").write("\n".join(b for b in blocks if 'name = "h2"' not in b) + "\n")
+src, dst = sys.argv[1:]
+blocks = re.split(r"\n(?=\[\[backend\]\])", open(src).read())
+open(dst, "w").write("\n".join(b for b in blocks if 'name = "h2"' not in b) + "\n")
 PY
-  cat >>"$STATE/relay.toml" <<TOML
+  cat >>"$EC2_CONF" <<TOML
 
 [ec2]
 region = "us-east-1"
@@ -86,8 +87,26 @@ idle_grace = "4s"
 max_lifetime = "1h"
 max_instances = 1
 TOML
-  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true \
-    "$HS" relay start >"$LOGS/$1.relay-start.log" 2>&1 || { cat "$LOGS/$1.relay-start.log" >&2; fail "the relay did not start with the EC2 config"; }
+  ec2_relay_start
+}
+
+# ec2_relay_start: the relay on $EC2_CONF, tracked like hosts.sh's own (so
+# `hosts.sh relay stop|status` work); hosts.sh relay start would rewrite
+# relay.toml
+ec2_relay_start() {
+  local pid i
+  : >"$STATE/relay.log"
+  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true RUST_BACKTRACE=1 \
+    setsid "$RELAY_BIN" serve --config "$EC2_CONF" </dev/null >>"$STATE/relay.log" 2>&1 &
+  pid=$!
+  echo "$pid" >"$STATE/run/relay.pid"; echo "$EC2_CONF" >"$STATE/run/relay.tag"; touch "$STATE/run/relay.group"
+  for i in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$BASE_PORT") 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -5 "$STATE/relay.log" >&2
+  fail "the relay did not start with the EC2 config"
 }
 
 ec2_teardown() {  # stop the relay (it terminates its instances), our sshd and moto; put the lab's relay config back
@@ -95,7 +114,7 @@ ec2_teardown() {  # stop the relay (it terminates its instances), our sshd and m
   [ -f "$EC2_DIR/sshd.pid" ] && kill "$(cat "$EC2_DIR/sshd.pid")" 2>/dev/null
   [ -f "$EC2_DIR/moto.pid" ] && kill -- "-$(cat "$EC2_DIR/moto.pid")" 2>/dev/null
   rm -f "$EC2_DIR/sshd.pid" "$EC2_DIR/moto.pid"
-  [ -f "$EC2_DIR/relay.toml.saved" ] && mv -f "$EC2_DIR/relay.toml.saved" "$STATE/relay.toml"
+  cp "$STATE/relay.log" "$LOGS/$EC2_SCENARIO.relay.log" 2>/dev/null || true
   "$HS" relay start >/dev/null 2>&1 || echo "ec2: the lab relay did not restart" >&2
 }
 
@@ -130,8 +149,7 @@ PY
 sc_ec2_launch_relay=1
 sc_ec2_launch_desc="EC2 (moto): an aarch64 build with no static aarch64 backend launches the ARM template; the instance joins with its pinned host key, builds, and is terminated when idle"
 sc_ec2_launch() {
-  local s=$SEED-ec2 id out bpid since
-  since=$(relay_log_size)
+  local s=$SEED-ec2 id out bpid
   trap ec2_teardown EXIT
   ec2_setup ec2_launch
   build foreign "$s" >"$EC2_DIR/out" &
@@ -142,12 +160,11 @@ sc_ec2_launch() {
   wait "$bpid" || { tail -5 "$BLOG"; fail "the aarch64 build failed"; }
   out=$(cat "$EC2_DIR/out")
   [ "$(hosts_with "$out")" = h2 ] || fail "output not built on the stand-in (h2): $(hosts_with "$out")"
-  tail -c +$((since + 1)) "$STATE/relay.log" >"$LOGS/ec2_launch.relay.log"
-  grep -q "EC2 instance joined as a backend" "$LOGS/ec2_launch.relay.log" || fail "relay.log has no join"
+  grep -q "EC2 instance joined as a backend" "$STATE/relay.log" || fail "relay.log has no join"
   grep -q "^HostKey $EC2_DIR" "$EC2_DIR/sshd_config" || fail "stand-in not using the user data's host key"
   ec2_wait_ids terminated 60 >/dev/null || fail "the idle instance was not terminated"
   sleep 1
-  tail -c +$((since + 1)) "$STATE/relay.log" | grep "terminating EC2 instance" | grep -q 'idle' ||
+  grep "terminating EC2 instance" "$STATE/relay.log" | grep -q 'idle' ||
     fail "relay.log does not say the instance was terminated as idle"
   [ -z "$(ec2_ids running)" ] || fail "an instance is still running"
   echo "  built $out on ec2-arm-0 (stand-in h2), then terminated on idle"
@@ -165,10 +182,10 @@ sc_ec2_sweep() {
   kill -9 "$(cat "$STATE/run/relay.pid")"
   kill "$bpid" 2>/dev/null; wait "$bpid" 2>/dev/null || true
   export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
-  listed=$("$RELAY_BIN" ec2 sweep --dry-run --config "$STATE/relay.toml") || fail "sweep --dry-run failed"
+  listed=$("$RELAY_BIN" ec2 sweep --dry-run --config "$EC2_CONF") || fail "sweep --dry-run failed"
   echo "$listed" | grep -q "would terminate $id" || fail "dry run did not list $id: $listed"
   [ "$(ec2_ids running)" = "$id" ] || fail "the dry run touched the instance"
-  "$RELAY_BIN" ec2 sweep --config "$STATE/relay.toml" | grep -q "terminated $id" || fail "sweep did not terminate $id"
+  "$RELAY_BIN" ec2 sweep --config "$EC2_CONF" | grep -q "terminated $id" || fail "sweep did not terminate $id"
   [ -z "$(ec2_ids running)" ] || fail "still running after the sweep"
   echo "  $id listed by --dry-run, terminated by sweep; none left"
 }
