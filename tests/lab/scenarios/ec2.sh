@@ -146,6 +146,25 @@ PY
   echo $! >"$EC2_DIR/sshd.pid"
 }
 
+ec2_observed() {  # the EC2 metrics and /status after one instance came and went
+  local prom=$LOGS/ec2_launch.prom st=$LOGS/ec2_launch.status.json
+  curl -sf --max-time 10 "$HTTP_URL/metrics" >"$prom" || fail "GET /metrics failed"
+  grep -Eq '^nix_relay_ec2_dollars_total\{template="arm"\} [0-9.e-]+$' "$prom" || fail "no nix_relay_ec2_dollars_total for arm"
+  grep -Eq '^nix_relay_ec2_instance_seconds_total\{template="arm"\} ' "$prom" || fail "no instance-seconds for arm"
+  grep -Eq '^nix_relay_ec2_terminations_total\{.*reason="idle".*\} 1$' "$prom" || fail "no idle termination counted"
+  grep -Eq '^nix_relay_ec2_instances\{.*\} 0$' "$prom" || fail "no instances gauge"
+  promtool check metrics <"$prom" >"$LOGS/ec2_launch.promtool.log" 2>&1 || { cat "$LOGS/ec2_launch.promtool.log" >&2; fail "promtool check metrics failed"; }
+  curl -sf --max-time 10 "$HTTP_URL/status" >"$st" || fail "GET /status failed"
+  python3 - "$st" "$EC2_RELAY_ID" <<'PY' || fail "/status has no sound ec2 object"
+import json, sys
+e = json.load(open(sys.argv[1]))["ec2"]
+assert e["relay_id"] == sys.argv[2], e
+assert e["instances"] == [], e
+assert e["cost"]["arm"]["instance_seconds"] > 0 and e["cost"]["arm"]["dollars"] > 0, e
+assert 0 < e["spent_today"] <= e["budget_per_day"], e
+PY
+}
+
 sc_ec2_launch_relay=1
 sc_ec2_launch_desc="EC2 (moto): an aarch64 build with no static aarch64 backend launches the ARM template; the instance joins with its pinned host key, builds, and is terminated when idle"
 sc_ec2_launch() {
@@ -167,6 +186,7 @@ sc_ec2_launch() {
   grep "terminating EC2 instance" "$STATE/relay.log" | grep -q 'idle' ||
     fail "relay.log does not say the instance was terminated as idle"
   [ -z "$(ec2_ids running)" ] || fail "an instance is still running"
+  ec2_observed
   echo "  built $out on ec2-arm-0 (stand-in h2), then terminated on idle"
 }
 
