@@ -67,6 +67,9 @@ let
     // lib.optionalAttrs (s.http.listen != null) { http = lib.filterAttrs (_: v: v != null) s.http; };
 
   configFile = settingsFormat.generate "nix-relay.toml" finalSettings;
+  # SIGHUP reloads only the backends; any other change needs a restart.
+  backendsPart = builtins.toJSON (finalSettings.backend or [ ]);
+  restPart = builtins.toJSON (builtins.removeAttrs finalSettings [ "backend" ]);
 
   credentials = lib.filterAttrs (_: v: v != null) {
     host_key = cfg.hostKeyFile;
@@ -211,9 +214,18 @@ in
           AWS_SHARED_CREDENTIALS_FILE = cred "aws_credentials";
         };
 
+        # A change to the backends alone reloads (running builds survive);
+        # any other change restarts.
+        reloadTriggers = [ backendsPart ];
+        restartTriggers = [ restPart ];
+
         serviceConfig = {
-          ExecStart = "${cfg.package}/bin/nix-relay serve --config ${configFile}";
-          # No ExecReload: the relay does not reload its config on SIGHUP yet.
+          # The /etc link, not the store file: on SIGHUP the relay re-reads
+          # this path, which `nixos-rebuild switch` has pointed at the new file.
+          ExecStart = "${cfg.package}/bin/nix-relay serve --config /etc/nix-relay/relay.toml";
+          # SIGHUP: re-read the backends (add, remove, change) without
+          # dropping running builds.
+          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
           Restart = "on-failure";
           RestartSec = "5s";
           User = "nix-relay";

@@ -136,6 +136,7 @@ fn queue_arm(
         client: "c".into(),
         system: "aarch64-linux".into(),
         required_features: vec![],
+        ..Default::default()
     };
     match s.try_acquire(job).unwrap() {
         Acquired::Queued { rx, .. } => rx,

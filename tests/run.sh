@@ -75,7 +75,7 @@ e2e_pass() {  # e2e_pass LABEL [ENV=VALUE...]
   [ "$r" = 0 ] || { echo "run.sh: FAILED at step 'e2e ($label)' (exit status $r)"; rc=1; }
 }
 e2e_pass "ssh:// backends"
-e2e_pass "ssh-ng:// backends" LAB_BACKEND_PROTO=ssh-ng E2E_SCENARIOS="a b c d e g n"
+e2e_pass "ssh-ng:// backends" LAB_BACKEND_PROTO=ssh-ng E2E_SCENARIOS="a b c d e g n t u"
 echo "run.sh: $(( $(date +%s) - T0 )) s total"
 echo "$passed passed, $failed failed"
 exit "$rc"

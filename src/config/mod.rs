@@ -27,6 +27,8 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// EC2 builders on demand; None = no `[ec2]` section.
     pub ec2: Option<ec2::Ec2Config>,
+    /// The admin endpoint (drain, undrain); loopback only; None = off.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,10 +136,18 @@ pub struct Limits {
     pub max_collection_len: u64,
     /// Concurrent client sessions; more are refused at exec time.
     pub max_sessions: u64,
+    /// Connections still in their SSH handshake (no session accepted yet);
+    /// more are closed at once, like sshd's MaxStartups.
+    pub max_handshakes: u64,
     /// Jobs waiting for a slot across all systems; more fail at once.
     pub max_waiting_jobs: u64,
-    /// A client must finish its SSH handshake and protocol hello within this.
+    /// A client must get a session accepted (SSH handshake, auth, exec) within
+    /// this, and then send its protocol hello within this again.
     pub handshake_timeout: Duration,
+    /// Warm sessions kept per backend between builds (0: no pooling).
+    pub backend_idle_sessions: u64,
+    /// An idle backend session is closed after this long.
+    pub backend_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -147,8 +157,11 @@ impl Default for Limits {
             max_string_size: 64 << 20,
             max_collection_len: 1 << 20,
             max_sessions: 256,
+            max_handshakes: 256,
             max_waiting_jobs: 10_000,
             handshake_timeout: Duration::from_secs(30),
+            backend_idle_sessions: 4,
+            backend_idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -159,6 +172,13 @@ impl Limits {
             max_string_bytes: self.max_string_size as usize,
             max_collection_len: self.max_collection_len as usize,
             max_nar_bytes: self.max_nar_size,
+        }
+    }
+
+    pub fn pool(&self) -> crate::backend::PoolLimits {
+        crate::backend::PoolLimits {
+            max_idle: usize::try_from(self.backend_idle_sessions).unwrap_or(usize::MAX),
+            idle_timeout: self.backend_idle_timeout,
         }
     }
 

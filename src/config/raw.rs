@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub cache: Option<RawCache>,
     pub http: Option<RawHttp>,
     pub ec2: Option<super::ec2::RawEc2>,
+    pub admin: Option<RawAdmin>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +32,12 @@ pub struct RawCache {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
     pub listen: Option<String>,
 }
 
@@ -82,8 +89,11 @@ pub struct RawLimits {
     pub max_string_size: Option<SizeValue>,
     pub max_collection_len: Option<u64>,
     pub max_sessions: Option<u64>,
+    pub max_handshakes: Option<u64>,
     pub max_waiting_jobs: Option<u64>,
     pub handshake_timeout: Option<String>,
+    pub backend_idle_sessions: Option<u64>,
+    pub backend_idle_timeout: Option<String>,
 }
 
 /// A size written as a number of bytes or a string like `"200GiB"`.

@@ -71,6 +71,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 None
             }
         });
+    let admin_listen = raw
+        .admin
+        .and_then(|a| a.listen)
+        .and_then(|l| validate_admin_listen(&l, &mut p));
     if !p.is_empty() {
         return Err(p);
     }
@@ -86,7 +90,25 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         cache,
         http_listen,
         ec2,
+        admin_listen,
     })
+}
+
+/// The admin endpoint has no authentication: loopback addresses only.
+fn validate_admin_listen(l: &str, p: &mut Vec<String>) -> Option<SocketAddr> {
+    match l.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Some(a),
+        Ok(_) => {
+            p.push(format!(
+                "admin.listen {l:?}: must be a loopback address (127.0.0.1 or [::1]); the admin endpoint has no authentication"
+            ));
+            None
+        }
+        Err(e) => {
+            p.push(format!("admin.listen {l:?}: {e}"));
+            None
+        }
+    }
 }
 
 fn validate_cache(c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>) -> Cache {
@@ -216,17 +238,31 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
             l.max_sessions.map(SizeValue::Bytes),
             d.max_sessions,
         ),
+        max_handshakes: size(
+            "max_handshakes",
+            l.max_handshakes.map(SizeValue::Bytes),
+            d.max_handshakes,
+        ),
         max_waiting_jobs: size(
             "max_waiting_jobs",
             l.max_waiting_jobs.map(SizeValue::Bytes),
             d.max_waiting_jobs,
         ),
         handshake_timeout: d.handshake_timeout,
+        // 0 is allowed: it turns pooling off.
+        backend_idle_sessions: l.backend_idle_sessions.unwrap_or(d.backend_idle_sessions),
+        backend_idle_timeout: d.backend_idle_timeout,
     };
     if let Some(t) = l.handshake_timeout {
         match parse_duration(&t) {
             Ok(v) => out.handshake_timeout = v,
             Err(e) => p.push(format!("limits.handshake_timeout: {e}")),
+        }
+    }
+    if let Some(t) = l.backend_idle_timeout {
+        match parse_duration(&t) {
+            Ok(v) => out.backend_idle_timeout = v,
+            Err(e) => p.push(format!("limits.backend_idle_timeout: {e}")),
         }
     }
     out

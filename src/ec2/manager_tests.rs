@@ -95,6 +95,7 @@ fn job(system: &str) -> JobSpec {
         client: "c".into(),
         system: system.into(),
         required_features: vec![],
+        ..Default::default()
     }
 }
 

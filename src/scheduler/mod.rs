@@ -15,6 +15,7 @@
 //! client (`queue`). A draining backend takes no new job.
 
 pub mod elastic;
+pub mod locality;
 pub mod policy;
 mod queue;
 mod set;
@@ -107,11 +108,14 @@ struct State {
     waiting: u64,
     next_seq: u64,
     next_id: u64,
+    /// What each backend is believed to have (placement by locality).
+    locality: Arc<locality::Locality>,
 }
 
 pub struct Scheduler {
     max_waiting: u64,
     state: Mutex<State>,
+    locality: Arc<locality::Locality>,
 }
 
 /// A claimed build slot. Dropping it releases the slot.
@@ -156,14 +160,22 @@ impl Scheduler {
             waiting: 0,
             next_seq: 0,
             next_id: 0,
+            locality: Default::default(),
         };
         for b in backends {
             state.insert(b, true);
         }
+        let locality = state.locality.clone();
         Arc::new(Scheduler {
             max_waiting,
             state: Mutex::new(state),
+            locality,
         })
+    }
+
+    /// What the relay believes each backend has (see [`locality`]).
+    pub fn locality(&self) -> &locality::Locality {
+        &self.locality
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -228,8 +240,7 @@ impl Scheduler {
                 e.running = e.running.saturating_sub(1);
                 crate::metrics::backend_slots(&e.config.name, e.running, e.config.max_jobs);
                 if e.removing && e.running == 0 {
-                    tracing::info!(backend = %e.config.name, "removed backend finished its last build; forgotten");
-                    st.entries.remove(i);
+                    st.forget(i);
                 }
             }
             self.dispatch(&mut st)
@@ -320,6 +331,7 @@ impl State {
     /// Adds a backend with a fresh id, at the end of the order.
     fn insert(&mut self, b: Backend, from_config: bool) {
         crate::metrics::backend_slots(&b.name, 0, b.max_jobs);
+        crate::metrics::backend_draining(&b.name, false);
         self.entries.push(Entry {
             id: self.next_id,
             config: Arc::new(b),
@@ -340,14 +352,17 @@ impl State {
     /// draining one offers no slot (max_jobs 0) yet stays eligible, so a
     /// job only it can serve waits for the undrain rather than failing.
     /// Returns the views and, for each, its index in `entries`.
-    fn views(&self) -> (Vec<BackendView<'_>>, Vec<usize>) {
+    /// The backends as `job` sees them (its missing input bytes included).
+    fn views(&self, job: &JobSpec) -> (Vec<BackendView<'_>>, Vec<usize>) {
+        // One lock for the whole placement, none when there are no inputs.
+        let known = (!job.inputs.largest.is_empty()).then(|| self.locality.view());
         self.entries
             .iter()
             .enumerate()
             .filter(|(_, e)| !e.removing)
             .map(|(i, e)| {
                 let b = &e.config;
-                let view = BackendView {
+                let mut view = BackendView {
                     name: &b.name,
                     systems: &b.systems,
                     supported_features: &b.supported_features,
@@ -356,7 +371,16 @@ impl State {
                     running: e.running,
                     speed_factor: b.speed_factor,
                     down_until: e.health.down_until,
+                    missing_bytes: 0,
                 };
+                // Only a backend with a free slot can be picked: only its
+                // missing bytes are worth the lookups.
+                if let Some(k) = &known
+                    && view.running < view.max_jobs
+                    && policy::eligible(job, &view)
+                {
+                    view.missing_bytes = k.missing_bytes(&b.name, &job.inputs);
+                }
                 (view, i)
             })
             .unzip()
@@ -364,7 +388,7 @@ impl State {
 
     /// `policy::pick` over the current set; `Run` holds an `entries` index.
     fn decide(&self, job: &JobSpec) -> Decision {
-        let (views, index) = self.views();
+        let (views, index) = self.views(job);
         match policy::pick(job, &views, Instant::now()) {
             Decision::Run(v) => Decision::Run(index[v]),
             d => d,

@@ -98,6 +98,7 @@ impl Scheduler {
                 );
             }
             e.drained = on;
+            crate::metrics::backend_draining(name, e.draining());
             true
         })
     }
@@ -197,6 +198,7 @@ impl State {
         let e = &mut self.entries[i];
         e.from_config = from_config;
         let revived = std::mem::take(&mut e.removing);
+        crate::metrics::backend_draining(&b.name, e.draining());
         if *e.config == b && !revived {
             return Upsert::Same;
         }
@@ -223,10 +225,19 @@ impl State {
             running = e.running,
             "backend removed; draining"
         );
+        crate::metrics::backend_draining(name, true);
         if e.running == 0 {
-            self.entries.remove(i);
+            self.forget(i);
         }
         true
+    }
+
+    /// Drops entry `i` (removed and idle); its gauges read as no slots.
+    pub(super) fn forget(&mut self, i: usize) {
+        let e = self.entries.remove(i);
+        tracing::info!(backend = %e.config.name, "removed backend idle: forgotten");
+        crate::metrics::backend_slots(&e.config.name, 0, 0);
+        crate::metrics::backend_draining(&e.config.name, false);
     }
 
     /// Could an elastic spec ever serve `job`?
@@ -241,6 +252,7 @@ impl State {
                 running: 0,
                 speed_factor: 1.0,
                 down_until: None,
+                missing_bytes: 0,
             };
             policy::eligible(job, &view)
         })
@@ -252,8 +264,9 @@ impl State {
             client: String::new(),
             system: k.system.clone(),
             required_features: k.features.clone(),
+            ..Default::default()
         };
-        let (views, index) = self.views();
+        let (views, index) = self.views(&job);
         (views.iter().zip(index))
             .any(|(v, i)| !self.entries[i].draining() && policy::eligible(&job, v))
     }
@@ -268,6 +281,7 @@ impl State {
                 client: String::new(),
                 system: k.system.clone(),
                 required_features: k.features.clone(),
+                ..Default::default()
             };
             if self.decide(&job) != policy::Decision::NoneEligible || self.elastic_could(&job) {
                 continue;

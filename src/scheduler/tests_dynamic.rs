@@ -40,7 +40,7 @@ fn spec(system: &str, feature: &str) -> ElasticSpec {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_draining_backend_finishes_its_build_and_takes_no_new_one() {
     let s = Scheduler::new(vec![backend("a", &["x"], 2), backend("b", &["x"], 2)], 10);
     let on_a = now(s.try_acquire(job("x")).unwrap());
@@ -60,7 +60,7 @@ async fn a_draining_backend_finishes_its_build_and_takes_no_new_one() {
     assert!(!s.drain("nope", true), "unknown names are reported");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_job_only_a_drained_backend_serves_waits_for_the_undrain() {
     let s = Scheduler::new(vec![featured("big", "kvm"), backend("b", &["x"], 1)], 10);
     s.drain("big", true);
@@ -75,7 +75,7 @@ async fn a_job_only_a_drained_backend_serves_waits_for_the_undrain() {
     assert_eq!(got(&mut rx).backend().name, "big");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_removed_backend_keeps_its_running_build_and_is_forgotten_after() {
     let s = Scheduler::new(vec![backend("a", &["x"], 1), backend("b", &["x"], 1)], 10);
     let on_a = now(s.try_acquire(job("x")).unwrap());
@@ -93,7 +93,7 @@ async fn a_removed_backend_keeps_its_running_build_and_is_forgotten_after() {
     assert!(!s.remove_backend("a"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reconcile_adds_removes_and_changes_without_touching_running_builds() {
     let s = Scheduler::new(
         vec![
@@ -137,7 +137,7 @@ async fn reconcile_adds_removes_and_changes_without_touching_running_builds() {
     assert_eq!(s.reconcile_backends(s.backends()).to_string(), "no change");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reconcile_leaves_runtime_backends_alone_and_revives_a_removed_one() {
     let s = Scheduler::new(vec![backend("h1", &["x"], 1)], 10);
     s.add_backend(backend("ec2-1", &["x"], 1));
@@ -151,7 +151,7 @@ async fn reconcile_leaves_runtime_backends_alone_and_revives_a_removed_one() {
     assert_eq!(admin_of(&s, "h1"), "active", "revived, not forgotten");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn waiting_jobs_nothing_can_serve_any_more_fail_with_a_reason() {
     let s = Scheduler::new(vec![backend("a", &["x"], 1), backend("b", &["y"], 1)], 10);
     let _on_a = now(s.try_acquire(job("x")).unwrap());
@@ -164,7 +164,7 @@ async fn waiting_jobs_nothing_can_serve_any_more_fail_with_a_reason() {
     assert!(s.waiting_summary().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn jobs_only_elastic_capacity_could_serve_wait_for_it() {
     let s = Scheduler::new(vec![backend("a", &["x"], 1)], 10);
     assert!(matches!(
@@ -184,7 +184,7 @@ async fn jobs_only_elastic_capacity_could_serve_wait_for_it() {
     assert_eq!(got(&mut rx).backend().name, "ec2-1");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn dropping_the_elastic_spec_fails_the_jobs_waiting_for_it() {
     let s = Scheduler::new(vec![backend("a", &["x"], 1)], 10);
     s.set_elastic(vec![spec("x", "kvm")]);
@@ -193,7 +193,7 @@ async fn dropping_the_elastic_spec_fails_the_jobs_waiting_for_it() {
     assert!(matches!(rx.try_recv(), Ok(Err(Error::NoneEligible { .. }))));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_job_waiting_for_special_capacity_does_not_block_ordinary_ones() {
     let s = Scheduler::new(vec![featured("big", "kvm"), backend("b", &["x"], 1)], 10);
     let _big = now(s.try_acquire(job_with("kvm")).unwrap());

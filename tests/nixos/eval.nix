@@ -103,15 +103,19 @@ let
 
   relayChecks = [
     (eq "relay: no failed assertions" full.failed [ ])
-    (ok "relay: ExecStart = <package>/bin/nix-relay serve --config <toml>"
-      (match "${builtins.storeDir}/[^/]*-nix-relay-0.1.0/bin/nix-relay serve --config ${builtins.storeDir}/[^/]*-nix-relay.toml" sc.ExecStart != null))
-    (ok "relay: ExecStart uses the file also linked as /etc/nix-relay/relay.toml"
-      (lib.hasSuffix " --config ${full.out.environment.etc."nix-relay/relay.toml".source.outPath}" sc.ExecStart))
+    (ok "relay: ExecStart = <package>/bin/nix-relay serve --config /etc/nix-relay/relay.toml"
+      (match "${builtins.storeDir}/[^/]*-nix-relay-0.1.0/bin/nix-relay serve --config /etc/nix-relay/relay.toml" sc.ExecStart != null))
+    (ok "relay: /etc/nix-relay/relay.toml is the generated TOML"
+      (match "${builtins.storeDir}/[^/]*-nix-relay.toml" full.out.environment.etc."nix-relay/relay.toml".source.outPath != null))
     (eq "relay: hardening" (builtins.intersectAttrs hardening sc) hardening)
     (eq "relay: ReadWritePaths (state dir + daemon socket for the local backend)" sc.ReadWritePaths [ "/var/lib/nix-relay" "/nix/var/nix/daemon-socket" ])
     (eq "relay: StateDirectory" sc.StateDirectory "nix-relay")
     (eq "relay: Restart" sc.Restart "on-failure")
-    (ok "relay: no ExecReload (SIGHUP reload is not supported)" (!(sc ? ExecReload)))
+    (ok "relay: ExecReload sends SIGHUP" (match ".*/bin/kill -HUP [$]MAINPID" sc.ExecReload != null))
+    (ok "relay: backends are a reload trigger, the rest a restart trigger"
+      (match ".*\"uri\".*" (builtins.head svc.reloadTriggers) != null
+        && match ".*\"backend\".*" (builtins.head svc.restartTriggers) == null
+        && match ".*\"server\".*" (builtins.head svc.restartTriggers) != null))
     (ok "relay: no AmbientCapabilities for ports >= 1024" (!(sc ? AmbientCapabilities)))
     (eq "relay: User/Group" [ sc.User sc.Group ] [ "nix-relay" "nix-relay" ])
     (ok "relay: no DynamicUser" (!(sc ? DynamicUser)))

@@ -108,6 +108,7 @@ let
     writeText = name: text: { inherit name text; outPath = fakeStorePath name text; };
     stdenv.hostPlatform.system = "x86_64-linux";
     curl = { name = "curl"; outPath = fakeStorePath "curl" "curl"; };
+    coreutils = { name = "coreutils"; outPath = fakeStorePath "coreutils" "coreutils"; };
     testers.runNixOSTest = test: test;
   };
 
