@@ -67,6 +67,9 @@ pub enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// EC2 builders: `sweep [--dry-run]` terminates leftover instances.
+    #[command(subcommand)]
+    Ec2(crate::ec2::cli::Ec2Cmd),
     /// Drain a backend: it finishes its running builds and takes no new ones.
     Drain {
         /// The backend's name in the config.
@@ -182,6 +185,10 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
             sched.tick();
         }
     });
+    let ec2 = match &config.ec2 {
+        Some(c) => Some(crate::ec2::cli::start(c, front.relay.scheduler.clone()).await?),
+        None => None,
+    };
     if let Some(addr) = config.http_listen {
         spawn_http(addr, front.relay.clone(), metrics).await?;
     }
@@ -215,6 +222,9 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
             }
             _ = shutdown_signal() => {
                 info!("shutting down");
+                if let Some(ec2) = ec2 {
+                    ec2.shutdown().await;
+                }
                 return Ok(());
             }
         }
@@ -285,6 +295,13 @@ fn install_metrics(
         .backends
         .iter()
         .flat_map(|b| b.systems.iter().cloned())
+        .chain(
+            config
+                .ec2
+                .iter()
+                .flat_map(|e| e.templates.iter())
+                .flat_map(|t| t.systems.clone()),
+        )
         .collect();
     let handle = match crate::metrics::install(systems) {
         Ok(h) => h,

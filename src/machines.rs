@@ -18,11 +18,15 @@ struct Entry {
 }
 
 fn entry_for(config: &Config, host_key_line: &str) -> Entry {
-    let systems: BTreeSet<&String> = config.backends.iter().flat_map(|b| &b.systems).collect();
+    let templates = config.ec2.iter().flat_map(|e| &e.templates);
+    let systems: BTreeSet<&String> = (config.backends.iter().flat_map(|b| &b.systems))
+        .chain(templates.clone().flat_map(|t| &t.systems))
+        .collect();
     let features: BTreeSet<&String> = config
         .backends
         .iter()
         .flat_map(|b| b.supported_features.iter().chain(&b.mandatory_features))
+        .chain(templates.clone().flat_map(|t| &t.supported_features))
         .collect();
     let ip = config.server.listen.ip();
     let host = if ip.is_unspecified() {
@@ -36,7 +40,10 @@ fn entry_for(config: &Config, host_key_line: &str) -> Entry {
         port: config.server.listen.port(),
         systems: systems.into_iter().cloned().collect(),
         features: features.into_iter().cloned().collect(),
-        max_jobs: config.backends.iter().map(|b| b.max_jobs).sum(),
+        max_jobs: (config.backends.iter().map(|b| b.max_jobs))
+            .chain(templates.map(|t| t.max_instances * t.max_jobs.unwrap_or(1)))
+            .sum::<u32>()
+            .max(1),
         key_b64: base64::engine::general_purpose::STANDARD.encode(host_key_line),
     }
 }

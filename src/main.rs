@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::Status { url, json } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(nix_relay::cli::status(&url, json))),
+        Cmd::Ec2(cmd) => nix_relay::ec2::cli::run(cmd),
         Cmd::Drain { name, admin } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(nix_relay::cli::drain(&name, true, &admin))),

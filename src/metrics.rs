@@ -28,6 +28,7 @@ pub fn install(systems: BTreeSet<String>) -> Result<PrometheusHandle, String> {
         .and_then(|b| b.install_recorder())
         .map_err(|e| e.to_string())?;
     describe();
+    describe_ec2();
     Ok(handle)
 }
 
@@ -254,4 +255,58 @@ pub fn register_zeroes(backends: &[(String, u32)]) {
                 .absolute(0);
         }
     }
+}
+
+// EC2 builders (src/ec2). The fractional counters
+// nix_relay_ec2_instance_seconds_total and nix_relay_ec2_dollars_total are
+// rendered by `ec2::metrics_text` (this recorder's counters are integers).
+// Labels: `template` (a configured template name),
+// `state` (`booting`, `joined`), `reason` (why an instance ended), `outcome`
+// (of a launch), `op` (an EC2 API operation). Never an instance id.
+
+fn describe_ec2() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "nix_relay_ec2_instances",
+        "EC2 instances this relay runs, by state (booting, joined) and template"
+    );
+    describe_gauge!(
+        "nix_relay_ec2_spent_today_dollars",
+        "Dollars accrued in the current UTC day (the budget_per_day cap applies)"
+    );
+    describe_counter!(
+        "nix_relay_ec2_launches_total",
+        "Launch attempts, by template and outcome (launched, failed, refused_budget)"
+    );
+    describe_counter!(
+        "nix_relay_ec2_terminations_total",
+        "Instances ended, by template and reason (idle, max_lifetime, budget, unreachable, untracked, vanished, shutdown)"
+    );
+    describe_counter!(
+        "nix_relay_ec2_api_retries_total",
+        "EC2 API calls retried after throttling or a transient error, by operation"
+    );
+}
+
+pub fn ec2_instances(state: &'static str, template: &str, n: usize) {
+    gauge!("nix_relay_ec2_instances", "state" => state, "template" => template.to_owned())
+        .set(n as f64);
+}
+
+pub fn ec2_spent_today(dollars: f64) {
+    gauge!("nix_relay_ec2_spent_today_dollars").set(dollars);
+}
+
+pub fn ec2_launch(template: &str, outcome: &'static str) {
+    counter!("nix_relay_ec2_launches_total", "template" => template.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub fn ec2_terminated(template: &str, reason: &'static str) {
+    counter!("nix_relay_ec2_terminations_total", "template" => template.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+pub fn ec2_api_retry(op: &'static str) {
+    counter!("nix_relay_ec2_api_retries_total", "op" => op).increment(1);
 }

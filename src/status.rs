@@ -25,6 +25,8 @@ pub struct Status {
     pub recent_builds: Vec<crate::session::BuildRecord>,
     pub store_bytes: u64,
     pub store_max_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<crate::ec2::Status>,
 }
 
 pub fn collect(relay: &Relay) -> Status {
@@ -36,6 +38,7 @@ pub fn collect(relay: &Relay) -> Status {
         recent_builds: relay.recent_builds(),
         store_bytes: relay.store.total_bytes(),
         store_max_bytes: relay.store.settings().max_size,
+        ec2: crate::ec2::status(),
     }
 }
 
@@ -60,7 +63,7 @@ pub fn router(relay: Arc<Relay>, metrics: Option<PrometheusHandle>) -> Router {
                 async move {
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        h.render(),
+                        h.render() + &crate::ec2::metrics_text(),
                     )
                         .into_response()
                 }

@@ -5,6 +5,7 @@
 #    which skips nix-setup-systemd: no systemd is needed)
 #  - nixbld group + users, /etc/nix/nix.conf for offline use, /run/sshd
 #  - tests/lab/drv/bb (static busybox bootstrap for the test derivations)
+#  - moto (EC2 API double for the EC2 tests) in a venv: /opt/nix-relay-test/moto
 #  - checks that a Rust toolchain (cargo, rustfmt, clippy) is present
 # Nothing is started here (see tests/lab/hosts.sh). Safe to run any number of times.
 set -euo pipefail
@@ -18,7 +19,7 @@ die() { echo "setup.sh: ERROR: $*" >&2; exit 1; }
 
 # ---- packages -----------------------------------------------------------------
 # prometheus: for promtool (checks the /metrics exposition)
-pkgs="nix-bin openssh-server openssh-client busybox-static util-linux python3 curl prometheus"
+pkgs="nix-bin openssh-server openssh-client busybox-static util-linux python3 python3-venv curl prometheus"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -86,6 +87,18 @@ if ! cmp -s /bin/busybox "$bb/busybox" 2>/dev/null; then
   mv -f "$bb/busybox.tmp" "$bb/busybox"
 fi
 ln -sfn busybox "$bb/sh"
+
+# ---- moto: the EC2 API double (tests/ec2_moto.rs, tests/lab/scenarios/ec2.sh) --
+# A venv of its own (Debian's python3, pinned version); the harness starts
+# `moto_server` on 127.0.0.1 with fake credentials.
+MOTO_VERSION=5.2.5
+MOTO_VENV=/opt/nix-relay-test/moto
+if [ "$("$MOTO_VENV/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ]; then
+  say "installing moto[server]==$MOTO_VERSION into $MOTO_VENV"
+  /usr/bin/python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+[ -x "$MOTO_VENV/bin/moto_server" ] || die "$MOTO_VENV/bin/moto_server missing after install"
 
 # ---- Rust toolchain ------------------------------------------------------------
 # (root's PATH under sudo may lack ~/.cargo/bin)

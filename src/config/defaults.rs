@@ -114,6 +114,7 @@ pub fn embedded(home: Option<&Path>) -> Config {
             max_size: None,
         },
         http_listen: Some(HTTP_LISTEN.parse().expect("constant address")),
+        ec2: None,
         admin_listen: Some(ADMIN_LISTEN.parse().expect("constant address")),
     }
 }

@@ -3,6 +3,7 @@
 //! so `check-config` reports them all at once.
 
 pub mod defaults;
+pub mod ec2;
 mod raw;
 mod validate;
 
@@ -24,6 +25,8 @@ pub struct Config {
     pub cache: Cache,
     /// The HTTP listener (binary cache); None = no HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// EC2 builders on demand; None = no `[ec2]` section.
+    pub ec2: Option<ec2::Ec2Config>,
     /// The admin endpoint (drain, undrain); loopback only; None = off.
     pub admin_listen: Option<SocketAddr>,
 }

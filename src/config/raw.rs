@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub cache: Option<RawCache>,
     pub http: Option<RawHttp>,
+    pub ec2: Option<super::ec2::RawEc2>,
     pub admin: Option<RawAdmin>,
 }
 

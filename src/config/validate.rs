@@ -46,8 +46,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     }
     let mut names = HashSet::new();
     let mut backends = Vec::new();
-    if raw.backend.is_empty() {
-        p.push("no [[backend]]: the relay needs at least one".into());
+    let has_ec2 = raw.ec2.is_some();
+    let ec2 = raw.ec2.and_then(|e| super::ec2::validate(e, &mut p));
+    if raw.backend.is_empty() && !has_ec2 {
+        p.push("no [[backend]] and no [ec2]: the relay needs at least one".into());
     }
     for (i, b) in raw.backend.into_iter().enumerate() {
         if !names.insert(b.name.clone()) {
@@ -87,6 +89,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         limits,
         cache,
         http_listen,
+        ec2,
         admin_listen,
     })
 }

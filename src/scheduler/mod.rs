@@ -14,6 +14,7 @@
 //! served round-robin across clients, first come, first served within a
 //! client (`queue`). A draining backend takes no new job.
 
+pub mod elastic;
 pub mod locality;
 pub mod policy;
 mod queue;

@@ -1,0 +1,326 @@
+//! The lifecycle in paused time: the in-memory fake EC2, the real
+//! scheduler, a probe that says whether SSH answers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::api::{ApiError, ErrorKind};
+use super::fake::Fake;
+use super::manager::{Manager, Phase, Probe};
+use super::{InstanceState, Market};
+use crate::config::ec2::{Ec2Config, Template};
+use crate::scheduler::{Acquired, JobSpec, Scheduler};
+
+const BUILDER: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGsl9bcFHoLUq3ANWXnbW6LpSeLX/vfMeDfPmkl2aNB1";
+
+fn template(name: &str, system: &str, price: f64) -> Template {
+    Template {
+        name: name.into(),
+        systems: vec![system.into()],
+        supported_features: vec![],
+        instance_type: format!("{name}.large"),
+        ami: "ami-1".into(),
+        subnet: Some("subnet-1".into()),
+        security_group: Some("sg-1".into()),
+        spot: false,
+        price_per_hour: price,
+        boot_estimate: Duration::from_secs(120),
+        idle_grace: Duration::from_secs(300),
+        max_lifetime: Duration::from_secs(4 * 3600),
+        max_instances: 2,
+        speed_factor: 1.0,
+        max_jobs: None,
+    }
+}
+
+fn config(budget: f64) -> Ec2Config {
+    Ec2Config {
+        region: "us-east-1".into(),
+        endpoint: None,
+        budget_per_day: budget,
+        relay_id: "relay-t".into(),
+        ssh_key: "/nonexistent/key".into(),
+        ssh_user: "nix-relay".into(),
+        dead_man_switch: Duration::from_secs(1800),
+        reconcile_interval: Duration::from_secs(60),
+        test_address_override: None,
+        templates: vec![
+            template("x86", "x86_64-linux", 0.1),
+            template("arm", "aarch64-linux", 0.3),
+        ],
+    }
+}
+
+struct Rig {
+    fake: Arc<Fake>,
+    sched: Arc<Scheduler>,
+    m: Manager,
+    reachable: Arc<AtomicBool>,
+}
+
+async fn rig(cfg: Ec2Config) -> Rig {
+    let fake = Arc::new(Fake::new(4));
+    rig_with(cfg, fake).await
+}
+
+async fn rig_with(cfg: Ec2Config, fake: Arc<Fake>) -> Rig {
+    let sched = Scheduler::new(vec![], 100);
+    let reachable = Arc::new(AtomicBool::new(true));
+    let r = reachable.clone();
+    let probe: Probe = Arc::new(move |_| {
+        let ok = r.load(Ordering::SeqCst);
+        Box::pin(async move { ok })
+    });
+    let mut m = Manager::new(
+        fake.clone(),
+        cfg,
+        sched.clone(),
+        BUILDER.into(),
+        probe,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 100),
+    );
+    m.start().await.unwrap();
+    Rig {
+        fake,
+        sched,
+        m,
+        reachable,
+    }
+}
+
+fn job(system: &str) -> JobSpec {
+    JobSpec {
+        client: "c".into(),
+        system: system.into(),
+        required_features: vec![],
+        ..Default::default()
+    }
+}
+
+fn queue(
+    s: &Arc<Scheduler>,
+    system: &str,
+) -> tokio::sync::oneshot::Receiver<Result<crate::scheduler::Slot, crate::scheduler::Error>> {
+    match s.try_acquire(job(system)).expect("queued, not refused") {
+        Acquired::Queued { rx, .. } => rx,
+        Acquired::Now(_) => panic!("no backend should be free"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_aarch64_job_launches_the_arm_template_tagged_and_with_its_user_data() {
+    let mut r = rig(config(100.0)).await;
+    let _rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    let live = r.fake.live();
+    assert_eq!(live.len(), 1);
+    let spec = &live[0].spec;
+    assert_eq!(spec.template, "arm");
+    assert_eq!(spec.relay_id, "relay-t");
+    assert_eq!(spec.instance_type, "arm.large");
+    assert_eq!(spec.market, Market::OnDemand);
+    let (builder, host) = super::userdata::extract(&spec.user_data).unwrap();
+    assert_eq!(builder, BUILDER);
+    let host = russh::keys::PrivateKey::from_openssh(&host).unwrap();
+    let t = r.m.tracked().next().unwrap();
+    assert_eq!(
+        t.host_key.key_data(),
+        host.public_key().key_data(),
+        "the pinned key is the one in the user data"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reachable_instance_joins_and_serves_the_waiting_job() {
+    let mut r = rig(config(100.0)).await;
+    let mut rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await; // launched (pending)
+    r.m.tick().await; // running, probe ok → backend
+    let slot = rx.try_recv().expect("granted").expect("a slot");
+    assert_eq!(slot.backend().name, "ec2-arm-0");
+    assert_eq!(
+        slot.backend().max_jobs,
+        4,
+        "max_jobs defaults to the vCPU count"
+    );
+    assert_eq!(r.m.tracked().next().unwrap().phase, Phase::Joined);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_instance_does_not_join_and_is_terminated_after_its_boot_timeout() {
+    let mut r = rig(config(100.0)).await;
+    r.reachable.store(false, Ordering::SeqCst);
+    let _rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    r.m.tick().await;
+    assert_eq!(r.m.tracked().next().unwrap().phase, Phase::Booting);
+    tokio::time::advance(Duration::from_secs(601)).await;
+    r.m.tick().await;
+    let all = r.fake.instances.lock().unwrap().clone();
+    assert_eq!(all[0].inst.state, InstanceState::Terminated);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_instance_is_terminated_after_idle_grace_and_not_before() {
+    let mut r = rig(config(100.0)).await;
+    let mut rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    r.m.tick().await;
+    let slot = rx.try_recv().unwrap().unwrap();
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    r.m.tick().await;
+    assert_eq!(r.fake.live().len(), 1, "busy for an hour: kept");
+    drop(slot);
+    r.m.tick().await;
+    tokio::time::advance(Duration::from_secs(299)).await;
+    r.m.tick().await;
+    assert_eq!(r.fake.live().len(), 1, "idle 299 s of 300: kept");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    r.m.tick().await;
+    assert!(r.fake.live().is_empty(), "idle past idle_grace: terminated");
+    assert_eq!(r.m.tracked().count(), 0);
+    let snap = r.sched.snapshot();
+    assert!(snap.backends.iter().all(|b| b.name != "ec2-arm-0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_lifetime_terminates_even_a_busy_instance() {
+    let mut r = rig(config(100.0)).await;
+    let mut rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    r.m.tick().await;
+    let _slot = rx.try_recv().unwrap().unwrap();
+    tokio::time::advance(Duration::from_secs(4 * 3600)).await;
+    r.m.tick().await;
+    assert!(r.fake.live().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vanished_instance_is_forgotten_and_its_work_relaunches() {
+    let mut r = rig(config(100.0)).await;
+    let mut rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    r.m.tick().await;
+    let slot = rx.try_recv().unwrap().unwrap();
+    let id = r.m.tracked().next().unwrap().id.clone();
+    r.fake.interrupt(&id);
+    // The session's build fails over: its slot goes, the job queues again.
+    drop(slot);
+    r.m.tick().await;
+    assert_eq!(
+        r.m.tracked().count(),
+        0,
+        "the vanished instance is forgotten"
+    );
+    let _rx2 = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    let live = r.fake.live();
+    assert_eq!(live.len(), 1, "a replacement was launched");
+    assert_ne!(live[0].inst.id, id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_refuses_a_launch_it_cannot_cover() {
+    // arm: 0.3 $/h × 4 h max_lifetime = 1.2 $ worst case.
+    let mut r = rig(config(1.0)).await;
+    let mut rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    assert!(r.fake.live().is_empty());
+    assert!(!r.fake.calls.lock().unwrap().contains(&"RunInstances"));
+    let granted = rx.try_recv().expect("answered, not left waiting");
+    assert!(
+        granted.is_err(),
+        "the job fails: only the withheld template could serve it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_accrues_per_template_from_instance_seconds() {
+    let mut r = rig(config(100.0)).await;
+    let mut rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    r.m.tick().await;
+    let _slot = rx.try_recv().unwrap().unwrap();
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    r.m.tick().await;
+    let c = &r.m.ledger().per_template()["arm"];
+    assert!((c.instance_seconds - 3600.0).abs() < 1.0, "{c:?}");
+    assert!((c.dollars - 0.3).abs() < 0.001, "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_crash_the_next_relay_terminates_the_leftovers() {
+    let fake = Arc::new(Fake::new(4));
+    let mut first = rig_with(config(100.0), fake.clone()).await;
+    let _rx = queue(&first.sched, "aarch64-linux");
+    first.m.tick().await;
+    assert_eq!(fake.live().len(), 1);
+    drop(first); // kill -9: nothing terminated
+    let mut second = rig_with(config(100.0), fake.clone()).await;
+    second.m.tick().await;
+    assert!(
+        fake.live().is_empty(),
+        "the untracked instance was terminated"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_is_retried_with_backoff() {
+    let mut r = rig(config(100.0)).await;
+    let _rx = queue(&r.sched, "aarch64-linux");
+    let throttled = ApiError::from_code("RequestLimitExceeded", "slow down");
+    assert_eq!(throttled.kind, ErrorKind::Throttled);
+    r.fake
+        .errors
+        .lock()
+        .unwrap()
+        .extend([throttled.clone(), throttled]);
+    let t0 = tokio::time::Instant::now();
+    r.m.tick().await;
+    assert_eq!(r.fake.live().len(), 1, "launched after two throttled calls");
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_millis(250 + 500),
+        "backed off 250 then 500 ms"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_error_is_not_retried() {
+    let mut r = rig(config(100.0)).await;
+    let _rx = queue(&r.sched, "aarch64-linux");
+    let before = r.fake.calls.lock().unwrap().len();
+    let fatal = ApiError::from_code("AuthFailure", "bad credentials");
+    assert_eq!(fatal.kind, ErrorKind::Fatal);
+    r.fake.errors.lock().unwrap().push_back(fatal);
+    r.m.tick().await;
+    let calls = r.fake.calls.lock().unwrap()[before..].to_vec();
+    assert_eq!(
+        calls,
+        ["DescribeInstances"],
+        "one call, then the tick gives up"
+    );
+    r.m.tick().await;
+    assert_eq!(r.fake.live().len(), 1, "the next tick works again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_spot_capacity_falls_back_to_on_demand() {
+    let mut cfg = config(100.0);
+    cfg.templates[1].spot = true;
+    let mut r = rig(cfg).await;
+    let _rx = queue(&r.sched, "aarch64-linux");
+    *r.fake.no_spot.lock().unwrap() = true;
+    r.m.tick().await;
+    let live = r.fake.live();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].spec.market, Market::OnDemand);
+    let calls = r.fake.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.iter().filter(|c| **c == "RunInstances").count(),
+        2,
+        "spot, then on-demand"
+    );
+}

@@ -1,0 +1,135 @@
+//! EC2 builders on demand. The launch decision is the scheduler's pure
+//! `scheduler::elastic::decide`; this module carries it out and makes sure
+//! nothing is left running:
+//!
+//! * `api`: the [`Ec2Api`] trait (the few EC2 calls we use) with retries;
+//!   `sdk` implements it with aws-sdk-ec2 (cargo feature `ec2`).
+//! * `userdata`: the boot script (builder key, pinned host key, trusted
+//!   user, dead-man switch), rendered deterministically.
+//! * `manager`: launch → running → SSH reachable → backend; terminate on
+//!   idle_grace, max_lifetime or budget; requeue on a vanished instance.
+//! * `reconcile`: tagged instances this relay does not track are adopted or
+//!   terminated (at start, every `reconcile_interval`, `nix-relay ec2 sweep`).
+//! * `cost`: instance-seconds × price per template and per UTC day.
+//!
+//! Invariant: every instance is launched with `owner = relay_id`, a
+//! `template` tag and `InstanceInitiatedShutdownBehavior = terminate`, and
+//! is either tracked by the manager or terminated by the next reconcile.
+
+pub mod api;
+pub mod cli;
+pub mod cost;
+mod launch;
+pub mod manager;
+pub mod reconcile;
+#[cfg(feature = "ec2")]
+pub mod sdk;
+pub mod userdata;
+
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod manager_tests;
+
+pub use api::{ApiError, Ec2Api, Instance, InstanceState, LaunchSpec, Market};
+
+/// Tag keys on every instance the relay launches.
+pub const TAG_OWNER: &str = "owner";
+pub const TAG_TEMPLATE: &str = "nix-relay-template";
+pub const TAG_NAME: &str = "Name";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("EC2 {op} failed")]
+    Api {
+        op: &'static str,
+        #[source]
+        source: ApiError,
+    },
+    #[error("encoding the host key for a new instance")]
+    HostKey(#[source] russh::keys::ssh_key::Error),
+    #[error("reading /dev/urandom for a new instance's host key")]
+    Random(#[source] std::io::Error),
+    #[error("reading the builder key {path}")]
+    BuilderKey {
+        path: String,
+        #[source]
+        source: russh::keys::Error,
+    },
+    #[error("instance type {0}: DescribeInstanceTypes reported no vCPU count")]
+    NoVcpus(String),
+    #[error("nix-relay was built without the `ec2` feature; [ec2] cannot be used")]
+    NotBuilt,
+}
+
+/// An error and its causes on one line (`a: b: c`), for logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += ": ";
+        s += &c.to_string();
+        cur = c.source();
+    }
+    s
+}
+
+/// What `/status` shows of EC2 (the `ec2` field), set by the manager.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Status {
+    pub relay_id: String,
+    pub budget_per_day: f64,
+    pub spent_today: f64,
+    pub instances: Vec<InstanceStatus>,
+    /// Instance-seconds and dollars per template since start.
+    pub cost: std::collections::BTreeMap<String, cost::TemplateCost>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub template: String,
+    pub backend: String,
+    pub phase: manager::Phase,
+    pub state: InstanceState,
+    pub age_seconds: u64,
+}
+
+static STATUS: std::sync::Mutex<Option<Status>> = std::sync::Mutex::new(None);
+
+/// The last status the manager published (None: no `[ec2]`).
+pub fn status() -> Option<Status> {
+    STATUS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn publish_status(s: Status) {
+    *STATUS.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+}
+
+/// The fractional cost counters in Prometheus text format (appended to
+/// `/metrics`): `nix_relay_ec2_instance_seconds_total` and
+/// `nix_relay_ec2_dollars_total`, by template. Empty without `[ec2]`.
+pub fn metrics_text() -> String {
+    let Some(s) = status() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (name, help, pick) in [
+        (
+            "nix_relay_ec2_instance_seconds_total",
+            "Instance-seconds accrued since start, by template",
+            (|c: &cost::TemplateCost| c.instance_seconds) as fn(&cost::TemplateCost) -> f64,
+        ),
+        (
+            "nix_relay_ec2_dollars_total",
+            "Dollars accrued since start (instance-seconds x price_per_hour), by template",
+            |c: &cost::TemplateCost| c.dollars,
+        ),
+    ] {
+        out += &format!("# HELP {name} {help}\n# TYPE {name} counter\n");
+        for (template, c) in &s.cost {
+            out += &format!("{name}{{template=\"{template}\"}} {}\n", pick(c));
+        }
+    }
+    out
+}

@@ -1,0 +1,351 @@
+//! EC2 lifecycle against a real EC2 API double: a moto server on
+//! 127.0.0.1 (installed by tests/setup.sh into /opt/nix-relay-test/moto;
+//! `NIX_RELAY_MOTO` overrides the path). Without moto the tests say so and
+//! pass, except under CI (`CI` set), where a missing moto is a failure.
+#![cfg(feature = "ec2")]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use nix_relay::config::ec2::{Ec2Config, Template};
+use nix_relay::ec2::api::{self, ErrorKind, RetryPolicy};
+use nix_relay::ec2::manager::{Manager, Phase, Probe};
+use nix_relay::ec2::{Ec2Api, reconcile, sdk};
+use nix_relay::scheduler::{Acquired, JobSpec, Scheduler};
+
+const BUILDER: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGsl9bcFHoLUq3ANWXnbW6LpSeLX/vfMeDfPmkl2aNB1";
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn moto() -> Option<Moto> {
+    let bin = std::env::var("NIX_RELAY_MOTO")
+        .unwrap_or_else(|_| "/opt/nix-relay-test/moto/bin/moto_server".into());
+    if !std::path::Path::new(&bin).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{bin} missing under CI: tests/setup.sh installs it"
+        );
+        eprintln!("SKIPPED: {bin} not found (run tests/setup.sh as root to install moto)");
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting moto_server");
+    let m = Moto { child, port };
+    for _ in 0..300 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(m);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("moto_server did not listen on {port} within 30 s");
+}
+
+fn arm() -> Template {
+    Template {
+        name: "arm".into(),
+        systems: vec!["aarch64-linux".into()],
+        supported_features: vec![],
+        instance_type: "c7g.2xlarge".into(),
+        ami: "ami-12c6146b".into(),
+        subnet: None,
+        security_group: None,
+        spot: false,
+        price_per_hour: 0.29,
+        boot_estimate: Duration::from_secs(120),
+        idle_grace: Duration::from_secs(1),
+        max_lifetime: Duration::from_secs(3600),
+        max_instances: 2,
+        speed_factor: 1.0,
+        max_jobs: None,
+    }
+}
+
+fn config(port: u16, relay_id: &str, budget: f64) -> Ec2Config {
+    let mut x86 = arm();
+    x86.name = "x86".into();
+    x86.systems = vec!["x86_64-linux".into()];
+    x86.instance_type = "c7i.2xlarge".into();
+    Ec2Config {
+        region: "us-east-1".into(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        budget_per_day: budget,
+        relay_id: relay_id.into(),
+        ssh_key: "/nonexistent".into(),
+        ssh_user: "nix-relay".into(),
+        dead_man_switch: Duration::from_secs(1800),
+        reconcile_interval: Duration::from_secs(60),
+        test_address_override: None,
+        templates: vec![x86, arm()],
+    }
+}
+
+async fn api(cfg: &Ec2Config) -> Arc<dyn Ec2Api> {
+    Arc::new(sdk::connect_with_keys(cfg, "testing", "testing").await)
+}
+
+async fn manager(cfg: &Ec2Config) -> (Manager, Arc<Scheduler>) {
+    let sched = Scheduler::new(vec![], 100);
+    let probe: Probe = Arc::new(|_| Box::pin(async { true }));
+    let mut m = Manager::new(
+        api(cfg).await,
+        cfg.clone(),
+        sched.clone(),
+        BUILDER.into(),
+        probe,
+        SystemTime::now(),
+    );
+    m.start().await.expect("DescribeInstanceTypes");
+    (m, sched)
+}
+
+fn queue_arm(
+    s: &Arc<Scheduler>,
+) -> tokio::sync::oneshot::Receiver<Result<nix_relay::scheduler::Slot, nix_relay::scheduler::Error>>
+{
+    let job = JobSpec {
+        client: "c".into(),
+        system: "aarch64-linux".into(),
+        required_features: vec![],
+        ..Default::default()
+    };
+    match s.try_acquire(job).unwrap() {
+        Acquired::Queued { rx, .. } => rx,
+        Acquired::Now(_) => panic!("nothing should be free"),
+    }
+}
+
+/// An unsigned EC2 Query API GET (moto does not check signatures).
+fn query(port: u16, params: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x";
+    write!(
+        s,
+        "GET /?{params}&Version=2016-11-15 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn between<'a>(s: &'a str, a: &str, b: &str) -> &'a str {
+    let i = s.find(a).unwrap_or_else(|| panic!("{a} not in {s}")) + a.len();
+    &s[i..i + s[i..].find(b).unwrap()]
+}
+
+async fn live(cfg: &Ec2Config) -> Vec<nix_relay::ec2::Instance> {
+    let all = api(cfg).await.describe_owned(&cfg.relay_id).await.unwrap();
+    all.into_iter().filter(|i| !i.state.is_gone()).collect()
+}
+
+#[tokio::test]
+async fn an_aarch64_job_launches_the_arm_template_with_tags_user_data_and_terminate_on_shutdown() {
+    let Some(moto) = moto() else { return };
+    let cfg = config(moto.port, "relay-launch", 100.0);
+    let (mut m, sched) = manager(&cfg).await;
+    let _rx = queue_arm(&sched);
+    m.tick().await;
+    let up = live(&cfg).await;
+    assert_eq!(up.len(), 1, "one instance for one aarch64 job");
+    let id = &up[0].id;
+    assert_eq!(up[0].template.as_deref(), Some("arm"));
+    let desc = query(
+        moto.port,
+        &format!("Action=DescribeInstances&InstanceId.1={id}"),
+    );
+    assert!(
+        desc.contains("<instanceType>c7g.2xlarge</instanceType>"),
+        "{desc}"
+    );
+    for tag in [
+        "<key>owner</key><value>relay-launch</value>",
+        "<key>nix-relay-template</key><value>arm</value>",
+        "<key>Name</key><value>nix-relay relay-launch arm</value>",
+    ] {
+        assert!(
+            desc.replace(['\n', ' '], "")
+                .contains(&tag.replace(' ', "")),
+            "tag {tag} missing: {desc}"
+        );
+    }
+    let sd = query(
+        moto.port,
+        &format!(
+            "Action=DescribeInstanceAttribute&InstanceId={id}&Attribute=instanceInitiatedShutdownBehavior"
+        ),
+    );
+    assert!(
+        sd.replace(['\n', ' '], "")
+            .contains("<value>terminate</value>"),
+        "{sd}"
+    );
+    let ud = query(
+        moto.port,
+        &format!("Action=DescribeInstanceAttribute&InstanceId={id}&Attribute=userData"),
+    );
+    let b64 = between(
+        &ud.replace(['\n', ' '], ""),
+        "<userData><value>",
+        "</value>",
+    )
+    .to_owned();
+    let script = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let (builder, host) =
+        nix_relay::ec2::userdata::extract(&script).expect("keys in the user data");
+    assert_eq!(builder, BUILDER);
+    let host = russh::keys::PrivateKey::from_openssh(&host).unwrap();
+    let t = m.tracked().next().unwrap();
+    assert_eq!(
+        t.host_key.key_data(),
+        host.public_key().key_data(),
+        "pinned = installed"
+    );
+    m.tick().await;
+    let t = m.tracked().next().unwrap();
+    assert_eq!(t.phase, Phase::Joined);
+    let snap = sched.snapshot();
+    let b = snap
+        .backends
+        .iter()
+        .find(|b| b.name == "ec2-arm-0")
+        .unwrap();
+    assert_eq!(
+        b.max_jobs, 8,
+        "max_jobs from DescribeInstanceTypes (c7g.2xlarge: 8 vCPUs)"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_instance_is_terminated() {
+    let Some(moto) = moto() else { return };
+    let cfg = config(moto.port, "relay-idle", 100.0);
+    let (mut m, sched) = manager(&cfg).await;
+    let mut rx = queue_arm(&sched);
+    m.tick().await;
+    m.tick().await;
+    let slot = rx.try_recv().expect("granted").expect("a slot");
+    drop(slot);
+    m.tick().await;
+    assert_eq!(live(&cfg).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // idle_grace is 1 s
+    m.tick().await;
+    assert!(live(&cfg).await.is_empty(), "terminated after idle_grace");
+    assert_eq!(m.tracked().count(), 0);
+}
+
+#[tokio::test]
+async fn after_kill_9_a_restarted_relay_and_the_sweep_leave_nothing() {
+    let Some(moto) = moto() else { return };
+    let cfg = config(moto.port, "relay-crash", 100.0);
+    let (mut m, sched) = manager(&cfg).await;
+    let _rx = queue_arm(&sched);
+    m.tick().await;
+    assert_eq!(live(&cfg).await.len(), 1);
+    drop(m); // the relay dies without terminating anything
+    let listed = reconcile::sweep(api(&cfg).await, &cfg.relay_id, true)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "dry run lists the leftover");
+    assert_eq!(live(&cfg).await.len(), 1, "dry run touches nothing");
+    let (mut m2, _s2) = manager(&cfg).await;
+    m2.tick().await;
+    assert!(
+        live(&cfg).await.is_empty(),
+        "the restarted relay terminated it"
+    );
+    let listed = reconcile::sweep(api(&cfg).await, &cfg.relay_id, false)
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+}
+
+#[tokio::test]
+async fn the_budget_cap_refuses_a_launch() {
+    let Some(moto) = moto() else { return };
+    // arm: 0.29 $/h × 1 h max_lifetime does not fit in 0.25 $.
+    let cfg = config(moto.port, "relay-budget", 0.25);
+    let (mut m, sched) = manager(&cfg).await;
+    let _rx = queue_arm(&sched);
+    m.tick().await;
+    assert!(live(&cfg).await.is_empty());
+}
+
+/// A stand-in endpoint that throttles every call, counting them.
+fn throttling_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>r-1</RequestID></Response>";
+            let _ = write!(
+                s,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, n)
+}
+
+#[tokio::test]
+async fn throttling_from_the_real_sdk_is_retried_with_backoff_then_reported() {
+    let (port, calls) = throttling_server();
+    let cfg = config(port, "relay-throttle", 100.0);
+    let api = api(&cfg).await;
+    let policy = RetryPolicy {
+        attempts: 3,
+        first_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+    };
+    let r = api::retry("DescribeInstances", policy, || api.describe_owned("x")).await;
+    let Err(nix_relay::ec2::Error::Api { source, .. }) = r else {
+        panic!("expected an API error, got {r:?}");
+    };
+    assert_eq!(source.kind, ErrorKind::Throttled, "{source}");
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "three attempts"
+    );
+}
