@@ -1,0 +1,92 @@
+//! Routing decision latency of the shipped `Scheduler` with a deep queue:
+//! every slot taken, `queued` jobs waiting (mixed systems, 12 clients),
+//! then per sample (wall clock, real time):
+//!
+//! * enqueue: `try_acquire` of a new job (policy::pick + queue push);
+//! * dispatch: dropping a slot (release -> dispatch -> `pick` for the queue
+//!   heads -> hand-over to the waiter).
+//!
+//! The queue stays at `queued` jobs: each sample adds one and serves one.
+
+use std::time::Instant;
+
+use nix_relay::scheduler::{Acquired, JobSpec, Scheduler, Slot};
+use tokio::sync::oneshot;
+
+use super::cluster::Machine;
+use super::relay::backends;
+
+pub struct Latency {
+    pub enqueue: Vec<f64>,
+    pub dispatch: Vec<f64>,
+}
+
+fn job(i: usize) -> JobSpec {
+    JobSpec {
+        client: format!("client{}", i % 12),
+        system: if i % 4 == 0 {
+            "x86_64-linux"
+        } else {
+            "aarch64-linux"
+        }
+        .into(),
+        required_features: if i % 10 == 0 {
+            vec!["big-parallel".into()]
+        } else {
+            vec![]
+        },
+    }
+}
+
+pub fn measure(m: &[Machine], queued: usize, samples: usize) -> Latency {
+    let sched = Scheduler::new(backends(m), (queued as u64) * 2);
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut rxs: Vec<oneshot::Receiver<Slot>> = Vec::new();
+    let mut i = 0;
+    while rxs.len() < queued {
+        match sched.try_acquire(job(i)).expect("eligible") {
+            Acquired::Now(s) => slots.push(s),
+            Acquired::Queued { rx, .. } => rxs.push(rx),
+        }
+        i += 1;
+    }
+    let mut lat = Latency {
+        enqueue: Vec::with_capacity(samples),
+        dispatch: Vec::with_capacity(samples),
+    };
+    for k in 0..samples {
+        let j = job(i);
+        let system = j.system.clone();
+        let t = Instant::now();
+        let a = sched.try_acquire(j).expect("eligible");
+        lat.enqueue.push(t.elapsed().as_secs_f64());
+        i += 1;
+        match a {
+            Acquired::Queued { rx, .. } => rxs.push(rx),
+            Acquired::Now(_) => unreachable!("every slot is taken"),
+        }
+        // Free a slot of the same system (so each queue keeps its depth);
+        // the oldest waiter that fits takes it over.
+        let same: Vec<usize> = (0..slots.len())
+            .filter(|&s| slots[s].backend().systems.contains(&system))
+            .collect();
+        let slot = slots.swap_remove(same[k % same.len()]);
+        let t = Instant::now();
+        drop(slot);
+        lat.dispatch.push(t.elapsed().as_secs_f64());
+        let pos = rxs
+            .iter_mut()
+            .position(|rx| rx.try_recv().map(|s| slots.push(s)).is_ok())
+            .expect("a waiter got the freed slot");
+        rxs.swap_remove(pos);
+    }
+    lat
+}
+
+/// (p50, p99, max) in seconds.
+pub fn percentiles(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), s[s.len() - 1])
+}

@@ -1,0 +1,293 @@
+//! The relay, in virtual time: the shipped `nix_relay::scheduler::Scheduler`
+//! (try_acquire, queues, `Slot` drop -> dispatch, `policy::pick`) places
+//! every build; around it the sim plays the relay's session layer (cache
+//! hit, attach to a flight in progress, or a new flight), the three
+//! clients' Nix (a derivation is sent once all its inputs are in the
+//! client's store) and the machines.
+//!
+//! The clock the scheduler sees is tokio's paused clock, advanced to each
+//! event's time, so `Instant::now()` inside it is virtual.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix_relay::config::{Backend, BackendUri};
+use nix_relay::scheduler::{Acquired, JobSpec, Scheduler, Slot};
+use tokio::sync::oneshot;
+
+use super::cluster::{CLIENTS, Costs, Engine, Machine, Occur, RELAY_HOST, board};
+use super::workload::Workload;
+
+pub struct Outcome {
+    /// When the last client had the whole closure.
+    pub makespan: f64,
+    /// Builds run (each derivation once, if dedup works).
+    pub builds: usize,
+    /// Slot-seconds busy per machine.
+    pub busy: Vec<f64>,
+}
+
+#[derive(Clone, Copy)]
+enum Ev {
+    /// Client's BuildDerivation reaches the relay.
+    Arrive(usize, usize),
+    /// Inputs pushed, the backend starts building.
+    Start(usize),
+    /// Outputs are in the relay store (the tee).
+    Teed(usize),
+    /// The client has the outputs in its own store.
+    Got(usize, usize),
+}
+
+#[derive(Default)]
+struct Flight {
+    rx: Option<oneshot::Receiver<Slot>>,
+    slot: Option<Slot>,
+    backend: usize,
+    attached: Vec<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Goal {
+    Blocked,
+    Submitted,
+    Done,
+}
+
+struct Sim<'a> {
+    w: &'a Workload,
+    m: &'a [Machine],
+    costs: Costs,
+    sched: Arc<Scheduler>,
+    eng: Engine<Ev, usize>,
+    /// Per machine, which outputs its store holds (a board's store is
+    /// also its client's store).
+    stores: Vec<Vec<bool>>,
+    relay_has: Vec<bool>,
+    flights: Vec<Option<Flight>>,
+    queued: Vec<usize>,
+    pending: Vec<Vec<usize>>,
+    goal: Vec<Vec<Goal>>,
+    outstanding: Vec<u32>,
+    backlog: Vec<VecDeque<usize>>,
+    done: Vec<usize>,
+    finish: Vec<f64>,
+    builds: usize,
+    clock_ns: u128,
+}
+
+pub fn backends(m: &[Machine]) -> Vec<Backend> {
+    m.iter()
+        .map(|m| Backend {
+            name: m.name.into(),
+            uri: BackendUri::Local,
+            ssh_key: None,
+            host_key: None,
+            systems: vec![m.sys.nix().into()],
+            max_jobs: m.max_jobs,
+            speed_factor: m.speed,
+            supported_features: vec!["big-parallel".into()],
+            mandatory_features: vec![],
+            connect_timeout: Duration::from_secs(5),
+            store: None,
+        })
+        .collect()
+}
+
+pub fn job(w: &Workload, client: usize, d: usize) -> JobSpec {
+    let drv = &w.drvs[d];
+    JobSpec {
+        client: format!("opi0{}", client + 1),
+        system: drv.sys.nix().into(),
+        required_features: if drv.big_parallel {
+            vec!["big-parallel".into()]
+        } else {
+            vec![]
+        },
+    }
+}
+
+/// Runs the closure through the relay; needs a paused tokio clock.
+pub async fn run(w: &Workload, m: &[Machine], costs: Costs) -> Outcome {
+    let n = w.drvs.len();
+    let mut sim = Sim {
+        w,
+        m,
+        costs,
+        sched: Scheduler::new(backends(m), 1 << 20),
+        eng: Engine::new(m),
+        stores: vec![vec![false; n]; m.len()],
+        relay_has: vec![false; n],
+        flights: (0..n).map(|_| None).collect(),
+        queued: Vec::new(),
+        pending: vec![w.drvs.iter().map(|d| d.deps.len()).collect(); CLIENTS],
+        goal: vec![vec![Goal::Blocked; n]; CLIENTS],
+        outstanding: vec![0; CLIENTS],
+        backlog: vec![VecDeque::new(); CLIENTS],
+        done: vec![0; CLIENTS],
+        finish: vec![0.0; CLIENTS],
+        builds: 0,
+        clock_ns: 0,
+    };
+    for c in 0..CLIENTS {
+        for d in 0..n {
+            if w.drvs[d].deps.is_empty() {
+                sim.ready(c, d);
+            }
+        }
+    }
+    while let Some(o) = sim.eng.next() {
+        sim.sync_clock().await;
+        match o {
+            Occur::Event(Ev::Arrive(c, d)) => sim.arrive(c, d),
+            Occur::Event(Ev::Start(d)) => {
+                let f = sim.flights[d].as_ref().expect("a started flight");
+                sim.eng.build(f.backend, d, w.drvs[d].work);
+            }
+            Occur::Built(b, d) => {
+                sim.stores[b][d] = true;
+                let t = costs.xfer(b, RELAY_HOST, w.drvs[d].out_size);
+                sim.eng.at(t, Ev::Teed(d));
+            }
+            Occur::Event(Ev::Teed(d)) => sim.teed(d),
+            Occur::Event(Ev::Got(c, d)) => sim.got(c, d),
+        }
+    }
+    assert!(
+        sim.done.iter().all(|&k| k == n),
+        "every client got the closure"
+    );
+    Outcome {
+        makespan: sim.finish.iter().copied().fold(0.0, f64::max),
+        builds: sim.builds,
+        busy: sim.eng.busy.clone(),
+    }
+}
+
+impl Sim<'_> {
+    async fn sync_clock(&mut self) {
+        let target = (self.eng.now * 1e9) as u128;
+        if target > self.clock_ns {
+            let step = u64::try_from(target - self.clock_ns).expect("a sane step");
+            tokio::time::advance(Duration::from_nanos(step)).await;
+            self.clock_ns = target;
+        }
+    }
+
+    /// All inputs of `d` are in client `c`'s store.
+    fn ready(&mut self, c: usize, d: usize) {
+        if self.stores[board(c)][d] {
+            // Built on this very board for someone else: valid already.
+            self.eng.at(0.0, Ev::Got(c, d));
+        } else if self.outstanding[c] < self.costs.relay_client_max_jobs {
+            self.outstanding[c] += 1;
+            self.goal[c][d] = Goal::Submitted;
+            self.eng.at(self.costs.relay_client_hop, Ev::Arrive(c, d));
+        } else {
+            self.backlog[c].push_back(d);
+        }
+    }
+
+    fn arrive(&mut self, c: usize, d: usize) {
+        if self.relay_has[d] {
+            let t = self.to_client(c, d);
+            self.eng.at(t, Ev::Got(c, d));
+        } else if let Some(f) = self.flights[d].as_mut() {
+            f.attached.push(c);
+        } else {
+            let mut f = Flight {
+                attached: vec![c],
+                ..Flight::default()
+            };
+            match self.sched.try_acquire(job(self.w, c, d)) {
+                Ok(Acquired::Now(slot)) => {
+                    self.flights[d] = Some(f);
+                    self.start(d, slot);
+                }
+                Ok(Acquired::Queued { rx, .. }) => {
+                    f.rx = Some(rx);
+                    self.flights[d] = Some(f);
+                    self.queued.push(d);
+                }
+                Err(e) => panic!("scheduler refused {}: {e}", self.w.drvs[d].name),
+            }
+        }
+    }
+
+    fn start(&mut self, d: usize, slot: Slot) {
+        let b = self
+            .m
+            .iter()
+            .position(|m| m.name == slot.backend().name)
+            .expect("a configured backend");
+        let mut push = 0.0;
+        for &i in &self.w.drvs[d].deps {
+            if !self.stores[b][i] {
+                push += self.costs.xfer(RELAY_HOST, b, self.w.drvs[i].out_size);
+                self.stores[b][i] = true;
+            }
+        }
+        self.builds += 1;
+        let f = self.flights[d].as_mut().expect("a flight");
+        f.slot = Some(slot);
+        f.backend = b;
+        self.eng
+            .at(self.costs.relay_backend_connect + push, Ev::Start(d));
+    }
+
+    fn teed(&mut self, d: usize) {
+        self.relay_has[d] = true;
+        let f = self.flights[d].take().expect("a running flight");
+        drop(f.slot); // -> Scheduler::release -> dispatch
+        let queued = std::mem::take(&mut self.queued);
+        for q in queued {
+            let got = self.flights[q]
+                .as_mut()
+                .and_then(|f| f.rx.as_mut())
+                .and_then(|rx| rx.try_recv().ok());
+            match got {
+                Some(slot) => self.start(q, slot),
+                None => self.queued.push(q),
+            }
+        }
+        for c in f.attached {
+            let t = self.to_client(c, d);
+            self.eng.at(t, Ev::Got(c, d));
+        }
+    }
+
+    fn to_client(&self, c: usize, d: usize) -> f64 {
+        if self.stores[board(c)][d] {
+            0.0
+        } else {
+            self.costs
+                .xfer(RELAY_HOST, board(c), self.w.drvs[d].out_size)
+        }
+    }
+
+    fn got(&mut self, c: usize, d: usize) {
+        if self.goal[c][d] == Goal::Done {
+            return;
+        }
+        if self.goal[c][d] == Goal::Submitted {
+            self.outstanding[c] -= 1;
+        }
+        self.goal[c][d] = Goal::Done;
+        self.stores[board(c)][d] = true;
+        self.done[c] += 1;
+        self.finish[c] = self.eng.now;
+        for &e in &self.w.dependents[d] {
+            self.pending[c][e] -= 1;
+            if self.pending[c][e] == 0 {
+                self.ready(c, e);
+            }
+        }
+        while self.outstanding[c] < self.costs.relay_client_max_jobs {
+            let Some(next) = self.backlog[c].pop_front() else {
+                break;
+            };
+            self.ready(c, next);
+        }
+    }
+}
