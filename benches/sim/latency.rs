@@ -24,13 +24,13 @@ pub struct Latency {
 fn job(i: usize) -> JobSpec {
     JobSpec {
         client: format!("client{}", i % 12),
-        system: if i % 4 == 0 {
+        system: if i.is_multiple_of(4) {
             "x86_64-linux"
         } else {
             "aarch64-linux"
         }
         .into(),
-        required_features: if i % 10 == 0 {
+        required_features: if i.is_multiple_of(10) {
             vec!["big-parallel".into()]
         } else {
             vec![]

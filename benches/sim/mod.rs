@@ -4,6 +4,8 @@ pub mod bound;
 pub mod cluster;
 pub mod latency;
 pub mod relay;
+pub mod report;
 pub mod rng;
+pub mod runs;
 pub mod stock;
 pub mod workload;

@@ -8,7 +8,8 @@
 //! The clock the scheduler sees is tokio's paused clock, advanced to each
 //! event's time, so `Instant::now()` inside it is virtual.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,24 @@ use tokio::sync::oneshot;
 use super::cluster::{CLIENTS, Costs, Engine, Machine, Occur, RELAY_HOST, board};
 use super::workload::Workload;
 
+/// The order in which waiting jobs get slots. `Shipped` is the real
+/// `Scheduler`'s queue (FIFO per client, clients round-robin). The others
+/// are what-ifs: the sim holds waiting jobs in its own priority queue and
+/// calls `try_acquire` only when a slot of the job's system is free, so
+/// the shipped `policy::pick` still places every job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Order {
+    Shipped,
+    /// `big-parallel` jobs first (the relay sees the feature), then FIFO.
+    BigParallelFirst,
+    /// Longest expected build first (as if the relay knew each build's
+    /// duration, e.g. from an earlier build of the same name).
+    LongestFirst,
+    /// Longest path to the end of the closure first: an oracle (the relay
+    /// never sees the graph), the classic critical-path list schedule.
+    CriticalPathFirst,
+}
+
 pub struct Outcome {
     /// When the last client had the whole closure.
     pub makespan: f64,
@@ -26,6 +45,9 @@ pub struct Outcome {
     pub builds: usize,
     /// Slot-seconds busy per machine.
     pub busy: Vec<f64>,
+    /// Per derivation: first submitted (relay got it), build started.
+    pub submitted: Vec<f64>,
+    pub started: Vec<f64>,
 }
 
 #[derive(Clone, Copy)]
@@ -75,6 +97,14 @@ struct Sim<'a> {
     finish: Vec<f64>,
     builds: usize,
     clock_ns: u128,
+    submitted: Vec<f64>,
+    started: Vec<f64>,
+    order: Order,
+    priority: Vec<f64>,
+    /// What-if orders: waiting jobs per system, highest priority first.
+    held: Vec<BinaryHeap<(u64, Reverse<u64>, usize)>>,
+    running: Vec<u32>,
+    seq: u64,
 }
 
 pub fn backends(m: &[Machine]) -> Vec<Backend> {
@@ -109,8 +139,18 @@ pub fn job(w: &Workload, client: usize, d: usize) -> JobSpec {
 }
 
 /// Runs the closure through the relay; needs a paused tokio clock.
-pub async fn run(w: &Workload, m: &[Machine], costs: Costs) -> Outcome {
+pub async fn run(w: &Workload, m: &[Machine], costs: Costs, order: Order) -> Outcome {
     let n = w.drvs.len();
+    let priority = match order {
+        Order::Shipped => vec![0.0; n],
+        Order::BigParallelFirst => w
+            .drvs
+            .iter()
+            .map(|d| f64::from(u8::from(d.big_parallel)))
+            .collect(),
+        Order::LongestFirst => w.drvs.iter().map(|d| d.work).collect(),
+        Order::CriticalPathFirst => super::bound::longest_from(w, m),
+    };
     let mut sim = Sim {
         w,
         m,
@@ -129,6 +169,13 @@ pub async fn run(w: &Workload, m: &[Machine], costs: Costs) -> Outcome {
         finish: vec![0.0; CLIENTS],
         builds: 0,
         clock_ns: 0,
+        submitted: vec![f64::NAN; n],
+        started: vec![f64::NAN; n],
+        order,
+        priority,
+        held: vec![BinaryHeap::new(), BinaryHeap::new()],
+        running: vec![0; m.len()],
+        seq: 0,
     };
     for c in 0..CLIENTS {
         for d in 0..n {
@@ -142,6 +189,7 @@ pub async fn run(w: &Workload, m: &[Machine], costs: Costs) -> Outcome {
         match o {
             Occur::Event(Ev::Arrive(c, d)) => sim.arrive(c, d),
             Occur::Event(Ev::Start(d)) => {
+                sim.started[d] = sim.eng.now;
                 let f = sim.flights[d].as_ref().expect("a started flight");
                 sim.eng.build(f.backend, d, w.drvs[d].work);
             }
@@ -162,6 +210,8 @@ pub async fn run(w: &Workload, m: &[Machine], costs: Costs) -> Outcome {
         makespan: sim.finish.iter().copied().fold(0.0, f64::max),
         builds: sim.builds,
         busy: sim.eng.busy.clone(),
+        submitted: sim.submitted,
+        started: sim.started,
     }
 }
 
@@ -196,10 +246,21 @@ impl Sim<'_> {
         } else if let Some(f) = self.flights[d].as_mut() {
             f.attached.push(c);
         } else {
+            self.submitted[d] = self.eng.now;
             let mut f = Flight {
                 attached: vec![c],
                 ..Flight::default()
             };
+            if self.order != Order::Shipped {
+                f.rx = None;
+                self.flights[d] = Some(f);
+                let key = (self.priority[d] * 1e3) as u64;
+                let sys = self.w.drvs[d].sys as usize;
+                self.seq += 1;
+                self.held[sys].push((key, Reverse(self.seq), d));
+                self.pump();
+                return;
+            }
             match self.sched.try_acquire(job(self.w, c, d)) {
                 Ok(Acquired::Now(slot)) => {
                     self.flights[d] = Some(f);
@@ -211,6 +272,28 @@ impl Sim<'_> {
                     self.queued.push(d);
                 }
                 Err(e) => panic!("scheduler refused {}: {e}", self.w.drvs[d].name),
+            }
+        }
+    }
+
+    /// What-if orders: hands free slots to the held jobs, best first.
+    fn pump(&mut self) {
+        for sys in 0..self.held.len() {
+            while let Some(&(_, _, d)) = self.held[sys].peek() {
+                let free = self
+                    .m
+                    .iter()
+                    .enumerate()
+                    .any(|(i, m)| m.sys == self.w.drvs[d].sys && self.running[i] < m.max_jobs);
+                if !free {
+                    break;
+                }
+                self.held[sys].pop();
+                let c = self.flights[d].as_ref().map_or(0, |f| f.attached[0]);
+                match self.sched.try_acquire(job(self.w, c, d)) {
+                    Ok(Acquired::Now(slot)) => self.start(d, slot),
+                    _ => unreachable!("a free slot of the job's system"),
+                }
             }
         }
     }
@@ -229,6 +312,7 @@ impl Sim<'_> {
             }
         }
         self.builds += 1;
+        self.running[b] += 1;
         let f = self.flights[d].as_mut().expect("a flight");
         f.slot = Some(slot);
         f.backend = b;
@@ -239,6 +323,7 @@ impl Sim<'_> {
     fn teed(&mut self, d: usize) {
         self.relay_has[d] = true;
         let f = self.flights[d].take().expect("a running flight");
+        self.running[f.backend] -= 1;
         drop(f.slot); // -> Scheduler::release -> dispatch
         let queued = std::mem::take(&mut self.queued);
         for q in queued {
@@ -251,6 +336,7 @@ impl Sim<'_> {
                 None => self.queued.push(q),
             }
         }
+        self.pump();
         for c in f.attached {
             let t = self.to_client(c, d);
             self.eng.at(t, Ev::Got(c, d));
