@@ -14,7 +14,7 @@ use nix_relay::scheduler::{Acquired, JobSpec, Scheduler, Slot};
 use tokio::sync::oneshot;
 
 use super::cluster::Machine;
-use super::relay::backends;
+use super::relay::{backends, spec};
 
 pub struct Latency {
     pub enqueue: Vec<f64>,
@@ -22,20 +22,12 @@ pub struct Latency {
 }
 
 fn job(i: usize) -> JobSpec {
-    JobSpec {
-        client: format!("client{}", i % 12),
-        system: if i.is_multiple_of(4) {
-            "x86_64-linux"
-        } else {
-            "aarch64-linux"
-        }
-        .into(),
-        required_features: if i.is_multiple_of(10) {
-            vec!["big-parallel".into()]
-        } else {
-            vec![]
-        },
-    }
+    let system = if i.is_multiple_of(4) {
+        "x86_64-linux"
+    } else {
+        "aarch64-linux"
+    };
+    spec(format!("client{}", i % 12), system, i.is_multiple_of(10))
 }
 
 pub fn measure(m: &[Machine], queued: usize, samples: usize) -> Latency {

@@ -125,17 +125,26 @@ pub fn backends(m: &[Machine]) -> Vec<Backend> {
         .collect()
 }
 
-pub fn job(w: &Workload, client: usize, d: usize) -> JobSpec {
-    let drv = &w.drvs[d];
+/// The one place a `JobSpec` is built (the latency probe uses it too).
+pub fn spec(client: String, system: &str, big_parallel: bool) -> JobSpec {
     JobSpec {
-        client: format!("opi0{}", client + 1),
-        system: drv.sys.nix().into(),
-        required_features: if drv.big_parallel {
+        client,
+        system: system.into(),
+        required_features: if big_parallel {
             vec!["big-parallel".into()]
         } else {
             vec![]
         },
     }
+}
+
+pub fn job(w: &Workload, client: usize, d: usize) -> JobSpec {
+    let drv = &w.drvs[d];
+    spec(
+        format!("opi0{}", client + 1),
+        drv.sys.nix(),
+        drv.big_parallel,
+    )
 }
 
 /// Runs the closure through the relay; needs a paused tokio clock.

@@ -98,6 +98,25 @@ pub fn print(a: &Args, m: &[Machine], r: &Runs, sweep: &[Runs], lat: &Latency) {
         verdict(ratio <= RATIO_GOAL),
         relay.makespan / b.simple()
     );
+    if !sweep.is_empty() {
+        let all = || std::iter::once(r).chain(sweep);
+        let worst = all()
+            .map(|x| x.rows[RELAY].makespan / x.bound.value())
+            .fold(0.0, f64::max);
+        let worst_vs = all()
+            .map(|x| x.rows[RELAY].makespan / x.rows[STOCK].makespan)
+            .fold(0.0, f64::max);
+        println!(
+            "relay makespan / lower bound, worst of {} seeds: {worst:.3} (goal <= {RATIO_GOAL:.2}) {}",
+            sweep.len() + 1,
+            verdict(worst <= RATIO_GOAL)
+        );
+        println!(
+            "relay / stock-hook makespan, worst of {} seeds: {worst_vs:.3} (goal < 1) {}",
+            sweep.len() + 1,
+            verdict(worst_vs < 1.0)
+        );
+    }
     println!(
         "relay / stock-hook makespan: {vs:.3} (goal < 1, the relay strictly better) {}",
         verdict(vs < 1.0)

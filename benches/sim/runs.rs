@@ -81,6 +81,16 @@ pub fn run(
             rt.block_on(relay::run(&w, m, costs, o)),
         ));
     }
+    for r in &rows {
+        // Below the bound means the sim or the bound is wrong.
+        assert!(
+            r.makespan >= bound.value() * (1.0 - 1e-9),
+            "seed {seed}: {} finished in {:.0} s, under the lower bound {:.0} s",
+            r.name,
+            r.makespan,
+            bound.value()
+        );
+    }
     Runs {
         seed,
         w,
