@@ -64,6 +64,15 @@ pub fn print(a: &Args, m: &[Machine], r: &Runs, sweep: &[Runs], lat: &Latency) {
     for row in &r.rows {
         print_row(m, b.value(), b.simple(), row);
     }
+    let huge: Vec<String> = r
+        .stock_huge
+        .iter()
+        .map(|(name, n)| format!("{name} {n}x"))
+        .collect();
+    println!(
+        "  huge derivations: the relay built each once; the stock hooks built {}",
+        huge.join(", ")
+    );
     if a.trace {
         for row in r.rows.iter().filter(|r| r.trace.is_some()) {
             trace(w, m, row);

@@ -23,6 +23,8 @@ pub struct Runs {
     /// The shipped relay (pooled), the relay connecting per build, the
     /// stock hooks, then the what-if orders.
     pub rows: Vec<Row>,
+    /// The huge derivations (over 10 min): name, builds by the stock hooks.
+    pub stock_huge: Vec<(String, u32)>,
 }
 
 pub const RELAY: usize = 0;
@@ -68,6 +70,11 @@ pub fn run(
         ),
     ];
     let s = stock::run(&w, m, costs);
+    let stock_huge = (0..w.drvs.len())
+        .filter(|&d| w.drvs[d].work >= 600.0 && w.drvs[d].name.contains("-linux-"))
+        .filter(|&d| !w.drvs[d].name.contains("-lib-"))
+        .map(|d| (w.drvs[d].name.clone(), s.built[d]))
+        .collect();
     rows.push(Row {
         name: "stock hook, 3 clients".into(),
         makespan: s.makespan,
@@ -96,5 +103,6 @@ pub fn run(
         w,
         bound,
         rows,
+        stock_huge,
     }
 }

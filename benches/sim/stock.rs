@@ -28,6 +28,8 @@ pub struct Outcome {
     /// Builds that ran (a derivation built on two machines counts twice).
     pub builds: usize,
     pub busy: Vec<f64>,
+    /// Per derivation: how many times it was built.
+    pub built: Vec<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -55,6 +57,7 @@ struct Sim<'a> {
     done: Vec<usize>,
     finish: Vec<f64>,
     builds: usize,
+    built: Vec<u32>,
 }
 
 pub fn run(w: &Workload, m: &[Machine], costs: Costs) -> Outcome {
@@ -75,6 +78,7 @@ pub fn run(w: &Workload, m: &[Machine], costs: Costs) -> Outcome {
         done: vec![0; CLIENTS],
         finish: vec![0.0; CLIENTS],
         builds: 0,
+        built: vec![0; n],
     };
     for c in 0..CLIENTS {
         for d in (0..n).filter(|&d| w.drvs[d].deps.is_empty()) {
@@ -107,6 +111,7 @@ pub fn run(w: &Workload, m: &[Machine], costs: Costs) -> Outcome {
         makespan: sim.finish.iter().copied().fold(0.0, f64::max),
         builds: sim.builds,
         busy: sim.eng.busy.clone(),
+        built: sim.built,
     }
 }
 
@@ -181,6 +186,7 @@ impl Sim<'_> {
         } else {
             self.building[m].insert(d, vec![c]);
             self.builds += 1;
+            self.built[d] += 1;
             self.eng.build(m, d, self.w.drvs[d].work);
         }
     }
