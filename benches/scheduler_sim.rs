@@ -19,6 +19,8 @@ pub struct Args {
     pub samples: usize,
     pub seeds: u64,
     pub trace: bool,
+    /// 0: what `nix-relay machines-entry` advertises (the sum of the
+    /// backends' max_jobs).
     pub client_jobs: u32,
 }
 
@@ -44,7 +46,7 @@ fn parse() -> Args {
         samples: 20_000,
         seeds: 10,
         trace: false,
-        client_jobs: 64,
+        client_jobs: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -66,16 +68,19 @@ fn parse() -> Args {
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    if a.samples == 0 || a.queued == 0 || a.client_jobs == 0 || a.drvs < 100 {
-        usage("--samples, --queued and --client-jobs must be positive, --drvs at least 100");
+    if a.samples == 0 || a.queued == 0 || a.drvs < 100 {
+        usage("--samples and --queued must be positive, --drvs at least 100");
     }
     a
 }
 
 fn main() {
-    let a = parse();
+    let mut a = parse();
     let wall = Instant::now();
     let m = homelab();
+    if a.client_jobs == 0 {
+        a.client_jobs = m.iter().map(|m| m.max_jobs).sum();
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)

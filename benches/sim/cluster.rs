@@ -63,7 +63,8 @@ pub struct Costs {
     /// Relay -> backend per build: a pooled session, or a fresh connection.
     pub relay_backend_connect: f64,
     /// Derivations a client has at the relay at once (its machines line's
-    /// maxJobs); clients build nothing locally.
+    /// maxJobs: `nix-relay machines-entry` prints the sum of the backends'
+    /// max_jobs); clients build nothing locally.
     pub relay_client_max_jobs: u32,
     /// Stock clients' own max-jobs (local builds on their board).
     pub stock_local_jobs: u32,
@@ -79,7 +80,7 @@ impl Default for Costs {
             stock_handshake: 0.4,
             relay_client_hop: 0.12,
             relay_backend_connect: POOLED_CONNECT,
-            relay_client_max_jobs: 64,
+            relay_client_max_jobs: 18,
             stock_local_jobs: 2,
         }
     }
