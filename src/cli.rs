@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info, info_span};
 
 use crate::config::Config;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{ReloadSummary, Scheduler};
 use crate::session::Relay;
 use crate::ssh::server::{Conn, FrontEnd};
 use crate::store::Store;
@@ -67,6 +67,69 @@ pub enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Drain a backend: it finishes its running builds and takes no new ones.
+    Drain {
+        /// The backend's name in the config.
+        name: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Undrain a backend: it takes new builds again.
+    Undrain {
+        name: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+}
+
+/// Where the running relay's admin endpoint is: `--url`, else the
+/// `[admin] listen` of `--config`, else the default 127.0.0.1:5001.
+#[derive(clap::Args)]
+pub struct AdminTarget {
+    /// The relay's config file (its `[admin] listen`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The admin endpoint, e.g. http://127.0.0.1:5001.
+    #[arg(long, conflicts_with = "config")]
+    pub url: Option<String>,
+}
+
+impl AdminTarget {
+    fn url(&self) -> Result<String> {
+        if let Some(u) = &self.url {
+            return Ok(u.trim_end_matches('/').to_owned());
+        }
+        let addr = match &self.config {
+            Some(path) => Config::load(path)?.admin_listen.with_context(|| {
+                format!(
+                    "{} has no [admin] listen: the admin endpoint is off",
+                    path.display()
+                )
+            })?,
+            None => crate::config::defaults::ADMIN_LISTEN
+                .parse()
+                .context("default admin address")?,
+        };
+        Ok(format!("http://{addr}"))
+    }
+}
+
+/// `nix-relay drain` / `undrain`: asks the admin endpoint, prints its answer.
+pub async fn drain(name: &str, on: bool, admin: &AdminTarget) -> Result<()> {
+    let verb = if on { "drain" } else { "undrain" };
+    let url = format!("{}/admin/backends/{name}/{verb}", admin.url()?);
+    let (status, body) = crate::status::http_request("POST", &url).await?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("{url}: HTTP {status}: not JSON: {body:?}"))?;
+    if status != 200 {
+        anyhow::bail!("{verb} {name}: {}", v["error"].as_str().unwrap_or(&body));
+    }
+    println!(
+        "{name}: {} ({} running)",
+        v["admin"].as_str().unwrap_or("?"),
+        v["running"]
+    );
+    Ok(())
 }
 
 pub fn load_config(path: Option<&Path>) -> Result<Config> {
@@ -78,7 +141,9 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
     }
 }
 
-pub async fn serve(config: Config) -> Result<()> {
+/// Runs the relay. `path`, the config file it came from, is re-read on
+/// SIGHUP to reload the backends.
+pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(&config.server.state_dir)
         .with_context(|| format!("creating state dir {}", config.server.state_dir.display()))?;
     let host_key = crate::keys::load_or_create_host_key(&config.server.host_key)?;
@@ -119,6 +184,13 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Some(addr) = config.http_listen {
         spawn_http(addr, front.relay.clone(), metrics).await?;
     }
+    if let Some(addr) = config.admin_listen {
+        let bound = crate::admin::spawn(addr, front.relay.scheduler.clone())
+            .await
+            .with_context(|| format!("listening for admin requests on {addr}"))?;
+        info!(listen = %bound, "admin endpoint listening (loopback only)");
+    }
+    tokio::spawn(reload_on_sighup(path, front.relay.scheduler.clone()));
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -155,6 +227,45 @@ pub async fn serve(config: Config) -> Result<()> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// On SIGHUP, re-reads the config file and reconciles the backends with
+/// it; nothing else is reloaded. A config that fails validation changes
+/// nothing: every problem is logged and the running config stays.
+async fn reload_on_sighup(path: Option<PathBuf>, sched: Arc<Scheduler>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        error!("cannot install the SIGHUP handler: no reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::warn!("reload: running the embedded default, no config file to re-read");
+            continue;
+        };
+        match reload(path, &sched) {
+            Ok(summary) => info!("reload: {summary}"),
+            Err(problems) => {
+                for p in &problems {
+                    error!("reload: {p}");
+                }
+                error!("reload: {} problem(s); running config kept", problems.len());
+            }
+        }
+    }
+}
+
+/// Re-reads `path` and reconciles the backends with it; on any problem
+/// nothing changes and every problem is returned.
+pub fn reload(path: &Path, sched: &Arc<Scheduler>) -> Result<ReloadSummary, Vec<String>> {
+    match Config::load(path) {
+        Ok(new) => Ok(sched.reconcile_backends(new.backends)),
+        Err(crate::config::Error::Invalid { path, problems }) => Err(problems
+            .into_iter()
+            .map(|p| format!("{}: {p}", path.display()))
+            .collect()),
+        Err(e) => Err(vec![format!("{e:#}")]),
     }
 }
 
@@ -248,4 +359,59 @@ pub async fn status(url: &str, json: bool) -> Result<()> {
         .unwrap_or(100);
     print!("{}", crate::status::render(&v, width));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGsl9bcFHoLUq3ANWXnbW6LpSeLX/vfMeDfPmkl2aNB1 lab";
+
+    fn config(backends: &[(&str, u32)]) -> String {
+        let mut t = String::from("[server]\nstate_dir = \"/tmp/x\"\n");
+        for (name, port) in backends {
+            t += &format!(
+                "[[backend]]\nname = \"{name}\"\nuri = \"ssh://root@127.0.0.1:{port}\"\nssh_key = \"/k\"\nhost_key = \"{KEY}\"\nsystems = [\"x\"]\n"
+            );
+        }
+        t
+    }
+
+    fn names(s: &Scheduler) -> Vec<String> {
+        s.backends().into_iter().map(|b| b.name).collect()
+    }
+
+    #[test]
+    fn a_reload_reconciles_the_backends_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, config(&[("h1", 1), ("h2", 2)])).unwrap();
+        let sched = Scheduler::new(Config::load(&file).unwrap().backends, 10);
+        std::fs::write(&file, config(&[("h1", 11), ("h3", 3)])).unwrap();
+        assert_eq!(reload(&file, &sched).unwrap().to_string(), "+h3 -h2 ~h1");
+        assert_eq!(names(&sched), ["h1", "h3"]);
+    }
+
+    #[test]
+    fn a_broken_config_changes_nothing_and_says_every_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, config(&[("h1", 1), ("h2", 2)])).unwrap();
+        let sched = Scheduler::new(Config::load(&file).unwrap().backends, 10);
+        let broken =
+            config(&[("h1", 1), ("h1", 2)]).replace("systems = [\"x\"]\n", "systems = []\n");
+        std::fs::write(&file, broken).unwrap();
+        let problems = reload(&file, &sched).unwrap_err();
+        assert_eq!(
+            problems.len(),
+            3,
+            "duplicate name, two empty systems: {problems:#?}"
+        );
+        assert!(problems[0].contains("relay.toml"), "{problems:?}");
+        assert_eq!(names(&sched), ["h1", "h2"], "nothing changed");
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(reload(&file, &sched).unwrap_err().len(), 1, "unreadable");
+        assert_eq!(names(&sched), ["h1", "h2"]);
+    }
 }

@@ -6,6 +6,7 @@
 //! routes each derivation to the best backend ([`scheduler`]) and drives
 //! that backend over the same protocols ([`backend`]). See ARCHITECTURE.md.
 
+pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;

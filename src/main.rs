@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     init_logs(cli.log_format);
     let result = match cli.command {
         Cmd::Serve { config } => load_config(config.as_deref())
-            .and_then(|c| tokio::runtime::Runtime::new()?.block_on(serve(c))),
+            .and_then(|c| tokio::runtime::Runtime::new()?.block_on(serve(c, config))),
         Cmd::CheckConfig { file } => match nix_relay::config::Config::load(&file) {
             Ok(c) => {
                 println!(
@@ -45,6 +45,12 @@ fn main() -> ExitCode {
         Cmd::Status { url, json } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(nix_relay::cli::status(&url, json))),
+        Cmd::Drain { name, admin } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(nix_relay::cli::drain(&name, true, &admin))),
+        Cmd::Undrain { name, admin } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(nix_relay::cli::drain(&name, false, &admin))),
         Cmd::MachinesEntry { config } => load_config(config.as_deref())
             .and_then(|c| nix_relay::machines::entry(&c).map(|s| print!("{s}"))),
     };

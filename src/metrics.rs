@@ -69,6 +69,10 @@ fn describe() {
         "nix_relay_backend_slots",
         "Build slots configured (max_jobs), by backend"
     );
+    describe_gauge!(
+        "nix_relay_backend_draining",
+        "1 if the backend is draining (drained or removed: takes no new build), else 0"
+    );
     describe_counter!("nix_relay_nar_bytes_total", "NAR bytes moved, by direction");
     describe_counter!(
         "nix_relay_cache_hits_total",
@@ -85,6 +89,14 @@ fn describe() {
     describe_counter!(
         "nix_relay_retries_total",
         "Builds requeued after an infrastructure failure"
+    );
+    describe_counter!(
+        "nix_relay_backend_sessions_total",
+        "Backend sessions checked out, by backend and kind (new: connected, reused: from the pool)"
+    );
+    describe_gauge!(
+        "nix_relay_backend_sessions_idle",
+        "Warm backend sessions in the pool now, by backend"
     );
     describe_gauge!(
         "nix_relay_store_bytes",
@@ -161,6 +173,14 @@ pub fn backend_slots(backend: &str, used: u32, total: u32) {
     gauge!("nix_relay_backend_slots", "backend" => backend.to_owned()).set(f64::from(total));
 }
 
+pub fn backend_draining(backend: &str, draining: bool) {
+    gauge!("nix_relay_backend_draining", "backend" => backend.to_owned()).set(if draining {
+        1.0
+    } else {
+        0.0
+    });
+}
+
 /// Which way NAR bytes went.
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {
@@ -200,6 +220,16 @@ pub fn dedup_attach() {
     counter!("nix_relay_dedup_attaches_total").increment(1);
 }
 
+/// A build got a backend session: `kind` is `new` or `reused`.
+pub fn backend_session(backend: &str, kind: &'static str) {
+    counter!("nix_relay_backend_sessions_total", "backend" => backend.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+pub fn backend_sessions_idle(backend: &str, n: usize) {
+    gauge!("nix_relay_backend_sessions_idle", "backend" => backend.to_owned()).set(n as f64);
+}
+
 pub fn store_bytes(n: u64) {
     gauge!("nix_relay_store_bytes").set(n as f64);
 }
@@ -217,5 +247,11 @@ pub fn register_zeroes(backends: &[(String, u32)]) {
     }
     for (name, slots) in backends {
         backend_slots(name, 0, *slots);
+        backend_draining(name, false);
+        backend_sessions_idle(name, 0);
+        for kind in ["new", "reused"] {
+            counter!("nix_relay_backend_sessions_total", "backend" => name.clone(), "kind" => kind)
+                .absolute(0);
+        }
     }
 }

@@ -70,8 +70,19 @@ pub fn router(relay: Arc<Relay>, metrics: Option<PrometheusHandle>) -> Router {
     }
 }
 
-/// GETs `url` (`http://host:port[/path]`) and returns the body.
+/// GETs `url` (`http://host:port[/path]`) and returns the body; anything
+/// but a 200 is an error.
 pub async fn http_get(url: &str) -> Result<String> {
+    let (status, body) = http_request("GET", url).await?;
+    if status != 200 {
+        bail!("{url}: HTTP {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// Sends a bodiless `method` request to `url` (`http://host:port[/path]`)
+/// and returns the status code and body.
+pub async fn http_request(method: &str, url: &str) -> Result<(u16, String)> {
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
     let (hostport, path) = rest
         .split_once('/')
@@ -79,7 +90,9 @@ pub async fn http_get(url: &str) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(hostport)
         .await
         .with_context(|| format!("connecting to {hostport}"))?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     s.take(64 << 20).read_to_end(&mut buf).await?;
@@ -88,10 +101,12 @@ pub async fn http_get(url: &str) -> Result<String> {
         .split_once("\r\n\r\n")
         .context("malformed HTTP response")?;
     let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        bail!("{url}: {status}");
-    }
-    Ok(body.to_owned())
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{url}: malformed status line {status:?}"))?;
+    Ok((code, body.to_owned()))
 }
 
 fn secs(v: &Value) -> String {
@@ -128,15 +143,19 @@ pub fn render(status: &Value, width: usize) -> String {
     );
     let _ = writeln!(
         o,
-        "\n{:<12} {:<7} {:>7} {:>5}  systems",
+        "\n{:<12} {:<16} {:>7} {:>5}  systems",
         "BACKEND", "STATE", "SLOTS", "SPEED"
     );
     for b in status["backends"].as_array().into_iter().flatten() {
         let slots = format!("{}/{}", b["running"], b["max_jobs"]);
+        let mut state = b["state"].as_str().unwrap_or("?").to_owned();
+        if let Some(admin) = b["admin"].as_str().filter(|a| *a != "active") {
+            state = format!("{state} {admin}");
+        }
         let line = format!(
-            "{:<12} {:<7} {:>7} {:>5}  {}",
+            "{:<12} {:<16} {:>7} {:>5}  {}",
             b["name"].as_str().unwrap_or("?"),
-            b["state"].as_str().unwrap_or("?"),
+            state,
             slots,
             b["speed_factor"],
             strs(&b["systems"])
@@ -151,13 +170,11 @@ pub fn render(status: &Value, width: usize) -> String {
     for q in &queues {
         let w = q["waiting_seconds"].as_array().cloned().unwrap_or_default();
         let oldest = w.first().map(secs).unwrap_or_default();
-        let _ = writeln!(
-            o,
-            "{:<21} {:>7}  {}",
-            q["system"].as_str().unwrap_or("?"),
-            w.len(),
-            oldest
-        );
+        let mut queue = q["system"].as_str().unwrap_or("?").to_owned();
+        if let Some(f) = q["features"].as_array().filter(|f| !f.is_empty()) {
+            queue = format!("{queue} [{}]", strs(&Value::Array(f.clone())));
+        }
+        let _ = writeln!(o, "{queue:<21} {:>7}  {}", w.len(), oldest);
     }
     let _ = writeln!(
         o,
@@ -194,4 +211,29 @@ pub fn render(status: &Value, width: usize) -> String {
     let mib = status["store_bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
     let _ = writeln!(o, "\nstore: {mib:.1} MiB");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_backends_and_feature_queues_show_in_the_table() {
+        let status = serde_json::json!({
+            "version": "0.1.0",
+            "uptime_seconds": 5,
+            "backends": [
+                {"name": "h1", "state": "up", "admin": "draining", "running": 1,
+                 "max_jobs": 2, "speed_factor": 1.0, "systems": ["x86_64-linux"]},
+                {"name": "h2", "state": "up", "admin": "active", "running": 0,
+                 "max_jobs": 2, "speed_factor": 1.0, "systems": ["x86_64-linux"]}
+            ],
+            "queues": [{"system": "x86_64-linux", "features": ["kvm"], "waiting_seconds": [3.0]}],
+            "flights": [], "recent_builds": [], "store_bytes": 0
+        });
+        let out = render(&status, 100);
+        assert!(out.contains("h1           up draining"), "{out}");
+        assert!(out.contains("h2           up  "), "{out}");
+        assert!(out.contains("x86_64-linux [kvm]"), "{out}");
+    }
 }

@@ -8,6 +8,8 @@ use super::{Backend, BackendUri, Client, Config, Limits, Server};
 
 pub const LISTEN: &str = "127.0.0.1:2222";
 pub const HTTP_LISTEN: &str = "127.0.0.1:5000";
+/// Where `nix-relay drain` looks for the admin endpoint without `--config`.
+pub const ADMIN_LISTEN: &str = "127.0.0.1:5001";
 
 /// `<hostname>-nix-relay-1`, the name of a generated signing key.
 pub fn key_name() -> String {
@@ -112,5 +114,6 @@ pub fn embedded(home: Option<&Path>) -> Config {
             max_size: None,
         },
         http_listen: Some(HTTP_LISTEN.parse().expect("constant address")),
+        admin_listen: Some(ADMIN_LISTEN.parse().expect("constant address")),
     }
 }

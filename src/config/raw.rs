@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub cache: Option<RawCache>,
     pub http: Option<RawHttp>,
+    pub admin: Option<RawAdmin>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -30,6 +31,12 @@ pub struct RawCache {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
     pub listen: Option<String>,
 }
 
@@ -83,6 +90,8 @@ pub struct RawLimits {
     pub max_sessions: Option<u64>,
     pub max_waiting_jobs: Option<u64>,
     pub handshake_timeout: Option<String>,
+    pub backend_idle_sessions: Option<u64>,
+    pub backend_idle_timeout: Option<String>,
 }
 
 /// A size written as a number of bytes or a string like `"200GiB"`.

@@ -149,3 +149,27 @@ listen = "127.0.0.1:5000"
     };
     assert_eq!(problems.len(), 2, "{problems:#?}");
 }
+
+#[test]
+fn the_admin_endpoint_listens_on_loopback_only() {
+    let with = |listen: &str| format!("{}\n[admin]\nlisten = \"{listen}\"\n", example());
+    let c = Config::parse(&with("127.0.0.1:5001"), Path::new("t.toml")).unwrap();
+    assert_eq!(c.admin_listen.unwrap().port(), 5001);
+    let c = Config::parse(&with("[::1]:5001"), Path::new("t.toml")).unwrap();
+    assert!(c.admin_listen.unwrap().ip().is_loopback());
+    assert!(
+        Config::parse(&example(), Path::new("t.toml"))
+            .unwrap()
+            .admin_listen
+            .is_none(),
+        "off unless configured"
+    );
+    for open in ["0.0.0.0:5001", "192.168.1.2:5001", "[::]:5001"] {
+        let Error::Invalid { problems, .. } =
+            Config::parse(&with(open), Path::new("t.toml")).unwrap_err()
+        else {
+            panic!("expected Invalid")
+        };
+        assert!(problems[0].contains("loopback"), "{problems:?}");
+    }
+}

@@ -69,6 +69,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 None
             }
         });
+    let admin_listen = raw
+        .admin
+        .and_then(|a| a.listen)
+        .and_then(|l| validate_admin_listen(&l, &mut p));
     if !p.is_empty() {
         return Err(p);
     }
@@ -83,7 +87,25 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         limits,
         cache,
         http_listen,
+        admin_listen,
     })
+}
+
+/// The admin endpoint has no authentication: loopback addresses only.
+fn validate_admin_listen(l: &str, p: &mut Vec<String>) -> Option<SocketAddr> {
+    match l.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Some(a),
+        Ok(_) => {
+            p.push(format!(
+                "admin.listen {l:?}: must be a loopback address (127.0.0.1 or [::1]); the admin endpoint has no authentication"
+            ));
+            None
+        }
+        Err(e) => {
+            p.push(format!("admin.listen {l:?}: {e}"));
+            None
+        }
+    }
 }
 
 fn validate_cache(c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>) -> Cache {
@@ -219,11 +241,20 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
             d.max_waiting_jobs,
         ),
         handshake_timeout: d.handshake_timeout,
+        // 0 is allowed: it turns pooling off.
+        backend_idle_sessions: l.backend_idle_sessions.unwrap_or(d.backend_idle_sessions),
+        backend_idle_timeout: d.backend_idle_timeout,
     };
     if let Some(t) = l.handshake_timeout {
         match parse_duration(&t) {
             Ok(v) => out.handshake_timeout = v,
             Err(e) => p.push(format!("limits.handshake_timeout: {e}")),
+        }
+    }
+    if let Some(t) = l.backend_idle_timeout {
+        match parse_duration(&t) {
+            Ok(v) => out.backend_idle_timeout = v,
+            Err(e) => p.push(format!("limits.backend_idle_timeout: {e}")),
         }
     }
     out

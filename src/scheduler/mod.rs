@@ -1,14 +1,24 @@
-//! Slots and queues. [`Scheduler::acquire`] returns a [`Slot`] on a backend
-//! chosen by [`policy::pick`]; dropping the slot frees it and hands it to
-//! the oldest waiting job that fits.
+//! Slots and queues. [`Scheduler::try_acquire`] returns a [`Slot`] on a
+//! backend chosen by [`policy::pick`]; dropping the slot frees it and hands
+//! it to the oldest waiting job that fits.
+//!
+//! The backend set changes at runtime (`set`): backends are added, drained,
+//! changed and removed while builds run. Each backend has a stable id; a
+//! slot holds that id and its own copy of the backend's config, so a build
+//! keeps the config it started with and its release still counts after the
+//! backend was changed or removed.
 //!
 //! Invariant: all state lives in one `State` behind one lock, never held
-//! across an await; the choice itself is the pure `policy::pick`. Per
-//! system, waiting jobs are served round-robin across clients, and first
-//! come, first served within a client (`queue`).
+//! across an await; the choice itself is the pure `policy::pick`. Waiting
+//! jobs are queued per (system, required features); within a queue they are
+//! served round-robin across clients, first come, first served within a
+//! client (`queue`). A draining backend takes no new job.
 
+pub mod locality;
 pub mod policy;
 mod queue;
+mod set;
+mod status;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +29,8 @@ use tokio::time::Instant;
 use crate::config::Backend;
 pub use policy::{BackendView, Decision, JobSpec};
 use queue::{SystemQueue, Waiter};
+pub use set::{ElasticSpec, ReloadSummary, WaitingJobs};
+pub use status::{BackendStatus, QueueStatus, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,6 +44,8 @@ pub enum Error {
     },
     #[error("too many jobs waiting ({0}); try again later")]
     QueueFull(u64),
+    #[error("the scheduler dropped the job")]
+    Dropped,
 }
 
 /// First backoff after a failure; it doubles per failure up to the max.
@@ -45,66 +59,122 @@ struct Health {
     down_until: Option<Instant>,
 }
 
+/// One backend of the current set.
+struct Entry {
+    /// Stable for the backend's lifetime in the set, never reused.
+    id: u64,
+    config: Arc<Backend>,
+    running: u32,
+    health: Health,
+    /// Drained by the operator: finishes its builds, takes no new ones.
+    drained: bool,
+    /// Removed: draining, forgotten once its last build ends.
+    removing: bool,
+    /// From the config file (a reload may remove it), not added at runtime.
+    from_config: bool,
+}
+
+impl Entry {
+    fn draining(&self) -> bool {
+        self.drained || self.removing
+    }
+}
+
+/// Waiting jobs are queued per system and set of required features, so a
+/// job only special capacity can serve never blocks ordinary ones.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    system: String,
+    features: Vec<String>,
+}
+
+impl QueueKey {
+    fn of(job: &JobSpec) -> QueueKey {
+        let mut features = job.required_features.clone();
+        features.sort();
+        features.dedup();
+        QueueKey {
+            system: job.system.clone(),
+            features,
+        }
+    }
+}
+
 struct State {
-    running: Vec<u32>,
-    health: Vec<Health>,
-    queues: BTreeMap<String, SystemQueue>,
+    entries: Vec<Entry>,
+    elastic: Vec<ElasticSpec>,
+    queues: BTreeMap<QueueKey, SystemQueue>,
     waiting: u64,
     next_seq: u64,
+    next_id: u64,
+    /// What each backend is believed to have (placement by locality).
+    locality: Arc<locality::Locality>,
 }
 
 pub struct Scheduler {
-    backends: Vec<Backend>,
     max_waiting: u64,
     state: Mutex<State>,
+    locality: Arc<locality::Locality>,
 }
 
 /// A claimed build slot. Dropping it releases the slot.
 pub struct Slot {
     scheduler: Arc<Scheduler>,
-    backend: usize,
+    id: u64,
+    backend: Arc<Backend>,
 }
 
 impl Slot {
+    /// The backend's config as it was when the slot was claimed.
     pub fn backend(&self) -> &Backend {
-        &self.scheduler.backends[self.backend]
+        &self.backend
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let sched = self.scheduler.clone();
-        sched.release(self.backend);
+        sched.release(self.id);
     }
 }
+
+/// What a waiting job receives: a slot, or why it will never get one.
+type Grant = Result<Slot, Error>;
 
 /// Returned while a job waits: where it stands in its queue.
 pub enum Acquired {
     Now(Slot),
     Queued {
         position: usize,
-        rx: oneshot::Receiver<Slot>,
+        rx: oneshot::Receiver<Grant>,
     },
 }
 
 impl Scheduler {
     pub fn new(backends: Vec<Backend>, max_waiting: u64) -> Arc<Scheduler> {
-        let state = State {
-            running: vec![0; backends.len()],
-            health: vec![Health::default(); backends.len()],
+        let mut state = State {
+            entries: Vec::new(),
+            elastic: Vec::new(),
             queues: BTreeMap::new(),
             waiting: 0,
             next_seq: 0,
+            next_id: 0,
+            locality: Default::default(),
         };
+        for b in backends {
+            state.insert(b, true);
+        }
+        let locality = state.locality.clone();
         Arc::new(Scheduler {
-            backends,
             max_waiting,
             state: Mutex::new(state),
+            locality,
         })
     }
 
-    pub fn backends(&self) -> &[Backend] {
-        &self.backends
+    /// What the relay believes each backend has (see [`locality`]).
+    pub fn locality(&self) -> &locality::Locality {
+        &self.locality
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -113,38 +183,17 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn views<'a>(&'a self, st: &State) -> Vec<BackendView<'a>> {
-        self.backends
-            .iter()
-            .zip(st.running.iter().zip(&st.health))
-            .map(|(b, (&running, health))| BackendView {
-                name: &b.name,
-                systems: &b.systems,
-                supported_features: &b.supported_features,
-                mandatory_features: &b.mandatory_features,
-                max_jobs: b.max_jobs,
-                running,
-                speed_factor: b.speed_factor,
-                down_until: health.down_until,
-            })
-            .collect()
-    }
-
-    /// Claims a slot now, or queues the job (see `queue` for the order).
+    /// Claims a slot now, or queues the job (see `queue` for the order). A
+    /// job no current backend could ever serve is queued too when an
+    /// elastic spec could (capacity that can be launched), else it fails.
     pub fn try_acquire(self: &Arc<Self>, job: JobSpec) -> Result<Acquired, Error> {
         let mut st = self.lock();
-        let queue_empty = st.queues.get(&job.system).is_none_or(SystemQueue::is_empty);
-        match policy::pick(&job, &self.views(&st), Instant::now()) {
-            Decision::NoneEligible => Err(self.none_eligible(&job)),
-            Decision::Run(i) if queue_empty => {
-                st.running[i] += 1;
-                self.publish_slots(&st, i);
-                Ok(Acquired::Now(Slot {
-                    scheduler: self.clone(),
-                    backend: i,
-                }))
-            }
-            Decision::Run(_) | Decision::Wait => {
+        let key = QueueKey::of(&job);
+        let queue_empty = st.queues.get(&key).is_none_or(SystemQueue::is_empty);
+        match st.decide(&job) {
+            Decision::NoneEligible if !st.elastic_could(&job) => Err(st.none_eligible(&job)),
+            Decision::Run(i) if queue_empty => Ok(Acquired::Now(self.claim(&mut st, i))),
+            Decision::Run(_) | Decision::Wait | Decision::NoneEligible => {
                 if st.waiting >= self.max_waiting {
                     return Err(Error::QueueFull(st.waiting));
                 }
@@ -152,15 +201,13 @@ impl Scheduler {
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 st.waiting += 1;
-                let system = job.system.clone();
-                let q = st.queues.entry(system.clone()).or_default();
-                let position = q.push_back(Waiter {
+                let position = st.queues.entry(key.clone()).or_default().push_back(Waiter {
                     seq,
                     since: Instant::now(),
                     job,
                     tx,
                 });
-                crate::metrics::queue_depth(&system, q.len());
+                st.publish_depth(&key.system);
                 Ok(Acquired::Queued { position, rx })
             }
         }
@@ -168,15 +215,182 @@ impl Scheduler {
 
     /// Waits for a queued job's slot. Dropping the future leaves the queue:
     /// a slot handed over meanwhile is released again.
-    pub async fn wait(rx: oneshot::Receiver<Slot>) -> Option<Slot> {
-        rx.await.ok()
+    pub async fn wait(rx: oneshot::Receiver<Grant>) -> Result<Slot, Error> {
+        rx.await.unwrap_or(Err(Error::Dropped))
+    }
+
+    /// Counts a job on entry `i` and returns its slot.
+    fn claim(self: &Arc<Self>, st: &mut State, i: usize) -> Slot {
+        let e = &mut st.entries[i];
+        e.running += 1;
+        crate::metrics::backend_slots(&e.config.name, e.running, e.config.max_jobs);
+        Slot {
+            scheduler: self.clone(),
+            id: e.id,
+            backend: e.config.clone(),
+        }
+    }
+
+    fn release(self: &Arc<Self>, id: u64) {
+        let refused = {
+            let mut st = self.lock();
+            if let Some(i) = st.entries.iter().position(|e| e.id == id) {
+                let e = &mut st.entries[i];
+                e.running = e.running.saturating_sub(1);
+                crate::metrics::backend_slots(&e.config.name, e.running, e.config.max_jobs);
+                if e.removing && e.running == 0 {
+                    st.forget(i);
+                }
+            }
+            self.dispatch(&mut st)
+        };
+        // Slots whose waiter had gone; dropping them (outside the lock)
+        // releases them again.
+        drop(refused);
+    }
+
+    /// Hands free slots to queue heads, oldest head first. Returns the
+    /// slots whose waiters had already given up.
+    fn dispatch(self: &Arc<Self>, st: &mut State) -> Vec<Slot> {
+        let mut refused = Vec::new();
+        loop {
+            let mut heads: Vec<(u64, QueueKey)> = st
+                .queues
+                .iter()
+                .filter_map(|(k, q)| q.front().map(|w| (w.seq, k.clone())))
+                .collect();
+            heads.sort();
+            let mut progressed = false;
+            for (_, key) in heads {
+                let Some(head) = st.queues.get(&key).and_then(SystemQueue::front) else {
+                    continue;
+                };
+                let Decision::Run(i) = st.decide(&head.job) else {
+                    continue;
+                };
+                let Some(w) = st.queues.get_mut(&key).and_then(SystemQueue::pop_front) else {
+                    continue;
+                };
+                st.waiting -= 1;
+                st.publish_depth(&key.system);
+                let slot = self.claim(st, i);
+                if let Err(Ok(slot)) = w.tx.send(Ok(slot)) {
+                    refused.push(slot);
+                }
+                progressed = true;
+            }
+            st.queues.retain(|_, q| !q.is_empty());
+            if !progressed {
+                return refused;
+            }
+        }
+    }
+
+    /// Records whether backend `name` worked. A failure marks it down for
+    /// an exponentially growing backoff; it is re-probed by the next job
+    /// after that.
+    pub fn report_connect(&self, name: &str, ok: bool) {
+        let mut st = self.lock();
+        let Some(e) = st.entries.iter_mut().find(|e| e.config.name == name) else {
+            return;
+        };
+        let h = &mut e.health;
+        h.last_ok = Some(ok);
+        if ok {
+            h.failures = 0;
+            h.down_until = None;
+        } else {
+            h.failures = h.failures.saturating_add(1);
+            let backoff = BACKOFF_FIRST
+                .saturating_mul(1 << (h.failures - 1).min(10))
+                .min(BACKOFF_MAX);
+            h.down_until = Some(Instant::now() + backoff);
+            tracing::warn!(
+                backend = name,
+                failures = h.failures,
+                ?backoff,
+                "backend marked down"
+            );
+        }
+        crate::metrics::backend_up(name, ok);
+    }
+
+    /// Hands slots of backends whose backoff ended to waiting jobs. Run
+    /// periodically.
+    pub fn tick(self: &Arc<Self>) {
+        let refused = {
+            let mut st = self.lock();
+            self.dispatch(&mut st)
+        };
+        drop(refused);
+    }
+}
+
+impl State {
+    /// Adds a backend with a fresh id, at the end of the order.
+    fn insert(&mut self, b: Backend, from_config: bool) {
+        crate::metrics::backend_slots(&b.name, 0, b.max_jobs);
+        crate::metrics::backend_draining(&b.name, false);
+        self.entries.push(Entry {
+            id: self.next_id,
+            config: Arc::new(b),
+            running: 0,
+            health: Health::default(),
+            drained: false,
+            removing: false,
+            from_config,
+        });
+        self.next_id += 1;
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        self.entries.iter().position(|e| e.config.name == name)
+    }
+
+    /// The policy's view of the set: every backend not being removed; a
+    /// draining one offers no slot (max_jobs 0) yet stays eligible, so a
+    /// job only it can serve waits for the undrain rather than failing.
+    /// Returns the views and, for each, its index in `entries`.
+    /// The backends as `job` sees them (its missing input bytes included).
+    fn views(&self, job: &JobSpec) -> (Vec<BackendView<'_>>, Vec<usize>) {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.removing)
+            .map(|(i, e)| {
+                let b = &e.config;
+                let view = BackendView {
+                    name: &b.name,
+                    systems: &b.systems,
+                    supported_features: &b.supported_features,
+                    mandatory_features: &b.mandatory_features,
+                    max_jobs: if e.drained { 0 } else { b.max_jobs },
+                    running: e.running,
+                    speed_factor: b.speed_factor,
+                    down_until: e.health.down_until,
+                    missing_bytes: self.locality.missing_bytes(&b.name, &job.inputs),
+                };
+                (view, i)
+            })
+            .unzip()
+    }
+
+    /// `policy::pick` over the current set; `Run` holds an `entries` index.
+    fn decide(&self, job: &JobSpec) -> Decision {
+        let (views, index) = self.views(job);
+        match policy::pick(job, &views, Instant::now()) {
+            Decision::Run(v) => Decision::Run(index[v]),
+            d => d,
+        }
     }
 
     fn none_eligible(&self, job: &JobSpec) -> Error {
         let configured = self
-            .backends
+            .entries
             .iter()
-            .map(|b| {
+            .filter(|e| !e.removing)
+            .map(|e| {
+                let b = &e.config;
                 format!(
                     "{} (systems {}; features {})",
                     b.name,
@@ -193,192 +407,21 @@ impl Scheduler {
         }
     }
 
-    fn release(self: &Arc<Self>, backend: usize) {
-        let refused = {
-            let mut st = self.lock();
-            st.running[backend] = st.running[backend].saturating_sub(1);
-            self.publish_slots(&st, backend);
-            self.dispatch(&mut st)
-        };
-        // Slots whose waiter had gone; dropping them (outside the lock)
-        // releases them again.
-        drop(refused);
-    }
-
-    /// Hands free slots to queue heads, oldest head first. Returns the
-    /// slots whose waiters had already given up.
-    fn dispatch(self: &Arc<Self>, st: &mut State) -> Vec<Slot> {
-        let mut refused = Vec::new();
-        loop {
-            let mut heads: Vec<(u64, String)> = st
-                .queues
-                .iter()
-                .filter_map(|(sys, q)| q.front().map(|w| (w.seq, sys.clone())))
-                .collect();
-            heads.sort();
-            let mut progressed = false;
-            for (_, sys) in heads {
-                let Some(head) = st.queues.get(&sys).and_then(SystemQueue::front) else {
-                    continue;
-                };
-                let Decision::Run(i) = policy::pick(&head.job, &self.views(st), Instant::now())
-                else {
-                    continue;
-                };
-                let Some(w) = st.queues.get_mut(&sys).and_then(SystemQueue::pop_front) else {
-                    continue;
-                };
-                st.waiting -= 1;
-                st.running[i] += 1;
-                self.publish_slots(st, i);
-                crate::metrics::queue_depth(&sys, st.queues.get(&sys).map_or(0, SystemQueue::len));
-                let slot = Slot {
-                    scheduler: self.clone(),
-                    backend: i,
-                };
-                if let Err(slot) = w.tx.send(slot) {
-                    refused.push(slot);
-                }
-                progressed = true;
-            }
-            if !progressed {
-                return refused;
-            }
-        }
-    }
-}
-
-/// What `/status` shows of the scheduler.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Snapshot {
-    pub backends: Vec<BackendStatus>,
-    pub queues: Vec<QueueStatus>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct BackendStatus {
-    pub name: String,
-    pub systems: Vec<String>,
-    pub features: Vec<String>,
-    /// `up`, `down` (failed, backing off), `probing` (backoff over, next
-    /// job tries it) or `unknown` (not tried yet).
-    pub state: &'static str,
-    pub running: u32,
-    pub max_jobs: u32,
-    pub speed_factor: f64,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct QueueStatus {
-    pub system: String,
-    /// Seconds each waiting job has waited, oldest first.
-    pub waiting_seconds: Vec<f64>,
-}
-
-impl Scheduler {
-    /// Records whether backend `name` worked. A failure marks it down for
-    /// an exponentially growing backoff; it is re-probed by the next job
-    /// after that.
-    pub fn report_connect(&self, name: &str, ok: bool) {
-        if let Some(i) = self.backends.iter().position(|b| b.name == name) {
-            let mut st = self.lock();
-            let h = &mut st.health[i];
-            h.last_ok = Some(ok);
-            if ok {
-                h.failures = 0;
-                h.down_until = None;
-            } else {
-                h.failures = h.failures.saturating_add(1);
-                let backoff = BACKOFF_FIRST
-                    .saturating_mul(1 << (h.failures - 1).min(10))
-                    .min(BACKOFF_MAX);
-                h.down_until = Some(Instant::now() + backoff);
-                tracing::warn!(
-                    backend = name,
-                    failures = h.failures,
-                    ?backoff,
-                    "backend marked down"
-                );
-            }
-        }
-        crate::metrics::backend_up(name, ok);
-    }
-
-    /// `2 running on opi01, opi02`: builds on the backends serving `system`.
-    pub fn running_summary(&self, system: &str) -> String {
-        let st = self.lock();
-        let on: Vec<&str> = self
-            .backends
-            .iter()
-            .enumerate()
-            .filter(|(i, b)| b.systems.iter().any(|s| s == system) && st.running[*i] > 0)
-            .map(|(_, b)| b.name.as_str())
-            .collect();
-        let n: u32 = self
-            .backends
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.systems.iter().any(|s| s == system))
-            .map(|(i, _)| st.running[i])
-            .sum();
-        format!(
-            "{n} running on {}",
-            if on.is_empty() {
-                "none".into()
-            } else {
-                on.join(", ")
-            }
-        )
-    }
-
-    /// Hands slots of backends whose backoff ended to waiting jobs. Run
-    /// periodically.
-    pub fn tick(self: &Arc<Self>) {
-        let refused = {
-            let mut st = self.lock();
-            self.dispatch(&mut st)
-        };
-        drop(refused);
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        let st = self.lock();
-        let backends = self
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| BackendStatus {
-                name: b.name.clone(),
-                systems: b.systems.clone(),
-                features: b.supported_features.clone(),
-                state: match (st.health[i].last_ok, st.health[i].down_until) {
-                    (_, Some(t)) if t > Instant::now() => "down",
-                    (Some(true), _) => "up",
-                    (Some(false), _) => "probing",
-                    (None, _) => "unknown",
-                },
-                running: st.running[i],
-                max_jobs: b.max_jobs,
-                speed_factor: b.speed_factor,
-            })
-            .collect();
-        let now = Instant::now();
-        let queues = st
+    /// The queue-depth gauge counts every waiting job of the system.
+    fn publish_depth(&self, system: &str) {
+        let depth = self
             .queues
             .iter()
-            .map(|(system, q)| QueueStatus {
-                system: system.clone(),
-                waiting_seconds: q.iter().map(|w| (now - w.since).as_secs_f64()).collect(),
-            })
-            .collect();
-        Snapshot { backends, queues }
-    }
-
-    fn publish_slots(&self, st: &State, i: usize) {
-        let b = &self.backends[i];
-        crate::metrics::backend_slots(&b.name, st.running[i], b.max_jobs);
+            .filter(|(k, _)| k.system == system)
+            .map(|(_, q)| q.len())
+            .sum();
+        crate::metrics::queue_depth(system, depth);
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dynamic;
+#[cfg(test)]
+mod tests_health;

@@ -7,13 +7,13 @@ use std::collections::{HashMap, VecDeque};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{JobSpec, Slot};
+use super::{Grant, JobSpec};
 
 pub(super) struct Waiter {
     pub seq: u64,
     pub since: Instant,
     pub job: JobSpec,
-    pub tx: oneshot::Sender<Slot>,
+    pub tx: oneshot::Sender<Grant>,
 }
 
 #[derive(Default)]
@@ -63,6 +63,13 @@ impl SystemQueue {
 
     pub fn is_empty(&self) -> bool {
         self.rotation.is_empty()
+    }
+
+    /// Every waiting job, oldest first, taken out.
+    pub fn into_all(self) -> Vec<Waiter> {
+        let mut all: Vec<Waiter> = self.per_client.into_values().flatten().collect();
+        all.sort_by_key(|w| w.seq);
+        all
     }
 
     /// Every waiting job, oldest first.

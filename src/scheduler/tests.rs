@@ -3,7 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::config::BackendUri;
 
-fn backend(name: &str, systems: &[&str], max_jobs: u32) -> Backend {
+pub(super) fn backend(name: &str, systems: &[&str], max_jobs: u32) -> Backend {
     Backend {
         name: name.into(),
         uri: BackendUri::Local,
@@ -19,26 +19,27 @@ fn backend(name: &str, systems: &[&str], max_jobs: u32) -> Backend {
     }
 }
 
-fn job(system: &str) -> JobSpec {
+pub(super) fn job(system: &str) -> JobSpec {
     job_for("", system)
 }
 
-fn job_for(client: &str, system: &str) -> JobSpec {
+pub(super) fn job_for(client: &str, system: &str) -> JobSpec {
     JobSpec {
         client: client.into(),
         system: system.into(),
         required_features: vec![],
+        ..Default::default()
     }
 }
 
-fn now(a: Acquired) -> Slot {
+pub(super) fn now(a: Acquired) -> Slot {
     match a {
         Acquired::Now(s) => s,
         Acquired::Queued { .. } => panic!("expected a slot now"),
     }
 }
 
-fn queued(a: Acquired) -> (usize, oneshot::Receiver<Slot>) {
+pub(super) fn queued(a: Acquired) -> (usize, oneshot::Receiver<Grant>) {
     match a {
         Acquired::Queued { position, rx } => (position, rx),
         Acquired::Now(_) => panic!("expected to wait"),
@@ -56,7 +57,7 @@ async fn waiting_jobs_get_freed_slots_in_arrival_order() {
     let second = rx1.try_recv().expect("oldest waiter gets the slot");
     assert!(rx2.try_recv().is_err());
     drop(second);
-    assert_eq!(rx2.try_recv().unwrap().backend().name, "a");
+    assert_eq!(rx2.try_recv().unwrap().unwrap().backend().name, "a");
 }
 
 #[tokio::test]
@@ -118,7 +119,7 @@ async fn a_failed_backend_is_avoided_while_it_backs_off() {
     s.report_connect("a", true);
     s.tick();
     assert_eq!(
-        rx.try_recv().unwrap().backend().name,
+        rx.try_recv().unwrap().unwrap().backend().name,
         "a",
         "back up: the waiting job gets it"
     );

@@ -31,7 +31,7 @@ NHOSTS=3
 # client namespaces: client client2 client3 (hosts.sh up makes LAB_CLIENTS of them)
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
-SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l p q o}
+SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l p q o r s t u v}
 DIRECT=${E2E_DIRECT:-0}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 [ "$DIRECT" = 1 ] && MODE=direct || MODE=relay

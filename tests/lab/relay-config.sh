@@ -9,7 +9,8 @@
 # Clients: "lab" (keys/id_lab, trusted) and "eve" (keys/id_eve, untrusted).
 # Cache: signed with $LAB_STATE/keys/relay-cache.sec (the relay creates it and
 # relay-cache.sec.pub, "nix-relay-lab-1:<base64>", for trusted-public-keys),
-# zstd NARs; HTTP binary cache on 127.0.0.1:$((LAB_BASE_PORT+80)).
+# zstd NARs; HTTP binary cache on 127.0.0.1:$((LAB_BASE_PORT+80)); admin
+# endpoint (drain/undrain) on 127.0.0.1:$((LAB_BASE_PORT+81)).
 set -euo pipefail
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STATE=${LAB_STATE:-/tmp/nix-relay-lab}
@@ -67,6 +68,9 @@ tmp=$OUT.tmp.$$
   echo
   echo "[http]"
   echo "listen = \"127.0.0.1:$((BASE_PORT + 80))\""
+  echo
+  echo "[admin]"
+  echo "listen = \"127.0.0.1:$((BASE_PORT + 81))\""
   for i in $(seq 1 "$n"); do
     hk=$STATE/hosts/h$i/ssh/ssh_host_ed25519_key.pub
     [ -f "$hk" ] || die "no host key for h$i ($hk)"

@@ -1,0 +1,186 @@
+//! The admin endpoint: loopback-only HTTP for operators and
+//! `nix-relay drain` / `undrain`. It has no authentication, so config
+//! validation refuses a non-loopback `[admin] listen`.
+//!
+//! * `GET /admin/backends` — the scheduler's backends (as in `/status`);
+//! * `POST /admin/backends/NAME/drain` — finish running builds, take no new;
+//! * `POST /admin/backends/NAME/undrain` — take new builds again.
+//!
+//! Replies are JSON; an unknown NAME is a 404 naming the known backends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::scheduler::Scheduler;
+
+pub fn router(sched: Arc<Scheduler>) -> Router {
+    Router::new()
+        .route("/admin/backends", get(list))
+        .route("/admin/backends/{name}/drain", post(drain))
+        .route("/admin/backends/{name}/undrain", post(undrain))
+        .fallback(|| async {
+            reply(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "no such admin route"}),
+            )
+        })
+        .with_state(sched)
+}
+
+/// Binds `addr` (refusing a non-loopback one) and serves the admin routes
+/// in a background task.
+pub async fn spawn(addr: SocketAddr, sched: Arc<Scheduler>) -> std::io::Result<SocketAddr> {
+    if !addr.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("admin listen {addr}: loopback addresses only"),
+        ));
+    }
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = crate::http::serve(listener, router(sched)).await {
+            tracing::error!(error = %e, "admin endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
+fn reply(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn list(State(sched): State<Arc<Scheduler>>) -> Response {
+    reply(
+        StatusCode::OK,
+        &json!({ "backends": sched.snapshot().backends }),
+    )
+}
+
+async fn drain(State(sched): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
+    set_drain(&sched, &name, true)
+}
+
+async fn undrain(State(sched): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
+    set_drain(&sched, &name, false)
+}
+
+fn set_drain(sched: &Arc<Scheduler>, name: &str, on: bool) -> Response {
+    if !sched.drain(name, on) {
+        let known: Vec<String> = sched
+            .snapshot()
+            .backends
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        let error = format!("no backend named {name:?}; known: {}", known.join(", "));
+        return reply(StatusCode::NOT_FOUND, &json!({ "error": error }));
+    }
+    tracing::info!(backend = name, draining = on, "admin: drain set");
+    let b = sched
+        .snapshot()
+        .backends
+        .into_iter()
+        .find(|b| b.name == name);
+    reply(
+        StatusCode::OK,
+        &json!({
+            "backend": name,
+            "admin": b.as_ref().map(|b| b.admin),
+            "running": b.as_ref().map(|b| b.running),
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Backend, BackendUri};
+    use crate::status::http_request;
+
+    fn backend(name: &str) -> Backend {
+        Backend {
+            name: name.into(),
+            uri: BackendUri::Local,
+            ssh_key: None,
+            host_key: None,
+            systems: vec!["x".into()],
+            max_jobs: 1,
+            speed_factor: 1.0,
+            supported_features: vec![],
+            mandatory_features: vec![],
+            connect_timeout: Duration::from_secs(5),
+            store: None,
+        }
+    }
+
+    async fn served() -> (Arc<Scheduler>, String) {
+        let sched = Scheduler::new(vec![backend("h1"), backend("h2")], 10);
+        let addr = spawn("127.0.0.1:0".parse().unwrap(), sched.clone())
+            .await
+            .unwrap();
+        (sched, format!("http://{addr}"))
+    }
+
+    #[tokio::test]
+    async fn drain_and_undrain_change_the_backend_and_say_so() {
+        let (sched, url) = served().await;
+        let (status, body) = http_request("POST", &format!("{url}/admin/backends/h1/drain"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["admin"], "draining");
+        assert_eq!(sched.snapshot().backends[0].admin, "draining");
+        let (status, _) = http_request("POST", &format!("{url}/admin/backends/h1/undrain"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(sched.snapshot().backends[0].admin, "active");
+        let (_, list) = http_request("GET", &format!("{url}/admin/backends"))
+            .await
+            .unwrap();
+        assert!(list.contains("\"h2\""), "{list}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_backend_is_a_404_naming_the_known_ones() {
+        let (_sched, url) = served().await;
+        let (status, body) = http_request("POST", &format!("{url}/admin/backends/h9/drain"))
+            .await
+            .unwrap();
+        assert_eq!(status, 404);
+        assert!(
+            body.contains("no backend named \\\"h9\\\"; known: h1, h2"),
+            "{body}"
+        );
+        let (status, _) = http_request("GET", &format!("{url}/admin/backends/h1/drain"))
+            .await
+            .unwrap();
+        assert_eq!(status, 405, "drain is a POST");
+    }
+
+    #[tokio::test]
+    async fn a_non_loopback_address_is_refused() {
+        let sched = Scheduler::new(vec![backend("h1")], 10);
+        let err = spawn("0.0.0.0:0".parse().unwrap(), sched)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+    }
+}
