@@ -8,32 +8,54 @@
 //!
 //! The queue stays at `queued` jobs: each sample adds one and serves one.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use nix_relay::scheduler::{Acquired, JobSpec, Scheduler, Slot};
+use nix_relay::scheduler::locality::InputSummary;
+use nix_relay::scheduler::{Acquired, Error, JobSpec, Scheduler, Slot};
+
+/// What a queued job receives: its slot, or why it got none.
+type Grant = Result<Slot, Error>;
 use tokio::sync::oneshot;
 
 use super::cluster::Machine;
-use super::relay::{backends, spec};
+use super::relay::{backends, spec, store_path};
 
 pub struct Latency {
     pub enqueue: Vec<f64>,
     pub dispatch: Vec<f64>,
 }
 
+/// Paths the probe's backends are believed to hold (of 2 x that many).
+const KNOWN_PATHS: usize = 8_000;
+
+/// Job `i`: 32 inputs (the summary's size), half of them known somewhere.
 fn job(i: usize) -> JobSpec {
     let system = if i.is_multiple_of(4) {
         "x86_64-linux"
     } else {
         "aarch64-linux"
     };
-    spec(format!("client{}", i % 12), system, i.is_multiple_of(10))
+    let inputs =
+        InputSummary::new((0..32).map(|k| (store_path((i * 32 + k) % (2 * KNOWN_PATHS)), 1 << 20)));
+    spec(
+        format!("client{}", i % 12),
+        system,
+        i.is_multiple_of(10),
+        Arc::new(inputs),
+    )
 }
 
 pub fn measure(m: &[Machine], queued: usize, samples: usize) -> Latency {
     let sched = Scheduler::new(backends(m), (queued as u64) * 2);
+    for (i, b) in m.iter().enumerate() {
+        let known: Vec<_> = (0..KNOWN_PATHS)
+            .map(|k| store_path(i * 1_000 + k))
+            .collect();
+        sched.locality().confirm(b.name, &known);
+    }
     let mut slots: Vec<Slot> = Vec::new();
-    let mut rxs: Vec<oneshot::Receiver<Slot>> = Vec::new();
+    let mut rxs: Vec<oneshot::Receiver<Grant>> = Vec::new();
     let mut i = 0;
     while rxs.len() < queued {
         match sched.try_acquire(job(i)).expect("eligible") {
@@ -68,7 +90,11 @@ pub fn measure(m: &[Machine], queued: usize, samples: usize) -> Latency {
         lat.dispatch.push(t.elapsed().as_secs_f64());
         let pos = rxs
             .iter_mut()
-            .position(|rx| rx.try_recv().map(|s| slots.push(s)).is_ok())
+            .position(|rx| {
+                rx.try_recv()
+                    .map(|g| slots.push(g.expect("a granted slot")))
+                    .is_ok()
+            })
             .expect("a waiter got the freed slot");
         rxs.swap_remove(pos);
     }

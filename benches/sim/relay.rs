@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix_relay::config::{Backend, BackendUri};
-use nix_relay::scheduler::{Acquired, JobSpec, Scheduler, Slot};
+use nix_relay::scheduler::locality::InputSummary;
+use nix_relay::scheduler::{Acquired, Error, JobSpec, Scheduler, Slot};
+use nix_relay::wire::store_path::StorePath;
 use tokio::sync::oneshot;
 
 use super::cluster::{CLIENTS, Costs, Engine, Machine, Occur, RELAY_HOST, board};
@@ -64,7 +66,7 @@ enum Ev {
 
 #[derive(Default)]
 struct Flight {
-    rx: Option<oneshot::Receiver<Slot>>,
+    rx: Option<oneshot::Receiver<Result<Slot, Error>>>,
     slot: Option<Slot>,
     backend: usize,
     attached: Vec<usize>,
@@ -125,8 +127,18 @@ pub fn backends(m: &[Machine]) -> Vec<Backend> {
         .collect()
 }
 
+/// A synthetic store path for derivation `d`'s output.
+pub fn store_path(d: usize) -> StorePath {
+    StorePath::parse(&format!("/nix/store/{d:032}-out")).expect("a valid store path")
+}
+
 /// The one place a `JobSpec` is built (the latency probe uses it too).
-pub fn spec(client: String, system: &str, big_parallel: bool) -> JobSpec {
+pub fn spec(
+    client: String,
+    system: &str,
+    big_parallel: bool,
+    inputs: Arc<InputSummary>,
+) -> JobSpec {
     JobSpec {
         client,
         system: system.into(),
@@ -135,15 +147,23 @@ pub fn spec(client: String, system: &str, big_parallel: bool) -> JobSpec {
         } else {
             vec![]
         },
+        inputs,
     }
 }
 
+/// The job with its direct inputs as the locality summary.
 pub fn job(w: &Workload, client: usize, d: usize) -> JobSpec {
     let drv = &w.drvs[d];
+    let inputs = InputSummary::new(
+        drv.deps
+            .iter()
+            .map(|&i| (store_path(i), w.drvs[i].out_size as u64)),
+    );
     spec(
         format!("opi0{}", client + 1),
         drv.sys.nix(),
         drv.big_parallel,
+        Arc::new(inputs),
     )
 }
 
@@ -204,6 +224,8 @@ pub async fn run(w: &Workload, m: &[Machine], costs: Costs, order: Order) -> Out
             }
             Occur::Built(b, d) => {
                 sim.stores[b][d] = true;
+                // As session::build does after a build: the outputs are there.
+                sim.sched.locality().confirm(m[b].name, [&store_path(d)]);
                 let t = costs.xfer(b, RELAY_HOST, w.drvs[d].out_size);
                 sim.eng.at(t, Ev::Teed(d));
             }
@@ -320,6 +342,9 @@ impl Sim<'_> {
                 self.stores[b][i] = true;
             }
         }
+        // As push_inputs does: the backend now holds every input.
+        let paths: Vec<StorePath> = self.w.drvs[d].deps.iter().map(|&i| store_path(i)).collect();
+        self.sched.locality().confirm(self.m[b].name, &paths);
         self.builds += 1;
         self.running[b] += 1;
         let f = self.flights[d].as_mut().expect("a flight");
@@ -339,7 +364,8 @@ impl Sim<'_> {
             let got = self.flights[q]
                 .as_mut()
                 .and_then(|f| f.rx.as_mut())
-                .and_then(|rx| rx.try_recv().ok());
+                .and_then(|rx| rx.try_recv().ok())
+                .map(|g| g.expect("a granted slot"));
             match got {
                 Some(slot) => self.start(q, slot),
                 None => self.queued.push(q),
