@@ -7,6 +7,10 @@
 //!   heads -> hand-over to the waiter).
 //!
 //! The queue stays at `queued` jobs: each sample adds one and serves one.
+//! A sample during which the OS preempted the thread (its involuntary
+//! context switches grew) is counted apart: on a loaded machine it measures
+//! the other processes, and it hits long operations more often than short
+//! ones. Both figures are printed.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,9 +25,49 @@ use tokio::sync::oneshot;
 use super::cluster::Machine;
 use super::relay::{backends, spec, store_path};
 
+/// Seconds per sample, and whether the OS preempted the thread meanwhile.
+#[derive(Default)]
+pub struct Samples(pub Vec<(f64, bool)>);
+
+impl Samples {
+    /// Runs and times `f` (wall clock), noting a preemption.
+    fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let before = preemptions();
+        let t = Instant::now();
+        let out = f();
+        let secs = t.elapsed().as_secs_f64();
+        self.0.push((secs, preemptions() != before));
+        out
+    }
+
+    /// The samples the OS did not interrupt.
+    pub fn clean(&self) -> Vec<f64> {
+        self.0.iter().filter(|s| !s.1).map(|s| s.0).collect()
+    }
+
+    pub fn all(&self) -> Vec<f64> {
+        self.0.iter().map(|s| s.0).collect()
+    }
+
+    pub fn preempted(&self) -> usize {
+        self.0.iter().filter(|s| s.1).count()
+    }
+}
+
+/// This thread's involuntary context switches so far (0 where /proc has
+/// no such line): a sample that spans one measured the machine's load.
+fn preemptions() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 pub struct Latency {
-    pub enqueue: Vec<f64>,
-    pub dispatch: Vec<f64>,
+    pub enqueue: Samples,
+    pub dispatch: Samples,
 }
 
 /// Paths the probe's backends are believed to hold (of 2 x that many).
@@ -65,15 +109,13 @@ pub fn measure(m: &[Machine], queued: usize, samples: usize) -> Latency {
         i += 1;
     }
     let mut lat = Latency {
-        enqueue: Vec::with_capacity(samples),
-        dispatch: Vec::with_capacity(samples),
+        enqueue: Samples::default(),
+        dispatch: Samples::default(),
     };
     for k in 0..samples {
         let j = job(i);
         let system = j.system.clone();
-        let t = Instant::now();
-        let a = sched.try_acquire(j).expect("eligible");
-        lat.enqueue.push(t.elapsed().as_secs_f64());
+        let a = lat.enqueue.time(|| sched.try_acquire(j)).expect("eligible");
         i += 1;
         match a {
             Acquired::Queued { rx, .. } => rxs.push(rx),
@@ -85,9 +127,7 @@ pub fn measure(m: &[Machine], queued: usize, samples: usize) -> Latency {
             .filter(|&s| slots[s].backend().systems.contains(&system))
             .collect();
         let slot = slots.swap_remove(same[k % same.len()]);
-        let t = Instant::now();
-        drop(slot);
-        lat.dispatch.push(t.elapsed().as_secs_f64());
+        lat.dispatch.time(|| drop(slot));
         let pos = rxs
             .iter_mut()
             .position(|rx| {
