@@ -90,6 +90,14 @@ fn describe() {
         "nix_relay_retries_total",
         "Builds requeued after an infrastructure failure"
     );
+    describe_counter!(
+        "nix_relay_backend_sessions_total",
+        "Backend sessions checked out, by backend and kind (new: connected, reused: from the pool)"
+    );
+    describe_gauge!(
+        "nix_relay_backend_sessions_idle",
+        "Warm backend sessions in the pool now, by backend"
+    );
     describe_gauge!(
         "nix_relay_store_bytes",
         "Bytes of NAR files in the relay store"
@@ -212,6 +220,16 @@ pub fn dedup_attach() {
     counter!("nix_relay_dedup_attaches_total").increment(1);
 }
 
+/// A build got a backend session: `kind` is `new` or `reused`.
+pub fn backend_session(backend: &str, kind: &'static str) {
+    counter!("nix_relay_backend_sessions_total", "backend" => backend.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+pub fn backend_sessions_idle(backend: &str, n: usize) {
+    gauge!("nix_relay_backend_sessions_idle", "backend" => backend.to_owned()).set(n as f64);
+}
+
 pub fn store_bytes(n: u64) {
     gauge!("nix_relay_store_bytes").set(n as f64);
 }
@@ -230,5 +248,10 @@ pub fn register_zeroes(backends: &[(String, u32)]) {
     for (name, slots) in backends {
         backend_slots(name, 0, *slots);
         backend_draining(name, false);
+        backend_sessions_idle(name, 0);
+        for kind in ["new", "reused"] {
+            counter!("nix_relay_backend_sessions_total", "backend" => name.clone(), "kind" => kind)
+                .absolute(0);
+        }
     }
 }

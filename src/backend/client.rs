@@ -15,6 +15,8 @@ pub struct ServeClient<R, W> {
     pub w: W,
     pub version: ServeVersion,
     limits: Limits,
+    /// An operation started and has not been read to its end.
+    pub(super) busy: bool,
 }
 
 impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, W> {
@@ -24,6 +26,7 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, 
             w,
             version,
             limits,
+            busy: false,
         }
     }
 

@@ -1,5 +1,10 @@
 //! [`Client`]: the operations a session needs from a backend, whichever
 //! protocol the backend speaks.
+//!
+//! Each operation marks the client busy until it has read the whole reply,
+//! so an operation that failed or was abandoned halfway (a timeout, a
+//! cancelled build) leaves it busy: [`Client::is_idle`] is then false and
+//! the pool never hands the connection out again.
 
 use tokio::io::AsyncRead;
 
@@ -20,18 +25,22 @@ pub enum Client {
 impl Client {
     /// The paths among `paths` the backend has.
     pub async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<Vec<StorePath>> {
-        match self {
+        self.set_busy(true);
+        let r = match self {
             Client::Serve(c) => c.query_valid_paths(paths).await,
             Client::Worker(c) => c.query_valid_paths(paths).await,
-        }
+        };
+        self.settle(r)
     }
 
     /// The infos of the valid paths among `paths`.
     pub async fn query_path_infos(&mut self, paths: Vec<StorePath>) -> Result<Vec<ValidPathInfo>> {
-        match self {
+        self.set_busy(true);
+        let r = match self {
             Client::Serve(c) => c.query_path_infos(paths).await,
             Client::Worker(c) => c.query_path_infos(paths).await,
-        }
+        };
+        self.settle(r)
     }
 
     /// Uploads one path; `nar` must yield exactly `info.nar_size` bytes.
@@ -40,10 +49,12 @@ impl Client {
         info: &ValidPathInfo,
         nar: &mut N,
     ) -> Result<()> {
-        match self {
+        self.set_busy(true);
+        let r = match self {
             Client::Serve(c) => c.add_to_store_nar(info, nar).await,
             Client::Worker(c) => c.add_to_store_nar(info, nar).await,
-        }
+        };
+        self.settle(r)
     }
 
     /// Builds `drv`. A worker backend's log goes to `log` line by line;
@@ -55,14 +66,18 @@ impl Client {
         options: BuildOptions,
         log: &LogSink,
     ) -> Result<BuildResult> {
-        match self {
+        self.set_busy(true);
+        let r = match self {
             Client::Serve(c) => c.build_derivation(drv_path, drv, options).await,
             Client::Worker(c) => c.build_derivation(drv_path, drv, options, log).await,
-        }
+        };
+        self.settle(r)
     }
 
-    /// Asks for a NAR; the caller then reads it from [`Client::reader`].
+    /// Asks for a NAR; the caller then reads it from [`Client::reader`] and
+    /// calls [`Client::nar_read`] once it has read all of it.
     pub async fn dump_store_path(&mut self, path: &StorePath) -> Result<()> {
+        self.set_busy(true);
         match self {
             Client::Serve(c) => c.dump_store_path(path).await,
             Client::Worker(c) => c.dump_store_path(path).await,
@@ -75,5 +90,33 @@ impl Client {
             Client::Serve(c) => &mut c.r,
             Client::Worker(c) => &mut c.r,
         }
+    }
+
+    /// The NAR asked for with [`Client::dump_store_path`] was read to its end.
+    pub fn nar_read(&mut self) {
+        self.set_busy(false);
+    }
+
+    /// No operation is half done: the connection is at a request boundary
+    /// and may serve another build.
+    pub fn is_idle(&self) -> bool {
+        match self {
+            Client::Serve(c) => !c.busy,
+            Client::Worker(c) => !c.busy,
+        }
+    }
+
+    fn set_busy(&mut self, busy: bool) {
+        match self {
+            Client::Serve(c) => c.busy = busy,
+            Client::Worker(c) => c.busy = busy,
+        }
+    }
+
+    fn settle<T>(&mut self, r: Result<T>) -> Result<T> {
+        if r.is_ok() {
+            self.set_busy(false);
+        }
+        r
     }
 }

@@ -5,9 +5,12 @@
 //! Invariant: a [`BackendConn`] owns its transport; dropping it closes the
 //! SSH connection or kills the subprocess, which makes the remote
 //! `nix-store --serve` or `nix-daemon --stdio` stop whatever it was building.
+//! [`pool`] keeps idle connections warm between builds and takes back only
+//! those whose last operation completed ([`Client::is_idle`]).
 
 mod client;
 mod conn;
+pub mod pool;
 mod worker;
 
 use std::process::Stdio;
@@ -20,6 +23,7 @@ use crate::wire::serve::{self, ServeVersion};
 use crate::wire::worker::WorkerVersion;
 pub use client::ServeClient;
 pub use conn::Client;
+pub use pool::{Kind, Lease, Pool, PoolLimits};
 pub use worker::WorkerClient;
 
 /// The command serve backends (`ssh://`, `local`) run.
@@ -76,11 +80,11 @@ pub enum Error {
 
 enum Transport {
     Ssh {
-        _handle: russh::client::Handle<crate::ssh::client::Pinned>,
-        _ended: tokio::task::JoinHandle<crate::ssh::ChannelEnd>,
+        handle: russh::client::Handle<crate::ssh::client::Pinned>,
+        ended: tokio::task::JoinHandle<crate::ssh::ChannelEnd>,
     },
     Local {
-        _child: tokio::process::Child,
+        child: tokio::process::Child,
     },
 }
 
@@ -93,16 +97,53 @@ pub type ConnWriter = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 pub struct BackendConn {
     pub name: String,
     pub client: Client,
-    _transport: Transport,
+    /// Where the backend's stderr goes now (the build using the connection).
+    log: LogSwitch,
+    transport: Transport,
+}
+
+/// The current target of a connection's stderr; `None` while it is idle.
+type LogSwitch = std::sync::Arc<std::sync::Mutex<Option<LogSink>>>;
+
+impl BackendConn {
+    /// Sends the backend's stderr to `log` from now on (`None`: nowhere).
+    pub fn set_log(&self, log: Option<LogSink>) {
+        *self.log.lock().unwrap_or_else(|e| e.into_inner()) = log;
+    }
+
+    /// Whether the transport is still open: the SSH connection and its
+    /// channel, or the subprocess.
+    pub fn transport_open(&mut self) -> bool {
+        match &mut self.transport {
+            Transport::Ssh { handle, ended } => !handle.is_closed() && !ended.is_finished(),
+            Transport::Local { child } => matches!(child.try_wait(), Ok(None)),
+        }
+    }
+}
+
+/// Forwards a connection's stderr to whatever its switch points at.
+async fn forward_switched(mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>, to: LogSwitch) {
+    while let Some(chunk) = rx.recv().await {
+        let target = to.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(t) = target {
+            // A gone log reader only means nobody listens any more.
+            let _ = t.send(chunk).await;
+        }
+    }
 }
 
 /// Connects to `b`, runs its command and completes the handshake. The
-/// backend's stderr goes to `log` (for serve backends, the build log).
+/// backend's stderr goes to `log` (for serve backends, the build log) until
+/// [`BackendConn::set_log`] points it elsewhere.
 pub async fn connect(
     b: &Backend,
     log: LogSink,
     limits: crate::wire::Limits,
 ) -> Result<BackendConn, Error> {
+    let switch: LogSwitch = std::sync::Arc::new(std::sync::Mutex::new(Some(log)));
+    let (stderr_tx, stderr_rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(forward_switched(stderr_rx, switch.clone()));
+    let log = stderr_tx;
     let (r, w, transport): (
         Box<dyn AsyncRead + Send + Sync + Unpin>,
         Box<dyn AsyncWrite + Send + Sync + Unpin>,
@@ -110,7 +151,7 @@ pub async fn connect(
     ) = match &b.uri {
         BackendUri::Local | BackendUri::LocalWorker => {
             let (r, w, child) = spawn_local(b, log)?;
-            (r, w, Transport::Local { _child: child })
+            (r, w, Transport::Local { child })
         }
         BackendUri::Ssh {
             user, host, port, ..
@@ -135,8 +176,8 @@ pub async fn connect(
                     source: Box::new(source),
                 })?;
             let transport = Transport::Ssh {
-                _handle: exec.handle,
-                _ended: exec.ended,
+                handle: exec.handle,
+                ended: exec.ended,
             };
             (Box::new(exec.stdout), exec.stdin, transport)
         }
@@ -149,7 +190,8 @@ pub async fn connect(
     Ok(BackendConn {
         name: b.name.clone(),
         client,
-        _transport: transport,
+        log: switch,
+        transport,
     })
 }
 

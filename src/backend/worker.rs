@@ -37,6 +37,8 @@ pub struct WorkerClient<R, W> {
     pub w: W,
     pub version: WorkerVersion,
     limits: Limits,
+    /// An operation started and has not been read to its end.
+    pub(super) busy: bool,
 }
 
 /// The text a STDERR message contributes to the build log, if any.
@@ -99,6 +101,7 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
             w,
             version,
             limits,
+            busy: false,
         }
     }
 

@@ -137,6 +137,10 @@ pub struct Limits {
     pub max_waiting_jobs: u64,
     /// A client must finish its SSH handshake and protocol hello within this.
     pub handshake_timeout: Duration,
+    /// Warm sessions kept per backend between builds (0: no pooling).
+    pub backend_idle_sessions: u64,
+    /// An idle backend session is closed after this long.
+    pub backend_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -148,6 +152,8 @@ impl Default for Limits {
             max_sessions: 256,
             max_waiting_jobs: 10_000,
             handshake_timeout: Duration::from_secs(30),
+            backend_idle_sessions: 4,
+            backend_idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -158,6 +164,13 @@ impl Limits {
             max_string_bytes: self.max_string_size as usize,
             max_collection_len: self.max_collection_len as usize,
             max_nar_bytes: self.max_nar_size,
+        }
+    }
+
+    pub fn pool(&self) -> crate::backend::PoolLimits {
+        crate::backend::PoolLimits {
+            max_idle: usize::try_from(self.backend_idle_sessions).unwrap_or(usize::MAX),
+            idle_timeout: self.backend_idle_timeout,
         }
     }
 

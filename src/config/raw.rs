@@ -90,6 +90,8 @@ pub struct RawLimits {
     pub max_sessions: Option<u64>,
     pub max_waiting_jobs: Option<u64>,
     pub handshake_timeout: Option<String>,
+    pub backend_idle_sessions: Option<u64>,
+    pub backend_idle_timeout: Option<String>,
 }
 
 /// A size written as a number of bytes or a string like `"200GiB"`.

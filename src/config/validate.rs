@@ -241,11 +241,20 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
             d.max_waiting_jobs,
         ),
         handshake_timeout: d.handshake_timeout,
+        // 0 is allowed: it turns pooling off.
+        backend_idle_sessions: l.backend_idle_sessions.unwrap_or(d.backend_idle_sessions),
+        backend_idle_timeout: d.backend_idle_timeout,
     };
     if let Some(t) = l.handshake_timeout {
         match parse_duration(&t) {
             Ok(v) => out.handshake_timeout = v,
             Err(e) => p.push(format!("limits.handshake_timeout: {e}")),
+        }
+    }
+    if let Some(t) = l.backend_idle_timeout {
+        match parse_duration(&t) {
+            Ok(v) => out.backend_idle_timeout = v,
+            Err(e) => p.push(format!("limits.backend_idle_timeout: {e}")),
         }
     }
     out

@@ -14,6 +14,7 @@
 //! served round-robin across clients, first come, first served within a
 //! client (`queue`). A draining backend takes no new job.
 
+pub mod locality;
 pub mod policy;
 mod queue;
 mod set;
@@ -106,11 +107,14 @@ struct State {
     waiting: u64,
     next_seq: u64,
     next_id: u64,
+    /// What each backend is believed to have (placement by locality).
+    locality: Arc<locality::Locality>,
 }
 
 pub struct Scheduler {
     max_waiting: u64,
     state: Mutex<State>,
+    locality: Arc<locality::Locality>,
 }
 
 /// A claimed build slot. Dropping it releases the slot.
@@ -155,14 +159,22 @@ impl Scheduler {
             waiting: 0,
             next_seq: 0,
             next_id: 0,
+            locality: Default::default(),
         };
         for b in backends {
             state.insert(b, true);
         }
+        let locality = state.locality.clone();
         Arc::new(Scheduler {
             max_waiting,
             state: Mutex::new(state),
+            locality,
         })
+    }
+
+    /// What the relay believes each backend has (see [`locality`]).
+    pub fn locality(&self) -> &locality::Locality {
+        &self.locality
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -339,7 +351,8 @@ impl State {
     /// draining one offers no slot (max_jobs 0) yet stays eligible, so a
     /// job only it can serve waits for the undrain rather than failing.
     /// Returns the views and, for each, its index in `entries`.
-    fn views(&self) -> (Vec<BackendView<'_>>, Vec<usize>) {
+    /// The backends as `job` sees them (its missing input bytes included).
+    fn views(&self, job: &JobSpec) -> (Vec<BackendView<'_>>, Vec<usize>) {
         self.entries
             .iter()
             .enumerate()
@@ -355,6 +368,7 @@ impl State {
                     running: e.running,
                     speed_factor: b.speed_factor,
                     down_until: e.health.down_until,
+                    missing_bytes: self.locality.missing_bytes(&b.name, &job.inputs),
                 };
                 (view, i)
             })
@@ -363,7 +377,7 @@ impl State {
 
     /// `policy::pick` over the current set; `Run` holds an `entries` index.
     fn decide(&self, job: &JobSpec) -> Decision {
-        let (views, index) = self.views();
+        let (views, index) = self.views(job);
         match policy::pick(job, &views, Instant::now()) {
             Decision::Run(v) => Decision::Run(index[v]),
             d => d,

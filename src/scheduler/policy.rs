@@ -2,19 +2,50 @@
 //!
 //! Eligible: the job's system is one of the backend's systems, its required
 //! features are all supported, and every mandatory feature of the backend is
-//! required by the job. Among eligible backends with a free slot the fastest
-//! wins: highest speed factor, then lowest load (running / max_jobs), then
-//! configuration order. A backend marked down is skipped until its backoff
-//! ends. No free slot: wait. Nothing eligible: fail.
+//! required by the job. A backend marked down is skipped until its backoff
+//! ends. No free slot anywhere eligible: wait. Nothing eligible: fail.
+//!
+//! Among eligible backends with a free slot, the one expected to finish
+//! first wins (ties: configuration order). The estimate, in seconds:
+//!
+//! ```text
+//! estimate = missing_bytes / LINK_BYTES_PER_SEC
+//!          + NOMINAL_BUILD_SECS × (1 + running / max_jobs) / speed_factor
+//! ```
+//!
+//! * transfer: the input bytes the relay believes the backend lacks
+//!   ([`super::locality`]), pushed at an assumed [`LINK_BYTES_PER_SEC`]
+//!   (50 MiB/s: a gigabit link into a board's storage);
+//! * build: the relay cannot know how long a build takes, so every job is
+//!   assumed to take [`NOMINAL_BUILD_SECS`] (60 s) on an idle backend of
+//!   speed factor 1; running builds share the machine, so the time grows
+//!   with the load, and shrinks with the speed factor.
+//!
+//! With nothing missing anywhere this is the old rule, made continuous: the
+//! fastest backend wins unless it is much busier. A board with speed 1 that
+//! already has a 2 GiB toolchain (60 s) beats one with speed 1.2 lacking it
+//! (50 s + 41 s). The cost is O(backends); the missing bytes are computed
+//! from a bounded summary of the job's inputs before the call.
+
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+use super::locality::InputSummary;
+
+/// Assumed transfer rate from the relay to a backend, bytes per second.
+pub const LINK_BYTES_PER_SEC: f64 = 50.0 * 1024.0 * 1024.0;
+/// Assumed build time of a job on an idle backend of speed factor 1.
+pub const NOMINAL_BUILD_SECS: f64 = 60.0;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobSpec {
     /// The client asking (queues are fair across clients).
     pub client: String,
     pub system: String,
     pub required_features: Vec<String>,
+    /// The job's input closure, summarised (locality).
+    pub inputs: Arc<InputSummary>,
 }
 
 /// What the policy may know about a backend at one instant.
@@ -29,6 +60,8 @@ pub struct BackendView<'a> {
     pub speed_factor: f64,
     /// Marked down until this instant (a failed connection, backing off).
     pub down_until: Option<Instant>,
+    /// Input bytes of the job the backend is believed to lack.
+    pub missing_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +87,7 @@ pub fn eligible(job: &JobSpec, b: &BackendView<'_>) -> bool {
 
 pub fn pick(job: &JobSpec, backends: &[BackendView<'_>], now: Instant) -> Decision {
     let mut any_eligible = false;
-    let mut best: Option<(usize, &BackendView<'_>)> = None;
+    let mut best: Option<(usize, f64)> = None;
     for (i, b) in backends.iter().enumerate() {
         if !eligible(job, b) {
             continue;
@@ -63,8 +96,9 @@ pub fn pick(job: &JobSpec, backends: &[BackendView<'_>], now: Instant) -> Decisi
         if b.running >= b.max_jobs || b.down_until.is_some_and(|t| t > now) {
             continue;
         }
-        if best.is_none_or(|(_, cur)| better(b, cur)) {
-            best = Some((i, b));
+        let est = estimate_secs(b);
+        if best.is_none_or(|(_, cur)| est < cur) {
+            best = Some((i, est));
         }
     }
     match (best, any_eligible) {
@@ -78,12 +112,12 @@ fn load(b: &BackendView<'_>) -> f64 {
     f64::from(b.running) / f64::from(b.max_jobs.max(1))
 }
 
-/// Strictly better: faster, or as fast and less loaded (ties keep the earlier).
-fn better(a: &BackendView<'_>, b: &BackendView<'_>) -> bool {
-    if a.speed_factor != b.speed_factor {
-        return a.speed_factor > b.speed_factor;
-    }
-    load(a) < load(b)
+/// When the job would finish on `b`, in seconds from now (see the module
+/// doc for the model).
+pub fn estimate_secs(b: &BackendView<'_>) -> f64 {
+    let transfer = b.missing_bytes as f64 / LINK_BYTES_PER_SEC;
+    let build = NOMINAL_BUILD_SECS * (1.0 + load(b)) / b.speed_factor.max(1e-3);
+    transfer + build
 }
 
 #[cfg(test)]
@@ -102,6 +136,7 @@ mod tests {
         max: u32,
         running: u32,
         speed: f64,
+        missing: u64,
     }
 
     fn b(systems: &[&str], feats: &[&str], max: u32, running: u32, speed: f64) -> B {
@@ -113,6 +148,7 @@ mod tests {
             max,
             running,
             speed,
+            missing: 0,
         }
     }
 
@@ -127,6 +163,7 @@ mod tests {
                 running: b.running,
                 speed_factor: b.speed,
                 down_until: b.down_until,
+                missing_bytes: b.missing,
             })
             .collect()
     }
@@ -136,6 +173,7 @@ mod tests {
             client: String::new(),
             system: system.into(),
             required_features: s(feats),
+            ..Default::default()
         }
     }
 
@@ -241,6 +279,102 @@ mod tests {
             pick(&job("x", &[]), &views(&[only]), now),
             Decision::Wait,
             "down is not ineligible"
+        );
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    fn lacking(mut b: B, missing: u64) -> B {
+        b.missing = missing;
+        b
+    }
+
+    #[test]
+    fn a_slightly_slower_board_that_has_the_2gib_toolchain_beats_a_fast_one_lacking_it() {
+        let bs = [
+            lacking(b(&["aarch64-linux"], &[], 4, 0, 1.2), 2 * GIB),
+            lacking(b(&["aarch64-linux"], &[], 4, 0, 1.0), 0),
+        ];
+        assert_eq!(
+            pick(&job("aarch64-linux", &[]), &views(&bs), Instant::now()),
+            Decision::Run(1)
+        );
+    }
+
+    #[test]
+    fn a_much_faster_backend_still_wins_when_it_lacks_only_a_little() {
+        let bs = [
+            lacking(b(&["x"], &[], 4, 0, 1.0), 0),
+            lacking(b(&["x"], &[], 4, 0, 4.0), 50 << 20),
+        ];
+        assert_eq!(
+            pick(&job("x", &[]), &views(&bs), Instant::now()),
+            Decision::Run(1)
+        );
+    }
+
+    #[test]
+    fn locality_never_picks_a_backend_without_a_free_slot() {
+        let bs = [
+            lacking(b(&["x"], &[], 2, 2, 1.0), 0),
+            lacking(b(&["x"], &[], 2, 0, 1.0), 10 * GIB),
+        ];
+        assert_eq!(
+            pick(&job("x", &[]), &views(&bs), Instant::now()),
+            Decision::Run(1)
+        );
+        let full = [lacking(b(&["x"], &[], 2, 2, 1.0), 0)];
+        assert_eq!(
+            pick(&job("x", &[]), &views(&full), Instant::now()),
+            Decision::Wait
+        );
+    }
+
+    #[test]
+    fn locality_never_picks_a_backend_marked_down_or_ineligible() {
+        let now = Instant::now();
+        let mut down = lacking(b(&["x"], &[], 2, 0, 1.0), 0);
+        down.down_until = Some(now + std::time::Duration::from_secs(5));
+        let bs = [
+            down,
+            lacking(b(&["y"], &[], 2, 0, 1.0), 0),
+            lacking(b(&["x"], &[], 2, 0, 1.0), 10 * GIB),
+        ];
+        assert_eq!(pick(&job("x", &[]), &views(&bs), now), Decision::Run(2));
+    }
+
+    #[test]
+    fn a_busier_backend_loses_to_an_idle_one_of_the_same_speed_and_contents() {
+        let bs = [
+            lacking(b(&["x"], &[], 4, 2, 1.0), GIB),
+            lacking(b(&["x"], &[], 4, 0, 1.0), GIB),
+        ];
+        assert_eq!(
+            pick(&job("x", &[]), &views(&bs), Instant::now()),
+            Decision::Run(1)
+        );
+    }
+
+    #[test]
+    fn equal_estimates_keep_configuration_order() {
+        let bs = [b(&["x"], &[], 4, 1, 1.0), b(&["x"], &[], 4, 1, 1.0)];
+        assert_eq!(
+            pick(&job("x", &[]), &views(&bs), Instant::now()),
+            Decision::Run(0)
+        );
+    }
+
+    #[test]
+    fn the_estimate_grows_with_missing_bytes_and_load_and_shrinks_with_speed() {
+        let base = b(&["x"], &[], 4, 1, 1.0);
+        let est = |b: &B| estimate_secs(&views(std::slice::from_ref(b))[0]);
+        let e = est(&base);
+        assert!(est(&lacking(b(&["x"], &[], 4, 1, 1.0), GIB)) > e);
+        assert!(est(&b(&["x"], &[], 4, 2, 1.0)) > e);
+        assert!(est(&b(&["x"], &[], 4, 1, 2.0)) < e);
+        assert!(
+            est(&b(&["x"], &[], 4, 1, 0.0)).is_finite(),
+            "speed 0 is guarded"
         );
     }
 }

@@ -252,6 +252,7 @@ impl State {
                 running: 0,
                 speed_factor: 1.0,
                 down_until: None,
+                missing_bytes: 0,
             };
             policy::eligible(job, &view)
         })
@@ -263,8 +264,9 @@ impl State {
             client: String::new(),
             system: k.system.clone(),
             required_features: k.features.clone(),
+            ..Default::default()
         };
-        let (views, index) = self.views();
+        let (views, index) = self.views(&job);
         (views.iter().zip(index))
             .any(|(v, i)| !self.entries[i].draining() && policy::eligible(&job, v))
     }
@@ -279,6 +281,7 @@ impl State {
                 client: String::new(),
                 system: k.system.clone(),
                 required_features: k.features.clone(),
+                ..Default::default()
             };
             if self.decide(&job) != policy::Decision::NoneEligible || self.elastic_could(&job) {
                 continue;

@@ -28,6 +28,7 @@ pub(super) fn job_for(client: &str, system: &str) -> JobSpec {
         client: client.into(),
         system: system.into(),
         required_features: vec![],
+        ..Default::default()
     }
 }
 

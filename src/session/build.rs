@@ -1,7 +1,10 @@
 //! One BuildDerivation: answer from the store (cache hit), attach to the
-//! same build in flight, or start one ([`fly`]): claim a slot, connect, push
-//! the inputs the backend lacks, build with the client's options, and keep
-//! the connection so the outputs can be streamed out afterwards.
+//! same build in flight, or start one ([`fly`]): claim a slot (placed by
+//! speed, load and input locality), take a session from the backend pool,
+//! push the inputs the backend lacks, build with the client's options, and
+//! keep the session so the outputs can be streamed out afterwards; it goes
+//! back to the pool when the last output is out, unless an operation on it
+//! failed or was abandoned.
 //!
 //! Every failure becomes a failing [`BuildResult`] whose message says which
 //! step failed; the client's session goes on.
@@ -17,8 +20,9 @@ use tracing::{Instrument, info, info_span, warn};
 use super::BuildRecord;
 use super::flight::{Attachment, Flight, FlightKey, Outcome};
 use super::{ClientId, Error, Relay, chain, say};
-use crate::backend::{self, BackendConn};
+use crate::backend::{self, BackendConn, Lease};
 use crate::metrics::{Direction, Outcome as BuildOutcome};
+use crate::scheduler::locality::InputSummary;
 use crate::scheduler::{Acquired, JobSpec, Scheduler, Slot};
 use crate::ssh::LogSink;
 use crate::store::{Provenance, Scope, Verify};
@@ -29,7 +33,7 @@ use crate::wire::store_path::StorePath;
 /// A successful build whose outputs are (partly) still on the backend.
 pub struct Finished {
     pub backend: String,
-    conn: BackendConn,
+    conn: Lease,
     pub outputs: BTreeMap<StorePath, ValidPathInfo>,
     scope: Scope,
 }
@@ -52,6 +56,7 @@ impl Finished {
         writer
             .pump(client.reader(), tee.as_deref_mut(), path)
             .await?;
+        client.nar_read();
         if let Some(t) = tee {
             t.flush().await.map_err(crate::wire::Error::Write)?;
         }
@@ -319,18 +324,31 @@ async fn build(
     options: BuildOptions,
 ) -> Result<(BuildResult, Option<Finished>), String> {
     let system = drv.platform.clone();
+    // What this build needs stays in the store until it is done.
+    let (inputs, _pin) = input_closure(relay, client, &drv.input_srcs)
+        .await
+        .map_err(|e| format!("copying inputs: {}", chain(&e)))?;
+    let summary = Arc::new(inputs.summary.clone());
     for attempt in 1..=MAX_ATTEMPTS {
         let job = JobSpec {
             client: client.to_owned(),
             system: system.clone(),
             required_features: drv.required_features(),
+            inputs: summary.clone(),
         };
         let queued = tokio::time::Instant::now();
         let slot = claim(&relay.scheduler, job, log).await?;
         crate::metrics::queue_wait(&system, queued.elapsed());
         let name = slot.backend().name.clone();
         let started = tokio::time::Instant::now();
-        let r = on_backend(relay, log, client, scope, slot, drv_path, drv, options).await;
+        let job = Job {
+            client,
+            scope,
+            drv_path,
+            drv,
+            inputs: &inputs,
+        };
+        let r = on_backend(relay, log, slot, &job, options).await;
         let outcome = match &r {
             Ok((res, _)) if res.status.is_success() => BuildOutcome::Success,
             Ok(_) => BuildOutcome::Failure,
@@ -348,6 +366,7 @@ async fn build(
             Ok(done) => return Ok(done),
             Err(e) if e.is_infrastructure() && attempt < MAX_ATTEMPTS => {
                 relay.scheduler.report_connect(&name, false);
+                relay.pool.forget(&name);
                 crate::metrics::retry();
                 let msg = format!(
                     "backend {name} failed ({}); retrying elsewhere (attempt {}/{MAX_ATTEMPTS})",
@@ -360,6 +379,7 @@ async fn build(
             Err(e) => {
                 if e.is_infrastructure() {
                     relay.scheduler.report_connect(&name, false);
+                    relay.pool.forget(&name);
                 }
                 return Err(format!("building on {name} failed: {}", chain(&e)));
             }
@@ -368,6 +388,50 @@ async fn build(
     Err(format!(
         "no backend could build it in {MAX_ATTEMPTS} attempts"
     ))
+}
+
+/// One build attempt's fixed inputs.
+struct Job<'a> {
+    client: &'a str,
+    scope: &'a Scope,
+    drv_path: &'a StorePath,
+    drv: &'a BasicDerivation,
+    inputs: &'a Inputs,
+}
+
+/// A build's input closure, references first, and its summary for placement.
+struct Inputs {
+    closure: Vec<StorePath>,
+    summary: InputSummary,
+}
+
+/// The closure of `srcs` in the relay store, pinned while the guard lives.
+async fn input_closure(
+    relay: &Relay,
+    client: &str,
+    srcs: &[StorePath],
+) -> Result<(Inputs, crate::store::Pin), BuildError> {
+    let (closure, _) = relay
+        .store
+        .closure_sorted(srcs, Some(client))
+        .await
+        .map_err(|e| match e {
+            crate::store::Error::Missing(p) => BuildError::MissingInput(p),
+            e => BuildError::Store(e),
+        })?;
+    let pin = relay.store.pin(&closure);
+    let mut sized = Vec::with_capacity(closure.len());
+    for p in &closure {
+        let size = relay
+            .store
+            .narinfo(p, Some(client))
+            .await?
+            .ok_or_else(|| BuildError::MissingInput(p.clone()))?
+            .nar_size;
+        sized.push((p.clone(), size));
+    }
+    let summary = InputSummary::new(sized);
+    Ok((Inputs { closure, summary }, pin))
 }
 
 async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, String> {
@@ -387,52 +451,60 @@ async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Sl
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn on_backend(
     relay: &Relay,
     log: &LogSink,
-    client: &str,
-    scope: &Scope,
     slot: Slot,
-    drv_path: &StorePath,
-    drv: &BasicDerivation,
+    job: &Job<'_>,
     options: BuildOptions,
 ) -> Result<(BuildResult, Option<Finished>), BuildError> {
     let b = slot.backend().clone();
-    say(log, format!("building '{drv_path}' on {}", b.name)).await;
+    say(log, format!("building '{}' on {}", job.drv_path, b.name)).await;
     let (log, activity) = super::watchdog::watched(log);
     let log = &log;
-    let conn = backend::connect(&b, log.clone(), relay.limits.wire()).await;
+    let conn = relay
+        .pool
+        .checkout(&b, log.clone(), relay.limits.wire())
+        .await;
     relay.scheduler.report_connect(&b.name, conn.is_ok());
-    let mut conn = conn?;
-    // What this build needs stays in the store until it is done.
-    let _pin = push_inputs(relay, &mut conn, client, &drv.input_srcs).await?;
+    let (mut conn, kind) = conn?;
+    crate::metrics::backend_session(&b.name, kind.label());
+    push_inputs(relay, &mut conn, job.client, &job.inputs.closure).await?;
+    relay
+        .scheduler
+        .locality()
+        .confirm(&b.name, &job.inputs.closure);
     let started = tokio::time::Instant::now();
     let result = tokio::select! {
-        r = conn.client.build_derivation(drv_path, drv, options, log) => r.map_err(BuildError::Build)?,
+        r = conn.client.build_derivation(job.drv_path, job.drv, options, log) => r.map_err(BuildError::Build)?,
         why = super::watchdog::expired(options, started, activity) => {
-            // Dropping the connection stops the backend's build.
+            // The session is mid-build, so dropping it closes the
+            // connection, which stops the backend's build.
             warn!(backend = %b.name, "{why}");
             say(log, why.trim_start_matches("nix-relay: ")).await;
             return Ok((BuildResult::failure(BuildStatus::TimedOut, why), None));
         }
     };
     drop(slot);
-    info!(backend = %b.name, status = ?result.status, secs = started.elapsed().as_secs_f32(), "build finished");
+    info!(backend = %b.name, session = kind.label(), status = ?result.status, secs = started.elapsed().as_secs_f32(), "build finished");
     if !result.status.is_success() {
         return Ok((result, None));
     }
-    let wanted = drv.output_paths().map_err(BuildError::Build)?;
+    let wanted = job.drv.output_paths().map_err(BuildError::Build)?;
     let infos = conn
         .client
         .query_path_infos(wanted)
         .await
         .map_err(BuildError::Outputs)?;
+    relay
+        .scheduler
+        .locality()
+        .confirm(&b.name, infos.iter().map(|i| &i.path));
     let finished = Finished {
         backend: b.name,
         conn,
         outputs: infos.into_iter().map(|i| (i.path.clone(), i)).collect(),
-        scope: scope.clone(),
+        scope: job.scope.clone(),
     };
     Ok((result, Some(finished)))
 }
@@ -467,26 +539,17 @@ pub enum BuildError {
     Outputs(#[source] crate::wire::Error),
 }
 
-/// Uploads the inputs' closure minus what the backend already has,
-/// references first. The closure stays pinned while the guard lives.
+/// Uploads `closure` (references first) minus what the backend already
+/// has, which one batched QueryValidPaths tells.
 async fn push_inputs(
     relay: &Relay,
     conn: &mut BackendConn,
     client: &str,
-    srcs: &[StorePath],
-) -> Result<crate::store::Pin, BuildError> {
-    let (closure, _) = relay
-        .store
-        .closure_sorted(srcs, Some(client))
-        .await
-        .map_err(|e| match e {
-            crate::store::Error::Missing(p) => BuildError::MissingInput(p),
-            e => BuildError::Store(e),
-        })?;
-    let pin = relay.store.pin(&closure);
+    closure: &[StorePath],
+) -> Result<(), BuildError> {
     let valid: std::collections::HashSet<StorePath> = conn
         .client
-        .query_valid_paths(closure.clone())
+        .query_valid_paths(closure.to_vec())
         .await
         .map_err(BuildError::Inputs)?
         .into_iter()
@@ -504,5 +567,9 @@ async fn push_inputs(
             .map_err(BuildError::Inputs)?;
         crate::metrics::nar_bytes(Direction::ToBackend, info.nar_size);
     }
-    Ok(pin)
+    Ok(())
 }
+
+#[cfg(test)]
+#[path = "build_tests.rs"]
+mod tests;

@@ -27,6 +27,8 @@ pub struct ClientId {
 pub struct Relay {
     pub store: Store,
     pub scheduler: Arc<Scheduler>,
+    /// Warm backend sessions, reused across builds.
+    pub pool: Arc<crate::backend::Pool>,
     pub limits: crate::config::Limits,
     pub flights: flight::Flights,
     /// Finish builds every client gave up on (`[cache] keep_going`).
@@ -49,6 +51,7 @@ impl Relay {
         Relay {
             store,
             scheduler,
+            pool: crate::backend::Pool::new(limits.pool()),
             limits,
             flights: Default::default(),
             keep_going,

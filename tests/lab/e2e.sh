@@ -32,7 +32,7 @@ NHOSTS=3
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
 # o stays last: it kills a backend for good (r-u need h1..h3 alive)
-SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l p q r s t u o}
+SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l p q r s t u v o}
 DIRECT=${E2E_DIRECT:-0}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 [ "$DIRECT" = 1 ] && MODE=direct || MODE=relay
