@@ -84,14 +84,28 @@ fn job(i: usize) -> JobSpec {
         InputSummary::new((0..32).map(|k| (store_path((i * 32 + k) % (2 * KNOWN_PATHS)), 1 << 20)));
     spec(
         format!("client{}", i % 12),
+        format!("pkg{}-1.0", i % NAMES),
         system,
         i.is_multiple_of(10),
         Arc::new(inputs),
     )
 }
 
+/// Distinct derivation names of the probe's jobs, all in the history
+/// with durations from 1 s to an hour (so the queues hold many classes).
+const NAMES: usize = 3_000;
+
 pub fn measure(m: &[Machine], queued: usize, samples: usize) -> Latency {
     let sched = Scheduler::new(backends(m), (queued as u64) * 2);
+    for k in 0..NAMES {
+        let secs = ((k * 7919) % 3600 + 1) as u64;
+        for sys in ["x86_64-linux", "aarch64-linux"] {
+            let took = std::time::Duration::from_secs(secs);
+            sched
+                .history()
+                .record(&format!("pkg{k}-0.9"), sys, took, 1.0);
+        }
+    }
     for (i, b) in m.iter().enumerate() {
         let known: Vec<_> = (0..KNOWN_PATHS)
             .map(|k| store_path(i * 1_000 + k))

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix_relay::config::{Backend, BackendUri};
+use nix_relay::scheduler::history::History;
 use nix_relay::scheduler::locality::InputSummary;
 use nix_relay::scheduler::{Acquired, Error, JobSpec, Scheduler, Slot};
 use nix_relay::wire::store_path::StorePath;
@@ -23,7 +24,8 @@ use super::cluster::{CLIENTS, Costs, Engine, Machine, Occur, RELAY_HOST, board};
 use super::workload::Workload;
 
 /// The order in which waiting jobs get slots. `Shipped` is the real
-/// `Scheduler`'s queue (FIFO per client, clients round-robin). The others
+/// `Scheduler`'s queue (clients round-robin, longest expected build first
+/// within a client, expectations from the build history the run is given). The others
 /// are what-ifs: the sim holds waiting jobs in its own priority queue and
 /// calls `try_acquire` only when a slot of the job's system is free, so
 /// the shipped `policy::pick` still places every job.
@@ -107,6 +109,11 @@ struct Sim<'a> {
     held: Vec<BinaryHeap<(u64, Reverse<u64>, usize)>>,
     running: Vec<u32>,
     seq: u64,
+    history: Arc<History>,
+    /// The version every derivation name carries in this run.
+    version: u32,
+    /// Per derivation: when its slot was claimed.
+    claimed: Vec<f64>,
 }
 
 pub fn backends(m: &[Machine]) -> Vec<Backend> {
@@ -135,12 +142,14 @@ pub fn store_path(d: usize) -> StorePath {
 /// The one place a `JobSpec` is built (the latency probe uses it too).
 pub fn spec(
     client: String,
+    name: String,
     system: &str,
     big_parallel: bool,
     inputs: Arc<InputSummary>,
 ) -> JobSpec {
     JobSpec {
         client,
+        name,
         system: system.into(),
         required_features: if big_parallel {
             vec!["big-parallel".into()]
@@ -151,8 +160,19 @@ pub fn spec(
     }
 }
 
+/// A Nix-like derivation name for `d`: `aarch64-linux-lib-3-17` at
+/// version 2 becomes `lib_3_17-2` (the history key is `lib_3_17`).
+pub fn drv_name(w: &Workload, d: usize, version: u32) -> String {
+    let drv = &w.drvs[d];
+    let bare = drv.name.strip_prefix(drv.sys.nix()).unwrap_or(&drv.name);
+    format!(
+        "{}-{version}",
+        bare.trim_start_matches('-').replace('-', "_")
+    )
+}
+
 /// The job with its direct inputs as the locality summary.
-pub fn job(w: &Workload, client: usize, d: usize) -> JobSpec {
+pub fn job(w: &Workload, client: usize, d: usize, version: u32) -> JobSpec {
     let drv = &w.drvs[d];
     let inputs = InputSummary::new(
         drv.deps
@@ -161,14 +181,24 @@ pub fn job(w: &Workload, client: usize, d: usize) -> JobSpec {
     );
     spec(
         format!("opi0{}", client + 1),
+        drv_name(w, d, version),
         drv.sys.nix(),
         drv.big_parallel,
         Arc::new(inputs),
     )
 }
 
-/// Runs the closure through the relay; needs a paused tokio clock.
-pub async fn run(w: &Workload, m: &[Machine], costs: Costs, order: Order) -> Outcome {
+/// Runs the closure through the relay, its derivations named at
+/// `version`, the scheduler ordering queues by `history` and learning
+/// into it as the relay does; needs a paused tokio clock.
+pub async fn run(
+    w: &Workload,
+    m: &[Machine],
+    costs: Costs,
+    order: Order,
+    history: Arc<History>,
+    version: u32,
+) -> Outcome {
     let n = w.drvs.len();
     let priority = match order {
         Order::Shipped => vec![0.0; n],
@@ -184,7 +214,7 @@ pub async fn run(w: &Workload, m: &[Machine], costs: Costs, order: Order) -> Out
         w,
         m,
         costs,
-        sched: Scheduler::new(backends(m), 1 << 20),
+        sched: Scheduler::with_history(backends(m), 1 << 20, history.clone()),
         eng: Engine::new(m),
         stores: vec![vec![false; n]; m.len()],
         relay_has: vec![false; n],
@@ -205,6 +235,9 @@ pub async fn run(w: &Workload, m: &[Machine], costs: Costs, order: Order) -> Out
         held: vec![BinaryHeap::new(), BinaryHeap::new()],
         running: vec![0; m.len()],
         seq: 0,
+        history,
+        version,
+        claimed: vec![f64::NAN; n],
     };
     for c in 0..CLIENTS {
         for d in 0..n {
@@ -292,7 +325,7 @@ impl Sim<'_> {
                 self.pump();
                 return;
             }
-            match self.sched.try_acquire(job(self.w, c, d)) {
+            match self.sched.try_acquire(job(self.w, c, d, self.version)) {
                 Ok(Acquired::Now(slot)) => {
                     self.flights[d] = Some(f);
                     self.start(d, slot);
@@ -321,7 +354,7 @@ impl Sim<'_> {
                 }
                 self.held[sys].pop();
                 let c = self.flights[d].as_ref().map_or(0, |f| f.attached[0]);
-                match self.sched.try_acquire(job(self.w, c, d)) {
+                match self.sched.try_acquire(job(self.w, c, d, self.version)) {
                     Ok(Acquired::Now(slot)) => self.start(d, slot),
                     _ => unreachable!("a free slot of the job's system"),
                 }
@@ -347,6 +380,7 @@ impl Sim<'_> {
         self.sched.locality().confirm(self.m[b].name, &paths);
         self.builds += 1;
         self.running[b] += 1;
+        self.claimed[d] = self.eng.now;
         let f = self.flights[d].as_mut().expect("a flight");
         f.slot = Some(slot);
         f.backend = b;
@@ -358,6 +392,12 @@ impl Sim<'_> {
         self.relay_has[d] = true;
         let f = self.flights[d].take().expect("a running flight");
         self.running[f.backend] -= 1;
+        // As session::build does: slot claimed to outputs fetched, scaled
+        // by the backend's speed factor.
+        let took = Duration::from_secs_f64(self.eng.now - self.claimed[d]);
+        let (name, sys) = (drv_name(self.w, d, self.version), self.w.drvs[d].sys.nix());
+        self.history
+            .record(&name, sys, took, self.m[f.backend].speed);
         drop(f.slot); // -> Scheduler::release -> dispatch
         let queued = std::mem::take(&mut self.queued);
         for q in queued {

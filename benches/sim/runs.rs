@@ -1,5 +1,9 @@
 //! One seed's workload through every policy.
 
+use std::sync::Arc;
+
+use nix_relay::scheduler::history::History;
+
 use super::bound::{Bound, lower_bound};
 use super::cluster::{Costs, FRESH_CONNECT, Machine};
 use super::relay::{self, Order};
@@ -20,15 +24,16 @@ pub struct Runs {
     pub seed: u64,
     pub w: Workload,
     pub bound: Bound,
-    /// The shipped relay (pooled), the relay connecting per build, the
-    /// stock hooks, then the what-if orders.
+    /// The shipped relay (pooled) with a warm build history, with a cold
+    /// one, the relay connecting per build (warm), the stock hooks, then
+    /// the what-if orders.
     pub rows: Vec<Row>,
     /// The huge derivations (over 10 min): name, builds by the stock hooks.
     pub stock_huge: Vec<(String, u32)>,
 }
 
 pub const RELAY: usize = 0;
-pub const STOCK: usize = 2;
+pub const STOCK: usize = 3;
 pub const WHAT_IFS: [Order; 3] = [
     Order::BigParallelFirst,
     Order::LongestFirst,
@@ -45,6 +50,16 @@ fn relay_row(name: &str, o: relay::Outcome) -> Row {
     }
 }
 
+/// The history a home lab's relay has when it rebuilds this closure: it
+/// built the same closure once before (version 1 of every name; the
+/// measured run is version 2, the key drops the version), from an empty
+/// history.
+fn warm(rt: &tokio::runtime::Runtime, w: &Workload, m: &[Machine], costs: Costs) -> Arc<History> {
+    let h = Arc::new(History::in_memory());
+    rt.block_on(relay::run(w, m, costs, Order::Shipped, h.clone(), 1));
+    h
+}
+
 pub fn run(
     rt: &tokio::runtime::Runtime,
     m: &[Machine],
@@ -59,14 +74,20 @@ pub fn run(
         relay_backend_connect: FRESH_CONNECT,
         ..costs
     };
+    let shipped =
+        |costs, history| rt.block_on(relay::run(&w, m, costs, Order::Shipped, history, 2));
     let mut rows = vec![
         relay_row(
-            "relay, pooled backend sessions",
-            rt.block_on(relay::run(&w, m, costs, Order::Shipped)),
+            "relay, pooled, warm history",
+            shipped(costs, warm(rt, &w, m, costs)),
         ),
         relay_row(
-            "relay, a connection per build",
-            rt.block_on(relay::run(&w, m, fresh, Order::Shipped)),
+            "relay, pooled, cold history",
+            shipped(costs, Default::default()),
+        ),
+        relay_row(
+            "relay, per-build connection, warm",
+            shipped(fresh, warm(rt, &w, m, fresh)),
         ),
     ];
     let s = stock::run(&w, m, costs);
@@ -85,7 +106,7 @@ pub fn run(
     for o in WHAT_IFS {
         rows.push(relay_row(
             &format!("what-if: relay, {o:?}"),
-            rt.block_on(relay::run(&w, m, costs, o)),
+            rt.block_on(relay::run(&w, m, costs, o, Default::default(), 2)),
         ));
     }
     for r in &rows {
