@@ -1,11 +1,11 @@
 //! Scheduler decision time with a deep queue (issue 5: p99 < 1 ms with
 //! 10,000 queued jobs), placement by locality included.
 //!
-//!   cargo run --release --example sched_bench [QUEUED] [BACKENDS]
+//!   cargo run --release --example sched_bench [QUEUED] [BACKENDS] [INPUTS]
 //!
 //! BACKENDS backends (2 slots each, two systems) all busy; QUEUED jobs from
-//! 8 clients wait, each with a full input summary (32 paths, half of them
-//! known on some backends). Measured: every enqueue (a `pick` over all
+//! 8 clients wait, each with an input summary of INPUTS paths (32, the
+//! summary's maximum; some of them known on each backend). Measured: every enqueue (a `pick` over all
 //! backends), then every slot release (a dispatch that hands the slot to
 //! the next waiter, which runs `pick` for each system's queue head).
 //! Prints p50/p99/max for both and one goal line.
@@ -40,8 +40,8 @@ fn path(i: usize) -> StorePath {
     StorePath::parse(&format!("/nix/store/{i:032}-input")).expect("a valid store path")
 }
 
-fn job(n: usize) -> JobSpec {
-    let inputs = (0..32).map(|k| (path(n % 500 * 32 + k), 1_000_000 + k as u64));
+fn job(n: usize, paths: usize) -> JobSpec {
+    let inputs = (0..paths).map(|k| (path(n % 500 * 32 + k), 1_000_000 + k as u64));
     JobSpec {
         client: format!("client{}", n % 8),
         name: format!("pkg{}-1.0", n % 500),
@@ -71,6 +71,8 @@ fn main() {
         .collect();
     let queued = args.first().copied().unwrap_or(10_000);
     let nb = args.get(1).copied().unwrap_or(16);
+    // 0: no locality at all (the baseline the summary's cost adds to).
+    let paths = args.get(2).copied().unwrap_or(32);
     let sched = Scheduler::new((0..nb).map(backend).collect(), queued as u64 + 1);
     for i in 0..nb {
         let name = format!("b{i:02}");
@@ -80,7 +82,7 @@ fn main() {
     // Fill every slot.
     let mut running: Vec<Slot> = Vec::new();
     for n in 0..nb * 2 {
-        match sched.try_acquire(job(n)) {
+        match sched.try_acquire(job(n, paths)) {
             Ok(Acquired::Now(s)) => running.push(s),
             _ => panic!("expected a free slot for job {n}"),
         }
@@ -88,8 +90,9 @@ fn main() {
     let mut waiters = Vec::with_capacity(queued);
     let mut enqueue = Vec::with_capacity(queued);
     for n in 0..queued {
+        let j = job(n, paths);
         let t = Instant::now();
-        let r = sched.try_acquire(job(n));
+        let r = sched.try_acquire(j);
         enqueue.push(t.elapsed());
         match r {
             Ok(Acquired::Queued { rx, .. }) => waiters.push(rx),

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::scheduler::history::{self, History};
 use crate::scheduler::{ReloadSummary, Scheduler};
 use crate::session::Relay;
-use crate::ssh::server::{Conn, FrontEnd};
+use crate::ssh::server::{FrontEnd, serve_connection};
 use crate::store::Store;
 
 #[derive(Parser)]
@@ -175,6 +175,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
         relay,
         clients: Arc::new(config.clients.clone()),
         sessions: Arc::new(Semaphore::new(config.limits.max_sessions as usize)),
+        handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes as usize)),
     });
     let metrics = install_metrics(&config, &front.relay);
     let sched = front.relay.scheduler.clone();
@@ -215,18 +216,8 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
                 if let Err(e) = socket.set_nodelay(true) {
                     tracing::debug!("set_nodelay failed: {e}");
                 }
-                let handler = Conn::new(front.clone(), peer.to_string());
-                let cfg = ssh_config.clone();
-                tokio::spawn(async move {
-                    match russh::server::run_stream(cfg, socket, handler).await {
-                        Ok(running) => {
-                            if let Err(e) = running.await {
-                                tracing::debug!("connection ended: {e}");
-                            }
-                        }
-                        Err(e) => tracing::debug!("ssh handshake failed: {e}"),
-                    }
-                }.instrument(info_span!("conn", %peer)));
+                let conn = serve_connection(front.clone(), ssh_config.clone(), socket, peer.to_string());
+                tokio::spawn(conn.instrument(info_span!("conn", %peer)));
             }
             _ = shutdown_signal() => {
                 info!("shutting down");

@@ -71,6 +71,11 @@ pub enum Error {
         #[source]
         source: crate::wire::Error,
     },
+    #[error("backend {backend}: not connected and past its handshake within {after:?}")]
+    ConnectTimeout {
+        backend: String,
+        after: std::time::Duration,
+    },
     #[error("backend {backend} speaks serve protocol {version}, the relay needs at least 2.5")]
     TooOld {
         backend: String,
@@ -132,10 +137,26 @@ async fn forward_switched(mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>, to:
     }
 }
 
-/// Connects to `b`, runs its command and completes the handshake. The
-/// backend's stderr goes to `log` (for serve backends, the build log) until
+/// Connects to `b`, runs its command and completes the handshake, all
+/// within one `connect_timeout` (a backend that accepts SSH and then hangs
+/// costs no more than one that does not answer). The backend's stderr goes
+/// to `log` (for serve backends, the build log) until
 /// [`BackendConn::set_log`] points it elsewhere.
 pub async fn connect(
+    b: &Backend,
+    log: LogSink,
+    limits: crate::wire::Limits,
+) -> Result<BackendConn, Error> {
+    match tokio::time::timeout(b.connect_timeout, connect_untimed(b, log, limits)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::ConnectTimeout {
+            backend: b.name.clone(),
+            after: b.connect_timeout,
+        }),
+    }
+}
+
+async fn connect_untimed(
     b: &Backend,
     log: LogSink,
     limits: crate::wire::Limits,

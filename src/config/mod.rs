@@ -133,9 +133,13 @@ pub struct Limits {
     pub max_collection_len: u64,
     /// Concurrent client sessions; more are refused at exec time.
     pub max_sessions: u64,
+    /// Connections still in their SSH handshake (no session accepted yet);
+    /// more are closed at once, like sshd's MaxStartups.
+    pub max_handshakes: u64,
     /// Jobs waiting for a slot across all systems; more fail at once.
     pub max_waiting_jobs: u64,
-    /// A client must finish its SSH handshake and protocol hello within this.
+    /// A client must get a session accepted (SSH handshake, auth, exec) within
+    /// this, and then send its protocol hello within this again.
     pub handshake_timeout: Duration,
     /// Warm sessions kept per backend between builds (0: no pooling).
     pub backend_idle_sessions: u64,
@@ -150,6 +154,7 @@ impl Default for Limits {
             max_string_size: 64 << 20,
             max_collection_len: 1 << 20,
             max_sessions: 256,
+            max_handshakes: 256,
             max_waiting_jobs: 10_000,
             handshake_timeout: Duration::from_secs(30),
             backend_idle_sessions: 4,

@@ -88,6 +88,7 @@ pub struct RawLimits {
     pub max_string_size: Option<SizeValue>,
     pub max_collection_len: Option<u64>,
     pub max_sessions: Option<u64>,
+    pub max_handshakes: Option<u64>,
     pub max_waiting_jobs: Option<u64>,
     pub handshake_timeout: Option<String>,
     pub backend_idle_sessions: Option<u64>,

@@ -235,6 +235,11 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
             l.max_sessions.map(SizeValue::Bytes),
             d.max_sessions,
         ),
+        max_handshakes: size(
+            "max_handshakes",
+            l.max_handshakes.map(SizeValue::Bytes),
+            d.max_handshakes,
+        ),
         max_waiting_jobs: size(
             "max_waiting_jobs",
             l.max_waiting_jobs.map(SizeValue::Bytes),

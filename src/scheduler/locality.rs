@@ -10,11 +10,14 @@
 //! Bounded: per backend at most [`MAX_PATHS_PER_BACKEND`] paths, least
 //! recently confirmed forgotten first. A job is summarised by its
 //! [`SUMMARY_PATHS`] largest input paths ([`InputSummary`]), so a placement
-//! costs `backends × SUMMARY_PATHS` lookups whatever the closure size; the
-//! small paths left out weigh little in a transfer time.
+//! costs at most `SUMMARY_PATHS` lookups per candidate backend whatever the
+//! closure size; the small paths left out weigh little in a transfer time.
+//! Paths are remembered by a 64-bit key of their hash part (already
+//! random, so it needs no further hashing); a collision only mis-estimates.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::wire::store_path::StorePath;
 
@@ -27,10 +30,38 @@ pub const SUMMARY_PATHS: usize = 32;
 /// largest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InputSummary {
-    pub largest: Vec<(StorePath, u64)>,
+    /// (path key, NAR size), largest first.
+    pub largest: Vec<(u64, u64)>,
     /// NAR bytes of the whole closure, summarised or not.
     pub total_bytes: u64,
 }
+
+/// A path's key: FNV-1a of its hash part.
+pub fn key(p: &StorePath) -> u64 {
+    p.hash_part().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Keys are hashes already: used as they are.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<Identity>>;
 
 impl InputSummary {
     pub fn new(closure: impl IntoIterator<Item = (StorePath, u64)>) -> Self {
@@ -39,7 +70,7 @@ impl InputSummary {
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(SUMMARY_PATHS);
         InputSummary {
-            largest: all,
+            largest: all.iter().map(|(p, n)| (key(p), *n)).collect(),
             total_bytes,
         }
     }
@@ -49,16 +80,16 @@ impl InputSummary {
 /// confirmed at, and the confirmations in order (stale ones skipped).
 #[derive(Default)]
 struct Known {
-    present: HashMap<StorePath, u64>,
-    order: VecDeque<(u64, StorePath)>,
+    present: KeyMap<u64>,
+    order: VecDeque<(u64, u64)>,
     tick: u64,
 }
 
 impl Known {
-    fn confirm(&mut self, p: &StorePath, max: usize) {
+    fn confirm(&mut self, p: u64, max: usize) {
         self.tick += 1;
-        self.present.insert(p.clone(), self.tick);
-        self.order.push_back((self.tick, p.clone()));
+        self.present.insert(p, self.tick);
+        self.order.push_back((self.tick, p));
         while self.present.len() > max {
             let Some((t, old)) = self.order.pop_front() else {
                 break;
@@ -105,14 +136,33 @@ impl Locality {
         let mut known = self.lock();
         let k = known.entry(backend.to_owned()).or_default();
         for p in paths {
-            k.confirm(p, self.max_paths);
+            k.confirm(key(p), self.max_paths);
         }
+    }
+
+    /// One look at every backend's memory (one lock for a whole placement).
+    pub fn view(&self) -> LocalityView<'_> {
+        LocalityView(self.lock())
     }
 
     /// NAR bytes of the summarised inputs `backend` is not known to have.
     pub fn missing_bytes(&self, backend: &str, inputs: &InputSummary) -> u64 {
-        let known = self.lock();
-        let Some(k) = known.get(backend) else {
+        self.view().missing_bytes(backend, inputs)
+    }
+
+    /// Paths remembered for `backend`.
+    pub fn len(&self, backend: &str) -> usize {
+        self.lock().get(backend).map_or(0, |k| k.present.len())
+    }
+}
+
+/// The locked memory, for several lookups in a row.
+pub struct LocalityView<'a>(MutexGuard<'a, HashMap<String, Known>>);
+
+impl LocalityView<'_> {
+    /// NAR bytes of the summarised inputs `backend` is not known to have.
+    pub fn missing_bytes(&self, backend: &str, inputs: &InputSummary) -> u64 {
+        let Some(k) = self.0.get(backend) else {
             return inputs.largest.iter().map(|(_, n)| n).sum();
         };
         inputs
@@ -121,11 +171,6 @@ impl Locality {
             .filter(|(p, _)| !k.present.contains_key(p))
             .map(|(_, n)| n)
             .sum()
-    }
-
-    /// Paths remembered for `backend`.
-    pub fn len(&self, backend: &str) -> usize {
-        self.lock().get(backend).map_or(0, |k| k.present.len())
     }
 }
 
@@ -141,7 +186,7 @@ mod tests {
     fn a_summary_keeps_the_largest_paths_and_the_whole_closures_size() {
         let s = InputSummary::new((0..100).map(|i| (p(i), i as u64)));
         assert_eq!(s.largest.len(), SUMMARY_PATHS);
-        assert_eq!(s.largest[0], (p(99), 99));
+        assert_eq!(s.largest[0], (key(&p(99)), 99));
         assert!(
             s.largest
                 .iter()
@@ -179,5 +224,42 @@ mod tests {
             l.lock()["h1"].order.len() <= 6,
             "stale entries are compacted"
         );
+    }
+
+    fn backend(name: &str, speed: f64) -> crate::config::Backend {
+        crate::config::Backend {
+            name: name.into(),
+            uri: crate::config::BackendUri::Local,
+            ssh_key: None,
+            host_key: None,
+            systems: vec!["aarch64-linux".into()],
+            max_jobs: 2,
+            speed_factor: speed,
+            supported_features: Vec::new(),
+            mandatory_features: Vec::new(),
+            connect_timeout: std::time::Duration::from_secs(10),
+            store: None,
+        }
+    }
+
+    #[test]
+    fn the_scheduler_sends_a_job_where_its_big_inputs_already_are() {
+        let sched = super::super::Scheduler::new(
+            vec![backend("opi-fast", 1.2), backend("opi-warm", 1.0)],
+            10,
+        );
+        let toolchain = p(7);
+        let job = super::super::JobSpec {
+            system: "aarch64-linux".into(),
+            inputs: std::sync::Arc::new(InputSummary::new([(toolchain.clone(), 2 << 30)])),
+            ..Default::default()
+        };
+        let on = |job| match sched.try_acquire(job) {
+            Ok(super::super::Acquired::Now(slot)) => slot.backend().name.clone(),
+            _ => panic!("a free slot"),
+        };
+        assert_eq!(on(job.clone()), "opi-fast", "nothing known: the faster");
+        sched.locality().confirm("opi-warm", [&toolchain]);
+        assert_eq!(on(job), "opi-warm", "the toolchain is there");
     }
 }

@@ -376,13 +376,15 @@ impl State {
     /// Returns the views and, for each, its index in `entries`.
     /// The backends as `job` sees them (its missing input bytes included).
     fn views(&self, job: &JobSpec) -> (Vec<BackendView<'_>>, Vec<usize>) {
+        // One lock for the whole placement, none when there are no inputs.
+        let known = (!job.inputs.largest.is_empty()).then(|| self.locality.view());
         self.entries
             .iter()
             .enumerate()
             .filter(|(_, e)| !e.removing)
             .map(|(i, e)| {
                 let b = &e.config;
-                let view = BackendView {
+                let mut view = BackendView {
                     name: &b.name,
                     systems: &b.systems,
                     supported_features: &b.supported_features,
@@ -391,8 +393,16 @@ impl State {
                     running: e.running,
                     speed_factor: b.speed_factor,
                     down_until: e.health.down_until,
-                    missing_bytes: self.locality.missing_bytes(&b.name, &job.inputs),
+                    missing_bytes: 0,
                 };
+                // Only a backend with a free slot can be picked: only its
+                // missing bytes are worth the lookups.
+                if let Some(k) = &known
+                    && view.running < view.max_jobs
+                    && policy::eligible(job, &view)
+                {
+                    view.missing_bytes = k.missing_bytes(&b.name, &job.inputs);
+                }
                 (view, i)
             })
             .unzip()

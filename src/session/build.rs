@@ -49,6 +49,15 @@ impl Finished {
         let Some(info) = self.outputs.remove(path) else {
             return Err(crate::store::Error::Missing(path.clone()).into());
         };
+        if !self.conn.client.is_idle() {
+            // An earlier transfer was abandoned halfway: the stream is
+            // out of step, so nothing more can be read from it.
+            return Err(crate::wire::Error::Protocol(format!(
+                "the session to {} was left mid-transfer",
+                self.backend
+            ))
+            .into());
+        }
         let tee_used = tee.is_some();
         let client = &mut self.conn.client;
         client.dump_store_path(path).await?;
@@ -371,8 +380,7 @@ async fn build(
         match r {
             Ok(done) => return Ok(done),
             Err(e) if e.is_infrastructure() && attempt < MAX_ATTEMPTS => {
-                relay.scheduler.report_connect(&name, false);
-                relay.pool.forget(&name);
+                backend_failed(relay, &name, &e);
                 crate::metrics::retry();
                 let msg = format!(
                     "backend {name} failed ({}); retrying elsewhere (attempt {}/{MAX_ATTEMPTS})",
@@ -384,8 +392,7 @@ async fn build(
             }
             Err(e) => {
                 if e.is_infrastructure() {
-                    relay.scheduler.report_connect(&name, false);
-                    relay.pool.forget(&name);
+                    backend_failed(relay, &name, &e);
                 }
                 return Err(format!("building on {name} failed: {}", chain(&e)));
             }
@@ -394,6 +401,15 @@ async fn build(
     Err(format!(
         "no backend could build it in {MAX_ATTEMPTS} attempts"
     ))
+}
+
+/// Marks backend `name` down (once per failure: a failed connect was
+/// reported by `on_backend` already) and closes its idle sessions.
+fn backend_failed(relay: &Relay, name: &str, e: &BuildError) {
+    if !matches!(e, BuildError::Connect(_)) {
+        relay.scheduler.report_connect(name, false);
+    }
+    relay.pool.forget(name);
 }
 
 /// One build attempt's fixed inputs.

@@ -163,10 +163,19 @@ pub async fn exec(t: &Target<'_>, command: &str, log: Option<LogSink>) -> Result
     channel.exec(true, command).await.map_err(chan_err)?;
     let (rx, tx) = channel.split();
     let (stdout, pipe_in) = tokio::io::simplex(PIPE_BYTES);
-    let ended = tokio::spawn(pump(rx, pipe_in, log));
+    // russh's writer waits for window space without noticing that the
+    // connection is gone: cut it when the channel ends, or a write to a
+    // dead backend would wait forever.
+    let gone = tokio_util::sync::CancellationToken::new();
+    let on_end = gone.clone();
+    let ended = tokio::spawn(async move {
+        let end = pump(rx, pipe_in, log).await;
+        on_end.cancel();
+        end
+    });
     Ok(Exec {
         stdout,
-        stdin: Box::new(tx.make_writer()),
+        stdin: Box::new(super::deadline::Cuttable::new(tx.make_writer(), gone)),
         ended,
         handle,
     })

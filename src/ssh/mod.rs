@@ -7,6 +7,8 @@
 //! protocol code then reads the pipe and writes the writing half freely.
 
 pub mod client;
+pub mod command;
+pub mod deadline;
 pub mod server;
 
 use bytes::Bytes;

@@ -12,119 +12,27 @@ use std::sync::Arc;
 
 use russh::keys::PublicKey;
 use russh::server::{self, Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelWriteHalf, MethodKind, MethodSet};
-use tokio::io::{AsyncWriteExt, BufReader};
+use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf, MethodKind, MethodSet};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::deadline::Cuttable;
 use super::{LogSink, PIPE_BYTES, pump};
 use crate::config::Client;
 use crate::session::{self, ClientId, Relay};
 use tokio_util::sync::CancellationToken;
 
-/// What a client's exec string asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Serve { write: bool },
-    Worker,
-    Refused(String),
-}
-
-/// Parses an exec string as shell words and matches the program's basename.
-pub fn parse_command(cmd: &[u8]) -> Command {
-    let Ok(text) = std::str::from_utf8(cmd) else {
-        return Command::Refused("command is not UTF-8".into());
-    };
-    let Some(words) = shell_words(text) else {
-        return Command::Refused("unbalanced quotes in command".into());
-    };
-    let program = words.first().map(|w| w.rsplit('/').next().unwrap_or(w));
-    match program {
-        Some("nix-store") => serve_args(&words[1..]),
-        Some("nix-daemon") => daemon_args(&words[1..]),
-        _ => Command::Refused(format!(
-            "only `nix-store --serve [--write]` is served here, not {text:?}"
-        )),
-    }
-}
-
-fn daemon_args(args: &[String]) -> Command {
-    let mut stdio = false;
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--stdio" => stdio = true,
-            "--store" if i + 1 < args.len() => i += 1,
-            other => return Command::Refused(format!("unsupported nix-daemon argument {other:?}")),
-        }
-        i += 1;
-    }
-    if stdio {
-        Command::Worker
-    } else {
-        Command::Refused("only `nix-daemon --stdio` is served here".into())
-    }
-}
-
-fn serve_args(args: &[String]) -> Command {
-    let (mut serve, mut write) = (false, false);
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--serve" => serve = true,
-            "--write" => write = true,
-            "--store" if i + 1 < args.len() => i += 1,
-            other => return Command::Refused(format!("unsupported nix-store argument {other:?}")),
-        }
-        i += 1;
-    }
-    if serve {
-        Command::Serve { write }
-    } else {
-        Command::Refused("only `nix-store --serve [--write]` is served here".into())
-    }
-}
-
-/// Minimal POSIX-shell word splitting: quotes and backslashes, no expansion.
-fn shell_words(s: &str) -> Option<Vec<String>> {
-    let mut words = Vec::new();
-    let mut cur: Option<String> = None;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => words.extend(cur.take()),
-            '\'' => {
-                let w = cur.get_or_insert_with(String::new);
-                loop {
-                    match chars.next()? {
-                        '\'' => break,
-                        c => w.push(c),
-                    }
-                }
-            }
-            '"' => {
-                let w = cur.get_or_insert_with(String::new);
-                loop {
-                    match chars.next()? {
-                        '"' => break,
-                        '\\' => w.push(chars.next()?),
-                        c => w.push(c),
-                    }
-                }
-            }
-            '\\' => cur.get_or_insert_with(String::new).push(chars.next()?),
-            c => cur.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(cur);
-    Some(words)
-}
+pub use super::command::{Command, parse_command};
 
 /// Shared by every connection.
 pub struct FrontEnd {
     pub relay: Arc<Relay>,
     pub clients: Arc<Vec<Client>>,
     pub sessions: Arc<Semaphore>,
+    /// Connections that have not had a session accepted yet
+    /// (`limits.max_handshakes`).
+    pub handshakes: Arc<Semaphore>,
 }
 
 pub fn config(host_key: russh::keys::PrivateKey) -> Arc<server::Config> {
@@ -152,12 +60,59 @@ pub fn config(host_key: russh::keys::PrivateKey) -> Arc<server::Config> {
 /// Every OpenSSH since 6.2 speaks it.
 const CIPHERS: &[russh::cipher::Name] = &[russh::cipher::AES_256_GCM, russh::cipher::AES_128_GCM];
 
+/// Runs one client connection. The client must finish the SSH handshake,
+/// authenticate and have a `nix-store --serve` / `nix-daemon --stdio` exec
+/// accepted within `limits.handshake_timeout`, or the connection is cut
+/// (the session's own protocol hello then has the same limit again).
+pub async fn serve_connection<S>(
+    front: Arc<FrontEnd>,
+    cfg: Arc<server::Config>,
+    socket: S,
+    peer: String,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = front.relay.limits.handshake_timeout;
+    let Ok(permit) = front.handshakes.clone().try_acquire_owned() else {
+        warn!(%peer, "dropped: max_handshakes connections are already in their handshake");
+        return;
+    };
+    let cut = CancellationToken::new();
+    let established = CancellationToken::new();
+    let watch = (cut.clone(), established.clone(), peer.clone());
+    let deadline = tokio::spawn(async move {
+        let (cut, established, peer) = watch;
+        let _permit = permit;
+        tokio::select! {
+            () = established.cancelled() => {}
+            () = tokio::time::sleep(limit) => {
+                warn!(%peer, "dropped: no session started within handshake_timeout ({limit:?})");
+                cut.cancel();
+            }
+        }
+    });
+    let mut handler = Conn::new(front, peer);
+    handler.established = established;
+    match server::run_stream(cfg, Cuttable::new(socket, cut), handler).await {
+        Ok(running) => {
+            if let Err(e) = running.await {
+                debug!("connection ended: {e}");
+            }
+        }
+        Err(e) => debug!("ssh handshake failed: {e}"),
+    }
+    deadline.abort();
+}
+
 /// One SSH connection.
 pub struct Conn {
     front: Arc<FrontEnd>,
     peer: String,
     client: Option<ClientId>,
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Cancelled when the first session is accepted: the handshake deadline
+    /// is met.
+    established: CancellationToken,
 }
 
 impl Conn {
@@ -167,7 +122,13 @@ impl Conn {
             peer,
             client: None,
             channels: HashMap::new(),
+            established: CancellationToken::new(),
         }
+    }
+
+    /// Logs a refused SSH-layer request (forwarding, agent, X11, env, pty).
+    fn refused(&self, what: &str) {
+        info!(peer = %self.peer, client = ?self.client.as_ref().map(|c| &c.name), "refused {what}");
     }
 
     fn known(&self, key: &PublicKey) -> Option<&Client> {
@@ -270,6 +231,7 @@ impl server::Handler for Conn {
         } else {
             "serve"
         };
+        self.established.cancel();
         let span = info_span!("session", client = %client.name, peer = %self.peer, proto = name);
         tokio::spawn(
             run_channel(self.front.relay.clone(), ch, proto, client, permit).instrument(span),
@@ -313,8 +275,109 @@ impl server::Handler for Conn {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        debug!(peer = %self.peer, "pty refused");
+        self.refused("a pty");
         session.channel_failure(id)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        id: ChannelId,
+        _single: bool,
+        _proto: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused("X11 forwarding");
+        session.channel_failure(id)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused(&format!("environment variable {name:?}"));
+        session.channel_failure(id)?;
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _id: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused("agent forwarding");
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused(&format!("remote port forwarding ({address}:{port})"));
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused(&format!("remote socket forwarding ({path:?})"));
+        Ok(false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _orig: &str,
+        _orig_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused(&format!("local port forwarding (to {host}:{port})"));
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        path: &str,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused(&format!("local socket forwarding (to {path:?})"));
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _orig: &str,
+        _orig_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused("an X11 channel");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 }
@@ -342,8 +405,12 @@ async fn run_channel(
         on_close.cancel();
     });
     let (log, log_rx) = mpsc::channel(64);
-    let stderr = tokio::spawn(forward_log(log_rx, tx.make_writer_ext(Some(1))));
-    let stdout = tx.make_writer();
+    // russh's writers wait for window space without noticing a closed
+    // channel: cut them when it closes, so a vanished client cannot leave
+    // this session waiting forever.
+    let stderr = Cuttable::new(tx.make_writer_ext(Some(1)), gone.clone());
+    let stderr = tokio::spawn(forward_log(log_rx, stderr));
+    let stdout = Cuttable::new(tx.make_writer(), gone.clone());
     let stdin = BufReader::with_capacity(256 << 10, stdin);
     let label = match proto {
         Proto::Serve { .. } => "serve",
@@ -390,57 +457,4 @@ pub fn null_log() -> LogSink {
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     tx
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nix_store_serve_variants_are_accepted() {
-        assert_eq!(
-            parse_command(b"nix-store --serve --write"),
-            Command::Serve { write: true }
-        );
-        assert_eq!(
-            parse_command(b"nix-store --serve"),
-            Command::Serve { write: false }
-        );
-        assert_eq!(
-            parse_command(
-                b"/nix/var/nix/profiles/default/bin/nix-store --serve --write --store '/tmp/x y'"
-            ),
-            Command::Serve { write: true }
-        );
-    }
-
-    #[test]
-    fn nix_daemon_stdio_starts_a_worker_session() {
-        assert_eq!(parse_command(b"nix-daemon --stdio"), Command::Worker);
-        assert_eq!(
-            parse_command(b"nix-daemon --stdio --store 'ssh-ng://x'"),
-            Command::Worker
-        );
-    }
-
-    #[test]
-    fn anything_else_is_refused() {
-        for cmd in [
-            &b"bash"[..],
-            b"nix-store --serve; rm -rf /",
-            b"nix-store --serve --write && sh",
-            b"nix-store --export /nix/store/x",
-            b"echo hi",
-            b"nix-store '--serve",
-            b"nix-daemon",
-            b"nix-daemon --stdio; sh",
-            b"",
-        ] {
-            assert!(
-                matches!(parse_command(cmd), Command::Refused(_)),
-                "{:?}",
-                String::from_utf8_lossy(cmd)
-            );
-        }
-    }
 }

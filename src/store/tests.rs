@@ -390,3 +390,29 @@ async fn added_signatures_are_recorded_in_the_narinfo() {
             .unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_commit_that_cannot_publish_its_narinfo_fails_and_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let p = path("blocked");
+    let nar = file_nar(b"x");
+    // A directory where the narinfo goes: the final rename fails, as it
+    // would on a full disk.
+    std::fs::create_dir(dir.path().join(format!("{}.narinfo", p.hash_part()))).unwrap();
+    let err = add(&store, info_for(&p, &nar, &[]), &nar)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Io {
+                step: "publishing",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+}

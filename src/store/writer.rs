@@ -363,23 +363,41 @@ impl Store {
     }
 
     /// Writes `dest` atomically and durably: temp file, fsync, rename, fsync dir.
+    /// On failure (a full disk, say) the temp file is removed again and
+    /// `dest` is untouched.
     pub(super) async fn publish(&self, dest: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
         let tmp = tmp_path(self, "part");
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(io_err("creating", &tmp))?;
-        f.write_all(bytes).await.map_err(io_err("writing", &tmp))?;
-        f.sync_all().await.map_err(io_err("syncing", &tmp))?;
-        drop(f);
-        tokio::fs::rename(&tmp, dest)
-            .await
-            .map_err(io_err("publishing", dest))?;
+        if let Err(e) = write_durably(&tmp, dest, bytes).await {
+            if let Err(rm) = tokio::fs::remove_file(&tmp).await
+                && rm.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %tmp.display(), error = %rm, "could not remove a temp file");
+            }
+            return Err(e);
+        }
         let dir = dest.parent().unwrap_or(&self.root);
         let d = tokio::fs::File::open(dir)
             .await
             .map_err(io_err("opening", dir))?;
         d.sync_all().await.map_err(io_err("syncing", dir))
     }
+}
+
+/// `tmp` written and fsynced, then renamed to `dest`.
+async fn write_durably(
+    tmp: &std::path::Path,
+    dest: &std::path::Path,
+    bytes: &[u8],
+) -> Result<(), Error> {
+    let mut f = tokio::fs::File::create(tmp)
+        .await
+        .map_err(io_err("creating", tmp))?;
+    f.write_all(bytes).await.map_err(io_err("writing", tmp))?;
+    f.sync_all().await.map_err(io_err("syncing", tmp))?;
+    drop(f);
+    tokio::fs::rename(tmp, dest)
+        .await
+        .map_err(io_err("publishing", dest))
 }
 
 impl Drop for NarWriter {

@@ -111,7 +111,8 @@ descendants() {
 builders_under() {
   local c
   for c in $(descendants "$1"); do
-    tr '\0' ' ' 2>/dev/null < "/proc/$c/cmdline" | grep -q 'slow: \$i' && echo "$c"
+    # No pipe: with pipefail an early grep -q exit could fail the test.
+    grep -qa 'slow: \$i' "/proc/$c/cmdline" 2>/dev/null && echo "$c"
   done
   return 0
 }
@@ -177,8 +178,12 @@ sc_q() {
   bg=$!
   host=$(wait_started "slow: 1/60") || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
   pid=$(cat "$STATE/run/$host.pid")
-  builder=$(builders_under "$pid" | head -1)
-  [ -n "$builder" ] || fail "no build processes on $host to begin with"
+  for i in $(seq 1 20); do
+    builder=$(builders_under "$pid" | head -1)
+    [ -n "$builder" ] && break
+    sleep 0.1
+  done
+  [ -n "$builder" ] || fail "no build processes on $host to begin with (under sshd $pid: $(ps -o pid=,args= -p "$(descendants "$pid" | paste -sd, -)" 2>/dev/null | cut -c1-80 | tr '\n' ';'))"
   sess=$(session_root "$pid" "$builder")
   [ -n "$sess" ] || fail "no ssh session above the builder (pid $builder) on $host"
   kill -9 $(descendants "$bg") "$bg" 2>/dev/null || true
