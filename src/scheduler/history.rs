@@ -66,7 +66,7 @@ pub fn pname(drv_name: &str) -> &str {
     cut.map_or(name, |i| &name[..i])
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     name: String,
     system: String,
