@@ -44,6 +44,7 @@ fn job(n: usize, paths: usize) -> JobSpec {
     let inputs = (0..paths).map(|k| (path(n % 500 * 32 + k), 1_000_000 + k as u64));
     JobSpec {
         client: format!("client{}", n % 8),
+        name: format!("pkg{}-1.0", n % 500),
         system: SYSTEMS[n % 2].to_owned(),
         required_features: Vec::new(),
         inputs: Arc::new(InputSummary::new(inputs)),

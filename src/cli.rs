@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info, info_span};
 
 use crate::config::Config;
+use crate::scheduler::history::{self, History};
 use crate::scheduler::{ReloadSummary, Scheduler};
 use crate::session::Relay;
 use crate::ssh::server::{FrontEnd, serve_connection};
@@ -165,7 +166,11 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
     }
     let relay = Arc::new(Relay::new(
         store,
-        Scheduler::new(config.backends.clone(), config.limits.max_waiting_jobs),
+        Scheduler::with_history(
+            config.backends.clone(),
+            config.limits.max_waiting_jobs,
+            Arc::new(History::load(&config.server.state_dir)),
+        ),
         config.limits,
         config.cache.keep_going,
     ));
@@ -189,6 +194,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
         Some(c) => Some(crate::ec2::cli::start(c, front.relay.scheduler.clone()).await?),
         None => None,
     };
+    tokio::spawn(save_history_periodically(front.relay.scheduler.clone()));
     if let Some(addr) = config.http_listen {
         spawn_http(addr, front.relay.clone(), metrics).await?;
     }
@@ -222,12 +228,32 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
             }
             _ = shutdown_signal() => {
                 info!("shutting down");
+                save_history(front.relay.scheduler.clone()).await;
                 if let Some(ec2) = ec2 {
                     ec2.shutdown().await;
                 }
                 return Ok(());
             }
         }
+    }
+}
+
+/// Writes the build history every [`history::SAVE_INTERVAL`] if it changed.
+async fn save_history_periodically(sched: Arc<Scheduler>) {
+    let mut every = tokio::time::interval(history::SAVE_INTERVAL);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        save_history(sched.clone()).await;
+    }
+}
+
+async fn save_history(sched: Arc<Scheduler>) {
+    let saved = tokio::task::spawn_blocking(move || sched.history().save_if_changed()).await;
+    match saved {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("{}", crate::session::chain(&e)),
+        Err(e) => tracing::warn!("saving the build history: {e}"),
     }
 }
 

@@ -11,16 +11,19 @@
 //! Invariant: all state lives in one `State` behind one lock, never held
 //! across an await; the choice itself is the pure `policy::pick`. Waiting
 //! jobs are queued per (system, required features); within a queue they are
-//! served round-robin across clients, first come, first served within a
-//! client (`queue`). A draining backend takes no new job.
+//! served round-robin across clients, and within a client longest expected
+//! build first, arrival order among equals (`queue`, expectations from
+//! `history`). A draining backend takes no new job.
 
 pub mod elastic;
+pub mod history;
 pub mod locality;
 pub mod policy;
 mod queue;
 mod set;
 mod status;
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -116,6 +119,7 @@ pub struct Scheduler {
     max_waiting: u64,
     state: Mutex<State>,
     locality: Arc<locality::Locality>,
+    history: Arc<history::History>,
 }
 
 /// A claimed build slot. Dropping it releases the slot.
@@ -152,7 +156,17 @@ pub enum Acquired {
 }
 
 impl Scheduler {
+    /// A scheduler with an empty, in-memory build history.
     pub fn new(backends: Vec<Backend>, max_waiting: u64) -> Arc<Scheduler> {
+        Scheduler::with_history(backends, max_waiting, Default::default())
+    }
+
+    /// A scheduler whose queues order jobs by `history`.
+    pub fn with_history(
+        backends: Vec<Backend>,
+        max_waiting: u64,
+        history: Arc<history::History>,
+    ) -> Arc<Scheduler> {
         let mut state = State {
             entries: Vec::new(),
             elastic: Vec::new(),
@@ -170,7 +184,13 @@ impl Scheduler {
             max_waiting,
             state: Mutex::new(state),
             locality,
+            history,
         })
+    }
+
+    /// How long builds took (learned after each success; orders queues).
+    pub fn history(&self) -> &history::History {
+        &self.history
     }
 
     /// What the relay believes each backend has (see [`locality`]).
@@ -188,6 +208,8 @@ impl Scheduler {
     /// job no current backend could ever serve is queued too when an
     /// elastic spec could (capacity that can be launched), else it fails.
     pub fn try_acquire(self: &Arc<Self>, job: JobSpec) -> Result<Acquired, Error> {
+        // The history's lock is never taken under the state's.
+        let class = queue::class(self.history.expected_secs(&job));
         let mut st = self.lock();
         let key = QueueKey::of(&job);
         let queue_empty = st.queues.get(&key).is_none_or(SystemQueue::is_empty);
@@ -205,6 +227,7 @@ impl Scheduler {
                 let position = st.queues.entry(key.clone()).or_default().push_back(Waiter {
                     seq,
                     since: Instant::now(),
+                    class,
                     job,
                     tx,
                 });
@@ -250,19 +273,19 @@ impl Scheduler {
         drop(refused);
     }
 
-    /// Hands free slots to queue heads, oldest head first. Returns the
-    /// slots whose waiters had already given up.
+    /// Hands free slots to queue heads: the longest expected first (a
+    /// `big-parallel` queue's head before ordinary ones, by default), then
+    /// the oldest. O(queues) per slot: the number of (system, features)
+    /// pairs, not of jobs. Returns the slots whose waiters had given up.
     fn dispatch(self: &Arc<Self>, st: &mut State) -> Vec<Slot> {
         let mut refused = Vec::new();
         loop {
-            let mut heads: Vec<(u64, QueueKey)> = st
-                .queues
-                .iter()
-                .filter_map(|(k, q)| q.front().map(|w| (w.seq, k.clone())))
+            let mut heads: Vec<(Reverse<u32>, u64, QueueKey)> = (st.queues.iter())
+                .filter_map(|(k, q)| q.front().map(|w| (Reverse(w.class), w.seq, k.clone())))
                 .collect();
             heads.sort();
             let mut progressed = false;
-            for (_, key) in heads {
+            for (_, _, key) in heads {
                 let Some(head) = st.queues.get(&key).and_then(SystemQueue::front) else {
                     continue;
                 };
@@ -436,3 +459,5 @@ mod tests;
 mod tests_dynamic;
 #[cfg(test)]
 mod tests_health;
+#[cfg(test)]
+mod tests_priority;

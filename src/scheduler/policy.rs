@@ -42,6 +42,9 @@ pub const NOMINAL_BUILD_SECS: f64 = 60.0;
 pub struct JobSpec {
     /// The client asking (queues are fair across clients).
     pub client: String,
+    /// The derivation's name (`hello-2.12`, no hash; a `.drv` suffix is
+    /// ignored): its build history orders the queue.
+    pub name: String,
     pub system: String,
     pub required_features: Vec<String>,
     /// The job's input closure, summarised (locality).

@@ -341,6 +341,7 @@ async fn build(
     for attempt in 1..=MAX_ATTEMPTS {
         let job = JobSpec {
             client: client.to_owned(),
+            name: drv_path.name().to_owned(),
             system: system.clone(),
             required_features: drv.required_features(),
             inputs: summary.clone(),
@@ -349,6 +350,7 @@ async fn build(
         let slot = claim(&relay.scheduler, job, log).await?;
         crate::metrics::queue_wait(&system, queued.elapsed());
         let name = slot.backend().name.clone();
+        let speed = slot.backend().speed_factor;
         let started = tokio::time::Instant::now();
         let job = Job {
             client,
@@ -364,6 +366,10 @@ async fn build(
             Err(_) => BuildOutcome::Error,
         };
         crate::metrics::build_finished(&system, &name, outcome, Some(started.elapsed()));
+        if outcome == BuildOutcome::Success {
+            let h = relay.scheduler.history();
+            h.record(drv_path.name(), &system, started.elapsed(), speed);
+        }
         relay.record(BuildRecord::new(
             drv_path,
             &system,
