@@ -4,9 +4,10 @@
 #   2. cargo fmt --check
 #   3. cargo clippy --all-targets -- -D warnings
 #   4. cargo build
-#   5. cargo test              (unit + golden transcript tests)
-#   6. tests/fuzz.sh           (every fuzz target for FUZZ_SECONDS, default 60; skipped by --quick)
-#   7. tests/lab/e2e.sh        (end-to-end with stock Nix 2.8 via the relay; skipped by --quick)
+#   5. cargo test              (unit, golden transcript, property, moto EC2 tests)
+#   6. scheduler_sim --quick   (print-only simulator bench: makespan, decision latency)
+#   7. tests/fuzz.sh           (every fuzz target for FUZZ_SECONDS, default 60; skipped by --quick)
+#   8. tests/lab/e2e.sh        (end-to-end with stock Nix 2.8 via the relay; skipped by --quick)
 # Stops at the first failing step. Non-interactive (CI=true, no stdin is fine).
 # The last line is e2e's "N passed, N failed" (or the step that failed).
 # Env: CARGO_TARGET_DIR (honoured; RELAY_BIN defaults to $CARGO_TARGET_DIR/debug/nix-relay),
@@ -22,7 +23,7 @@ quick=0
 for a in "$@"; do
   case $a in
     --quick) quick=1;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0;;
     *) echo "run.sh: unknown option $a (usage: tests/run.sh [--quick])" >&2; exit 2;;
   esac
 done
@@ -52,6 +53,8 @@ step clippy cargo clippy --all-targets -- -D warnings
 step build cargo build
 step nixos bash tests/nixos/check.sh
 step test cargo test
+# print-only: the scheduling simulator (makespan vs bound and stock hooks, decision latency)
+step sim cargo test --bench scheduler_sim -- --quick
 if [ "$quick" = 1 ]; then
   echo "run.sh: --quick: fuzz and end-to-end lab skipped; all steps passed ($(( $(date +%s) - T0 )) s)"
   exit 0
