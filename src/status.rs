@@ -211,9 +211,47 @@ pub fn render(status: &Value, width: usize) -> String {
         );
         let _ = writeln!(o, "{}", cut(line));
     }
+    render_ec2(&mut o, &status["ec2"], width);
     let mib = status["store_bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
     let _ = writeln!(o, "\nstore: {mib:.1} MiB");
     o
+}
+
+/// The EC2 part of the table: today's spend against the budget and the
+/// instances (nothing without `[ec2]`).
+fn render_ec2(o: &mut String, ec2: &Value, width: usize) {
+    if !ec2.is_object() {
+        return;
+    }
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let _ = writeln!(
+        o,
+        "\nEC2 owner={}  spent today ${:.2} of ${:.2}",
+        text(&ec2["relay_id"]),
+        ec2["spent_today"].as_f64().unwrap_or(0.0),
+        ec2["budget_per_day"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        o,
+        "{:<20} {:<12} {:<16} {:<10} {:<10} AGE",
+        "INSTANCE", "TEMPLATE", "BACKEND", "PHASE", "STATE"
+    );
+    let instances = ec2["instances"].as_array().cloned().unwrap_or_default();
+    if instances.is_empty() {
+        let _ = writeln!(o, "(none)");
+    }
+    for i in &instances {
+        let line = format!(
+            "{:<20} {:<12} {:<16} {:<10} {:<10} {}",
+            text(&i["id"]),
+            text(&i["template"]),
+            text(&i["backend"]),
+            text(&i["phase"]),
+            text(&i["state"]),
+            secs(&i["age_seconds"])
+        );
+        let _ = writeln!(o, "{}", line.chars().take(width).collect::<String>());
+    }
 }
 
 #[cfg(test)]
@@ -238,5 +276,30 @@ mod tests {
         assert!(out.contains("h1           up draining"), "{out}");
         assert!(out.contains("h2           up  "), "{out}");
         assert!(out.contains("x86_64-linux [kvm]"), "{out}");
+        assert!(!out.contains("EC2"), "no [ec2], no EC2 table: {out}");
+    }
+
+    #[test]
+    fn ec2_spend_and_instances_show_in_the_table() {
+        let status = serde_json::json!({
+            "version": "0.1.0", "uptime_seconds": 5, "backends": [], "queues": [],
+            "flights": [], "recent_builds": [], "store_bytes": 0,
+            "ec2": {"relay_id": "ser5", "budget_per_day": 20.0, "spent_today": 1.5,
+                    "instances": [{"id": "i-0abc", "template": "graviton",
+                                   "backend": "ec2-graviton-1", "phase": "joined",
+                                   "state": "running", "age_seconds": 600}],
+                    "cost": {}}
+        });
+        let out = render(&status, 120);
+        assert!(
+            out.contains("EC2 owner=ser5  spent today $1.50 of $20.00"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "i-0abc               graviton     ec2-graviton-1   joined     running    10m"
+            ),
+            "{out}"
+        );
     }
 }
