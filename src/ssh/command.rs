@@ -22,7 +22,7 @@ pub fn parse_command(cmd: &[u8]) -> Command {
         Some("nix-store") => serve_args(&words[1..]),
         Some("nix-daemon") => daemon_args(&words[1..]),
         _ => Command::Refused(format!(
-            "only `nix-store --serve [--write]` is served here, not {text:?}"
+            "only `nix-store --serve [--write]` and `nix-daemon --stdio` are served here, not {text:?}"
         )),
     }
 }

@@ -1,9 +1,10 @@
 //! The SSH front end clients log into.
 //!
 //! Public-key authentication against the configured client keys, nothing
-//! else. Exactly one kind of exec is served: `nix-store --serve [--write]`
-//! (an appended `--store X` is accepted and ignored: the relay has one
-//! store). Every other request — another command, a shell, a pty, a
+//! else. Two execs are served: `nix-store --serve [--write]` (the serve
+//! protocol) and `nix-daemon --stdio` (the worker protocol); an appended
+//! `--store X` is accepted and ignored (the relay has one store). Every
+//! other request — another command, a shell, a pty, a
 //! subsystem, port or agent forwarding — is refused; where the client can
 //! show it, with a one-line reason on stderr and exit status 1.
 

@@ -8,11 +8,12 @@
 //! <root>/private/<client>/…              the same layout, per untrusted client
 //! <root>/tmp/                            writes in progress (emptied on open)
 //! ```
-//! Trust (DESIGN.md): entries that were built by a backend from public
-//! inputs, carry a signature by a trusted key, or were uploaded by a trusted
-//! client are **public** and signed by the relay's key. Unsigned uploads of
-//! an untrusted client, and outputs built from them, live in that client's
-//! **private** scope: only that client sees them.
+//! Trust (README, "The cache, and who sees what"): entries that were built
+//! by a backend from public inputs, carry a signature by a trusted key, or
+//! were uploaded by a trusted client are **public** and signed by the
+//! relay's key. Unsigned uploads of an untrusted client, and outputs built
+//! from them, live in that client's **private** scope: only that client
+//! sees them.
 //!
 //! Invariant: an entry becomes visible only when complete. The NAR is
 //! written to `tmp/`, its hash and size verified, fsynced and renamed into
