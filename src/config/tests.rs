@@ -84,6 +84,30 @@ fn sizes_and_durations_parse() {
 }
 
 #[test]
+fn a_huge_duration_is_a_config_error_not_a_panic() {
+    // 2^64 / 86400 < this many days: the multiplication overflows u64
+    for huge in [
+        "300000000000000000d",
+        "99999999999999999999999",
+        "18446744073709551615h",
+        "3651d",
+    ] {
+        let e = parse_duration(huge).unwrap_err();
+        assert!(e.contains("too long"), "{huge}: {e}");
+    }
+    assert_eq!(parse_duration("3650d").unwrap(), validate::MAX_DURATION);
+    let text = example() + "\n[limits]\nhandshake_timeout = \"300000000000000000d\"\n";
+    let Error::Invalid { problems, .. } = Config::parse(&text, Path::new("t.toml")).unwrap_err()
+    else {
+        panic!("expected Invalid")
+    };
+    assert!(
+        problems[0].starts_with("limits.handshake_timeout: duration"),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn backend_uris() {
     use validate::parse_backend_uri as p;
     assert_eq!(p("local").unwrap(), BackendUri::Local);

@@ -338,21 +338,42 @@ fn read_authorized_keys(path: &str) -> Result<Vec<Client>, String> {
     Ok(out)
 }
 
-/// `"30s"`, `"5m"`, `"2h"`, `"250ms"`, or a bare number of seconds.
+/// The longest duration a config value may name (10 years: "never" in
+/// practice). Longer ones are refused: deadlines computed from them
+/// (`Instant + duration`) must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// `"30s"`, `"5m"`, `"2h"`, `"250ms"`, or a bare number of seconds; at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => return Ok(Duration::from_millis(n)),
-        "m" | "min" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m, h, d)")),
+    let too_long = || {
+        format!(
+            "duration {s:?} is too long (at most {} days)",
+            MAX_DURATION.as_secs() / 86400
+        )
     };
-    Ok(Duration::from_secs(secs))
+    if num.is_empty() {
+        return Err(format!("bad duration {s:?}"));
+    }
+    // Only digits: a parse failure is an overflow of u64.
+    let n: u64 = num.parse().map_err(|_| too_long())?;
+    let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" | "min" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m, h, d)")),
+    }
+    .ok_or_else(too_long)?;
+    if d > MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(d)
 }
 
 /// `"200GiB"`, `"512MiB"`, `"1TB"`, `"4096"`.
