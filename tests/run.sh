@@ -52,6 +52,7 @@ step fmt cargo fmt --check
 step clippy cargo clippy --all-targets -- -D warnings
 step build cargo build
 step nixos bash tests/nixos/check.sh
+step lab-verdicts bash tests/lab/verdict_test.sh
 step test cargo test
 # print-only: the scheduling simulator (makespan vs bound and stock hooks, decision latency)
 step sim cargo test --bench scheduler_sim -- --quick

@@ -159,7 +159,7 @@ NIX
     [ "$rc" = 200 ] || fail "control: GET /$(hash_part "$pub").narinfo (public): HTTP $rc"
     echo "  HTTP: 404 for both narinfos; private/, meta/ and ../ URLs not served; the public control is"
   else
-    note "HTTP 404 checks skipped: GET $HTTP_URL/nix-cache-info got no answer"
+    skip_part "the HTTP 404 checks: GET $HTTP_URL/nix-cache-info got no answer"
   fi
   # control: lab's query works and sees a public path
   in_ns client nix path-info --store ssh://relay "$pub" >/dev/null 2>"$LOGS/k.lab.err" \
