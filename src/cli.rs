@@ -252,7 +252,7 @@ async fn save_history(sched: Arc<Scheduler>) {
     let saved = tokio::task::spawn_blocking(move || sched.history().save_if_changed()).await;
     match saved {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("{}", crate::session::chain(&e)),
+        Ok(Err(e)) => tracing::warn!("{}", crate::error_chain(&e)),
         Err(e) => tracing::warn!("saving the build history: {e}"),
     }
 }

@@ -21,3 +21,31 @@ pub mod ssh;
 pub mod status;
 pub mod store;
 pub mod wire;
+
+/// An error and its causes on one line (`a: b: c`): the one renderer of an
+/// error's `source()` chain, for logs and for the messages clients see.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("reading the config")]
+        Read(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn error_chain_prints_every_cause_in_order() {
+        let e = Outer::Read(std::io::Error::other("disk on fire"));
+        assert_eq!(super::error_chain(&e), "reading the config: disk on fire");
+    }
+}

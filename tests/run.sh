@@ -52,6 +52,7 @@ step fmt cargo fmt --check
 step clippy cargo clippy --all-targets -- -D warnings
 step build cargo build
 step nixos bash tests/nixos/check.sh
+step lab-verdicts bash tests/lab/verdict_test.sh
 step test cargo test
 # print-only: the scheduling simulator (makespan vs bound and stock hooks, decision latency)
 step sim cargo test --bench scheduler_sim -- --quick
@@ -63,8 +64,11 @@ step fuzz bash tests/fuzz.sh
 if [ -z "${RELAY_BIN:-}" ]; then
   export RELAY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay"
 fi
-# Two passes: every scenario with ssh:// backends, then the build scenarios
-# again with ssh-ng:// backends (nix-daemon --stdio behind the relay).
+# Two passes over every scenario: with ssh:// backends, then with ssh-ng://
+# backends (nix-daemon --stdio behind the relay), none left out: even the ones
+# that never reach a backend (hostile_*, f) or use ssh:// EC2 instances
+# (ec2_*) run against a relay whose static backends are ssh-ng (~4 min more
+# than the former 9-scenario subset). Under CI a scenario that skips fails.
 passed=0; failed=0; rc=0
 e2e_pass() {  # e2e_pass LABEL [ENV=VALUE...]
   local label=$1 log r=0 line; shift
@@ -81,7 +85,7 @@ e2e_pass() {  # e2e_pass LABEL [ENV=VALUE...]
   [ "$r" = 0 ] || { echo "run.sh: FAILED at step 'e2e ($label)' (exit status $r)"; rc=1; }
 }
 e2e_pass "ssh:// backends"
-e2e_pass "ssh-ng:// backends" LAB_BACKEND_PROTO=ssh-ng E2E_SCENARIOS="a b c d e g n t u"
+e2e_pass "ssh-ng:// backends" LAB_BACKEND_PROTO=ssh-ng
 echo "run.sh: $(( $(date +%s) - T0 )) s total"
 echo "$passed passed, $failed failed"
 exit "$rc"

@@ -26,8 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ClientStream, Payload, TRANSCRIPTS, Transcript, decode_client, decode_server, load};
+use nix_relay::error_chain;
 use nix_relay::scheduler::Scheduler;
-use nix_relay::session::{Relay, chain, serve};
+use nix_relay::session::{Relay, serve};
 use nix_relay::store::{NarInfo, Store};
 use nix_relay::wire::Limits;
 use nix_relay::wire::hash::Sha256Hash;
@@ -185,7 +186,7 @@ async fn session(
             gone,
         )
         .await;
-        (r.map_err(|e| chain(&e)), out)
+        (r.map_err(|e| error_chain(&e)), out)
     });
     match timeout(PER_CASE, &mut task).await {
         Ok(Ok(done)) => Ok(done),

@@ -10,11 +10,26 @@ use super::*;
 use crate::backend::Client;
 use crate::config::BackendUri;
 
-fn have_nix_store() -> bool {
-    std::process::Command::new("nix-store")
+/// Whether `tool --version` runs. Without it the test is skipped with a
+/// note, except under CI (`CI` set), where a missing tool fails the test:
+/// a test that did not run must not pass there.
+fn require(tool: &str) -> bool {
+    let ok = std::process::Command::new(tool)
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            !under_ci(),
+            "{tool} is not installed and CI is set: this test must run (tests/setup.sh installs it)"
+        );
+        eprintln!("skipping: {tool} is not installed");
+    }
+    ok
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }
 
 fn backend(store: &std::path::Path, name: &str) -> Backend {
@@ -61,8 +76,8 @@ async fn warm(p: &Arc<Pool>, b: &Backend, n: usize) {
 
 #[tokio::test]
 async fn a_session_handed_back_serves_the_next_build_without_a_new_connection() {
-    if !have_nix_store() {
-        return eprintln!("skipping: nix-store is not installed");
+    if !require("nix-store") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (p, b) = (pool(2), backend(dir.path(), "b1"));
@@ -79,8 +94,8 @@ async fn a_session_handed_back_serves_the_next_build_without_a_new_connection() 
 
 #[tokio::test]
 async fn idle_sessions_are_bounded_per_backend_and_kept_apart_by_backend() {
-    if !have_nix_store() {
-        return eprintln!("skipping: nix-store is not installed");
+    if !require("nix-store") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let p = pool(2);
@@ -98,8 +113,8 @@ async fn idle_sessions_are_bounded_per_backend_and_kept_apart_by_backend() {
 
 #[tokio::test]
 async fn a_changed_backend_configuration_never_gets_an_old_session() {
-    if !have_nix_store() {
-        return eprintln!("skipping: nix-store is not installed");
+    if !require("nix-store") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let p = pool(2);
@@ -112,8 +127,8 @@ async fn a_changed_backend_configuration_never_gets_an_old_session() {
 
 #[tokio::test]
 async fn idle_sessions_close_after_the_idle_timeout() {
-    if !have_nix_store() {
-        return eprintln!("skipping: nix-store is not installed");
+    if !require("nix-store") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (p, b) = (pool(2), backend(dir.path(), "b1"));
@@ -130,8 +145,8 @@ async fn idle_sessions_close_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_session_idle_for_long_is_probed_and_reused_if_it_answers() {
-    if !have_nix_store() {
-        return eprintln!("skipping: nix-store is not installed");
+    if !require("nix-store") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (p, b) = (pool(2), backend(dir.path(), "b1"));
@@ -145,8 +160,8 @@ async fn a_session_idle_for_long_is_probed_and_reused_if_it_answers() {
 
 #[tokio::test]
 async fn a_session_left_mid_operation_is_closed_not_pooled() {
-    if !have_nix_store() {
-        return eprintln!("skipping: nix-store is not installed");
+    if !require("nix-store") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (p, b) = (pool(2), backend(dir.path(), "b1"));
@@ -165,8 +180,8 @@ async fn a_session_left_mid_operation_is_closed_not_pooled() {
 
 #[tokio::test]
 async fn a_session_whose_process_died_is_discarded_at_checkout() {
-    if !have_nix_store() {
-        return eprintln!("skipping: nix-store is not installed");
+    if !require("nix-store") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (p, b) = (pool(2), backend(dir.path(), "b1"));
@@ -191,11 +206,8 @@ async fn a_session_whose_process_died_is_discarded_at_checkout() {
 
 #[tokio::test]
 async fn a_worker_protocol_session_is_reused_the_same_way() {
-    let daemon = std::process::Command::new("nix-daemon")
-        .arg("--version")
-        .output();
-    if !daemon.is_ok_and(|o| o.status.success()) {
-        return eprintln!("skipping: nix-daemon is not installed");
+    if !require("nix-daemon") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let p = pool(2);

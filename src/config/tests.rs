@@ -84,6 +84,105 @@ fn sizes_and_durations_parse() {
 }
 
 #[test]
+fn a_huge_duration_is_a_config_error_not_a_panic() {
+    // 2^64 / 86400 < this many days: the multiplication overflows u64
+    for huge in [
+        "300000000000000000d",
+        "99999999999999999999999",
+        "18446744073709551615h",
+        "3651d",
+    ] {
+        let e = parse_duration(huge).unwrap_err();
+        assert!(e.contains("too long"), "{huge}: {e}");
+    }
+    assert_eq!(parse_duration("3650d").unwrap(), validate::MAX_DURATION);
+    let text = example() + "\n[limits]\nhandshake_timeout = \"300000000000000000d\"\n";
+    let Error::Invalid { problems, .. } = Config::parse(&text, Path::new("t.toml")).unwrap_err()
+    else {
+        panic!("expected Invalid")
+    };
+    assert!(
+        problems[0].starts_with("limits.handshake_timeout: duration"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn duplicate_clients_are_refused_with_every_problem_at_once() {
+    const OTHER: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINkrbYYY+Ogo0PC3BP9fiAEu44+iJ4eZ+WW3/LroPi3N other";
+    let client = |name: &str, key: &str, trusted: bool| {
+        format!("\n[[client]]\nname = \"{name}\"\nkey = \"{key}\"\ntrusted = {trusted}\n")
+    };
+    // distinct names and keys: fine
+    let ok = example() + &client("eve", OTHER, false);
+    assert_eq!(
+        Config::parse(&ok, Path::new("t.toml"))
+            .unwrap()
+            .clients
+            .len(),
+        2
+    );
+    // "lab" twice (another key), the first key again (another name), and an
+    // unrelated problem: all three reported
+    let text = example().replace("max_jobs = 2", "max_jobs = 0")
+        + &client("lab", OTHER, false)
+        + &client("mallory", KEY, false);
+    let Error::Invalid { problems, .. } = Config::parse(&text, Path::new("t.toml")).unwrap_err()
+    else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("client[1]: duplicate client name \"lab\" (also client[0])")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("client[2] (mallory): the same key as client[0] (lab)")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn authorized_keys_may_not_repeat_a_client_key_or_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("authorized_keys");
+    std::fs::write(&keys, KEY.replace(" lab", " other-name\n")).unwrap();
+    let text = example().replace(
+        "state_dir = \"/tmp/x/state\"",
+        &format!(
+            "state_dir = \"/tmp/x/state\"\nauthorized_keys = \"{}\"",
+            keys.display()
+        ),
+    );
+    // the same key under [[client]] and in authorized_keys: refused
+    let Error::Invalid { problems, .. } = Config::parse(&text, Path::new("t.toml")).unwrap_err()
+    else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].contains("the same key as client[0]"),
+        "{problems:#?}"
+    );
+    // the name of an authorized_keys entry (its comment) taken by a [[client]]
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINkrbYYY+Ogo0PC3BP9fiAEu44+iJ4eZ+WW3/LroPi3N";
+    std::fs::write(&keys, format!("{other} lab\n")).unwrap();
+    let Error::Invalid { problems, .. } = Config::parse(&text, Path::new("t.toml")).unwrap_err()
+    else {
+        panic!("expected Invalid")
+    };
+    assert!(
+        problems[0].contains("duplicate client name \"lab\""),
+        "{problems:#?}"
+    );
+}
+
+#[test]
 fn backend_uris() {
     use validate::parse_backend_uri as p;
     assert_eq!(p("local").unwrap(), BackendUri::Local);

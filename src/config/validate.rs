@@ -1,6 +1,6 @@
 //! RawConfig → Config. Every problem is collected, none stops the others.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,22 +28,34 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         .map(PathBuf::from)
         .unwrap_or_else(|| state_dir.join("ssh_host_ed25519_key"));
     let mut clients = Vec::new();
+    // where each entry of `clients` comes from, for the uniqueness check
+    let mut origins = Vec::new();
     for (i, c) in raw.client.into_iter().enumerate() {
         match parse_public_key(&c.key) {
-            Ok(key) => clients.push(Client {
-                name: c.name,
-                key,
-                trusted: c.trusted,
-            }),
+            Ok(key) => {
+                origins.push(format!("client[{i}]"));
+                clients.push(Client {
+                    name: c.name,
+                    key,
+                    trusted: c.trusted,
+                })
+            }
             Err(e) => p.push(format!("client[{i}] ({}): key: {e}", c.name)),
         }
     }
     if let Some(path) = server.authorized_keys {
         match read_authorized_keys(&path) {
-            Ok(mut keys) => clients.append(&mut keys),
+            Ok(keys) => {
+                origins.extend(
+                    keys.iter()
+                        .map(|_| format!("server.authorized_keys {path:?}")),
+                );
+                clients.extend(keys);
+            }
             Err(e) => p.push(format!("server.authorized_keys {path:?}: {e}")),
         }
     }
+    check_clients_unique(&clients, &origins, &mut p);
     let mut names = HashSet::new();
     let mut backends = Vec::new();
     let has_ec2 = raw.ec2.is_some();
@@ -92,6 +104,30 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         ec2,
         admin_listen,
     })
+}
+
+/// A client's name is its identity (private scope, logs, metrics, queue
+/// fairness) and its key picks the client at login: both must be unique.
+fn check_clients_unique(clients: &[Client], origins: &[String], p: &mut Vec<String>) {
+    let (mut names, mut keys) = (HashMap::new(), HashMap::new());
+    for (c, at) in clients.iter().zip(origins) {
+        if let Some(first) = names.get(c.name.as_str()) {
+            p.push(format!(
+                "{at}: duplicate client name {:?} (also {first}); client names must be unique",
+                c.name
+            ));
+        } else {
+            names.insert(c.name.as_str(), at);
+        }
+        if let Some((first, name)) = keys.get(c.key.key_data()) {
+            p.push(format!(
+                "{at} ({}): the same key as {first} ({name}); a key belongs to one client only",
+                c.name
+            ));
+        } else {
+            keys.insert(c.key.key_data(), (at, &c.name));
+        }
+    }
 }
 
 /// The admin endpoint has no authentication: loopback addresses only.
@@ -338,21 +374,42 @@ fn read_authorized_keys(path: &str) -> Result<Vec<Client>, String> {
     Ok(out)
 }
 
-/// `"30s"`, `"5m"`, `"2h"`, `"250ms"`, or a bare number of seconds.
+/// The longest duration a config value may name (10 years: "never" in
+/// practice). Longer ones are refused: deadlines computed from them
+/// (`Instant + duration`) must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// `"30s"`, `"5m"`, `"2h"`, `"250ms"`, or a bare number of seconds; at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => return Ok(Duration::from_millis(n)),
-        "m" | "min" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m, h, d)")),
+    let too_long = || {
+        format!(
+            "duration {s:?} is too long (at most {} days)",
+            MAX_DURATION.as_secs() / 86400
+        )
     };
-    Ok(Duration::from_secs(secs))
+    if num.is_empty() {
+        return Err(format!("bad duration {s:?}"));
+    }
+    // Only digits: a parse failure is an overflow of u64.
+    let n: u64 = num.parse().map_err(|_| too_long())?;
+    let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" | "min" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m, h, d)")),
+    }
+    .ok_or_else(too_long)?;
+    if d > MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(d)
 }
 
 /// `"200GiB"`, `"512MiB"`, `"1TB"`, `"4096"`.

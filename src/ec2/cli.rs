@@ -97,7 +97,7 @@ fn ssh_probe() -> Probe {
             match crate::ssh::client::exec(&t, "true", None).await {
                 Ok(exec) => matches!(exec.ended.await, Ok(end) if end.exit_status == Some(0)),
                 Err(e) => {
-                    tracing::debug!(backend = %b.name, error = %super::chain(&e), "not reachable yet");
+                    tracing::debug!(backend = %b.name, error = %crate::error_chain(&e), "not reachable yet");
                     false
                 }
             }

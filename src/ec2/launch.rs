@@ -79,7 +79,7 @@ impl Manager {
         }
         for name in plan.launch {
             if let Err(e) = self.launch(&name).await {
-                tracing::error!(template = %name, error = %crate::ec2::chain(&e), "launching an EC2 instance failed");
+                tracing::error!(template = %name, error = %crate::error_chain(&e), "launching an EC2 instance failed");
                 crate::metrics::ec2_launch(&name, "failed");
             }
         }

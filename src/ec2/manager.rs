@@ -169,7 +169,7 @@ impl Manager {
         let listed = match self.list().await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %crate::ec2::chain(&e), "listing EC2 instances failed");
+                tracing::warn!(error = %crate::error_chain(&e), "listing EC2 instances failed");
                 return;
             }
         };
@@ -357,7 +357,7 @@ impl Manager {
         })
         .await;
         if let Err(e) = r {
-            tracing::error!(error = %crate::ec2::chain(&e), ?ids, "terminating failed; the next reconcile retries");
+            tracing::error!(error = %crate::error_chain(&e), ?ids, "terminating failed; the next reconcile retries");
         }
     }
 

@@ -62,18 +62,6 @@ pub enum Error {
     NotBuilt,
 }
 
-/// An error and its causes on one line (`a: b: c`), for logs.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s += ": ";
-        s += &c.to_string();
-        cur = c.source();
-    }
-    s
-}
-
 /// What `/status` shows of EC2 (the `ec2` field), set by the manager.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Status {

@@ -66,13 +66,13 @@ where
             ApiError {
                 kind: ErrorKind::Transient,
                 code: "Transport".into(),
-                message: super::chain(&e),
+                message: crate::error_chain(&e),
             }
         }
         _ => ApiError {
             kind: ErrorKind::Fatal,
             code: "Client".into(),
-            message: super::chain(&e),
+            message: crate::error_chain(&e),
         },
     }
 }

@@ -19,8 +19,9 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::BuildRecord;
 use super::flight::{Attachment, Flight, FlightKey, Outcome};
-use super::{ClientId, Error, Relay, chain, say};
+use super::{ClientId, Error, Relay, say};
 use crate::backend::{self, BackendConn, Lease};
+use crate::error_chain as chain;
 use crate::metrics::{Direction, Outcome as BuildOutcome};
 use crate::scheduler::locality::InputSummary;
 use crate::scheduler::{Acquired, JobSpec, Scheduler, Slot};

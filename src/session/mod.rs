@@ -188,15 +188,3 @@ pub async fn say(log: &LogSink, msg: impl std::fmt::Display) {
     // The client may be gone; its log is then nobody's concern.
     let _ = log.send(format!("nix-relay: {msg}\n").into()).await;
 }
-
-/// Renders an error with its whole cause chain on one line.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

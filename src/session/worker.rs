@@ -21,6 +21,7 @@ use tracing::debug;
 
 use super::build::{self, Pending};
 use super::{ClientId, Error, Relay};
+use crate::error_chain;
 use crate::wire::build::{BuildOptions, BuildResult, BuildStatus};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::primitives::read_u64;
@@ -51,7 +52,7 @@ struct OpError(String);
 
 impl<E: std::error::Error + 'static> From<E> for OpError {
     fn from(e: E) -> Self {
-        OpError(super::chain(&e))
+        OpError(error_chain(&e))
     }
 }
 
@@ -109,7 +110,7 @@ where
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     // The op's bytes cannot be skipped: say why, then stop.
-                    let msg = format!("nix-relay: {}", super::chain(&e));
+                    let msg = format!("nix-relay: {}", error_chain(&e));
                     let _ = self.reply(&[error(&msg)], None).await;
                     return Err(e.into());
                 }
@@ -119,7 +120,7 @@ where
                 Ok(Ok(())) => {}
                 Ok(Err(OpError(msg))) => self.reply(&[error(&msg)], None).await?,
                 Err(fatal) => {
-                    let _ = self.reply(&[error(&super::chain(&fatal))], None).await;
+                    let _ = self.reply(&[error(&error_chain(&fatal))], None).await;
                     return Err(fatal);
                 }
             }

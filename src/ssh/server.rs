@@ -428,7 +428,7 @@ async fn run_channel(
     let status = match &result {
         Ok(()) => 0,
         Err(e) => {
-            let msg = session::chain(e);
+            let msg = crate::error_chain(e);
             warn!("session failed: {msg}");
             session::say(&log, format!("error: {msg}")).await;
             1

@@ -49,10 +49,34 @@ relay_alive() {
   [ "$MODE" = relay ] || return 0
   "$HS" relay status >/dev/null 2>&1 || fail "the relay is not running (crashed? see $STATE/relay.log)"
 }
-# skip REASON: the scenario cannot run here (reported as SKIP, counted neither way)
+# skip REASON: the scenario cannot run here (reported as SKIP, counted neither
+# way; e2e.sh counts it as a FAIL when skips_fail)
 skip() { echo "SKIP-REASON: $*" >&2; exit 77; }
 # note TEXT: printed under the scenario's PASS line
 note() { echo "NOTE: $*" >&2; }
+# skips_fail: under CI (CI set, not "false") in relay mode nothing may be
+# skipped: everything is set up, so a skip means something is broken. Direct
+# mode (E2E_DIRECT=1, never CI) skips the relay-only checks legitimately.
+skips_fail() { [ "$MODE" = relay ] && [ -n "${CI:-}" ] && [ "${CI:-}" != false ]; }
+# verdict RC LOG: a scenario's result from its exit status and log: "PASS",
+# "SKIP <reason>" (exit 77 with a SKIP-REASON, unless skips_fail) or
+# "FAIL <reason>" (its last REASON line, the skip's reason, or the status)
+verdict() {
+  local rc=$1 log=$2 why="" reason
+  [ "$rc" != 0 ] || { echo PASS; return 0; }
+  # (|| true: no match means no reason, not the caller's end under pipefail)
+  [ "$rc" != 77 ] || why=$(grep '^SKIP-REASON: ' "$log" | tail -1 | sed 's/^SKIP-REASON: //' || true)
+  if [ -n "$why" ] && ! skips_fail; then echo "SKIP $why"; return 0; fi
+  reason=$(grep '^REASON: ' "$log" | tail -1 | sed 's/^REASON: //' || true)
+  [ -n "$reason" ] || [ -z "$why" ] || reason="skipped under CI=$CI (relay mode: every scenario must run): $why"
+  echo "FAIL ${reason:-exit status $rc (see $log)}"
+}
+# skip_part WHAT: a part of a scenario cannot run here: a note, or a failure
+# when skips_fail
+skip_part() {
+  if skips_fail; then fail "skipped under CI=$CI: $*"; fi
+  note "skipped: $*"
+}
 
 # ---- helpers for the multi-client / cache scenarios (h..l) ---------------------
 CACHE=$STATE/relay-state/cache

@@ -159,7 +159,7 @@ NIX
     [ "$rc" = 200 ] || fail "control: GET /$(hash_part "$pub").narinfo (public): HTTP $rc"
     echo "  HTTP: 404 for both narinfos; private/, meta/ and ../ URLs not served; the public control is"
   else
-    note "HTTP 404 checks skipped: GET $HTTP_URL/nix-cache-info got no answer"
+    skip_part "the HTTP 404 checks: GET $HTTP_URL/nix-cache-info got no answer"
   fi
   # control: lab's query works and sees a public path
   in_ns client nix path-info --store ssh://relay "$pub" >/dev/null 2>"$LOGS/k.lab.err" \
@@ -178,11 +178,18 @@ NIX
 }
 
 sc_l_relay=1
-sc_l_desc="relay killed -9 while teeing -A big: store consistent, tmp/ emptied on restart, rebuild works"
+sc_l_desc="relay killed -9 while teeing -A big (a partial NAR growing in tmp/, no narinfo): store consistent, tmp/ emptied on restart, rebuild works"
+# tee_growing PREV CUR: "PATH OLD NEW" of a .nar in cache/tmp that grew between two
+# samples ("PATH SIZE" lines), or nothing
+tee_growing() {
+  awk 'NR == FNR { s[$1] = $2; next } ($1 in s) && $2 > s[$1] { print $1, s[$1], $2; exit }' <(echo "$1") <(echo "$2")
+}
 sc_l() {
-  local s=$SEED-l drv name off bg pid i rc tmpn out size
+  local s=$SEED-l drv name out ni off bg pid i tmpn size prev="" cur grew="" nar old new
   drv=$(drv_of client big "$s") || fail "nix-instantiate -A big failed"
   name=$(drv_name "$drv")
+  out=$(in_ns client nix-store -q --outputs "$drv") || fail "nix-store -q --outputs $drv failed"
+  ni=$CACHE/$(hash_part "$out").narinfo
   off=$(relay_log_size)
   ( rc=0; build_in client "$LOGS/l.1.nix.log" "$BUILDERS" big "$s" >/dev/null || rc=$?; echo "$rc" >"$LOGS/l.1.rc" ) &
   bg=$!
@@ -192,14 +199,26 @@ sc_l() {
     sleep 0.02
   done
   [ "$(finished_since "$off" "$name")" -ge 1 ] || { kill "$bg" 2>/dev/null || true; wait "$bg" || true; fail "no 'build finished' for $name within 3 min"; }
+  # the tee in progress: a .nar in cache/tmp growing between two samples, no narinfo yet
+  for i in $(seq 1 3000); do   # up to ~1 min
+    cur=$(find "$CACHE/tmp" -maxdepth 1 -name '*.nar' -printf '%p %s\n' 2>/dev/null | sort)
+    grew=$(tee_growing "$prev" "$cur")
+    [ -z "$grew" ] && [ ! -e "$ni" ] || break
+    prev=$cur
+    sleep 0.02
+  done
+  [ -n "$grew" ] || { kill "$bg" 2>/dev/null || true; fail "never saw the tee of $out in progress (no growing .nar in $CACHE/tmp; narinfo $([ -e "$ni" ] && echo present || echo absent))"; }
   "$HS" relay status >/dev/null || fail "relay not running before the kill"
   pid=$(cat "$STATE/run/relay.pid")
   kill -9 "$pid"
-  tmpn=$(find "$CACHE/tmp" -mindepth 1 | wc -l)
   for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
   if kill -0 "$pid" 2>/dev/null; then fail "relay pid $pid survived kill -9"; fi
-  echo "  killed the relay (pid $pid) right after 'build finished'; cache/tmp held $tmpn file(s)"
-  [ "$tmpn" != 0 ] || note "cache/tmp was empty at the kill: the NAR was not being written at that moment (timing)"
+  # proof that the kill landed mid-tee: the NAR is still a partial temp file, no narinfo
+  read -r nar old new <<<"$grew"
+  [ ! -e "$ni" ] || fail "the narinfo of $out exists after the kill: the tee had completed, the kill was not mid-tee"
+  [ -f "$nar" ] || fail "$nar (growing just before the kill) is gone: the tee had finished its NAR, the kill was not mid-tee"
+  size=$(stat -c %s "$nar"); tmpn=$(find "$CACHE/tmp" -mindepth 1 | wc -l)
+  echo "  killed the relay (pid $pid) mid-tee: $nar grew from $old to $new bytes just before, $size bytes at the kill; no narinfo for $out; cache/tmp held $tmpn file(s)"
   wait "$bg" || true
   echo "  the client's nix-build -A big ended with exit $(cat "$LOGS/l.1.rc" 2>/dev/null || echo '?')"
   store_consistent "after kill -9"
@@ -214,6 +233,8 @@ sc_l() {
   in_ns client2 nix-store --verify-path "$out" >&2 || fail "client2: verify-path $out failed"
   size=$(in_ns client2 stat -c %s "$out")
   [ "$size" = $((200 * 1024 * 1024)) ] || fail "size $size, expected 200 MiB"
-  if grep -q "nix-relay: cache hit" "$LOGS/l.2.nix.log"; then echo "  after restart: cache hit (the tee had completed)"; else echo "  after restart: built again ($(finished_since 0 "$name") 'build finished' line(s) since the restart)"; fi
+  # the killed tee left nothing behind: a cache hit would be an entry it never completed
+  if grep -q "nix-relay: cache hit" "$LOGS/l.2.nix.log"; then fail "after the restart: a cache hit for $out, whose tee was killed"; fi
+  echo "  after restart: built again ($(finished_since 0 "$name") 'build finished' line(s) since the restart)"
   store_consistent "after the rebuild"
 }
