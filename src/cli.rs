@@ -191,7 +191,10 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
         }
     });
     let ec2 = match &config.ec2 {
-        Some(c) => Some(crate::ec2::cli::start(c, front.relay.scheduler.clone()).await?),
+        Some(c) => Some(
+            crate::ec2::cli::start(c, front.relay.scheduler.clone(), &config.server.state_dir)
+                .await?,
+        ),
         None => None,
     };
     tokio::spawn(save_history_periodically(front.relay.scheduler.clone()));
