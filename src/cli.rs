@@ -122,7 +122,7 @@ impl AdminTarget {
 pub async fn drain(name: &str, on: bool, admin: &AdminTarget) -> Result<()> {
     let verb = if on { "drain" } else { "undrain" };
     let url = format!("{}/admin/backends/{name}/{verb}", admin.url()?);
-    let (status, body) = crate::status::http_request("POST", &url).await?;
+    let (status, body) = crate::status::http_post_json(&url, &serde_json::json!({})).await?;
     let v: serde_json::Value = serde_json::from_str(&body)
         .with_context(|| format!("{url}: HTTP {status}: not JSON: {body:?}"))?;
     if status != 200 {

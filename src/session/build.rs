@@ -372,6 +372,7 @@ async fn build(
         }
         relay.record(BuildRecord::new(
             drv_path,
+            scope,
             &system,
             &name,
             outcome,
