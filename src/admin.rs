@@ -7,19 +7,29 @@
 //! * `POST /admin/backends/NAME/undrain` — take new builds again.
 //!
 //! Replies are JSON; an unknown NAME is a 404 naming the known backends.
+//!
+//! A POST must carry `Content-Type: application/json` and a JSON object
+//! body (`{}` will do), at most [`MAX_BODY_BYTES`]: a web page the relay
+//! host's browser visits can send a cross-site POST without a body or as a
+//! form, but not as JSON without a CORS preflight, which this endpoint
+//! never answers. Anything else is refused (415 or 400) with the reason.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::scheduler::Scheduler;
+
+/// Largest admin request body accepted (413 beyond).
+pub const MAX_BODY_BYTES: usize = 4096;
 
 pub fn router(sched: Arc<Scheduler>) -> Router {
     Router::new()
@@ -32,6 +42,7 @@ pub fn router(sched: Arc<Scheduler>) -> Router {
                 &json!({"error": "no such admin route"}),
             )
         })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(sched)
 }
 
@@ -70,12 +81,49 @@ async fn list(State(sched): State<Arc<Scheduler>>) -> Response {
     )
 }
 
-async fn drain(State(sched): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
-    set_drain(&sched, &name, true)
+async fn drain(
+    State(sched): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    refusal(&headers, &body).unwrap_or_else(|| set_drain(&sched, &name, true))
 }
 
-async fn undrain(State(sched): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
-    set_drain(&sched, &name, false)
+async fn undrain(
+    State(sched): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    refusal(&headers, &body).unwrap_or_else(|| set_drain(&sched, &name, false))
+}
+
+/// The refusal of anything but `Content-Type: application/json` with a
+/// JSON object body (which a cross-site request cannot send without a
+/// preflight); None: accepted.
+fn refusal(headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    let ctype = (headers.get(header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ctype.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        let error = format!(
+            "admin POSTs need Content-Type: application/json (got {:?}) and a JSON object body such as {{}}",
+            ctype
+        );
+        return Some(reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &json!({ "error": error }),
+        ));
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) if v.is_object() => None,
+        _ => Some(reply(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "the body must be a JSON object, such as {}" }),
+        )),
+    }
 }
 
 fn set_drain(sched: &Arc<Scheduler>, name: &str, on: bool) -> Response {
@@ -111,7 +159,7 @@ mod tests {
 
     use super::*;
     use crate::config::{Backend, BackendUri};
-    use crate::status::http_request;
+    use crate::status::{http_post_json, http_request, http_send};
 
     fn backend(name: &str) -> Backend {
         Backend {
@@ -140,14 +188,14 @@ mod tests {
     #[tokio::test]
     async fn drain_and_undrain_change_the_backend_and_say_so() {
         let (sched, url) = served().await;
-        let (status, body) = http_request("POST", &format!("{url}/admin/backends/h1/drain"))
+        let (status, body) = http_post_json(&format!("{url}/admin/backends/h1/drain"), &json!({}))
             .await
             .unwrap();
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["admin"], "draining");
         assert_eq!(sched.snapshot().backends[0].admin, "draining");
-        let (status, _) = http_request("POST", &format!("{url}/admin/backends/h1/undrain"))
+        let (status, _) = http_post_json(&format!("{url}/admin/backends/h1/undrain"), &json!({}))
             .await
             .unwrap();
         assert_eq!(status, 200);
@@ -161,7 +209,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_backend_is_a_404_naming_the_known_ones() {
         let (_sched, url) = served().await;
-        let (status, body) = http_request("POST", &format!("{url}/admin/backends/h9/drain"))
+        let (status, body) = http_post_json(&format!("{url}/admin/backends/h9/drain"), &json!({}))
             .await
             .unwrap();
         assert_eq!(status, 404);
@@ -173,6 +221,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(status, 405, "drain is a POST");
+    }
+
+    #[tokio::test]
+    async fn a_post_a_cross_site_page_could_send_is_refused_and_changes_nothing() {
+        let (sched, url) = served().await;
+        let drain = format!("{url}/admin/backends/h1/drain");
+        let (status, body) = http_request("POST", &drain).await.unwrap();
+        assert_eq!(status, 415, "bodyless: {body}");
+        assert!(body.contains("Content-Type: application/json"), "{body}");
+        for (ctype, payload) in [
+            ("application/x-www-form-urlencoded", &b"a=b"[..]),
+            ("text/plain", &b"{}"[..]),
+            ("multipart/form-data; boundary=x", &b"--x--"[..]),
+        ] {
+            let (status, body) = http_send("POST", &drain, Some((ctype, payload)))
+                .await
+                .unwrap();
+            assert_eq!(status, 415, "{ctype}: {body}");
+        }
+        for bad in [&b""[..], b"not json", b"[1]"] {
+            let (status, body) = http_send("POST", &drain, Some(("application/json", bad)))
+                .await
+                .unwrap();
+            assert_eq!(status, 400, "{bad:?}: {body}");
+        }
+        assert_eq!(sched.snapshot().backends[0].admin, "active");
+        let json = Some(("application/json; charset=utf-8", &b"{}"[..]));
+        let (status, body) = http_send("POST", &drain, json).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(sched.snapshot().backends[0].admin, "draining");
     }
 
     #[tokio::test]

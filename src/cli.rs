@@ -122,7 +122,7 @@ impl AdminTarget {
 pub async fn drain(name: &str, on: bool, admin: &AdminTarget) -> Result<()> {
     let verb = if on { "drain" } else { "undrain" };
     let url = format!("{}/admin/backends/{name}/{verb}", admin.url()?);
-    let (status, body) = crate::status::http_request("POST", &url).await?;
+    let (status, body) = crate::status::http_post_json(&url, &serde_json::json!({})).await?;
     let v: serde_json::Value = serde_json::from_str(&body)
         .with_context(|| format!("{url}: HTTP {status}: not JSON: {body:?}"))?;
     if status != 200 {
@@ -191,7 +191,10 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
         }
     });
     let ec2 = match &config.ec2 {
-        Some(c) => Some(crate::ec2::cli::start(c, front.relay.scheduler.clone()).await?),
+        Some(c) => Some(
+            crate::ec2::cli::start(c, front.relay.scheduler.clone(), &config.server.state_dir)
+                .await?,
+        ),
         None => None,
     };
     tokio::spawn(save_history_periodically(front.relay.scheduler.clone()));

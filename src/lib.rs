@@ -10,6 +10,7 @@ pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod durable;
 pub mod ec2;
 pub mod http;
 pub mod keys;

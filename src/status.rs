@@ -86,6 +86,21 @@ pub async fn http_get(url: &str) -> Result<String> {
 /// Sends a bodiless `method` request to `url` (`http://host:port[/path]`)
 /// and returns the status code and body.
 pub async fn http_request(method: &str, url: &str) -> Result<(u16, String)> {
+    http_send(method, url, None).await
+}
+
+/// POSTs `json` as `application/json` (what the admin endpoint requires).
+pub async fn http_post_json(url: &str, json: &serde_json::Value) -> Result<(u16, String)> {
+    let body = json.to_string();
+    http_send("POST", url, Some(("application/json", body.as_bytes()))).await
+}
+
+/// Sends `method` to `url` with an optional (content type, body).
+pub async fn http_send(
+    method: &str,
+    url: &str,
+    body: Option<(&str, &[u8])>,
+) -> Result<(u16, String)> {
     let rest = url.strip_prefix("http://").context("only http:// URLs")?;
     let (hostport, path) = rest
         .split_once('/')
@@ -93,10 +108,17 @@ pub async fn http_request(method: &str, url: &str) -> Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(hostport)
         .await
         .with_context(|| format!("connecting to {hostport}"))?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    let (ctype, bytes) = body.unwrap_or(("", b""));
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n");
+    if !ctype.is_empty() {
+        req += &format!("Content-Type: {ctype}\r\n");
+    }
+    req += &format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        bytes.len()
     );
     s.write_all(req.as_bytes()).await?;
+    s.write_all(bytes).await?;
     let mut buf = Vec::new();
     s.take(64 << 20).read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);
@@ -257,6 +279,68 @@ fn render_ec2(o: &mut String, ec2: &Value, width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::BuildRecord;
+    use crate::session::flight::FlightKey;
+    use crate::store::Scope;
+    use crate::wire::store_path::StorePath;
+
+    fn path(name: &str) -> StorePath {
+        StorePath::parse(&format!("/nix/store/{}-{name}", "1".repeat(32))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn status_shows_no_private_derivation_name_and_still_renders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), Default::default()).unwrap();
+        let sched = crate::scheduler::Scheduler::new(vec![], 10);
+        let relay = Arc::new(Relay::new(store, sched, Default::default(), false));
+        let bob = Scope::Private("bob".into());
+        let ok = crate::metrics::Outcome::Success;
+        let took = std::time::Duration::from_secs(3);
+        for (name, scope) in [
+            ("secret-thing-1.0.drv", &bob),
+            ("hello-2.12.drv", &Scope::Public),
+        ] {
+            relay.record(BuildRecord::new(
+                &path(name),
+                scope,
+                "x86_64-linux",
+                "h1",
+                ok,
+                took,
+            ));
+        }
+        let (_a, _) = relay.flights.attach(
+            FlightKey {
+                scope: bob,
+                outputs: vec![path("secret-out")],
+            },
+            false,
+        );
+        let pubkey = FlightKey {
+            scope: Scope::Public,
+            outputs: vec![path("public-out")],
+        };
+        let (_b, _) = relay.flights.attach(pubkey, false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/status", listener.local_addr().unwrap());
+        tokio::spawn(crate::http::serve(listener, router(relay, None)));
+        let body = http_get(&url).await.unwrap();
+        assert!(!body.contains("secret"), "{body}");
+        assert!(
+            body.contains("hello-2.12") && body.contains("public-out"),
+            "{body}"
+        );
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["recent_builds"][0]["drv"], "(private)");
+        assert_eq!(v["recent_builds"][0]["private"], true);
+        let table = render(&v, 120);
+        assert!(
+            table.contains("(private)") && table.contains("hello-2.12"),
+            "{table}"
+        );
+        assert!(!table.contains("secret"), "{table}");
+    }
 
     #[test]
     fn draining_backends_and_feature_queues_show_in_the_table() {

@@ -114,6 +114,14 @@ async fn api(cfg: &Ec2Config) -> Arc<dyn Ec2Api> {
 }
 
 async fn manager(cfg: &Ec2Config) -> (Manager, Arc<Scheduler>) {
+    manager_in(cfg, None).await
+}
+
+/// A manager that keeps its spend ledger in `state_dir`, if given.
+async fn manager_in(
+    cfg: &Ec2Config,
+    state_dir: Option<&std::path::Path>,
+) -> (Manager, Arc<Scheduler>) {
     let sched = Scheduler::new(vec![], 100);
     let probe: Probe = Arc::new(|_| Box::pin(async { true }));
     let mut m = Manager::new(
@@ -124,6 +132,9 @@ async fn manager(cfg: &Ec2Config) -> (Manager, Arc<Scheduler>) {
         probe,
         SystemTime::now(),
     );
+    if let Some(dir) = state_dir {
+        m = m.with_ledger_file(dir);
+    }
     m.start().await.expect("DescribeInstanceTypes");
     (m, sched)
 }
@@ -292,6 +303,31 @@ async fn after_kill_9_a_restarted_relay_and_the_sweep_leave_nothing() {
         .await
         .unwrap();
     assert!(listed.is_empty());
+}
+
+#[tokio::test]
+async fn the_days_spend_survives_a_kill_9() {
+    let Some(moto) = moto() else { return };
+    let mut cfg = config(moto.port, "relay-ledger", 1000.0);
+    cfg.templates[1].price_per_hour = 3600.0; // 1 $ a second
+    cfg.templates[1].max_lifetime = Duration::from_secs(60);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut m, sched) = manager_in(&cfg, Some(dir.path())).await;
+    let _rx = queue_arm(&sched);
+    m.tick().await;
+    assert_eq!(live(&cfg).await.len(), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(m); // kill -9: the instance runs on, its last second never accrued
+    let (mut m2, _s2) = manager_in(&cfg, Some(dir.path())).await;
+    let today = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    let spent = m2.ledger().spent_on(today);
+    assert!(spent >= 1.0, "the leftover's second is charged: {spent}");
+    m2.tick().await;
+    assert!(live(&cfg).await.is_empty(), "and it was terminated");
 }
 
 #[tokio::test]

@@ -119,9 +119,14 @@ impl Running {
     }
 }
 
-/// Starts the manager for `serve`: resolves slots, reconciles leftovers
-/// (terminating them) before anything launches, then ticks.
-pub async fn start(cfg: &Ec2Config, sched: Arc<Scheduler>) -> Result<Running> {
+/// Starts the manager for `serve`: loads the day's spend from
+/// `state_dir`, resolves slots, reconciles leftovers (terminating them)
+/// before anything launches, then ticks.
+pub async fn start(
+    cfg: &Ec2Config,
+    sched: Arc<Scheduler>,
+    state_dir: &std::path::Path,
+) -> Result<Running> {
     let api = connect(cfg).await?;
     let key =
         russh::keys::load_secret_key(&cfg.ssh_key, None).map_err(|source| Error::BuilderKey {
@@ -136,7 +141,8 @@ pub async fn start(cfg: &Ec2Config, sched: Arc<Scheduler>) -> Result<Running> {
         builder_key,
         ssh_probe(),
         SystemTime::now(),
-    );
+    )
+    .with_ledger_file(state_dir);
     m.start().await.context("starting the EC2 manager")?;
     m.tick().await;
     let manager = Arc::new(Mutex::new(m));

@@ -48,6 +48,21 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// A ledger that starts with `spent` dollars on `day` (a restart).
+    pub fn restored(day: u64, spent: f64) -> Ledger {
+        crate::metrics::ec2_spent_today(spent);
+        Ledger {
+            day,
+            spent_today: spent,
+            per_template: BTreeMap::new(),
+        }
+    }
+
+    /// The UTC day `spent_on` last accrued to.
+    pub fn day(&self) -> u64 {
+        self.day
+    }
+
     /// Adds `secs` of one instance of `template` at `price` $/h, on `day`.
     pub fn accrue(&mut self, template: &str, elapsed: Duration, price_per_hour: f64, day: u64) {
         if day != self.day {

@@ -78,9 +78,13 @@ impl Manager {
             crate::metrics::ec2_launch(name, "refused_budget");
         }
         for name in plan.launch {
-            if let Err(e) = self.launch(&name).await {
-                tracing::error!(template = %name, error = %crate::error_chain(&e), "launching an EC2 instance failed");
-                crate::metrics::ec2_launch(&name, "failed");
+            match self.launch(&name).await {
+                // On disk before anything else: a crash now still counts it.
+                Ok(()) => self.persist().await,
+                Err(e) => {
+                    tracing::error!(template = %name, error = %crate::error_chain(&e), "launching an EC2 instance failed");
+                    crate::metrics::ec2_launch(&name, "failed");
+                }
             }
         }
     }

@@ -3,6 +3,8 @@
 //! reachable (with its pinned host key) → backend, terminates on
 //! idle_grace, max_lifetime, a boot that never became reachable, or the
 //! day's budget, accrues cost, and launches what `elastic::decide` asks for.
+//! The day's spend is written to the state dir after every launch and tick
+//! (`ledger_file`).
 //! Untracked tagged instances are terminated (`reconcile`).
 
 use std::collections::BTreeMap;
@@ -75,6 +77,10 @@ pub struct Manager {
     pub(super) slots: BTreeMap<String, u32>,
     pub(super) tracked: BTreeMap<String, Tracked>,
     pub(super) ledger: Ledger,
+    /// `<state_dir>/ec2-ledger.json` (None: the spend is not persisted).
+    pub(super) ledger_path: Option<std::path::PathBuf>,
+    /// What was last written there.
+    pub(super) ledger_saved: Option<super::ledger_file::LedgerFile>,
     pub(super) last_reconcile: Option<Instant>,
     /// Templates withheld from the scheduler: the budget cannot launch them.
     pub(super) blocked: std::collections::BTreeSet<String>,
@@ -123,6 +129,8 @@ impl Manager {
             slots: BTreeMap::new(),
             tracked: BTreeMap::new(),
             ledger: Ledger::default(),
+            ledger_path: None,
+            ledger_saved: None,
             last_reconcile: None,
             blocked: Default::default(),
         }
@@ -189,6 +197,7 @@ impl Manager {
         self.retire(now).await;
         self.launch_wanted(now).await;
         self.publish();
+        self.persist().await;
     }
 
     pub(super) async fn list(&self) -> Result<Vec<Instance>, Error> {
@@ -367,5 +376,6 @@ impl Manager {
         if !ids.is_empty() {
             self.terminate(ids, Reason::Shutdown).await;
         }
+        self.persist().await;
     }
 }

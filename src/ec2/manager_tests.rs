@@ -65,7 +65,21 @@ async fn rig(cfg: Ec2Config) -> Rig {
     rig_with(cfg, fake).await
 }
 
+/// Wall time at the rig's start: day 100, 00:00 UTC.
+const WALL: Duration = Duration::from_secs(86_400 * 100);
+
 async fn rig_with(cfg: Ec2Config, fake: Arc<Fake>) -> Rig {
+    rig_full(cfg, fake, None, WALL).await
+}
+
+/// A rig whose manager keeps its spend in `state_dir` and starts at wall
+/// time `wall` since the epoch.
+async fn rig_full(
+    cfg: Ec2Config,
+    fake: Arc<Fake>,
+    state_dir: Option<&std::path::Path>,
+    wall: Duration,
+) -> Rig {
     let sched = Scheduler::new(vec![], 100);
     let reachable = Arc::new(AtomicBool::new(true));
     let r = reachable.clone();
@@ -79,8 +93,11 @@ async fn rig_with(cfg: Ec2Config, fake: Arc<Fake>) -> Rig {
         sched.clone(),
         BUILDER.into(),
         probe,
-        SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 100),
+        SystemTime::UNIX_EPOCH + wall,
     );
+    if let Some(dir) = state_dir {
+        m = m.with_ledger_file(dir);
+    }
     m.start().await.unwrap();
     Rig {
         fake,
@@ -323,4 +340,96 @@ async fn no_spot_capacity_falls_back_to_on_demand() {
         2,
         "spot, then on-demand"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_days_spend_survives_a_restart_and_the_budget_still_holds() {
+    // arm: 0.3 $/h, 4 h max_lifetime: 1.2 $ worst case; budget 2 $.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::new(4));
+    let mut first = rig_full(config(2.0), fake.clone(), Some(dir.path()), WALL).await;
+    let mut rx = queue(&first.sched, "aarch64-linux");
+    first.m.tick().await;
+    first.m.tick().await;
+    let _slot = rx.try_recv().unwrap().unwrap();
+    tokio::time::advance(Duration::from_secs(4 * 3600)).await;
+    first.m.tick().await; // max_lifetime: terminated, 1.2 $ spent
+    assert!(fake.live().is_empty());
+    drop(first);
+    let later = WALL + Duration::from_secs(4 * 3600);
+    let mut second = rig_full(config(2.0), fake.clone(), Some(dir.path()), later).await;
+    let spent = second.m.ledger().spent_on(100);
+    assert!((spent - 1.2).abs() < 0.001, "restored spend {spent}");
+    let mut rx = queue(&second.sched, "aarch64-linux");
+    second.m.tick().await;
+    assert!(fake.live().is_empty(), "0.8 $ left cannot cover 1.2 $");
+    assert!(rx.try_recv().expect("answered").is_err());
+    let runs = fake
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| **c == "RunInstances")
+        .count();
+    assert_eq!(runs, 1, "only the first relay launched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_open_at_a_crash_is_charged_until_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::new(4));
+    let mut first = rig_full(config(100.0), fake.clone(), Some(dir.path()), WALL).await;
+    let _rx = queue(&first.sched, "aarch64-linux");
+    first.m.tick().await; // launched: on disk at once
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    first.m.tick().await; // 1 h accrued: 0.3 $
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    drop(first); // kill -9 an hour later: that hour never accrued
+    let later = WALL + Duration::from_secs(2 * 3600);
+    let mut second = rig_full(config(100.0), fake.clone(), Some(dir.path()), later).await;
+    let spent = second.m.ledger().spent_on(100);
+    assert!((spent - 0.6).abs() < 0.001, "2 h at 0.3 $/h, got {spent}");
+    second.m.tick().await;
+    assert!(fake.live().is_empty(), "the leftover was terminated");
+}
+
+#[tokio::test(start_paused = true)]
+async fn yesterdays_spend_does_not_count_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::new(4));
+    let mut first = rig_full(config(2.0), fake.clone(), Some(dir.path()), WALL).await;
+    let mut rx = queue(&first.sched, "aarch64-linux");
+    first.m.tick().await;
+    first.m.tick().await;
+    let _slot = rx.try_recv().unwrap().unwrap();
+    tokio::time::advance(Duration::from_secs(4 * 3600)).await;
+    first.m.tick().await;
+    drop(first);
+    let next_day = WALL + Duration::from_secs(86_400);
+    let mut second = rig_full(config(2.0), fake.clone(), Some(dir.path()), next_day).await;
+    assert_eq!(second.m.ledger().spent_on(101), 0.0);
+    let _rx = queue(&second.sched, "aarch64-linux");
+    second.m.tick().await;
+    assert_eq!(fake.live().len(), 1, "a new day, a new budget");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_ledger_launches_nothing_today() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = super::ledger_file::path(dir.path());
+    std::fs::write(&file, b"not json").unwrap();
+    let mut r = rig_full(
+        config(100.0),
+        Arc::new(Fake::new(4)),
+        Some(dir.path()),
+        WALL,
+    )
+    .await;
+    assert_eq!(r.m.ledger().spent_on(100), 100.0);
+    let mut rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    assert!(r.fake.live().is_empty());
+    assert!(rx.try_recv().expect("answered").is_err());
+    let saved = std::fs::read_to_string(&file).unwrap();
+    assert!(saved.contains("\"spent\":100"), "{saved}");
 }

@@ -10,7 +10,8 @@
 //!   idle_grace, max_lifetime or budget; requeue on a vanished instance.
 //! * `reconcile`: tagged instances this relay does not track are adopted or
 //!   terminated (at start, every `reconcile_interval`, `nix-relay ec2 sweep`).
-//! * `cost`: instance-seconds × price per template and per UTC day.
+//! * `cost`: instance-seconds × price per template and per UTC day;
+//!   `ledger_file` keeps the day's spend across restarts.
 //!
 //! Invariant: every instance is launched with `owner = relay_id`, a
 //! `template` tag and `InstanceInitiatedShutdownBehavior = terminate`, and
@@ -20,6 +21,7 @@ pub mod api;
 pub mod cli;
 pub mod cost;
 mod launch;
+pub mod ledger_file;
 pub mod manager;
 pub mod reconcile;
 #[cfg(feature = "ec2")]
@@ -60,6 +62,28 @@ pub enum Error {
     NoVcpus(String),
     #[error("nix-relay was built without the `ec2` feature; [ec2] cannot be used")]
     NotBuilt,
+    #[error("reading the EC2 spend ledger {path}")]
+    LedgerRead {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing the EC2 spend ledger {path}")]
+    LedgerParse {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the EC2 spend ledger {0} has an unknown version or a negative or non-finite amount")]
+    LedgerInvalid(std::path::PathBuf),
+    #[error("encoding the EC2 spend ledger")]
+    LedgerEncode(#[source] serde_json::Error),
+    #[error("writing the EC2 spend ledger {path}")]
+    LedgerWrite {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What `/status` shows of EC2 (the `ec2` field), set by the manager.

@@ -22,7 +22,6 @@
 //! the queue, it never stops the relay.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -250,22 +249,10 @@ impl Inner {
 
 /// tmp + fsync + rename + fsync of the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let err = |source| Error::Write {
+    crate::durable::write_atomically(path, bytes).map_err(|source| Error::Write {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

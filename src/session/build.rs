@@ -338,15 +338,9 @@ async fn build(
     let (inputs, _pin) = input_closure(relay, client, &drv.input_srcs)
         .await
         .map_err(|e| format!("copying inputs: {}", chain(&e)))?;
-    let summary = Arc::new(inputs.summary.clone());
+    let spec = job_spec(client, drv_path, drv, Arc::new(inputs.summary.clone()))?;
     for attempt in 1..=MAX_ATTEMPTS {
-        let job = JobSpec {
-            client: client.to_owned(),
-            name: drv_path.name().to_owned(),
-            system: system.clone(),
-            required_features: drv.required_features(),
-            inputs: summary.clone(),
-        };
+        let job = spec.clone();
         let queued = tokio::time::Instant::now();
         let slot = claim(&relay.scheduler, job, log).await?;
         crate::metrics::queue_wait(&system, queued.elapsed());
@@ -373,6 +367,7 @@ async fn build(
         }
         relay.record(BuildRecord::new(
             drv_path,
+            scope,
             &system,
             &name,
             outcome,
@@ -402,6 +397,25 @@ async fn build(
     Err(format!(
         "no backend could build it in {MAX_ATTEMPTS} attempts"
     ))
+}
+
+/// What the scheduler places: the derivation's system and the features it
+/// requires (from its structured attributes when it has them).
+fn job_spec(
+    client: &str,
+    drv_path: &StorePath,
+    drv: &BasicDerivation,
+    inputs: Arc<InputSummary>,
+) -> Result<JobSpec, String> {
+    let required_features = (drv.required_features())
+        .map_err(|e| format!("reading requiredSystemFeatures: {}", chain(&e)))?;
+    Ok(JobSpec {
+        client: client.to_owned(),
+        name: drv_path.name().to_owned(),
+        system: drv.platform.clone(),
+        required_features,
+        inputs,
+    })
 }
 
 /// Marks backend `name` down (once per failure: a failed connect was

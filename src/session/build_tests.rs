@@ -1,4 +1,4 @@
-//! What a client waiting for a slot is told.
+//! What a client waiting for a slot is told, and where a job may go.
 
 use super::*;
 use crate::config::{Backend, BackendUri};
@@ -50,4 +50,49 @@ async fn a_queued_job_is_told_its_position_and_what_runs_then_gets_the_slot() {
     let slot = waiting.await.unwrap().expect("the freed slot");
     assert_eq!(slot.backend().name, "opi02");
     drop(a);
+}
+
+fn structured_drv(json: &str) -> BasicDerivation {
+    BasicDerivation {
+        outputs: vec![],
+        input_srcs: vec![],
+        platform: "aarch64-linux".into(),
+        builder: b"/bin/sh".to_vec(),
+        args: vec![],
+        env: vec![(b"__json".to_vec(), json.as_bytes().to_vec())],
+    }
+}
+
+fn drv_path() -> StorePath {
+    StorePath::parse("/nix/store/ffffffffffffffffffffffffffffffff-vm-test.drv").unwrap()
+}
+
+#[tokio::test]
+async fn a_structured_attrs_drv_requiring_kvm_only_lands_on_a_kvm_backend() {
+    let mut fast = backend("plain");
+    fast.speed_factor = 10.0;
+    fast.max_jobs = 4;
+    let mut kvm = backend("kvm-box");
+    kvm.supported_features = vec!["kvm".into()];
+    let sched = Scheduler::new(vec![fast, kvm], 10);
+    let drv = structured_drv(r#"{"name":"vm-test","requiredSystemFeatures":["kvm"]}"#);
+    let job = job_spec("c", &drv_path(), &drv, Default::default()).unwrap();
+    assert_eq!(job.required_features, ["kvm"]);
+    let Ok(Acquired::Now(slot)) = sched.try_acquire(job.clone()) else {
+        panic!("the kvm backend is free");
+    };
+    assert_eq!(slot.backend().name, "kvm-box");
+    // The only kvm slot is taken: the job waits rather than go elsewhere.
+    assert!(matches!(
+        sched.try_acquire(job),
+        Ok(Acquired::Queued { .. })
+    ));
+}
+
+#[test]
+fn malformed_structured_attrs_fail_the_build_with_a_reason() {
+    let drv = structured_drv(r#"{"requiredSystemFeatures":["kvm""#);
+    let e = job_spec("c", &drv_path(), &drv, Default::default()).unwrap_err();
+    assert!(e.starts_with("reading requiredSystemFeatures: "), "{e}");
+    assert!(e.contains("__json"), "{e}");
 }

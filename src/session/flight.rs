@@ -86,7 +86,8 @@ impl Flight {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FlightStatus {
-    /// Output names (never full paths).
+    /// Output names (never full paths); for a private flight only
+    /// [`super::REDACTED`].
     pub outputs: Vec<String>,
     pub private: bool,
     pub attached: usize,
@@ -148,7 +149,10 @@ impl Flights {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.values()
             .map(|f| FlightStatus {
-                outputs: f.key.outputs.iter().map(|p| p.name().to_owned()).collect(),
+                outputs: match f.key.scope {
+                    Scope::Public => f.key.outputs.iter().map(|p| p.name().to_owned()).collect(),
+                    Scope::Private(_) => vec![super::REDACTED.to_owned()],
+                },
                 private: f.key.scope != Scope::Public,
                 attached: f.attached(),
                 state: if f.outcome.borrow().is_some() {

@@ -78,10 +78,16 @@ impl Relay {
     }
 }
 
+/// What `/status` shows instead of the name of a private build (one whose
+/// outputs are private to an untrusted client, see the trust model).
+pub const REDACTED: &str = "(private)";
+
 /// One finished backend build, as `/status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildRecord {
+    /// The derivation's name, or [`REDACTED`] for a private build.
     pub drv: String,
+    pub private: bool,
     pub system: String,
     pub backend: String,
     pub outcome: &'static str,
@@ -92,13 +98,20 @@ pub struct BuildRecord {
 impl BuildRecord {
     pub fn new(
         drv_path: &crate::wire::store_path::StorePath,
+        scope: &crate::store::Scope,
         system: &str,
         backend: &str,
         outcome: crate::metrics::Outcome,
         took: std::time::Duration,
     ) -> Self {
+        let private = *scope != crate::store::Scope::Public;
         BuildRecord {
-            drv: crate::wire::build::drv_name(drv_path).to_owned(),
+            drv: if private {
+                REDACTED.to_owned()
+            } else {
+                crate::wire::build::drv_name(drv_path).to_owned()
+            },
+            private,
             system: system.to_owned(),
             backend: backend.to_owned(),
             outcome: outcome.label(),

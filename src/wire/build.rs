@@ -97,13 +97,21 @@ impl BasicDerivation {
             .map(|(_, v)| v.as_slice())
     }
 
-    /// `requiredSystemFeatures` from the env, split on whitespace.
-    pub fn required_features(&self) -> Vec<String> {
+    /// `requiredSystemFeatures`: with `__structuredAttrs` (an env var
+    /// `__json` holding a JSON object) the list of strings there, as Nix
+    /// reads it, else the env var split on whitespace. The `__json` value
+    /// is bounded by the wire's `max_string_size`; other attributes are
+    /// skipped without being kept. Malformed JSON or a value that is not a
+    /// list of strings is an error, as in Nix.
+    pub fn required_features(&self) -> std::result::Result<Vec<String>, AttrsError> {
+        if let Some(json) = self.env_var("__json") {
+            return structured_features(json);
+        }
         let v = self.env_var("requiredSystemFeatures").unwrap_or(b"");
-        String::from_utf8_lossy(v)
+        Ok(String::from_utf8_lossy(v)
             .split_whitespace()
             .map(str::to_owned)
-            .collect()
+            .collect())
     }
 
     /// Output paths that are known in advance (input-addressed and fixed).
@@ -114,6 +122,55 @@ impl BasicDerivation {
             .map(|o| StorePath::parse(&o.path))
             .collect()
     }
+}
+
+/// A derivation's structured attributes could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AttrsError {
+    #[error("the structured attributes (__json) are not valid JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("the structured attributes (__json) are not a JSON object")]
+    NotObject,
+    #[error(
+        "requiredSystemFeatures in the structured attributes (__json) is not a list of strings"
+    )]
+    NotStringList,
+}
+
+/// `requiredSystemFeatures` of a `__json` object; absent: none.
+fn structured_features(json: &[u8]) -> std::result::Result<Vec<String>, AttrsError> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    struct Attrs {
+        // Present (even `null`): Some; absent: None.
+        #[serde(
+            rename = "requiredSystemFeatures",
+            default,
+            deserialize_with = "present"
+        )]
+        features: Option<serde_json::Value>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<serde_json::Value>, D::Error> {
+        serde_json::Value::deserialize(d).map(Some)
+    }
+    // A derived struct would also take a JSON array (as a sequence).
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return Err(AttrsError::NotObject);
+    }
+    let attrs: Attrs = serde_json::from_slice(json).map_err(AttrsError::Json)?;
+    let Some(v) = attrs.features else {
+        return Ok(Vec::new());
+    };
+    let list = v.as_array().ok_or(AttrsError::NotStringList)?;
+    (list.iter())
+        .map(|f| {
+            f.as_str()
+                .map(str::to_owned)
+                .ok_or(AttrsError::NotStringList)
+        })
+        .collect()
 }
 
 /// The derivation's name as Nix derives it: drv base name minus `.drv`.
@@ -296,5 +353,59 @@ impl BuildResult {
                 put_str(buf, json);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drv(env: &[(&str, &str)]) -> BasicDerivation {
+        BasicDerivation {
+            outputs: vec![],
+            input_srcs: vec![],
+            platform: "x86_64-linux".into(),
+            builder: b"/bin/sh".to_vec(),
+            args: vec![],
+            env: (env.iter())
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn required_features_from_the_env() {
+        let d = drv(&[("requiredSystemFeatures", "kvm  big-parallel")]);
+        assert_eq!(d.required_features().unwrap(), ["kvm", "big-parallel"]);
+        assert!(drv(&[]).required_features().unwrap().is_empty());
+    }
+
+    #[test]
+    fn required_features_from_structured_attrs() {
+        let json = r#"{"builder":"/bin/sh","env":{"x":[1,{"y":null}]},"requiredSystemFeatures":["kvm","nixos-test"]}"#;
+        // With __json, Nix ignores a plain env var of the same name.
+        let d = drv(&[("__json", json), ("requiredSystemFeatures", "other")]);
+        assert_eq!(d.required_features().unwrap(), ["kvm", "nixos-test"]);
+        let none = drv(&[("__json", r#"{"name":"x"}"#)]);
+        assert!(none.required_features().unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_structured_attrs_are_an_error_that_says_so() {
+        let e = drv(&[("__json", r#"{"requiredSystemFeatures":["kvm""#)])
+            .required_features()
+            .unwrap_err();
+        assert!(matches!(e, AttrsError::Json(_)), "{e}");
+        assert!(e.to_string().contains("__json"), "{e}");
+        for bad in [
+            r#"{"requiredSystemFeatures":"kvm"}"#,
+            r#"{"requiredSystemFeatures":["kvm",1]}"#,
+            r#"{"requiredSystemFeatures":null}"#,
+        ] {
+            let e = drv(&[("__json", bad)]).required_features().unwrap_err();
+            assert!(matches!(e, AttrsError::NotStringList), "{bad}: {e}");
+        }
+        let e = drv(&[("__json", "[1]")]).required_features().unwrap_err();
+        assert!(matches!(e, AttrsError::NotObject), "{e}");
     }
 }
