@@ -186,6 +186,8 @@ async fn a_full_pipe_the_relay_does_not_read_is_not_the_backends_silence() {
     assert!(r.is_ok(), "everything sent arrives: {r:?}");
     let read_at = Instant::now();
     // Now the relay waits and the backend is silent: that is a stall.
-    watched.stalled.cancelled().await;
+    let hour = Duration::from_secs(3600);
+    let cut = tokio::time::timeout(hour, watched.stalled.cancelled()).await;
+    assert!(cut.is_ok(), "a silent backend was never cut");
     assert_eq!(Instant::now() - read_at, WATCH.stall_timeout);
 }
