@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
 use crate::config::{Backend, BackendUri, Protocol};
 use crate::ssh::LogSink;
+use crate::ssh::stall::{Watch, Watched};
 use crate::wire::serve::{self, ServeVersion};
 use crate::wire::worker::WorkerVersion;
 pub use client::ServeClient;
@@ -85,7 +86,7 @@ pub enum Error {
 
 enum Transport {
     Ssh {
-        handle: russh::client::Handle<crate::ssh::client::Pinned>,
+        handle: std::sync::Arc<russh::client::Handle<crate::ssh::client::Pinned>>,
         ended: tokio::task::JoinHandle<crate::ssh::ChannelEnd>,
     },
     Local {
@@ -105,6 +106,8 @@ pub struct BackendConn {
     /// Where the backend's stderr goes now (the build using the connection).
     log: LogSwitch,
     transport: Transport,
+    /// Keepalives and the stall watch (SSH backends); see [`crate::ssh::stall`].
+    watched: Option<Watched>,
 }
 
 /// The current target of a connection's stderr; `None` while it is idle.
@@ -117,8 +120,15 @@ impl BackendConn {
     }
 
     /// Whether the transport is still open: the SSH connection and its
-    /// channel, or the subprocess.
+    /// channel, or the subprocess; a stalled backend's is not.
     pub fn transport_open(&mut self) -> bool {
+        if self
+            .watched
+            .as_ref()
+            .is_some_and(|w| w.stalled.is_cancelled())
+        {
+            return false;
+        }
         match &mut self.transport {
             Transport::Ssh { handle, ended } => !handle.is_closed() && !ended.is_finished(),
             Transport::Local { child } => matches!(child.try_wait(), Ok(None)),
@@ -147,7 +157,19 @@ pub async fn connect(
     log: LogSink,
     limits: crate::wire::Limits,
 ) -> Result<BackendConn, Error> {
-    match tokio::time::timeout(b.connect_timeout, connect_untimed(b, log, limits)).await {
+    connect_watched(b, log, limits, None).await
+}
+
+/// [`connect`]; an SSH backend is also kept alive and watched for stalls
+/// with `watch` (see [`crate::ssh::stall`]).
+pub async fn connect_watched(
+    b: &Backend,
+    log: LogSink,
+    limits: crate::wire::Limits,
+    watch: Option<Watch>,
+) -> Result<BackendConn, Error> {
+    let connecting = connect_untimed(b, log, limits, watch);
+    match tokio::time::timeout(b.connect_timeout, connecting).await {
         Ok(r) => r,
         Err(_) => Err(Error::ConnectTimeout {
             backend: b.name.clone(),
@@ -160,19 +182,23 @@ async fn connect_untimed(
     b: &Backend,
     log: LogSink,
     limits: crate::wire::Limits,
+    watch: Option<Watch>,
 ) -> Result<BackendConn, Error> {
     let switch: LogSwitch = std::sync::Arc::new(std::sync::Mutex::new(Some(log)));
     let (stderr_tx, stderr_rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(forward_switched(stderr_rx, switch.clone()));
     let log = stderr_tx;
-    let (r, w, transport): (
+    let (r, w, transport, watched): (
         Box<dyn AsyncRead + Send + Sync + Unpin>,
         Box<dyn AsyncWrite + Send + Sync + Unpin>,
         _,
+        _,
     ) = match &b.uri {
+        // No keepalive reaches a subprocess: a silent local build is
+        // indistinguishable from a stuck one, so none is watched.
         BackendUri::Local | BackendUri::LocalWorker => {
             let (r, w, child) = spawn_local(b, log)?;
-            (r, w, Transport::Local { child })
+            (r, w, Transport::Local { child }, None)
         }
         BackendUri::Ssh {
             user, host, port, ..
@@ -190,7 +216,8 @@ async fn connect_untimed(
                 host_key,
                 timeout: b.connect_timeout,
             };
-            let exec = crate::ssh::client::exec(&target, &remote_command(b), Some(log))
+            let command = remote_command(b);
+            let exec = crate::ssh::client::exec_watched(&target, &command, Some(log), watch)
                 .await
                 .map_err(|source| Error::Ssh {
                     backend: b.name.clone(),
@@ -200,7 +227,7 @@ async fn connect_untimed(
                 handle: exec.handle,
                 ended: exec.ended,
             };
-            (Box::new(exec.stdout), exec.stdin, transport)
+            (exec.stdout, exec.stdin, transport, exec.watched)
         }
     };
     let r = BufReader::with_capacity(256 << 10, r);
@@ -213,6 +240,7 @@ async fn connect_untimed(
         client,
         log: switch,
         transport,
+        watched,
     })
 }
 

@@ -15,6 +15,8 @@
 //!   ([`super::Client::is_idle`]): after an error, a timeout or a
 //!   cancellation the [`Lease`] drops it, which closes the connection and
 //!   stops the remote build, as without a pool;
+//! * SSH sessions get keepalives, idle ones too, and one that stalls (see
+//!   [`crate::ssh::stall`]) counts as closed;
 //! * on checkout a closed transport is discarded, and a session idle for
 //!   longer than [`PROBE_AFTER`] must first answer an empty
 //!   QueryValidPaths within the backend's connect timeout;
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{BackendConn, Error, connect};
+use super::{BackendConn, Error, connect_watched};
 use crate::config::Backend;
 use crate::ssh::LogSink;
 
@@ -41,6 +43,8 @@ pub struct PoolLimits {
     pub max_idle: usize,
     /// An idle session is closed after this long.
     pub idle_timeout: Duration,
+    /// Keepalives and stall timeout of every SSH session opened.
+    pub watch: crate::ssh::stall::Watch,
 }
 
 /// Whether a checkout opened a session or reused one.
@@ -111,7 +115,7 @@ impl Pool {
             conn.set_log(Some(log));
             return Ok((self.lease(k, conn), Kind::Reused));
         }
-        let conn = connect(b, log, limits).await?;
+        let conn = connect_watched(b, log, limits, Some(self.limits.watch)).await?;
         Ok((self.lease(k, conn), Kind::New))
     }
 

@@ -52,6 +52,7 @@ fn pool(max_idle: usize) -> Arc<Pool> {
     Pool::new(PoolLimits {
         max_idle,
         idle_timeout: Duration::from_secs(60),
+        watch: crate::ssh::stall::Watch::default(),
     })
 }
 
@@ -221,4 +222,60 @@ async fn a_worker_protocol_session_is_reused_the_same_way() {
     let (mut lease, kind) = checkout(&p, &b).await;
     assert_eq!(kind, Kind::Reused);
     assert_eq!(lease.client.query_valid_paths(vec![]).await.unwrap(), []);
+}
+
+/// An sshd that answers keepalives, or one that no longer does.
+struct Sshd(bool);
+
+impl crate::ssh::stall::Pinger for Sshd {
+    async fn ping(&self) -> bool {
+        if !self.0 {
+            std::future::pending::<()>().await;
+        }
+        true
+    }
+}
+
+/// Warms one session and watches it as if it were an SSH session whose
+/// sshd does (`answers`) or does not answer keepalives; then `idle` passes.
+async fn watched_idle(p: &Arc<Pool>, b: &Backend, answers: bool, idle: Duration) {
+    use crate::ssh::stall::{Alive, Watch, spawn};
+    warm(p, b, 1).await;
+    tokio::time::pause();
+    let mut entry = p.take(&key(b)).expect("one idle session");
+    let watch = Watch {
+        keepalive_interval: Duration::from_secs(1),
+        stall_timeout: Duration::from_secs(5),
+    };
+    let pinger = Arc::new(Sshd(answers));
+    entry.conn.watched = Some(spawn(pinger, Alive::default(), watch, b.name.clone()));
+    p.lock().entry(key(b)).or_default().push(entry);
+    tokio::time::sleep(idle).await;
+    // A new session needs the real clock (its handshake has a timeout).
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn an_idle_session_whose_keepalives_go_unanswered_is_not_handed_out() {
+    if !have_nix_store() {
+        return eprintln!("skipping: nix-store is not installed");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (p, b) = (pool(2), backend(dir.path(), "b1"));
+    // Shorter than PROBE_AFTER: only the keepalives can tell.
+    watched_idle(&p, &b, false, Duration::from_secs(6)).await;
+    let (_fresh, kind) = checkout(&p, &b).await;
+    assert_eq!(kind, Kind::New, "the stalled session was handed out");
+    assert_eq!(p.idle_count("b1"), 0, "the stalled session was dropped");
+}
+
+#[tokio::test]
+async fn an_idle_session_whose_keepalives_are_answered_is_reused() {
+    if !have_nix_store() {
+        return eprintln!("skipping: nix-store is not installed");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (p, b) = (pool(2), backend(dir.path(), "b1"));
+    watched_idle(&p, &b, true, Duration::from_secs(6)).await;
+    assert_eq!(checkout(&p, &b).await.1, Kind::Reused);
 }

@@ -148,6 +148,11 @@ pub struct Limits {
     pub backend_idle_sessions: u64,
     /// An idle backend session is closed after this long.
     pub backend_idle_timeout: Duration,
+    /// An SSH backend that neither sends anything nor answers a keepalive
+    /// for this long is lost: its build is retried elsewhere.
+    pub backend_stall_timeout: Duration,
+    /// How often an SSH backend connection is sent a keepalive.
+    pub backend_keepalive_interval: Duration,
 }
 
 impl Default for Limits {
@@ -162,6 +167,8 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(30),
             backend_idle_sessions: 4,
             backend_idle_timeout: Duration::from_secs(120),
+            backend_stall_timeout: Duration::from_secs(300),
+            backend_keepalive_interval: Duration::from_secs(30),
         }
     }
 }
@@ -179,6 +186,10 @@ impl Limits {
         crate::backend::PoolLimits {
             max_idle: usize::try_from(self.backend_idle_sessions).unwrap_or(usize::MAX),
             idle_timeout: self.backend_idle_timeout,
+            watch: crate::ssh::stall::Watch {
+                keepalive_interval: self.backend_keepalive_interval,
+                stall_timeout: self.backend_stall_timeout,
+            },
         }
     }
 

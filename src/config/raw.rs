@@ -94,6 +94,8 @@ pub struct RawLimits {
     pub handshake_timeout: Option<String>,
     pub backend_idle_sessions: Option<u64>,
     pub backend_idle_timeout: Option<String>,
+    pub backend_stall_timeout: Option<String>,
+    pub backend_keepalive_interval: Option<String>,
 }
 
 /// A size written as a number of bytes or a string like `"200GiB"`.

@@ -272,3 +272,40 @@ fn the_admin_endpoint_listens_on_loopback_only() {
         assert!(problems[0].contains("loopback"), "{problems:?}");
     }
 }
+
+fn with_limits(limits: &str) -> Result<Config, Vec<String>> {
+    let text = format!("{}\n[limits]\n{limits}\n", example());
+    match Config::parse(&text, Path::new("t.toml")) {
+        Ok(c) => Ok(c),
+        Err(Error::Invalid { problems, .. }) => Err(problems),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn the_stall_timeout_and_keepalive_interval_are_read_and_checked() {
+    let d = with_limits("").unwrap().limits;
+    assert_eq!(d.backend_stall_timeout, Duration::from_secs(300));
+    assert_eq!(d.backend_keepalive_interval, Duration::from_secs(30));
+    let short = with_limits("backend_stall_timeout = \"10s\"")
+        .unwrap()
+        .limits;
+    assert_eq!(short.backend_stall_timeout, Duration::from_secs(10));
+    assert_eq!(
+        short.backend_keepalive_interval,
+        Duration::from_millis(2500),
+        "unset, the interval fits 4 keepalives into a short stall timeout"
+    );
+    let both = "backend_stall_timeout = \"60s\"\nbackend_keepalive_interval = \"20s\"";
+    let both = with_limits(both).unwrap().limits;
+    assert_eq!(both.backend_keepalive_interval, Duration::from_secs(20));
+    let zero = with_limits("backend_stall_timeout = \"0s\"").unwrap_err();
+    assert!(
+        zero[0].contains("backend_stall_timeout must be positive"),
+        "{zero:?}"
+    );
+    let slow = with_limits("backend_keepalive_interval = \"200s\"").unwrap_err();
+    assert!(slow[0].contains("at most half"), "{slow:?}");
+    let bad = with_limits("backend_stall_timeout = \"soon\"").unwrap_err();
+    assert!(bad[0].contains("limits.backend_stall_timeout"), "{bad:?}");
+}

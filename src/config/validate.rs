@@ -288,6 +288,8 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
         // 0 is allowed: it turns pooling off.
         backend_idle_sessions: l.backend_idle_sessions.unwrap_or(d.backend_idle_sessions),
         backend_idle_timeout: d.backend_idle_timeout,
+        backend_stall_timeout: d.backend_stall_timeout,
+        backend_keepalive_interval: d.backend_keepalive_interval,
     };
     if let Some(t) = l.handshake_timeout {
         match parse_duration(&t) {
@@ -301,7 +303,52 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
             Err(e) => p.push(format!("limits.backend_idle_timeout: {e}")),
         }
     }
+    validate_liveness(
+        l.backend_stall_timeout,
+        l.backend_keepalive_interval,
+        &mut out,
+        p,
+    );
     out
+}
+
+/// The stall timeout and keepalive interval: both positive, and at least
+/// two keepalives per stall timeout, so one lost answer loses no backend.
+fn validate_liveness(
+    stall: Option<String>,
+    keepalive: Option<String>,
+    out: &mut Limits,
+    p: &mut Vec<String>,
+) {
+    let mut read =
+        |name: &str, v: Option<String>, into: &mut Duration| match v.as_deref().map(parse_duration)
+        {
+            None => {}
+            Some(Ok(d)) if d.is_zero() => p.push(format!("limits.{name} must be positive")),
+            Some(Ok(d)) => *into = d,
+            Some(Err(e)) => p.push(format!("limits.{name}: {e}")),
+        };
+    read(
+        "backend_stall_timeout",
+        stall,
+        &mut out.backend_stall_timeout,
+    );
+    if keepalive.is_none() {
+        // Unset: every 30 s, or 4 per stall timeout if that is shorter.
+        let quarter = out.backend_stall_timeout / 4;
+        out.backend_keepalive_interval = out.backend_keepalive_interval.min(quarter);
+    }
+    read(
+        "backend_keepalive_interval",
+        keepalive,
+        &mut out.backend_keepalive_interval,
+    );
+    if out.backend_keepalive_interval * 2 > out.backend_stall_timeout {
+        p.push(format!(
+            "limits.backend_keepalive_interval ({:?}) must be at most half of limits.backend_stall_timeout ({:?})",
+            out.backend_keepalive_interval, out.backend_stall_timeout
+        ));
+    }
 }
 
 fn size_of(v: SizeValue) -> Result<u64, String> {

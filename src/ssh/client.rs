@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use russh::client;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use tokio::io::{ReadHalf, SimplexStream};
+use tokio::io::AsyncWrite;
+use tokio_util::sync::CancellationToken;
 
-use super::{ChannelEnd, LogSink, PIPE_BYTES, pump};
+use super::deadline::Cuttable;
+use super::stall::{self, Alive, Pinger, Watch, Watched};
+use super::{ChannelEnd, ChannelSource, LogSink, PIPE_BYTES, pump};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -76,11 +79,13 @@ impl client::Handler for Pinned {
 
 /// A running remote command: its stdout as a pipe, its stdin as a writer.
 pub struct Exec {
-    pub stdout: ReadHalf<SimplexStream>,
+    pub stdout: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>,
     pub stdin: Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>,
     pub ended: tokio::task::JoinHandle<ChannelEnd>,
-    /// Keeps the connection open; dropping it disconnects.
-    pub handle: client::Handle<Pinned>,
+    /// Keeps the connection open; dropping it (and `watched`) disconnects.
+    pub handle: Arc<client::Handle<Pinned>>,
+    /// The keepalive and stall watch, if asked for; see [`super::stall`].
+    pub watched: Option<Watched>,
 }
 
 /// AES-GCM first: with AES-NI it costs about a quarter less CPU per byte
@@ -106,6 +111,17 @@ fn config() -> Arc<client::Config> {
 
 /// Connects, authenticates and runs `command`; stderr goes to `log`.
 pub async fn exec(t: &Target<'_>, command: &str, log: Option<LogSink>) -> Result<Exec, Error> {
+    exec_watched(t, command, log, None).await
+}
+
+/// [`exec`], with keepalives and a stall watch when `watch` is set: a
+/// backend silent for its stall timeout gets its connection cut.
+pub async fn exec_watched(
+    t: &Target<'_>,
+    command: &str,
+    log: Option<LogSink>,
+    watch: Option<Watch>,
+) -> Result<Exec, Error> {
     let addr = format!("{}:{}", t.host, t.port);
     let key = russh::keys::load_secret_key(t.key_file, None).map_err(|source| Error::Key {
         path: t.key_file.display().to_string(),
@@ -162,21 +178,60 @@ pub async fn exec(t: &Target<'_>, command: &str, log: Option<LogSink>) -> Result
     let channel = handle.channel_open_session().await.map_err(chan_err)?;
     channel.exec(true, command).await.map_err(chan_err)?;
     let (rx, tx) = channel.split();
+    let handle = Arc::new(handle);
+    let watch = watch.map(|w| (handle.clone(), w, addr));
+    let piped = pipe_channel(rx, tx.make_writer(), log, watch);
+    Ok(Exec {
+        stdout: piped.stdout,
+        stdin: piped.stdin,
+        ended: piped.ended,
+        handle,
+        watched: piped.watched,
+    })
+}
+
+const STALLED: &str = "connection cut: the backend stalled (no output, no keepalive answer)";
+const STALLED_OR_CLOSED: &str = "connection cut: the channel closed or the backend stalled";
+
+/// A channel's two directions as a reader and a writer, and its end.
+pub struct Piped {
+    pub stdout: Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>,
+    pub stdin: Box<dyn AsyncWrite + Send + Sync + Unpin>,
+    pub ended: tokio::task::JoinHandle<ChannelEnd>,
+    pub watched: Option<Watched>,
+}
+
+/// Drains `rx` into a pipe (see [`pump`]) and wraps both directions so they
+/// fail once the channel ends (the writer) or the backend stalls (both),
+/// when `watch` names a pinger, its timing and the connection.
+pub fn pipe_channel<P: Pinger>(
+    rx: impl ChannelSource + 'static,
+    tx: impl AsyncWrite + Send + Sync + Unpin + 'static,
+    log: Option<LogSink>,
+    watch: Option<(Arc<P>, Watch, String)>,
+) -> Piped {
     let (stdout, pipe_in) = tokio::io::simplex(PIPE_BYTES);
+    let alive = watch.as_ref().map(|_| Alive::default());
+    let watched = watch
+        .zip(alive.clone())
+        .map(|((pinger, w, what), alive)| stall::spawn(pinger, alive, w, what));
+    let stalled = watched
+        .as_ref()
+        .map_or_else(CancellationToken::new, |w| w.stalled.clone());
     // russh's writer waits for window space without noticing that the
     // connection is gone: cut it when the channel ends, or a write to a
     // dead backend would wait forever.
-    let gone = tokio_util::sync::CancellationToken::new();
+    let gone = stalled.child_token();
     let on_end = gone.clone();
     let ended = tokio::spawn(async move {
-        let end = pump(rx, pipe_in, log).await;
+        let end = pump(rx, pipe_in, log, alive).await;
         on_end.cancel();
         end
     });
-    Ok(Exec {
-        stdout,
-        stdin: Box::new(super::deadline::Cuttable::new(tx.make_writer(), gone)),
+    Piped {
+        stdout: Box::new(Cuttable::because(stdout, stalled, STALLED)),
+        stdin: Box::new(Cuttable::because(tx, gone, STALLED_OR_CLOSED)),
         ended,
-        handle,
-    })
+        watched,
+    }
 }

@@ -16,23 +16,31 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 pub struct Cuttable<S> {
     inner: S,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    reason: &'static str,
 }
 
 impl<S> Cuttable<S> {
     pub fn new(inner: S, cut: CancellationToken) -> Self {
+        Self::because(inner, cut, "connection cut: deadline passed")
+    }
+
+    /// A cut stream whose errors say `reason`.
+    pub fn because(inner: S, cut: CancellationToken, reason: &'static str) -> Self {
         Cuttable {
             inner,
             cut: Box::pin(cut.cancelled_owned()),
+            reason,
         }
     }
 
     /// Ready (with the error to return) once the token is cancelled; also
     /// registers the waker, so a cut wakes a task blocked on the socket.
     fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let reason = self.reason;
         self.cut
             .as_mut()
             .poll(cx)
-            .map(|()| io::Error::new(io::ErrorKind::TimedOut, "connection cut: deadline passed"))
+            .map(|()| io::Error::new(io::ErrorKind::TimedOut, reason))
     }
 }
 

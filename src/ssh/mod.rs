@@ -10,6 +10,7 @@ pub mod client;
 pub mod command;
 pub mod deadline;
 pub mod server;
+pub mod stall;
 
 use bytes::Bytes;
 use russh::ChannelMsg;
@@ -30,16 +31,36 @@ pub struct ChannelEnd {
     pub exit_status: Option<u32>,
 }
 
+/// Where a channel's messages come from: russh's reading half, or a fake
+/// channel in tests.
+pub trait ChannelSource: Send {
+    /// The next message; `None` once the channel is gone.
+    fn next(&mut self) -> impl Future<Output = Option<ChannelMsg>> + Send;
+}
+
+impl ChannelSource for ChannelReadHalf {
+    async fn next(&mut self) -> Option<ChannelMsg> {
+        self.wait().await
+    }
+}
+
 /// Drains a channel: data into `data`, stderr (extended data 1) into `log`.
 /// Returns when the peer sends EOF or closes, or the pipe's reader is gone.
+/// Every message is a sign of life on `alive`; while the pipe is full the
+/// silence is the relay's, so the wait is held (see [`stall::Alive::hold`]).
 pub async fn pump(
-    mut rx: ChannelReadHalf,
+    mut rx: impl ChannelSource,
     mut data: WriteHalf<SimplexStream>,
     log: Option<LogSink>,
+    alive: Option<stall::Alive>,
 ) -> ChannelEnd {
     let mut end = ChannelEnd::default();
     let mut data_open = true;
-    while let Some(msg) = rx.wait().await {
+    while let Some(msg) = rx.next().await {
+        let _hold = alive.as_ref().map(|a| {
+            a.touch();
+            a.hold()
+        });
         match msg {
             ChannelMsg::Data { data: d } => {
                 // After the reader is gone, keep draining so the connection

@@ -402,7 +402,7 @@ async fn run_channel(
     let gone = CancellationToken::new();
     let on_close = gone.clone();
     tokio::spawn(async move {
-        pump(rx, pipe_in, None).await;
+        pump(rx, pipe_in, None, None).await;
         on_close.cancel();
     });
     let (log, log_rx) = mpsc::channel(64);
