@@ -257,8 +257,8 @@ async fn watched_idle(p: &Arc<Pool>, b: &Backend, answers: bool, idle: Duration)
 
 #[tokio::test]
 async fn an_idle_session_whose_keepalives_go_unanswered_is_not_handed_out() {
-    if !have_nix_store() {
-        return eprintln!("skipping: nix-store is not installed");
+    if !require("nix-store") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (p, b) = (pool(2), backend(dir.path(), "b1"));
@@ -271,8 +271,8 @@ async fn an_idle_session_whose_keepalives_go_unanswered_is_not_handed_out() {
 
 #[tokio::test]
 async fn an_idle_session_whose_keepalives_are_answered_is_reused() {
-    if !have_nix_store() {
-        return eprintln!("skipping: nix-store is not installed");
+    if !require("nix-store") {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (p, b) = (pool(2), backend(dir.path(), "b1"));
