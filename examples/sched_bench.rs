@@ -33,6 +33,7 @@ fn backend(i: usize) -> Backend {
         mandatory_features: Vec::new(),
         connect_timeout: Duration::from_secs(10),
         store: None,
+        untrusted_clients: false,
     }
 }
 
@@ -48,6 +49,7 @@ fn job(n: usize, paths: usize) -> JobSpec {
         system: SYSTEMS[n % 2].to_owned(),
         required_features: Vec::new(),
         inputs: Arc::new(InputSummary::new(inputs)),
+        untrusted: false,
     }
 }
 

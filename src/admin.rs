@@ -174,6 +174,7 @@ mod tests {
             mandatory_features: vec![],
             connect_timeout: Duration::from_secs(5),
             store: None,
+            untrusted_clients: false,
         }
     }
 

@@ -142,6 +142,7 @@ fn worker_backend(store: &Path) -> Backend {
         mandatory_features: Vec::new(),
         connect_timeout: std::time::Duration::from_secs(10),
         store: Some(store.display().to_string()),
+        untrusted_clients: false,
     }
 }
 

@@ -130,6 +130,7 @@ pub fn backends(m: &[Machine]) -> Vec<Backend> {
             mandatory_features: vec![],
             connect_timeout: Duration::from_secs(5),
             store: None,
+            untrusted_clients: false,
         })
         .collect()
 }
@@ -157,6 +158,7 @@ pub fn spec(
             vec![]
         },
         inputs,
+        untrusted: false,
     }
 }
 

@@ -45,6 +45,7 @@ fn backend(store: &std::path::Path, name: &str) -> Backend {
         mandatory_features: Vec::new(),
         connect_timeout: Duration::from_secs(30),
         store: Some(store.display().to_string()),
+        untrusted_clients: false,
     }
 }
 

@@ -103,6 +103,7 @@ pub fn embedded(home: Option<&Path>) -> Config {
             mandatory_features: Vec::new(),
             connect_timeout: std::time::Duration::from_secs(5),
             store: Some(store),
+            untrusted_clients: false,
         }],
         limits: Limits::default(),
         cache: super::Cache {

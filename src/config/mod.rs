@@ -123,6 +123,10 @@ pub struct Backend {
     /// `--store` for the backend's `nix-store --serve` (a chroot store path
     /// or store URI); None = the backend's default store.
     pub store: Option<String>,
+    /// This backend's store may hold untrusted clients' paths: only
+    /// untrusted clients' builds run here, never a trusted one (and only
+    /// here do they run).
+    pub untrusted_clients: bool,
 }
 
 /// Every bound the relay enforces on its peers, named in one place.

@@ -80,6 +80,8 @@ pub struct RawBackend {
     pub mandatory_features: Vec<String>,
     pub connect_timeout: Option<String>,
     pub store: Option<String>,
+    #[serde(default)]
+    pub untrusted_clients: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -52,6 +52,15 @@ fn the_documented_example_parses() {
 }
 
 #[test]
+fn untrusted_clients_marks_a_backend_and_defaults_to_false() {
+    let c = Config::parse(&example(), Path::new("t.toml")).unwrap();
+    assert!(!c.backends[0].untrusted_clients);
+    let text = example().replace("max_jobs = 2", "max_jobs = 2\nuntrusted_clients = true");
+    let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+    assert!(c.backends[0].untrusted_clients);
+}
+
+#[test]
 fn unknown_keys_are_refused() {
     let text = example().replace("max_jobs = 2", "max_jobs = 2\nmax_jbos = 3");
     let err = Config::parse(&text, Path::new("t.toml"))

@@ -244,6 +244,7 @@ fn validate_backend(i: usize, b: RawBackend, p: &mut Vec<String>) -> Option<Back
         mandatory_features: b.mandatory_features,
         connect_timeout,
         store: b.store,
+        untrusted_clients: b.untrusted_clients,
     })
 }
 

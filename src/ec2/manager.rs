@@ -275,6 +275,7 @@ impl Manager {
             mandatory_features: vec![],
             connect_timeout: Duration::from_secs(10),
             store: None,
+            untrusted_clients: false,
         })
     }
 

@@ -239,6 +239,7 @@ mod tests {
             mandatory_features: Vec::new(),
             connect_timeout: std::time::Duration::from_secs(10),
             store: None,
+            untrusted_clients: false,
         }
     }
 

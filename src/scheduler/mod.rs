@@ -46,6 +46,14 @@ pub enum Error {
         features: String,
         configured: String,
     },
+    #[error(
+        "no backend takes this untrusted client's build for system {system:?} with features [{features}]: untrusted clients build only on backends marked `untrusted_clients = true`; marked: {marked}"
+    )]
+    NoUntrustedBackend {
+        system: String,
+        features: String,
+        marked: String,
+    },
     #[error("too many jobs waiting ({0}); try again later")]
     QueueFull(u64),
     #[error("the scheduler dropped the job")]
@@ -84,12 +92,14 @@ impl Entry {
     }
 }
 
-/// Waiting jobs are queued per system and set of required features, so a
-/// job only special capacity can serve never blocks ordinary ones.
+/// Waiting jobs are queued per system, set of required features and
+/// trust, so a job only special capacity can serve never blocks ordinary
+/// ones, and untrusted and trusted jobs never wait for each other.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct QueueKey {
     system: String,
     features: Vec<String>,
+    untrusted: bool,
 }
 
 impl QueueKey {
@@ -100,6 +110,7 @@ impl QueueKey {
         QueueKey {
             system: job.system.clone(),
             features,
+            untrusted: job.untrusted,
         }
     }
 }
@@ -395,6 +406,7 @@ impl State {
                     speed_factor: b.speed_factor,
                     down_until: e.health.down_until,
                     missing_bytes: 0,
+                    untrusted_clients: b.untrusted_clients,
                 };
                 // Only a backend with a free slot can be picked: only its
                 // missing bytes are worth the lookups.
@@ -422,7 +434,7 @@ impl State {
         let configured = self
             .entries
             .iter()
-            .filter(|e| !e.removing)
+            .filter(|e| !e.removing && e.config.untrusted_clients == job.untrusted)
             .map(|e| {
                 let b = &e.config;
                 format!(
@@ -434,6 +446,17 @@ impl State {
             })
             .collect::<Vec<_>>()
             .join("; ");
+        if job.untrusted {
+            return Error::NoUntrustedBackend {
+                system: job.system.clone(),
+                features: job.required_features.join(", "),
+                marked: if configured.is_empty() {
+                    "none".into()
+                } else {
+                    configured
+                },
+            };
+        }
         Error::NoneEligible {
             system: job.system.clone(),
             features: job.required_features.join(", "),

@@ -2,7 +2,8 @@
 //!
 //! Eligible: the job's system is one of the backend's systems, its required
 //! features are all supported, and every mandatory feature of the backend is
-//! required by the job. A backend marked down is skipped until its backoff
+//! required by the job; an untrusted job (an untrusted client's build) only
+//! on a backend marked `untrusted_clients`, a trusted one never there. A backend marked down is skipped until its backoff
 //! ends. No free slot anywhere eligible: wait. Nothing eligible: fail.
 //!
 //! Among eligible backends with a free slot, the one expected to finish
@@ -49,6 +50,9 @@ pub struct JobSpec {
     pub required_features: Vec<String>,
     /// The job's input closure, summarised (locality).
     pub inputs: Arc<InputSummary>,
+    /// An untrusted client's build (private scope): it runs only on
+    /// backends marked `untrusted_clients`.
+    pub untrusted: bool,
 }
 
 /// What the policy may know about a backend at one instant.
@@ -65,6 +69,8 @@ pub struct BackendView<'a> {
     pub down_until: Option<Instant>,
     /// Input bytes of the job the backend is believed to lack.
     pub missing_bytes: u64,
+    /// Runs untrusted clients' builds, and only those.
+    pub untrusted_clients: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +84,8 @@ pub enum Decision {
 }
 
 pub fn eligible(job: &JobSpec, b: &BackendView<'_>) -> bool {
-    b.systems.contains(&job.system)
+    job.untrusted == b.untrusted_clients
+        && b.systems.contains(&job.system)
         && job
             .required_features
             .iter()
@@ -140,6 +147,7 @@ mod tests {
         running: u32,
         speed: f64,
         missing: u64,
+        untrusted: bool,
     }
 
     fn b(systems: &[&str], feats: &[&str], max: u32, running: u32, speed: f64) -> B {
@@ -152,6 +160,7 @@ mod tests {
             running,
             speed,
             missing: 0,
+            untrusted: false,
         }
     }
 
@@ -167,6 +176,7 @@ mod tests {
                 speed_factor: b.speed,
                 down_until: b.down_until,
                 missing_bytes: b.missing,
+                untrusted_clients: b.untrusted,
             })
             .collect()
     }
@@ -378,6 +388,42 @@ mod tests {
         assert!(
             est(&b(&["x"], &[], 4, 1, 0.0)).is_finite(),
             "speed 0 is guarded"
+        );
+    }
+
+    #[test]
+    fn untrusted_jobs_run_only_on_untrusted_backends_and_trusted_never_there() {
+        let mut bs = [
+            b(&["x86_64-linux"], &[], 2, 0, 9.0),
+            b(&["x86_64-linux"], &[], 2, 0, 1.0),
+        ];
+        bs[1].untrusted = true;
+        let now = Instant::now();
+        let trusted = job("x86_64-linux", &[]);
+        let untrusted = JobSpec {
+            untrusted: true,
+            ..job("x86_64-linux", &[])
+        };
+        assert_eq!(pick(&trusted, &views(&bs), now), Decision::Run(0));
+        assert_eq!(pick(&untrusted, &views(&bs), now), Decision::Run(1));
+        // Busy: each waits for its own kind, never takes the other's slot.
+        bs[0].running = 2;
+        bs[1].running = 2;
+        assert_eq!(pick(&trusted, &views(&bs), now), Decision::Wait);
+        assert_eq!(pick(&untrusted, &views(&bs), now), Decision::Wait);
+        bs[0].running = 0;
+        assert_eq!(pick(&untrusted, &views(&bs), now), Decision::Wait);
+        bs[0].running = 2;
+        bs[1].running = 0;
+        assert_eq!(pick(&trusted, &views(&bs), now), Decision::Wait);
+        // Only one kind configured: the other kind can never run.
+        assert_eq!(
+            pick(&untrusted, &views(&bs[..1]), now),
+            Decision::NoneEligible
+        );
+        assert_eq!(
+            pick(&trusted, &views(&bs[1..]), now),
+            Decision::NoneEligible
         );
     }
 }

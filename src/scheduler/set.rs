@@ -143,11 +143,13 @@ impl Scheduler {
 
     /// Every waiting-job queue: how many, how old, and whether a current
     /// backend could ever serve them (if not, only new capacity will).
+    /// Untrusted clients' jobs are left out: launched capacity never
+    /// serves them.
     pub fn waiting_summary(&self) -> Vec<WaitingJobs> {
         let st = self.lock();
         let now = Instant::now();
         (st.queues.iter())
-            .filter(|(_, q)| !q.is_empty())
+            .filter(|(k, q)| !q.is_empty() && !k.untrusted)
             .map(|(k, q)| WaitingJobs {
                 system: k.system.clone(),
                 required_features: k.features.clone(),
@@ -253,6 +255,8 @@ impl State {
                 speed_factor: 1.0,
                 down_until: None,
                 missing_bytes: 0,
+                // Launched capacity is for trusted work only.
+                untrusted_clients: false,
             };
             policy::eligible(job, &view)
         })
@@ -264,6 +268,7 @@ impl State {
             client: String::new(),
             system: k.system.clone(),
             required_features: k.features.clone(),
+            untrusted: k.untrusted,
             ..Default::default()
         };
         let (views, index) = self.views(&job);
@@ -281,6 +286,7 @@ impl State {
                 client: String::new(),
                 system: k.system.clone(),
                 required_features: k.features.clone(),
+                untrusted: k.untrusted,
                 ..Default::default()
             };
             if self.decide(&job) != policy::Decision::NoneEligible || self.elastic_could(&job) {

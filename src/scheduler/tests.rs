@@ -16,6 +16,7 @@ pub(super) fn backend(name: &str, systems: &[&str], max_jobs: u32) -> Backend {
         mandatory_features: vec![],
         connect_timeout: Duration::from_secs(5),
         store: None,
+        untrusted_clients: false,
     }
 }
 

@@ -174,12 +174,21 @@ async fn prepare(
         say(log, "cache hit: every output is in the relay store").await;
         return Ok(Prepared::Hit);
     }
-    let scope = if private {
-        Scope::Private(client.name.clone())
-    } else {
-        Scope::Public
-    };
+    let scope = build_scope(client, private);
     Ok(Prepared::Build(FlightKey { scope, outputs }))
+}
+
+/// A build is public only when a trusted client asks for it and every
+/// input is public. An untrusted client sends the derivation itself, and
+/// nobody checks that its outputs are what its builder makes: whatever it
+/// builds stays private to it (never signed, served or used for others),
+/// and as a private build it runs only on `untrusted_clients` backends.
+pub(super) fn build_scope(client: &ClientId, private_inputs: bool) -> Scope {
+    if client.trusted && !private_inputs {
+        Scope::Public
+    } else {
+        Scope::Private(client.name.clone())
+    }
 }
 
 fn cache_hit() -> BuildResult {
@@ -338,7 +347,8 @@ async fn build(
     let (inputs, _pin) = input_closure(relay, client, &drv.input_srcs)
         .await
         .map_err(|e| format!("copying inputs: {}", chain(&e)))?;
-    let spec = job_spec(client, drv_path, drv, Arc::new(inputs.summary.clone()))?;
+    let summary = Arc::new(inputs.summary.clone());
+    let spec = job_spec(client, drv_path, drv, summary, *scope != Scope::Public)?;
     for attempt in 1..=MAX_ATTEMPTS {
         let job = spec.clone();
         let queued = tokio::time::Instant::now();
@@ -406,6 +416,7 @@ fn job_spec(
     drv_path: &StorePath,
     drv: &BasicDerivation,
     inputs: Arc<InputSummary>,
+    untrusted: bool,
 ) -> Result<JobSpec, String> {
     let required_features = (drv.required_features())
         .map_err(|e| format!("reading requiredSystemFeatures: {}", chain(&e)))?;
@@ -415,6 +426,7 @@ fn job_spec(
         system: drv.platform.clone(),
         required_features,
         inputs,
+        untrusted,
     })
 }
 
@@ -440,6 +452,8 @@ struct Job<'a> {
 struct Inputs {
     closure: Vec<StorePath>,
     summary: InputSummary,
+    /// Some of the closure is in the client's private scope.
+    private: bool,
 }
 
 /// The closure of `srcs` in the relay store, pinned while the guard lives.
@@ -448,7 +462,7 @@ async fn input_closure(
     client: &str,
     srcs: &[StorePath],
 ) -> Result<(Inputs, crate::store::Pin), BuildError> {
-    let (closure, _) = relay
+    let (closure, private) = relay
         .store
         .closure_sorted(srcs, Some(client))
         .await
@@ -468,7 +482,12 @@ async fn input_closure(
         sized.push((p.clone(), size));
     }
     let summary = InputSummary::new(sized);
-    Ok((Inputs { closure, summary }, pin))
+    let inputs = Inputs {
+        closure,
+        summary,
+        private,
+    };
+    Ok((inputs, pin))
 }
 
 async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, String> {
@@ -496,6 +515,12 @@ async fn on_backend(
     options: BuildOptions,
 ) -> Result<(BuildResult, Option<Finished>), BuildError> {
     let b = slot.backend().clone();
+    let private = *job.scope != Scope::Public || job.inputs.private;
+    if b.untrusted_clients != private {
+        // The scheduler never places it so; a private path must never
+        // reach a trusted backend's store, nor a public build an untrusted one.
+        return Err(BuildError::Trust(b.name));
+    }
     say(log, format!("building '{}' on {}", job.drv_path, b.name)).await;
     let (log, activity) = super::watchdog::watched(log);
     let log = &log;
@@ -555,7 +580,7 @@ impl BuildError {
         match self {
             BuildError::Connect(_) => true,
             BuildError::Inputs(e) | BuildError::Build(e) | BuildError::Outputs(e) => wire(e),
-            BuildError::MissingInput(_) | BuildError::Store(_) => false,
+            BuildError::MissingInput(_) | BuildError::Store(_) | BuildError::Trust(_) => false,
         }
     }
 }
@@ -574,6 +599,8 @@ pub enum BuildError {
     Build(#[source] crate::wire::Error),
     #[error("querying outputs")]
     Outputs(#[source] crate::wire::Error),
+    #[error("placement: backend {0} is for the other trust level (untrusted_clients)")]
+    Trust(String),
 }
 
 /// Uploads `closure` (references first) minus what the backend already

@@ -16,6 +16,7 @@ fn backend(name: &str) -> Backend {
         mandatory_features: Vec::new(),
         connect_timeout: std::time::Duration::from_secs(10),
         store: None,
+        untrusted_clients: false,
     }
 }
 
@@ -76,7 +77,7 @@ async fn a_structured_attrs_drv_requiring_kvm_only_lands_on_a_kvm_backend() {
     kvm.supported_features = vec!["kvm".into()];
     let sched = Scheduler::new(vec![fast, kvm], 10);
     let drv = structured_drv(r#"{"name":"vm-test","requiredSystemFeatures":["kvm"]}"#);
-    let job = job_spec("c", &drv_path(), &drv, Default::default()).unwrap();
+    let job = job_spec("c", &drv_path(), &drv, Default::default(), false).unwrap();
     assert_eq!(job.required_features, ["kvm"]);
     let Ok(Acquired::Now(slot)) = sched.try_acquire(job.clone()) else {
         panic!("the kvm backend is free");
@@ -92,7 +93,102 @@ async fn a_structured_attrs_drv_requiring_kvm_only_lands_on_a_kvm_backend() {
 #[test]
 fn malformed_structured_attrs_fail_the_build_with_a_reason() {
     let drv = structured_drv(r#"{"requiredSystemFeatures":["kvm""#);
-    let e = job_spec("c", &drv_path(), &drv, Default::default()).unwrap_err();
+    let e = job_spec("c", &drv_path(), &drv, Default::default(), false).unwrap_err();
     assert!(e.starts_with("reading requiredSystemFeatures: "), "{e}");
     assert!(e.contains("__json"), "{e}");
+}
+
+fn drv_claiming(out: &str) -> BasicDerivation {
+    BasicDerivation {
+        outputs: vec![crate::wire::build::DerivationOutput {
+            name: "out".into(),
+            path: out.into(),
+            hash_algo: String::new(),
+            hash: String::new(),
+        }],
+        input_srcs: Vec::new(),
+        platform: "aarch64-linux".into(),
+        builder: b"/bin/sh".to_vec(),
+        args: Vec::new(),
+        env: Vec::new(),
+    }
+}
+
+/// An untrusted client's derivation names its own output paths: with no
+/// private input at all (here: none), its build is still private to it,
+/// so it can never publish (nor share a flight for) a trusted output path.
+#[tokio::test]
+async fn an_untrusted_clients_build_is_private_whatever_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(dir.path(), Default::default()).unwrap();
+    let relay = Relay::new(store, Scheduler::new(vec![], 10), Default::default(), false);
+    let (log, _rx) = mpsc::channel(8);
+    let drv = drv_claiming("/nix/store/00000000000000000000000000000000-trusted-output");
+    let eve = ClientId {
+        name: "eve".into(),
+        trusted: false,
+    };
+    let lab = ClientId {
+        name: "lab".into(),
+        trusted: true,
+    };
+    let key = |p| match p {
+        Ok(Prepared::Build(k)) => k,
+        Ok(Prepared::Hit) => panic!("a cache hit"),
+        Err(e) => panic!("{e}"),
+    };
+    let eve_key = key(prepare(&relay, &log, &eve, &drv).await);
+    let lab_key = key(prepare(&relay, &log, &lab, &drv).await);
+    assert_eq!(eve_key.scope, Scope::Private("eve".into()));
+    assert_eq!(lab_key.scope, Scope::Public);
+    assert_eq!(eve_key.outputs, lab_key.outputs);
+    assert_ne!(eve_key, lab_key, "lab must never attach to eve's flight");
+    assert_eq!(build_scope(&lab, true), Scope::Private("lab".into()));
+}
+
+fn untrusted_job() -> JobSpec {
+    JobSpec {
+        untrusted: true,
+        ..job()
+    }
+}
+
+#[tokio::test]
+async fn an_untrusted_job_fails_at_once_when_no_backend_takes_untrusted_work() {
+    let sched = Scheduler::new(vec![backend("opi01")], 10);
+    let (log, _rx) = mpsc::channel(8);
+    let err = claim(&sched, untrusted_job(), &log)
+        .await
+        .err()
+        .expect("no slot");
+    assert!(
+        err.contains("untrusted clients build only on backends marked `untrusted_clients = true`; marked: none"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn untrusted_and_trusted_jobs_each_get_their_own_backends() {
+    let mut sandbox = backend("sandbox");
+    sandbox.untrusted_clients = true;
+    let sched = Scheduler::new(vec![sandbox, backend("opi01")], 10);
+    let Ok(Acquired::Now(u)) = sched.try_acquire(untrusted_job()) else {
+        panic!("a free untrusted slot");
+    };
+    assert_eq!(u.backend().name, "sandbox");
+    // The untrusted backend is busy: a second untrusted job waits rather
+    // than take opi01's free slot, and a trusted job gets opi01.
+    let Ok(Acquired::Queued { rx, .. }) = sched.try_acquire(untrusted_job()) else {
+        panic!("the second untrusted job must wait");
+    };
+    // Launched (EC2) capacity is trusted: it is not asked for untrusted jobs.
+    assert!(sched.waiting_summary().is_empty());
+    let Ok(Acquired::Now(t)) = sched.try_acquire(job()) else {
+        panic!("a free trusted slot");
+    };
+    assert_eq!(t.backend().name, "opi01");
+    drop(t);
+    drop(u);
+    let next = Scheduler::wait(rx).await.expect("the freed untrusted slot");
+    assert_eq!(next.backend().name, "sandbox");
 }

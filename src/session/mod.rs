@@ -152,7 +152,8 @@ pub async fn lookup(
 }
 
 /// Publishes an upload whose NAR `writer` has received, where the trust
-/// rules put it (`Store::classify_upload`), and counts its bytes.
+/// rules put it (`Store::commit_upload`: checked metadata, verified
+/// signatures, an existing public entry kept), and counts its bytes.
 pub async fn commit_upload(
     relay: &Relay,
     client: &ClientId,
@@ -160,13 +161,10 @@ pub async fn commit_upload(
     info: ValidPathInfo,
 ) -> Result<crate::store::Scope, crate::store::Error> {
     crate::metrics::nar_bytes(crate::metrics::Direction::FromClient, info.nar_size);
-    let (scope, prov) = relay
-        .store
-        .classify_upload(&info, &client.name, client.trusted);
-    writer
-        .commit(info, crate::store::Verify::Declared, &scope, &prov)
-        .await?;
-    Ok(scope)
+    let verify = crate::store::Verify::Declared;
+    (relay.store)
+        .commit_upload(writer, info, verify, &client.name, client.trusted)
+        .await
 }
 
 /// `None` when every path (serve/worker BuildPaths) is an already valid

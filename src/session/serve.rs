@@ -233,11 +233,10 @@ where
                 sigs: Vec::new(),
                 ca: None,
             };
-            let (scope, prov) =
-                self.relay
-                    .store
-                    .classify_upload(&info, &self.client.name, self.client.trusted);
-            writer.commit(info, Verify::Computed, &scope, &prov).await?;
+            let (name, trusted) = (&self.client.name, self.client.trusted);
+            (self.relay.store)
+                .commit_upload(writer, info, Verify::Computed, name, trusted)
+                .await?;
         }
         let mut buf = Vec::new();
         put_u64(&mut buf, 1);

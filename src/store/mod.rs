@@ -22,6 +22,7 @@
 //! NAR. Memory use is bounded: NARs are streamed in fixed-size chunks.
 
 mod evict;
+pub mod metadata;
 pub mod narinfo;
 pub mod signing;
 mod writer;
@@ -72,6 +73,12 @@ pub enum Error {
     Missing(StorePath),
     #[error("unsupported compression {0:?} in a narinfo")]
     Compression(String),
+    #[error("metadata of {path} refused")]
+    BadMetadata {
+        path: StorePath,
+        #[source]
+        source: metadata::BadField,
+    },
 }
 
 pub(crate) fn io_err<'a>(
@@ -264,7 +271,8 @@ impl Store {
     }
 
     /// Adds signatures to an entry `client` can see (as Nix's daemon does
-    /// for trusted clients: the signatures are recorded, not verified).
+    /// for trusted clients: the signatures are recorded, not verified, but
+    /// each must be a well-formed `name:base64` signature).
     /// Returns false if the path is not in the store.
     pub async fn add_signatures(
         &self,
@@ -272,6 +280,12 @@ impl Store {
         sigs: &[String],
         client: Option<&str>,
     ) -> Result<bool, Error> {
+        for s in sigs {
+            metadata::check_sig(s).map_err(|source| Error::BadMetadata {
+                path: path.clone(),
+                source,
+            })?;
+        }
         let Some((scope, mut info)) = self.find(path, client).await? else {
             return Ok(false);
         };
@@ -285,6 +299,45 @@ impl Store {
             .join(format!("{}.narinfo", path.hash_part()));
         self.publish(&file, info.render().as_bytes()).await?;
         Ok(true)
+    }
+
+    /// Publishes an upload whose NAR `writer` has received, where the trust
+    /// rules put it ([`Store::classify_upload`]); returns that scope.
+    ///
+    /// Its metadata is checked first: a malformed signature or content
+    /// address is refused ([`Error::BadMetadata`]), a well-formed signature
+    /// that no trusted key (nor the relay's own) verifies is dropped. A path
+    /// the store already has publicly is left as it is: the upload is a
+    /// no-op and the public narinfo keeps its own metadata.
+    pub async fn commit_upload(
+        &self,
+        writer: NarWriter,
+        info: ValidPathInfo,
+        verify: Verify,
+        client: &str,
+        trusted: bool,
+    ) -> Result<Scope, Error> {
+        metadata::check_info(&info).map_err(|source| Error::BadMetadata {
+            path: info.path.clone(),
+            source,
+        })?;
+        if self.narinfo_in(&Scope::Public, &info.path).await?.is_some() {
+            tracing::debug!(path = %info.path, client, "already public: upload ignored");
+            return Ok(Scope::Public);
+        }
+        let (scope, prov) = self.classify_upload(&info, client, trusted);
+        writer.commit(info, verify, &scope, &prov).await?;
+        Ok(scope)
+    }
+
+    /// Whether `sig` is a signature of `info` by a trusted key or the
+    /// relay's own: the only signatures the store keeps from a peer.
+    pub fn sig_verifies(&self, info: &ValidPathInfo, sig: &str) -> bool {
+        let fp = fingerprint(info);
+        let own = self.settings.signer.as_ref().map(|k| k.public());
+        (self.settings.trusted_keys.iter())
+            .chain(own.as_ref())
+            .any(|k| k.verifies(&fp, sig))
     }
 
     /// Where an upload by `client` belongs, by the trust rules above.
@@ -418,3 +471,5 @@ pub fn to_path_info(n: &NarInfo) -> ValidPathInfo {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;

@@ -265,6 +265,18 @@ impl NarWriter {
         }
         info.nar_hash = summary.sha256;
         info.nar_size = summary.size;
+        // Only what the narinfo format can hold, and only signatures that
+        // verify (a malformed one never does): a peer's junk is never stored.
+        if let Some(ca) = &info.ca {
+            super::metadata::check_ca(ca).map_err(|source| Error::BadMetadata {
+                path: info.path.clone(),
+                source,
+            })?;
+        }
+        let sigs = std::mem::take(&mut info.sigs);
+        info.sigs = (sigs.into_iter())
+            .filter(|s| self.store.sig_verifies(&info, s))
+            .collect();
         let (file_hash, file_size) = self.finish_file().await?;
         let dir = self.store.scope_dir(scope);
         for sub in ["nar", "meta"] {

@@ -6,7 +6,8 @@
 # the host's pinned ed25519 host key, and the same systems / features /
 # max-jobs the backend's own nix.conf declares (see hosts.sh).
 # LAB_BACKEND_PROTO=ssh-ng makes the backends ssh-ng:// (nix-daemon --stdio).
-# Clients: "lab" (keys/id_lab, trusted) and "eve" (keys/id_eve, untrusted).
+# Clients: "lab" (keys/id_lab, trusted), "eve" (keys/id_eve, untrusted) and
+# "lab2" (keys/id_lab2, trusted: a second trusted client, for fairness).
 # Cache: signed with $LAB_STATE/keys/relay-cache.sec (the relay creates it and
 # relay-cache.sec.pub, "nix-relay-lab-1:<base64>", for trusted-public-keys),
 # zstd NARs; HTTP binary cache on 127.0.0.1:$((LAB_BASE_PORT+80)); admin
@@ -58,6 +59,13 @@ tmp=$OUT.tmp.$$
     echo "name = \"eve\""
     echo "key = \"$(tr -d '\n' < "$STATE/keys/id_eve.pub")\""
     echo "trusted = false"
+  fi
+  if [ -f "$STATE/keys/id_lab2.pub" ]; then
+    echo
+    echo "[[client]]"
+    echo "name = \"lab2\""
+    echo "key = \"$(tr -d '\n' < "$STATE/keys/id_lab2.pub")\""
+    echo "trusted = true"
   fi
   echo
   echo "[cache]"

@@ -115,7 +115,7 @@ sc_j() {
 }
 
 sc_k_relay=1
-sc_k_desc="untrusted client eve: its upload and output stay private (not public, not HTTP, not for lab)"
+sc_k_desc="untrusted client eve: refused at once without an untrusted backend; on h3u its upload and output stay private (not public, not HTTP, not for lab)"
 sc_k() {
   local s=$SEED-k f=$LOGS/k-eve.nix out src p h rc i pub u
   # a public control path: a leaf built by the trusted client (also makes busybox public)
@@ -131,9 +131,18 @@ derivation {
   args = [ "-e" "-c" "cat \$src > \$out; echo \$src >> \$out" ];
 }
 NIX
-  echo "+ [client3 as eve] nix-build $f (log: $BLOG)" >&2
-  out=$(in_ns client3 nix-build "$f" --no-out-link --max-jobs 0 --builders "$(cat "$STATE/machines-relay-eve")" 2>"$BLOG") \
-    || { tail -5 "$BLOG"; fail "eve's build failed"; }
+  # the lab config has no backend for untrusted clients: refused at once, not queued
+  if eve_build "$f" "$LOGS/k.refused.nix.log" >/dev/null; then fail "eve's build succeeded with no untrusted_clients backend"; fi
+  grep -q "untrusted clients build only on backends marked \`untrusted_clients = true\`" "$LOGS/k.refused.nix.log" \
+    || { tail -5 "$LOGS/k.refused.nix.log" >&2; fail "eve's refusal does not say why (log $LOGS/k.refused.nix.log)"; }
+  if grep -q "nix-relay: waiting: position" "$LOGS/k.refused.nix.log"; then fail "eve's build was queued before it failed"; fi
+  echo "  no untrusted backend: $(grep -m1 -o 'no backend takes[^;]*' "$LOGS/k.refused.nix.log")"
+  trap lab_config EXIT
+  u=$(untrusted_config) || fail "could not reload the relay with the untrusted backend h3u"
+  echo "  config: $u"
+  OFF=$(relay_log_size)
+  out=$(eve_build "$f" "$BLOG") || { tail -5 "$BLOG"; fail "eve's build failed"; }
+  [ "$(built_on lab-eve-private)" = "h3u " ] || fail "eve's build ran on '$(built_on lab-eve-private)', expected h3u only"
   in_ns client3 nix-store --verify-path "$out" >&2 || fail "client3: verify-path $out failed"
   grep -q "on 'ssh://relay-eve'" "$BLOG" || fail "eve's build did not go to ssh://relay-eve"
   src=$(in_ns client3 nix-store -q --references "$out" | grep -- '-lab-eve-input$') || fail "output does not reference the toFile input"
