@@ -148,6 +148,10 @@ pub struct Limits {
     pub backend_idle_sessions: u64,
     /// An idle backend session is closed after this long.
     pub backend_idle_timeout: Duration,
+    /// Most bytes of build log a build may write (Nix's max-log-size); a
+    /// client's smaller max-log-size wins. More stops the build with
+    /// LogLimitExceeded.
+    pub max_log_size: u64,
 }
 
 impl Default for Limits {
@@ -162,6 +166,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(30),
             backend_idle_sessions: 4,
             backend_idle_timeout: Duration::from_secs(120),
+            max_log_size: 64 << 20,
         }
     }
 }

@@ -94,6 +94,7 @@ pub struct RawLimits {
     pub handshake_timeout: Option<String>,
     pub backend_idle_sessions: Option<u64>,
     pub backend_idle_timeout: Option<String>,
+    pub max_log_size: Option<SizeValue>,
 }
 
 /// A size written as a number of bytes or a string like `"200GiB"`.

@@ -252,6 +252,7 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
         // 0 is allowed: it turns pooling off.
         backend_idle_sessions: l.backend_idle_sessions.unwrap_or(d.backend_idle_sessions),
         backend_idle_timeout: d.backend_idle_timeout,
+        max_log_size: size("max_log_size", l.max_log_size, d.max_log_size),
     };
     if let Some(t) = l.handshake_timeout {
         match parse_duration(&t) {
