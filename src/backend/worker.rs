@@ -11,7 +11,7 @@
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::ssh::LogSink;
+use crate::ssh::{LogSink, log_pieces};
 use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::primitives::{read_bool, read_paths};
@@ -41,12 +41,19 @@ pub struct WorkerClient<R, W> {
     pub(super) busy: bool,
 }
 
-/// The text a STDERR message contributes to the build log, if any.
-pub fn log_text(msg: &StderrMsg) -> Option<Vec<u8>> {
+/// The text a STDERR message contributes to the build log, if any;
+/// `dropped` bytes of it were cut on reading (a line longer than
+/// [`MAX_LOG_MESSAGE`](crate::wire::worker::stderr::MAX_LOG_MESSAGE)),
+/// which a note says.
+pub fn log_text(msg: &StderrMsg, dropped: u64) -> Option<Vec<u8>> {
     let line = |t: &[u8]| {
         let mut v = t.to_vec();
         if !v.ends_with(b"\n") {
             v.push(b'\n');
+        }
+        if dropped > 0 {
+            let note = format!("nix-relay: {dropped} more bytes of this log line dropped\n");
+            v.extend_from_slice(note.as_bytes());
         }
         Some(v)
     };
@@ -116,7 +123,11 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
     /// log goes to `log` (if any), everything else is skipped.
     async fn finish(&mut self, op: &str, log: Option<&LogSink>) -> Result<()> {
         loop {
-            let msg = StderrMsg::read(&mut self.r, self.version, &self.limits).await?;
+            let (msg, dropped) =
+                StderrMsg::read_log_capped(&mut self.r, self.version, &self.limits).await?;
+            if dropped > 0 {
+                tracing::debug!(op, dropped, "long log text from the daemon cut");
+            }
             match msg {
                 StderrMsg::Last => return Ok(()),
                 StderrMsg::Error(e) => return Err(daemon_error(op, &e)),
@@ -126,10 +137,16 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
                     )));
                 }
                 m => {
-                    let text = log_text(&m);
+                    let text = log_text(&m, dropped);
                     match (log, text) {
-                        // The log's reader may be gone; the op goes on.
-                        (Some(log), Some(t)) => drop(log.send(t.into()).await),
+                        (Some(log), Some(t)) => {
+                            for piece in log_pieces(t.into()) {
+                                // The log's reader may be gone; the op goes on.
+                                if log.send(piece).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
                         (None, Some(t)) => {
                             tracing::debug!(op, text = %String::from_utf8_lossy(&t).trim_end(), "daemon message");
                         }

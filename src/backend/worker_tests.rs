@@ -77,7 +77,7 @@ fn activity(kind: u64, text: &str) -> StderrMsg {
 
 #[test]
 fn log_lines_from_stderr_messages() {
-    let t = |m: StderrMsg| log_text(&m).map(|v| String::from_utf8(v).unwrap());
+    let t = |m: StderrMsg| log_text(&m, 0).map(|v| String::from_utf8(v).unwrap());
     assert_eq!(
         t(StderrMsg::Next(b"warning: x\n".to_vec())).unwrap(),
         "warning: x\n"
@@ -292,4 +292,74 @@ async fn build_streams_the_log_and_an_error_keeps_the_connection() {
         String::from_utf8(text).unwrap(),
         "warning: w\nbuilding 'd'\nhi\n"
     );
+}
+
+#[tokio::test]
+async fn a_log_line_longer_than_any_limit_is_cut_and_the_stream_stays_in_step() {
+    use crate::wire::worker::stderr::{MAX_LOG_MESSAGE, STDERR_RESULT};
+    // Longer than the string limit (64 MiB), sent as Nix sends a line
+    // without a newline: one buildLogLine at the end of the build.
+    const LINE: u64 = 80 << 20;
+    let (mut c, (mut sr, mut sw, v)) = pair(WorkerVersion::LATEST).await;
+    let (log, mut log_rx) = tokio::sync::mpsc::channel(64);
+    let drv = BasicDerivation {
+        outputs: Vec::new(),
+        input_srcs: Vec::new(),
+        platform: "x86_64-linux".into(),
+        builder: b"/bin/sh".to_vec(),
+        args: Vec::new(),
+        env: Vec::new(),
+    };
+    let daemon = async {
+        let limits = Limits::default();
+        Request::read(&mut sr, v, &limits).await.unwrap().unwrap();
+        send(&mut sw, &[StderrMsg::Last], v, &[]).await;
+        Request::read(&mut sr, v, &limits).await.unwrap().unwrap();
+        let mut head = Vec::new();
+        for n in [STDERR_RESULT, 1, RES_BUILD_LOG_LINE, 1, 1, LINE] {
+            put_u64(&mut head, n);
+        }
+        sw.write_all(&head).await.unwrap();
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..LINE >> 20 {
+            sw.write_all(&block).await.unwrap();
+        }
+        let mut res = Vec::new();
+        WorkerBuildResult::from(BuildResult::failure(
+            crate::wire::build::BuildStatus::Built,
+            "",
+        ))
+        .write(&mut res, v);
+        send(&mut sw, &[StderrMsg::Last], v, &res).await;
+    };
+    let client = async move {
+        let r = c
+            .build_derivation(&path("d.drv"), &drv, BuildOptions::default(), &log)
+            .await;
+        drop(log);
+        r
+    };
+    let reader = async {
+        let (mut text, mut biggest) = (Vec::new(), 0);
+        while let Some(b) = log_rx.recv().await {
+            biggest = biggest.max(b.len());
+            text.extend_from_slice(&b);
+        }
+        (text, biggest)
+    };
+    let ((), res, (text, biggest)) = tokio::join!(daemon, client, reader);
+    assert!(
+        res.unwrap().status.is_success(),
+        "the stream stayed in step"
+    );
+    assert!(
+        biggest <= crate::ssh::MAX_LOG_LINE,
+        "piece of {biggest} bytes"
+    );
+    let note = format!(
+        "\nnix-relay: {} more bytes of this log line dropped\n",
+        LINE - MAX_LOG_MESSAGE as u64
+    );
+    assert_eq!(text.len(), MAX_LOG_MESSAGE + note.len());
+    assert!(text.ends_with(note.as_bytes()));
 }

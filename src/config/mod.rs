@@ -157,6 +157,10 @@ pub struct Limits {
     pub backend_stall_timeout: Duration,
     /// How often an SSH backend connection is sent a keepalive.
     pub backend_keepalive_interval: Duration,
+    /// Most bytes of build log a build may write (Nix's max-log-size); a
+    /// client's smaller max-log-size wins. More stops the build with
+    /// LogLimitExceeded.
+    pub max_log_size: u64,
 }
 
 impl Default for Limits {
@@ -173,6 +177,7 @@ impl Default for Limits {
             backend_idle_timeout: Duration::from_secs(120),
             backend_stall_timeout: Duration::from_secs(300),
             backend_keepalive_interval: Duration::from_secs(30),
+            max_log_size: 64 << 20,
         }
     }
 }

@@ -98,6 +98,7 @@ pub struct RawLimits {
     pub backend_idle_timeout: Option<String>,
     pub backend_stall_timeout: Option<String>,
     pub backend_keepalive_interval: Option<String>,
+    pub max_log_size: Option<SizeValue>,
 }
 
 /// A size written as a number of bytes or a string like `"200GiB"`.

@@ -83,6 +83,21 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn max_log_size_has_a_bounded_default_and_must_be_positive() {
+    let c = Config::parse(&example(), Path::new("t.toml")).unwrap();
+    assert_eq!(c.limits.max_log_size, 64 << 20);
+    let text = format!("{}\n[limits]\nmax_log_size = \"1GiB\"\n", example());
+    let c = Config::parse(&text, Path::new("t.toml")).unwrap();
+    assert_eq!(c.limits.max_log_size, 1 << 30);
+    let text = format!("{}\n[limits]\nmax_log_size = 0\n", example());
+    let err = Config::parse(&text, Path::new("t.toml")).unwrap_err();
+    let Error::Invalid { problems, .. } = err else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(problems, ["limits.max_log_size must be positive"]);
+}
+
+#[test]
 fn sizes_and_durations_parse() {
     assert_eq!(parse_size("200GiB").unwrap(), 200 << 30);
     assert_eq!(parse_size("4096").unwrap(), 4096);

@@ -291,6 +291,7 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
         backend_idle_timeout: d.backend_idle_timeout,
         backend_stall_timeout: d.backend_stall_timeout,
         backend_keepalive_interval: d.backend_keepalive_interval,
+        max_log_size: size("max_log_size", l.max_log_size, d.max_log_size),
     };
     if let Some(t) = l.handshake_timeout {
         match parse_duration(&t) {

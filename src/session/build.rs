@@ -19,6 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::BuildRecord;
 use super::flight::{Attachment, Flight, FlightKey, Outcome};
+use super::log::{Recv, effective_max_log_size};
 use super::{ClientId, Error, Relay, say};
 use crate::backend::{self, BackendConn, Lease};
 use crate::error_chain as chain;
@@ -238,8 +239,8 @@ async fn attach_and_wait(
             _ = gone.cancelled() => return (BuildResult::failure(BuildStatus::MiscFailure, "client gone"), None),
         }
     };
-    while let Ok(chunk) = log_rx.try_recv() {
-        forward(log, Ok(chunk)).await;
+    while let Some(chunk) = log_rx.try_recv() {
+        forward(log, chunk).await;
     }
     let pending = outcome.finished.map(|finished| Pending {
         finished,
@@ -258,23 +259,20 @@ fn lost() -> Outcome {
     }
 }
 
-async fn forward(
-    log: &LogSink,
-    chunk: Result<bytes::Bytes, tokio::sync::broadcast::error::RecvError>,
-) {
-    use tokio::sync::broadcast::error::RecvError;
+/// Passes a chunk on; a client that fell behind the flight's backlog is
+/// told how much it missed.
+async fn forward(log: &LogSink, chunk: Recv) {
     match chunk {
-        Ok(c) => {
+        Recv::Chunk(c) => {
             let _ = log.send(c).await;
         }
-        Err(RecvError::Lagged(n)) => {
+        Recv::Dropped(n) => {
             say(
                 log,
-                format!("({n} log chunks skipped: this client fell behind)"),
+                format!("{n} bytes of log dropped (this client fell behind)"),
             )
             .await
         }
-        Err(RecvError::Closed) => {}
     }
 }
 
@@ -292,8 +290,8 @@ async fn fly(
     let fan_out = flight.log.clone();
     tokio::spawn(async move {
         while let Some(chunk) = log_rx.recv().await {
-            // No receiver just means nobody is attached right now.
-            let _ = fan_out.send(chunk);
+            // Never waits: a slow client loses log, the build goes on.
+            fan_out.publish(chunk);
         }
     });
     let scope = flight.key.scope.clone();
@@ -522,7 +520,10 @@ async fn on_backend(
         return Err(BuildError::Trust(b.name));
     }
     say(log, format!("building '{}' on {}", job.drv_path, b.name)).await;
+    let outer = log.clone();
     let (log, activity) = super::watchdog::watched(log);
+    let max_log = effective_max_log_size(options.max_log_size, relay.limits.max_log_size);
+    let (log, log_full) = super::log::limited(&log, max_log);
     let log = &log;
     let conn = relay
         .pool
@@ -545,6 +546,13 @@ async fn on_backend(
             warn!(backend = %b.name, "{why}");
             say(log, why.trim_start_matches("nix-relay: ")).await;
             return Ok((BuildResult::failure(BuildStatus::TimedOut, why), None));
+        }
+        _ = log_full.cancelled() => {
+            // As above: dropping the session stops the backend's build.
+            let why = super::log::limit_message(max_log);
+            warn!(backend = %b.name, "{why}");
+            say(&outer, why.trim_start_matches("nix-relay: ")).await;
+            return Ok((BuildResult::failure(BuildStatus::LogLimitExceeded, why), None));
         }
     };
     drop(slot);

@@ -17,17 +17,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::build::Finished;
+use super::log::{Backlog, LOG_BACKLOG_BYTES};
 use crate::store::Scope;
 use crate::wire::build::BuildResult;
 use crate::wire::store_path::StorePath;
-
-/// Log chunks kept for attached clients that fall behind.
-const LOG_BACKLOG: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FlightKey {
@@ -45,7 +42,9 @@ pub struct Outcome {
 
 pub struct Flight {
     pub key: FlightKey,
-    pub log: broadcast::Sender<Bytes>,
+    /// The live log, at most [`LOG_BACKLOG_BYTES`] of it kept for
+    /// attached clients that fall behind.
+    pub log: Arc<Backlog>,
     pub outcome: watch::Sender<Option<Outcome>>,
     attached: AtomicUsize,
     detached: Notify,
@@ -58,7 +57,7 @@ impl Flight {
     fn new(key: FlightKey, keep_going: bool) -> Arc<Flight> {
         Arc::new(Flight {
             key,
-            log: broadcast::channel(LOG_BACKLOG).0,
+            log: Backlog::new(LOG_BACKLOG_BYTES),
             outcome: watch::channel(None).0,
             attached: AtomicUsize::new(0),
             detached: Notify::new(),

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod flight;
+pub mod log;
 pub mod serve;
 mod watchdog;
 pub mod worker;

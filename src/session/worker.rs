@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::build::{self, Pending};
+use super::log::LineSplitter;
 use super::{ClientId, Error, Relay};
 use crate::error_chain;
 use crate::wire::build::{BuildOptions, BuildResult, BuildStatus};
@@ -500,41 +501,5 @@ fn options_from(o: &crate::wire::worker::options::ClientOptions) -> BuildOptions
         nr_repeats: 0,
         enforce_determinism: false,
         keep_failed: o.keep_failed,
-    }
-}
-
-/// Turns log bytes into one `RESULT buildLogLine` per line.
-#[derive(Default)]
-struct LineSplitter {
-    partial: Vec<u8>,
-}
-
-impl LineSplitter {
-    fn push(&mut self, act: u64, chunk: &[u8]) -> Vec<StderrMsg> {
-        let mut out = Vec::new();
-        for &b in chunk {
-            if b == b'\n' {
-                out.push(line(act, std::mem::take(&mut self.partial)));
-            } else {
-                self.partial.push(b);
-            }
-        }
-        out
-    }
-
-    fn finish(&mut self, act: u64) -> Vec<StderrMsg> {
-        if self.partial.is_empty() {
-            Vec::new()
-        } else {
-            vec![line(act, std::mem::take(&mut self.partial))]
-        }
-    }
-}
-
-fn line(act: u64, text: Vec<u8>) -> StderrMsg {
-    StderrMsg::Result {
-        id: act,
-        kind: crate::wire::worker::stderr::RES_BUILD_LOG_LINE,
-        fields: vec![Field::Str(text)],
     }
 }

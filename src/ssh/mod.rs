@@ -18,8 +18,19 @@ use russh::ChannelReadHalf;
 use tokio::io::{AsyncWriteExt, SimplexStream, WriteHalf};
 use tokio::sync::mpsc;
 
-/// Where a build log goes: a bounded queue of stderr chunks.
+/// Where a build log goes: a bounded queue of stderr chunks, each at most
+/// [`MAX_LOG_LINE`] bytes.
 pub type LogSink = mpsc::Sender<Bytes>;
+
+/// The most log bytes in one chunk on a [`LogSink`], one `STDERR_NEXT` or
+/// one `buildLogLine`: a longer line is cut into pieces of this size.
+pub const MAX_LOG_LINE: usize = 64 << 10;
+
+/// `chunk` in pieces of at most [`MAX_LOG_LINE`] bytes (no copies).
+pub fn log_pieces(chunk: Bytes) -> impl Iterator<Item = Bytes> {
+    let n = chunk.len().div_ceil(MAX_LOG_LINE);
+    (0..n).map(move |i| chunk.slice(i * MAX_LOG_LINE..((i + 1) * MAX_LOG_LINE).min(chunk.len())))
+}
 
 /// Bytes buffered between a channel and its reader. Without a bound a fast
 /// peer could fill memory while the relay waits on the other side.
@@ -69,8 +80,10 @@ pub async fn pump(
             }
             ChannelMsg::ExtendedData { data: d, ext: 1 } => {
                 if let Some(log) = &log {
-                    // A gone log reader only means nobody listens any more.
-                    let _ = log.send(Bytes::copy_from_slice(&d)).await;
+                    for piece in log_pieces(Bytes::copy_from_slice(&d)) {
+                        // A gone log reader only means nobody listens any more.
+                        let _ = log.send(piece).await;
+                    }
                 }
             }
             ChannelMsg::Eof => {

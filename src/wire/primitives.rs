@@ -164,6 +164,33 @@ pub async fn read_bytes<R: AsyncRead + Unpin>(
     Ok(v)
 }
 
+/// A byte string of any length of which only the first `keep` bytes are
+/// kept: the rest is read and dropped as it arrives, so memory stays at
+/// `keep` whatever the peer announces. Returns the bytes kept and how many
+/// were dropped.
+pub async fn read_bytes_capped<R: AsyncRead + Unpin>(
+    r: &mut R,
+    field: &'static str,
+    keep: usize,
+) -> Result<(Vec<u8>, u64)> {
+    let len = read_u64(r, field).await?;
+    let kept = len.min(keep as u64);
+    let mut v = Vec::with_capacity((kept as usize).min(STRING_PREALLOC));
+    let got = (&mut *r)
+        .take(kept)
+        .read_to_end(&mut v)
+        .await
+        .map_err(|e| Error::read(field, e))?;
+    let dropped = tokio::io::copy(&mut (&mut *r).take(len - kept), &mut tokio::io::sink())
+        .await
+        .map_err(|e| Error::read(field, e))?;
+    if got as u64 + dropped < len {
+        return Err(Error::UnexpectedEof { field });
+    }
+    read_padding(r, len, field).await?;
+    Ok((v, dropped))
+}
+
 pub async fn read_string<R: AsyncRead + Unpin>(
     r: &mut R,
     field: &'static str,

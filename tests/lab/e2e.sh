@@ -34,7 +34,7 @@ NHOSTS=3
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
 # o stays last: it kills a backend for good (r-u, load_100 and the faults need h1..h3 alive)
-SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l p q r s t u hostile_auth hostile_exec hostile_channels fault_garbage fault_handshake fault_disk fault_backend_upload fault_backend_download fault_restart load_100 v ec2_launch ec2_sweep freeze poison o}
+SCENARIOS=${E2E_SCENARIOS:-a b c d e f g h i j k m n l p q r s t u hostile_auth hostile_exec hostile_channels fault_garbage fault_handshake fault_disk fault_backend_upload fault_backend_download fault_restart load_100 v ec2_launch ec2_sweep freeze poison log_flood o}
 DIRECT=${E2E_DIRECT:-0}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 [ "$DIRECT" = 1 ] && MODE=direct || MODE=relay

@@ -200,11 +200,34 @@ impl StderrMsg {
         version: WorkerVersion,
         limits: &Limits,
     ) -> Result<Self> {
+        Self::read_with(r, version, limits, &mut Text::Whole).await
+    }
+
+    /// As [`StderrMsg::read`], for a backend's stream: log text (`NEXT`,
+    /// activity text, result fields) is kept up to [`MAX_LOG_MESSAGE`]
+    /// bytes per string, the rest read and dropped. Also returns the bytes
+    /// dropped.
+    pub async fn read_log_capped<R: AsyncRead + Unpin>(
+        r: &mut R,
+        version: WorkerVersion,
+        limits: &Limits,
+    ) -> Result<(Self, u64)> {
+        let mut text = Text::Capped { dropped: 0 };
+        let msg = Self::read_with(r, version, limits, &mut text).await?;
+        Ok((msg, text.dropped()))
+    }
+
+    async fn read_with<R: AsyncRead + Unpin>(
+        r: &mut R,
+        version: WorkerVersion,
+        limits: &Limits,
+        text: &mut Text,
+    ) -> Result<Self> {
         let max = limits.max_string_bytes;
         let code = read_u64(r, "stderr message code").await?;
         let activities = version.minor() >= ACTIVITIES_MINOR;
         Ok(match code {
-            STDERR_NEXT => StderrMsg::Next(read_bytes(r, "STDERR_NEXT", max).await?),
+            STDERR_NEXT => StderrMsg::Next(text.read(r, "STDERR_NEXT", max).await?),
             STDERR_READ => StderrMsg::Read(read_u64(r, "STDERR_READ").await?),
             STDERR_WRITE => StderrMsg::Write(read_bytes(r, "STDERR_WRITE", max).await?),
             STDERR_LAST => StderrMsg::Last,
@@ -213,8 +236,8 @@ impl StderrMsg {
                 id: read_u64(r, "activity id").await?,
                 level: read_u64(r, "activity level").await?,
                 kind: read_u64(r, "activity type").await?,
-                text: read_bytes(r, "activity text", max).await?,
-                fields: read_fields(r, limits).await?,
+                text: text.read(r, "activity text", max).await?,
+                fields: read_fields_with(r, limits, text).await?,
                 parent: read_u64(r, "activity parent").await?,
             },
             STDERR_STOP_ACTIVITY if activities => StderrMsg::StopActivity {
@@ -223,7 +246,7 @@ impl StderrMsg {
             STDERR_RESULT if activities => StderrMsg::Result {
                 id: read_u64(r, "result activity id").await?,
                 kind: read_u64(r, "result type").await?,
-                fields: read_fields(r, limits).await?,
+                fields: read_fields_with(r, limits, text).await?,
             },
             value => {
                 return Err(Error::BadValue {
@@ -334,12 +357,23 @@ pub fn put_fields(buf: &mut Vec<u8>, fields: &[Field]) {
 }
 
 pub async fn read_fields<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits) -> Result<Vec<Field>> {
+    read_fields_with(r, limits, &mut Text::Whole).await
+}
+
+async fn read_fields_with<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limits: &Limits,
+    text: &mut Text,
+) -> Result<Vec<Field>> {
     let n = read_len(r, "fields", limits.max_collection_len).await?;
     let mut v = Vec::with_capacity(n.min(16));
     for _ in 0..n {
         v.push(match read_u64(r, "field type").await? {
             0 => Field::Int(read_u64(r, "int field").await?),
-            1 => Field::Str(read_bytes(r, "string field", limits.max_string_bytes).await?),
+            1 => Field::Str(
+                text.read(r, "string field", limits.max_string_bytes)
+                    .await?,
+            ),
             value => {
                 return Err(Error::BadValue {
                     field: "field type",
@@ -349,6 +383,44 @@ pub async fn read_fields<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits) -> Re
         });
     }
     Ok(v)
+}
+
+/// Most bytes of one log text kept from a backend's STDERR message
+/// ([`StderrMsg::read_log_capped`]); Nix sends a build log line whole, so a
+/// line without a newline can be anything long.
+pub const MAX_LOG_MESSAGE: usize = 1 << 20;
+
+/// How the text strings of a message are read.
+enum Text {
+    /// Whole, up to the string limit (longer is refused).
+    Whole,
+    /// Up to [`MAX_LOG_MESSAGE`], whatever the length; the rest dropped.
+    Capped { dropped: u64 },
+}
+
+impl Text {
+    async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        field: &'static str,
+        max: usize,
+    ) -> Result<Vec<u8>> {
+        match self {
+            Text::Whole => read_bytes(r, field, max).await,
+            Text::Capped { dropped } => {
+                let (v, n) = read_bytes_capped(r, field, MAX_LOG_MESSAGE).await?;
+                *dropped += n;
+                Ok(v)
+            }
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        match self {
+            Text::Whole => 0,
+            Text::Capped { dropped } => *dropped,
+        }
+    }
 }
 
 /// How an op's STDERR stream ended.

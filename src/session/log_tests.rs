@@ -1,0 +1,190 @@
+//! The log path's bounds: line pieces, the flight backlog, max-log-size.
+
+use std::time::Duration;
+
+use super::*;
+
+fn text(m: &StderrMsg) -> &[u8] {
+    match m {
+        StderrMsg::Result { kind, fields, .. } if *kind == RES_BUILD_LOG_LINE => match &fields[0] {
+            Field::Str(s) => s,
+            f => panic!("{f:?}"),
+        },
+        m => panic!("{m:?}"),
+    }
+}
+
+#[test]
+fn lines_are_split_at_newlines_across_chunks() {
+    let mut s = LineSplitter::default();
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    for chunk in [&b"one\ntw"[..], b"o\n\nthr", b"ee"] {
+        got.extend(s.push(7, chunk).iter().map(|m| text(m).to_vec()));
+    }
+    got.extend(s.finish(7).iter().map(|m| text(m).to_vec()));
+    assert_eq!(got, [&b"one"[..], b"two", b"", b"three"]);
+}
+
+#[test]
+fn a_line_of_exactly_the_bound_is_one_piece() {
+    let mut s = LineSplitter::default();
+    let mut line = vec![b'y'; MAX_LOG_LINE];
+    line.extend_from_slice(b"\nnext\n");
+    let got: Vec<usize> = s.push(1, &line).iter().map(|m| text(m).len()).collect();
+    assert_eq!(got, [MAX_LOG_LINE, 4]);
+    let got: Vec<usize> = s
+        .push(1, &line[..MAX_LOG_LINE])
+        .iter()
+        .map(|m| text(m).len())
+        .collect();
+    assert_eq!(got, [MAX_LOG_LINE]);
+    let got: Vec<usize> = s.push(1, b"\n\n").iter().map(|m| text(m).len()).collect();
+    assert_eq!(
+        got,
+        [0],
+        "the first newline ends the cut line, the second is an empty line"
+    );
+}
+
+#[test]
+fn a_gibibyte_without_a_newline_goes_out_in_bounded_pieces() {
+    const TOTAL: usize = 1 << 30;
+    // An odd chunk size, so pieces and chunks never line up.
+    let chunk = vec![b'x'; 1_000_003];
+    let mut s = LineSplitter::default();
+    let (mut fed, mut out, mut pieces) = (0usize, 0usize, 0usize);
+    while fed < TOTAL {
+        let n = chunk.len().min(TOTAL - fed);
+        for m in s.push(1, &chunk[..n]) {
+            let t = text(&m);
+            assert_eq!(
+                t.len(),
+                MAX_LOG_LINE,
+                "every full piece is exactly the bound"
+            );
+            out += t.len();
+            pieces += 1;
+        }
+        fed += n;
+        assert!(
+            s.partial.capacity() <= MAX_LOG_LINE,
+            "buffered at most one piece"
+        );
+    }
+    for m in s.finish(1) {
+        let t = text(&m);
+        assert!(!t.is_empty() && t.len() <= MAX_LOG_LINE);
+        out += t.len();
+        pieces += 1;
+    }
+    assert_eq!(out, TOTAL);
+    assert_eq!(pieces, TOTAL.div_ceil(MAX_LOG_LINE));
+}
+
+fn chunk(n: usize, b: u8) -> Bytes {
+    Bytes::from(vec![b; n])
+}
+
+#[test]
+fn the_backlog_holds_at_most_its_bytes_and_a_laggard_hears_what_it_missed() {
+    let backlog = Backlog::new(4 * MAX_LOG_LINE);
+    let mut slow = backlog.subscribe();
+    let mut fast = backlog.subscribe();
+    for i in 0..100u8 {
+        // A big chunk is split into pieces of at most MAX_LOG_LINE.
+        backlog.publish(chunk(MAX_LOG_LINE + 1000, i));
+        assert!(backlog.held() <= 4 * MAX_LOG_LINE, "{}", backlog.held());
+        let mut got = 0;
+        while let Some(Recv::Chunk(c)) = fast.try_recv() {
+            assert!(c.len() <= MAX_LOG_LINE);
+            got += c.len();
+        }
+        assert_eq!(got, MAX_LOG_LINE + 1000, "the fast reader misses nothing");
+    }
+    let total = 100 * (MAX_LOG_LINE + 1000) as u64;
+    let Some(Recv::Dropped(n)) = slow.try_recv() else {
+        panic!("the slow reader must hear of the gap first");
+    };
+    let mut rest = 0u64;
+    while let Some(r) = slow.try_recv() {
+        let Recv::Chunk(c) = r else { panic!("{r:?}") };
+        rest += c.len() as u64;
+    }
+    assert_eq!(n + rest, total, "dropped + received = everything");
+    assert!(rest <= 4 * MAX_LOG_LINE as u64);
+}
+
+#[test]
+fn the_backlog_lets_go_of_what_every_reader_has_seen() {
+    let backlog = Backlog::new(LOG_BACKLOG_BYTES);
+    backlog.publish(chunk(1000, 1));
+    assert_eq!(backlog.held(), 0, "nobody attached: nothing kept");
+    let mut a = backlog.subscribe();
+    let b = backlog.subscribe();
+    backlog.publish(chunk(1000, 2));
+    assert_eq!(a.try_recv(), Some(Recv::Chunk(chunk(1000, 2))));
+    assert_eq!(backlog.held(), 1000, "b has not read it yet");
+    drop(b);
+    assert_eq!(backlog.held(), 0);
+    assert_eq!(a.try_recv(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_waits_for_the_next_chunk() {
+    let backlog = Backlog::new(LOG_BACKLOG_BYTES);
+    let mut r = backlog.subscribe();
+    let waiting = tokio::spawn(async move { r.recv().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished());
+    backlog.publish(chunk(3, b'a'));
+    assert_eq!(waiting.await.unwrap(), Recv::Chunk(chunk(3, b'a')));
+}
+
+#[test]
+fn the_smaller_max_log_size_wins_and_0_means_the_relays() {
+    assert_eq!(effective_max_log_size(0, 64 << 20), 64 << 20);
+    assert_eq!(effective_max_log_size(1000, 64 << 20), 1000);
+    assert_eq!(effective_max_log_size(1 << 40, 64 << 20), 64 << 20);
+}
+
+#[tokio::test]
+async fn max_log_size_stops_the_build_and_no_more_log_passes() {
+    let (out, mut out_rx) = mpsc::channel(1024);
+    let (sink, over) = limited(&out, 10_000);
+    // A "build" that logs 100 times the limit; being dropped is how it is
+    // stopped.
+    let build = async {
+        for _ in 0..1000 {
+            sink.send(chunk(999, b'x')).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+    };
+    let stopped = tokio::select! {
+        biased;
+        () = over.cancelled() => true,
+        () = build => false,
+    };
+    assert!(stopped, "the limit must stop the build");
+    drop((sink, out));
+    let mut passed = 0;
+    while let Some(c) = out_rx.recv().await {
+        passed += c.len();
+    }
+    assert_eq!(passed, 10 * 999, "what fits under the limit, nothing after");
+}
+
+#[tokio::test]
+async fn a_log_under_max_log_size_passes_whole() {
+    let (out, mut out_rx) = mpsc::channel(64);
+    let (sink, over) = limited(&out, 10_000);
+    for _ in 0..10 {
+        sink.send(chunk(1000, b'x')).await.unwrap();
+    }
+    drop((sink, out));
+    let mut passed = 0;
+    while let Some(c) = out_rx.recv().await {
+        passed += c.len();
+    }
+    assert_eq!(passed, 10_000);
+    assert!(!over.is_cancelled(), "exactly the limit is allowed");
+}
