@@ -9,10 +9,8 @@
 //! Every failure becomes a failing [`BuildResult`] whose message says which
 //! step failed; the client's session goes on.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -20,83 +18,17 @@ use tracing::{Instrument, info, info_span, warn};
 use super::BuildRecord;
 use super::flight::{Attachment, Flight, FlightKey, Outcome};
 use super::log::{Recv, effective_max_log_size};
-use super::{ClientId, Error, Relay, say};
-use crate::backend::{self, BackendConn, Lease};
+pub use super::outputs::Finished;
+use super::{ClientId, Relay, say};
+use crate::backend::{self, BackendConn};
 use crate::error_chain as chain;
 use crate::metrics::{Direction, Outcome as BuildOutcome};
 use crate::scheduler::locality::InputSummary;
 use crate::scheduler::{Acquired, JobSpec, Scheduler, Slot};
 use crate::ssh::LogSink;
-use crate::store::{Provenance, Scope, Verify};
+use crate::store::Scope;
 use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult, BuildStatus, drv_name};
-use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
-
-/// A successful build whose outputs are (partly) still on the backend.
-pub struct Finished {
-    pub backend: String,
-    conn: Lease,
-    pub outputs: BTreeMap<StorePath, ValidPathInfo>,
-    scope: Scope,
-}
-
-impl Finished {
-    /// Streams one output from the backend into the store, and to `tee`.
-    pub async fn fetch<W: AsyncWrite + Unpin>(
-        &mut self,
-        relay: &Relay,
-        path: &StorePath,
-        mut tee: Option<&mut W>,
-    ) -> Result<(), Error> {
-        let Some(info) = self.outputs.remove(path) else {
-            return Err(crate::store::Error::Missing(path.clone()).into());
-        };
-        if !self.conn.client.is_idle() {
-            // An earlier transfer was abandoned halfway: the stream is
-            // out of step, so nothing more can be read from it.
-            return Err(crate::wire::Error::Protocol(format!(
-                "the session to {} was left mid-transfer",
-                self.backend
-            ))
-            .into());
-        }
-        let tee_used = tee.is_some();
-        let client = &mut self.conn.client;
-        client.dump_store_path(path).await?;
-        let mut writer = relay.store.begin(relay.limits.nar()).await?;
-        writer
-            .pump(client.reader(), tee.as_deref_mut(), path)
-            .await?;
-        client.nar_read();
-        if let Some(t) = tee {
-            t.flush().await.map_err(crate::wire::Error::Write)?;
-        }
-        let prov = Provenance::Built {
-            backend: self.backend.clone(),
-        };
-        let info = writer
-            .commit(info, Verify::Declared, &self.scope, &prov)
-            .await?;
-        crate::metrics::nar_bytes(Direction::FromBackend, info.nar_size);
-        if tee_used {
-            crate::metrics::nar_bytes(Direction::ToClient, info.nar_size);
-        }
-        Ok(())
-    }
-
-    /// Stores every output nobody fetched yet.
-    pub async fn settle(&mut self, relay: &Relay) {
-        let left: Vec<StorePath> = self.outputs.keys().cloned().collect();
-        for path in left {
-            match self.fetch(relay, &path, None::<&mut tokio::io::Sink>).await {
-                Ok(()) => info!(%path, backend = %self.backend, "output stored"),
-                Err(e) => {
-                    warn!(%path, backend = %self.backend, error = %chain(&e), "could not store output")
-                }
-            }
-        }
-    }
-}
 
 /// What a session keeps after a successful build: its claim on the
 /// flight, and the outputs it can stream from the backend.

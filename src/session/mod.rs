@@ -4,6 +4,7 @@
 pub mod build;
 pub mod flight;
 pub mod log;
+mod outputs;
 pub mod serve;
 mod watchdog;
 pub mod worker;

@@ -1,0 +1,82 @@
+//! The output tee: a finished build's outputs are streamed from the
+//! backend into the store and, when a client asks, to that client in the
+//! same pass (hash verified, compressed, signed narinfo written last).
+
+use std::collections::BTreeMap;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tracing::{info, warn};
+
+use super::{Error, Relay};
+use crate::backend::Lease;
+use crate::error_chain as chain;
+use crate::metrics::Direction;
+use crate::store::{Provenance, Scope, Verify};
+use crate::wire::path_info::ValidPathInfo;
+use crate::wire::store_path::StorePath;
+
+/// A successful build whose outputs are (partly) still on the backend.
+pub struct Finished {
+    pub backend: String,
+    pub(super) conn: Lease,
+    pub outputs: BTreeMap<StorePath, ValidPathInfo>,
+    pub(super) scope: Scope,
+}
+
+impl Finished {
+    /// Streams one output from the backend into the store, and to `tee`.
+    pub async fn fetch<W: AsyncWrite + Unpin>(
+        &mut self,
+        relay: &Relay,
+        path: &StorePath,
+        mut tee: Option<&mut W>,
+    ) -> Result<(), Error> {
+        let Some(info) = self.outputs.remove(path) else {
+            return Err(crate::store::Error::Missing(path.clone()).into());
+        };
+        if !self.conn.client.is_idle() {
+            // An earlier transfer was abandoned halfway: the stream is
+            // out of step, so nothing more can be read from it.
+            return Err(crate::wire::Error::Protocol(format!(
+                "the session to {} was left mid-transfer",
+                self.backend
+            ))
+            .into());
+        }
+        let tee_used = tee.is_some();
+        let client = &mut self.conn.client;
+        client.dump_store_path(path).await?;
+        let mut writer = relay.store.begin(relay.limits.nar()).await?;
+        writer
+            .pump(client.reader(), tee.as_deref_mut(), path)
+            .await?;
+        client.nar_read();
+        if let Some(t) = tee {
+            t.flush().await.map_err(crate::wire::Error::Write)?;
+        }
+        let prov = Provenance::Built {
+            backend: self.backend.clone(),
+        };
+        let info = writer
+            .commit(info, Verify::Declared, &self.scope, &prov)
+            .await?;
+        crate::metrics::nar_bytes(Direction::FromBackend, info.nar_size);
+        if tee_used {
+            crate::metrics::nar_bytes(Direction::ToClient, info.nar_size);
+        }
+        Ok(())
+    }
+
+    /// Stores every output nobody fetched yet.
+    pub async fn settle(&mut self, relay: &Relay) {
+        let left: Vec<StorePath> = self.outputs.keys().cloned().collect();
+        for path in left {
+            match self.fetch(relay, &path, None::<&mut tokio::io::Sink>).await {
+                Ok(()) => info!(%path, backend = %self.backend, "output stored"),
+                Err(e) => {
+                    warn!(%path, backend = %self.backend, error = %chain(&e), "could not store output")
+                }
+            }
+        }
+    }
+}
