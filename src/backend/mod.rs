@@ -108,7 +108,12 @@ pub struct BackendConn {
     transport: Transport,
     /// Keepalives and the stall watch (SSH backends); see [`crate::ssh::stall`].
     watched: Option<Watched>,
+    /// The stderr queue's sending side, to see what is still queued.
+    stderr_queue: tokio::sync::mpsc::WeakSender<bytes::Bytes>,
 }
+
+/// How long [`BackendConn::detach_log`] waits for queued stderr to move on.
+const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The current target of a connection's stderr; `None` while it is idle.
 type LogSwitch = std::sync::Arc<std::sync::Mutex<Option<LogSink>>>;
@@ -117,6 +122,23 @@ impl BackendConn {
     /// Sends the backend's stderr to `log` from now on (`None`: nowhere).
     pub fn set_log(&self, log: Option<LogSink>) {
         *self.log.lock().unwrap_or_else(|e| e.into_inner()) = log;
+    }
+
+    /// Stops sending the backend's stderr to the current log once what it
+    /// wrote so far has been passed on: stderr is queued in the order the
+    /// backend sent it, so what came before a reply is queued by the time
+    /// the reply is read. Waits at most [`DETACH_WAIT`].
+    pub async fn detach_log(&self) {
+        let deadline = tokio::time::Instant::now() + DETACH_WAIT;
+        while let Some(tx) = self.stderr_queue.upgrade() {
+            let queued = tx.max_capacity() - tx.capacity();
+            drop(tx);
+            if queued == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        self.set_log(None);
     }
 
     /// Whether the transport is still open: the SSH connection and its
@@ -187,6 +209,7 @@ async fn connect_untimed(
     let switch: LogSwitch = std::sync::Arc::new(std::sync::Mutex::new(Some(log)));
     let (stderr_tx, stderr_rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(forward_switched(stderr_rx, switch.clone()));
+    let stderr_queue = stderr_tx.downgrade();
     let log = stderr_tx;
     let (r, w, transport, watched): (
         Box<dyn AsyncRead + Send + Sync + Unpin>,
@@ -241,6 +264,7 @@ async fn connect_untimed(
         log: switch,
         transport,
         watched,
+        stderr_queue,
     })
 }
 

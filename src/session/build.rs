@@ -220,7 +220,7 @@ async fn fly(
 ) {
     let (log_tx, mut log_rx) = mpsc::channel::<bytes::Bytes>(64);
     let fan_out = flight.log.clone();
-    tokio::spawn(async move {
+    let fanning = tokio::spawn(async move {
         while let Some(chunk) = log_rx.recv().await {
             // Never waits: a slow client loses log, the build goes on.
             fan_out.publish(chunk);
@@ -248,6 +248,13 @@ async fn fly(
             }
         }
     };
+    // Every byte the build logged reaches the backlog before the outcome
+    // does: a client that sees the outcome reads no more log, so the tail
+    // (often the lines saying why a build failed) would be lost.
+    drop(log_tx);
+    if tokio::time::timeout(LOG_DRAIN, fanning).await.is_err() {
+        warn!("the build log was not drained within {LOG_DRAIN:?}; its tail may be lost");
+    }
     let finished = outcome.finished.clone();
     flight.outcome.send_replace(Some(outcome));
     if let Some(f) = finished {
@@ -256,6 +263,10 @@ async fn fly(
     }
     relay.flights.remove(&flight);
 }
+
+/// How long a finished build's log may take to reach the flight's backlog
+/// (normally at once: every sender is gone when the build returns).
+const LOG_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Tries a build up to this many times when backends fail under it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -488,6 +499,9 @@ async fn on_backend(
         }
     };
     drop(slot);
+    // The build is over: the connection's stderr no longer feeds this log,
+    // so the log's senders are all gone once this function returns.
+    conn.detach_log().await;
     info!(backend = %b.name, session = kind.label(), status = ?result.status, secs = started.elapsed().as_secs_f32(), "build finished");
     if !result.status.is_success() {
         return Ok((result, None));
