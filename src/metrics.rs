@@ -259,7 +259,7 @@ pub fn register_zeroes(backends: &[(String, u32)]) {
 
 // EC2 builders (src/ec2). The fractional counters
 // nix_relay_ec2_instance_seconds_total and nix_relay_ec2_dollars_total are
-// rendered by `ec2::metrics_text` (this recorder's counters are integers).
+// rendered as text by `ec2_cost_text` (this recorder's counters are integers).
 // Labels: `template` (a configured template name),
 // `state` (`booting`, `joined`), `reason` (why an instance ended), `outcome`
 // (of a launch), `op` (an EC2 API operation). Never an instance id.
@@ -309,4 +309,53 @@ pub fn ec2_terminated(template: &str, reason: &'static str) {
 
 pub fn ec2_api_retry(op: &'static str) {
     counter!("nix_relay_ec2_api_retries_total", "op" => op).increment(1);
+}
+
+/// The fractional EC2 cost counters in Prometheus text format, by template:
+/// `nix_relay_ec2_instance_seconds_total` and `nix_relay_ec2_dollars_total`.
+pub fn ec2_cost_text(
+    cost: &std::collections::BTreeMap<String, crate::ec2::cost::TemplateCost>,
+) -> String {
+    use crate::ec2::cost::TemplateCost;
+    let mut out = String::new();
+    for (name, help, pick) in [
+        (
+            "nix_relay_ec2_instance_seconds_total",
+            "Instance-seconds accrued since start, by template",
+            (|c: &TemplateCost| c.instance_seconds) as fn(&TemplateCost) -> f64,
+        ),
+        (
+            "nix_relay_ec2_dollars_total",
+            "Dollars accrued since start (instance-seconds x price_per_hour), by template",
+            |c: &TemplateCost| c.dollars,
+        ),
+    ] {
+        out += &format!("# HELP {name} {help}\n# TYPE {name} counter\n");
+        for (template, c) in cost {
+            out += &format!("{name}{{template=\"{template}\"}} {}\n", pick(c));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ec2::cost::TemplateCost;
+
+    #[test]
+    fn ec2_cost_is_rendered_as_fractional_counters_by_template() {
+        let cost = [(
+            "arm-big".to_string(),
+            TemplateCost {
+                instance_seconds: 90.5,
+                dollars: 0.25,
+            },
+        )]
+        .into();
+        let text = super::ec2_cost_text(&cost);
+        assert!(text.contains("# TYPE nix_relay_ec2_dollars_total counter\n"));
+        assert!(text.contains("nix_relay_ec2_instance_seconds_total{template=\"arm-big\"} 90.5\n"));
+        assert!(text.contains("nix_relay_ec2_dollars_total{template=\"arm-big\"} 0.25\n"));
+        assert_eq!(super::ec2_cost_text(&Default::default()).lines().count(), 4);
+    }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command:  sudo tests/run.sh [--quick]
 #   1. tests/setup.sh          (root, Debian 12: packages, nix.conf, busybox, toolchain check)
-#   2. cargo fmt --check
+#   2. cargo fmt --check, then tests/guard.sh (file sizes, anyhow and metric
+#      names only where ARCHITECTURE.md says, shellcheck)
 #   3. cargo clippy --all-targets -- -D warnings
 #   4. cargo build
 #   5. cargo test              (unit, golden transcript, property, moto EC2 tests)
@@ -49,6 +50,7 @@ step() {  # step NAME CMD...: run, stop with a clear message on failure
 
 step setup tests/setup.sh
 step fmt cargo fmt --check
+step guard bash tests/guard.sh
 step clippy cargo clippy --all-targets -- -D warnings
 step build cargo build
 step nixos bash tests/nixos/check.sh

@@ -18,8 +18,8 @@ die() { echo "setup.sh: ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (try: sudo $0)"
 
 # ---- packages -----------------------------------------------------------------
-# prometheus: for promtool (checks the /metrics exposition)
-pkgs="nix-bin openssh-server openssh-client busybox-static util-linux python3 python3-venv curl prometheus"
+# prometheus: for promtool (checks the /metrics exposition); shellcheck: tests/guard.sh
+pkgs="nix-bin openssh-server openssh-client busybox-static util-linux python3 python3-venv curl prometheus shellcheck"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

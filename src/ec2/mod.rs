@@ -119,29 +119,10 @@ fn publish_status(s: Status) {
 }
 
 /// The fractional cost counters in Prometheus text format (appended to
-/// `/metrics`): `nix_relay_ec2_instance_seconds_total` and
-/// `nix_relay_ec2_dollars_total`, by template. Empty without `[ec2]`.
+/// `/metrics`, rendered by [`crate::metrics::ec2_cost_text`]). Empty
+/// without `[ec2]`.
 pub fn metrics_text() -> String {
-    let Some(s) = status() else {
-        return String::new();
-    };
-    let mut out = String::new();
-    for (name, help, pick) in [
-        (
-            "nix_relay_ec2_instance_seconds_total",
-            "Instance-seconds accrued since start, by template",
-            (|c: &cost::TemplateCost| c.instance_seconds) as fn(&cost::TemplateCost) -> f64,
-        ),
-        (
-            "nix_relay_ec2_dollars_total",
-            "Dollars accrued since start (instance-seconds x price_per_hour), by template",
-            |c: &cost::TemplateCost| c.dollars,
-        ),
-    ] {
-        out += &format!("# HELP {name} {help}\n# TYPE {name} counter\n");
-        for (template, c) in &s.cost {
-            out += &format!("{name}{{template=\"{template}\"}} {}\n", pick(c));
-        }
-    }
-    out
+    status()
+        .map(|s| crate::metrics::ec2_cost_text(&s.cost))
+        .unwrap_or_default()
 }

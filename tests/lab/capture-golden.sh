@@ -69,6 +69,7 @@ for name in $NAMES; do
       # client, then copied back with its references
       top=$(C nix-build "$DRV" -A top --arg nLeaves 2 --argstr seed golden-copy-from --no-out-link)
       C nix copy --no-check-sigs --to ssh://h3 "$top" >/dev/null 2>&1
+      # shellcheck disable=SC2046 # a list of words (paths or pids), split on purpose
       C nix-store --delete $(C nix-store -q --requisites "$top" | grep -v busybox) >/dev/null 2>&1
       if C nix-store --check-validity "$top" 2>/dev/null; then echo "capture-golden: could not delete $top on the client" >&2; exit 1; fi
       begin h3

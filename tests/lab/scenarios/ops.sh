@@ -59,6 +59,7 @@ sc_n() {
   ng=$(sed 's|^ssh://|ssh-ng://|' "$STATE/machines-relay")
   local B="$BUILDERS"; BUILDERS=$ng
   out=$(build top "$s") || { tail -5 "$BLOG"; fail "ssh-ng: nix-build -A top failed"; }
+  # shellcheck disable=SC2046 # a list of words (paths or pids), split on purpose
   client_valid "$out" $(client nix-store -q --references "$out")
   n=$(grep -c "^building '[^']*' on 'ssh-ng://relay'" "$BLOG" || true)
   [ "$n" = 11 ] || fail "ssh-ng: expected 11 builds on ssh-ng://relay, saw $n"
@@ -137,6 +138,7 @@ sc_o() {
   host=$(wait_started "slow: 1/8") || { kill "$bg" 2>/dev/null || true; fail "the build never started on a backend"; }
   pid=$(cat "$STATE/run/$host.pid")
   echo "  killing $host (sshd $pid and $(descendants "$pid" | wc -w) processes under it) mid-build"
+  # shellcheck disable=SC2046 # a list of words (paths or pids), split on purpose
   kill -9 $(descendants "$pid") "$pid" 2>/dev/null || true
   wait "$bg" || { tail -5 "$BLOG"; fail "the client's build failed after $host died"; }
   out=$(cat "$LOGS/o.out")
@@ -186,6 +188,7 @@ sc_q() {
   [ -n "$builder" ] || fail "no build processes on $host to begin with (under sshd $pid: $(ps -o pid=,args= -p "$(descendants "$pid" | paste -sd, -)" 2>/dev/null | cut -c1-80 | tr '\n' ';'))"
   sess=$(session_root "$pid" "$builder")
   [ -n "$sess" ] || fail "no ssh session above the builder (pid $builder) on $host"
+  # shellcheck disable=SC2046 # a list of words (paths or pids), split on purpose
   kill -9 $(descendants "$bg") "$bg" 2>/dev/null || true
   wait "$bg" 2>/dev/null || true
   for i in $(seq 1 50); do
@@ -195,6 +198,7 @@ sc_q() {
     [ -z "$left" ] && break
     sleep 0.1
   done
+  # shellcheck disable=SC2046 # a list of words (paths or pids), split on purpose
   [ -z "$left" ] || fail "$host still runs $(echo $left | wc -w) processes of the build 5 s after the client died: $(ps -o pid=,args= -p $(echo $left | tr ' ' ,) | head -3 | tr '\n' ';')"
   idle=$(descendants "$pid" | wc -w)
   echo "  $host's build session and builders were gone $((i / 10)).$((i % 10)) s after the client was killed ($idle processes of idle pooled sessions remain)"

@@ -67,6 +67,7 @@ sc_r() {
   [ "$(reload_relay)" = "+h9" ] || fail "reload did not add h9 alone"
   OFF=$(relay_log_size)
   out=$(build top "$s") || { tail -5 "$BLOG"; fail "nix-build -A top failed with h9 down"; }
+  # shellcheck disable=SC2046 # a list of words (paths or pids), split on purpose
   client_valid "$out" $(client nix-store -q --references "$out")
   tail -c +"$((OFF + 1))" "$STATE/relay.log" | grep -a 'backend marked down' | grep -q 'backend="\?h9' \
     || fail "relay.log never marked h9 down"
