@@ -27,7 +27,12 @@ flood_build() {
   grep -aq 'xxxxxxxxxxxxxxxx' "$BLOG" || fail "$proto: no flood text reached the client"
   if [ "${LAB_BACKEND_PROTO:-ssh}" = ssh-ng ]; then
     [ "$rc" = 0 ] || fail "$proto: the build failed: $(grep -a -m1 error: "$BLOG" | cut -c1-300)"
-    grep -aq 'more bytes of this log line dropped' "$BLOG" || fail "$proto: no note that the long line was cut"
+    # A Nix 2.8 ssh-ng:// client's hook re-sends each log piece as an
+    # `@nix` JSON line that its parent cannot parse ("bad JSON log message
+    # from builder"), so only an ssh:// client shows the note.
+    if [ "$proto" = ssh ]; then
+      grep -aq 'more bytes of this log line dropped' "$BLOG" || fail "$proto: no note that the long line was cut"
+    fi
   else
     [ "$rc" != 0 ] || fail "$proto: a build with $FLOOD_MIB MiB of log succeeded (max_log_size not enforced): $out"
     tail -c +"$((off + 1))" "$STATE/relay.log" | grep -a "drv=\"lab-logflood-${FLOOD_MIB}m\"" \
