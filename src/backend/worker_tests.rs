@@ -64,6 +64,18 @@ async fn send(w: &mut WriteHalf<DuplexStream>, msgs: &[StderrMsg], v: WorkerVers
     w.write_all(&buf).await.unwrap();
 }
 
+/// A derivation with nothing in it: what the fake daemon builds.
+fn empty_drv() -> BasicDerivation {
+    BasicDerivation {
+        outputs: Vec::new(),
+        input_srcs: Vec::new(),
+        platform: "x86_64-linux".into(),
+        builder: b"/bin/sh".to_vec(),
+        args: Vec::new(),
+        env: Vec::new(),
+    }
+}
+
 fn activity(kind: u64, text: &str) -> StderrMsg {
     StderrMsg::StartActivity {
         id: 1,
@@ -215,14 +227,7 @@ async fn upload_answers_stderr_read_at_1_22() {
 async fn build_streams_the_log_and_an_error_keeps_the_connection() {
     let (mut c, (mut sr, mut sw, v)) = pair(WorkerVersion::LATEST).await;
     let (log, mut log_rx) = tokio::sync::mpsc::channel(64);
-    let drv = BasicDerivation {
-        outputs: Vec::new(),
-        input_srcs: Vec::new(),
-        platform: "x86_64-linux".into(),
-        builder: b"/bin/sh".to_vec(),
-        args: Vec::new(),
-        env: Vec::new(),
-    };
+    let drv = empty_drv();
     let daemon = async {
         let limits = Limits::default();
         let req = Request::read(&mut sr, v, &limits).await.unwrap().unwrap();
@@ -302,14 +307,7 @@ async fn a_log_line_longer_than_any_limit_is_cut_and_the_stream_stays_in_step() 
     const LINE: u64 = 80 << 20;
     let (mut c, (mut sr, mut sw, v)) = pair(WorkerVersion::LATEST).await;
     let (log, mut log_rx) = tokio::sync::mpsc::channel(64);
-    let drv = BasicDerivation {
-        outputs: Vec::new(),
-        input_srcs: Vec::new(),
-        platform: "x86_64-linux".into(),
-        builder: b"/bin/sh".to_vec(),
-        args: Vec::new(),
-        env: Vec::new(),
-    };
+    let drv = empty_drv();
     let daemon = async {
         let limits = Limits::default();
         Request::read(&mut sr, v, &limits).await.unwrap().unwrap();
