@@ -10,10 +10,10 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info, info_span};
 
 use crate::config::Config;
+use crate::front::server::{FrontEnd, serve_connection};
 use crate::scheduler::history::{self, History};
 use crate::scheduler::{ReloadSummary, Scheduler};
 use crate::session::Relay;
-use crate::ssh::server::{FrontEnd, serve_connection};
 use crate::store::Store;
 
 #[derive(Parser)]
@@ -211,7 +211,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
-    let ssh_config = crate::ssh::server::config(host_key.clone());
+    let ssh_config = crate::front::server::config(host_key.clone());
     info!(listen = %config.server.listen, backends = config.backends.len(), "nix-relay listening");
     println!(
         "{}",

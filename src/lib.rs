@@ -8,10 +8,12 @@
 
 pub mod admin;
 pub mod backend;
+pub mod buildlog;
 pub mod cli;
 pub mod config;
 pub mod durable;
 pub mod ec2;
+pub mod front;
 pub mod http;
 pub mod keys;
 pub mod machines;

@@ -311,27 +311,31 @@ pub fn ec2_api_retry(op: &'static str) {
     counter!("nix_relay_ec2_api_retries_total", "op" => op).increment(1);
 }
 
+/// One template's accrued EC2 cost: instance-seconds and dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Ec2Cost {
+    pub instance_seconds: f64,
+    pub dollars: f64,
+}
+
 /// The fractional EC2 cost counters in Prometheus text format, by template:
 /// `nix_relay_ec2_instance_seconds_total` and `nix_relay_ec2_dollars_total`.
-pub fn ec2_cost_text(
-    cost: &std::collections::BTreeMap<String, crate::ec2::cost::TemplateCost>,
-) -> String {
-    use crate::ec2::cost::TemplateCost;
+pub fn ec2_cost_text<'a>(cost: impl IntoIterator<Item = (&'a str, Ec2Cost)> + Clone) -> String {
     let mut out = String::new();
     for (name, help, pick) in [
         (
             "nix_relay_ec2_instance_seconds_total",
             "Instance-seconds accrued since start, by template",
-            (|c: &TemplateCost| c.instance_seconds) as fn(&TemplateCost) -> f64,
+            (|c: Ec2Cost| c.instance_seconds) as fn(Ec2Cost) -> f64,
         ),
         (
             "nix_relay_ec2_dollars_total",
             "Dollars accrued since start (instance-seconds x price_per_hour), by template",
-            |c: &TemplateCost| c.dollars,
+            |c: Ec2Cost| c.dollars,
         ),
     ] {
         out += &format!("# HELP {name} {help}\n# TYPE {name} counter\n");
-        for (template, c) in cost {
+        for (template, c) in cost.clone() {
             out += &format!("{name}{{template=\"{template}\"}} {}\n", pick(c));
         }
     }
@@ -340,22 +344,21 @@ pub fn ec2_cost_text(
 
 #[cfg(test)]
 mod tests {
-    use crate::ec2::cost::TemplateCost;
+    use super::Ec2Cost;
 
     #[test]
     fn ec2_cost_is_rendered_as_fractional_counters_by_template() {
         let cost = [(
-            "arm-big".to_string(),
-            TemplateCost {
+            "arm-big",
+            Ec2Cost {
                 instance_seconds: 90.5,
                 dollars: 0.25,
             },
-        )]
-        .into();
-        let text = super::ec2_cost_text(&cost);
+        )];
+        let text = super::ec2_cost_text(cost);
         assert!(text.contains("# TYPE nix_relay_ec2_dollars_total counter\n"));
         assert!(text.contains("nix_relay_ec2_instance_seconds_total{template=\"arm-big\"} 90.5\n"));
         assert!(text.contains("nix_relay_ec2_dollars_total{template=\"arm-big\"} 0.25\n"));
-        assert_eq!(super::ec2_cost_text(&Default::default()).lines().count(), 4);
+        assert_eq!(super::ec2_cost_text([]).lines().count(), 4);
     }
 }

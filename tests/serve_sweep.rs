@@ -168,7 +168,7 @@ async fn session(
     input: Vec<u8>,
     writable: bool,
 ) -> Result<(Result<(), String>, Vec<u8>), String> {
-    let log = nix_relay::ssh::server::null_log();
+    let log = nix_relay::front::server::null_log();
     let mut task = tokio::spawn(async move {
         let mut out = Vec::new();
         let client = nix_relay::session::ClientId {

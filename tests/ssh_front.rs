@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix_relay::config::{Client, Limits};
+use nix_relay::front::server::{FrontEnd, config, serve_connection};
 use nix_relay::scheduler::Scheduler;
 use nix_relay::session::Relay;
-use nix_relay::ssh::server::{FrontEnd, config, serve_connection};
 use nix_relay::store::Store;
 use russh::client;
 use russh::keys::ssh_key::private::Ed25519Keypair;

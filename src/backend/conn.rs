@@ -9,7 +9,7 @@
 use tokio::io::AsyncRead;
 
 use super::{ConnReader, ConnWriter, ServeClient, WorkerClient};
-use crate::ssh::LogSink;
+use crate::buildlog::LogSink;
 use crate::wire::Result;
 use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
 use crate::wire::path_info::ValidPathInfo;

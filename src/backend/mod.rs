@@ -17,8 +17,8 @@ use std::process::Stdio;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
+use crate::buildlog::LogSink;
 use crate::config::{Backend, BackendUri, Protocol};
-use crate::ssh::LogSink;
 use crate::ssh::stall::{Watch, Watched};
 use crate::wire::serve::{self, ServeVersion};
 use crate::wire::worker::WorkerVersion;

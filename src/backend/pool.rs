@@ -30,8 +30,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{BackendConn, Error, connect_watched};
+use crate::buildlog::LogSink;
 use crate::config::Backend;
-use crate::ssh::LogSink;
 
 /// A session idle at least this long answers a probe before reuse.
 pub const PROBE_AFTER: Duration = Duration::from_secs(10);
@@ -45,6 +45,20 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
     /// Keepalives and stall timeout of every SSH session opened.
     pub watch: crate::ssh::stall::Watch,
+}
+
+impl PoolLimits {
+    /// The pool's part of the relay's `[limits]`.
+    pub fn from_limits(l: &crate::config::Limits) -> Self {
+        PoolLimits {
+            max_idle: usize::try_from(l.backend_idle_sessions).unwrap_or(usize::MAX),
+            idle_timeout: l.backend_idle_timeout,
+            watch: crate::ssh::stall::Watch {
+                keepalive_interval: l.backend_keepalive_interval,
+                stall_timeout: l.backend_stall_timeout,
+            },
+        }
+    }
 }
 
 /// Whether a checkout opened a session or reused one.

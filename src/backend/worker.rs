@@ -11,7 +11,7 @@
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::ssh::{LogSink, log_pieces};
+use crate::buildlog::{LogSink, log_pieces};
 use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::primitives::{read_bool, read_paths};

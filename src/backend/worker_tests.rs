@@ -351,7 +351,7 @@ async fn a_log_line_longer_than_any_limit_is_cut_and_the_stream_stays_in_step() 
         "the stream stayed in step"
     );
     assert!(
-        biggest <= crate::ssh::MAX_LOG_LINE,
+        biggest <= crate::buildlog::MAX_LOG_LINE,
         "piece of {biggest} bytes"
     );
     let note = format!(

@@ -191,17 +191,6 @@ impl Limits {
         }
     }
 
-    pub fn pool(&self) -> crate::backend::PoolLimits {
-        crate::backend::PoolLimits {
-            max_idle: usize::try_from(self.backend_idle_sessions).unwrap_or(usize::MAX),
-            idle_timeout: self.backend_idle_timeout,
-            watch: crate::ssh::stall::Watch {
-                keepalive_interval: self.backend_keepalive_interval,
-                stall_timeout: self.backend_stall_timeout,
-            },
-        }
-    }
-
     pub fn nar(&self) -> crate::wire::nar::NarLimits {
         crate::wire::nar::NarLimits {
             max_nar_bytes: self.max_nar_size,

@@ -123,6 +123,14 @@ fn publish_status(s: Status) {
 /// without `[ec2]`.
 pub fn metrics_text() -> String {
     status()
-        .map(|s| crate::metrics::ec2_cost_text(&s.cost))
+        .map(|s| {
+            crate::metrics::ec2_cost_text(s.cost.iter().map(|(t, c)| {
+                let cost = crate::metrics::Ec2Cost {
+                    instance_seconds: c.instance_seconds,
+                    dollars: c.dollars,
+                };
+                (t.as_str(), cost)
+            }))
+        })
         .unwrap_or_default()
 }

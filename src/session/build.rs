@@ -21,11 +21,11 @@ use super::log::{Recv, effective_max_log_size};
 pub use super::outputs::Finished;
 use super::{ClientId, Relay, say};
 use crate::backend::{self, BackendConn};
+use crate::buildlog::LogSink;
 use crate::error_chain as chain;
 use crate::metrics::{Direction, Outcome as BuildOutcome};
 use crate::scheduler::locality::InputSummary;
 use crate::scheduler::{Acquired, JobSpec, Scheduler, Slot};
-use crate::ssh::LogSink;
 use crate::store::Scope;
 use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult, BuildStatus, drv_name};
 use crate::wire::store_path::StorePath;
@@ -54,9 +54,15 @@ pub async fn run(
                 crate::metrics::cache_lookup(true);
                 (cache_hit(), None)
             }
-            Ok(Prepared::Build(key)) => {
+            Ok(Prepared::Build(key, closure)) => {
                 crate::metrics::cache_lookup(false);
-                attach_and_wait(relay, log, client, gone, key, drv_path, drv, options).await
+                let job = ToBuild {
+                    key,
+                    closure,
+                    drv_path,
+                    drv,
+                };
+                attach_and_wait(relay, log, client, gone, job, options).await
             }
             Err(msg) => {
                 say(log, &msg).await;
@@ -73,7 +79,16 @@ pub async fn run(
 
 enum Prepared {
     Hit,
-    Build(FlightKey),
+    /// To build: the flight's key and the input closure (read once here).
+    Build(FlightKey, crate::store::Closure),
+}
+
+/// A derivation to build, as [`prepare`] found it.
+struct ToBuild<'a> {
+    key: FlightKey,
+    closure: crate::store::Closure,
+    drv_path: &'a StorePath,
+    drv: &'a BasicDerivation,
 }
 
 /// Decides the build's scope from its inputs and checks for a cache hit.
@@ -83,9 +98,9 @@ async fn prepare(
     client: &ClientId,
     drv: &BasicDerivation,
 ) -> Result<Prepared, String> {
-    let (_, private) = relay
+    let closure = relay
         .store
-        .closure_sorted(&drv.input_srcs, Some(&client.name))
+        .closure(&drv.input_srcs, Some(&client.name))
         .await
         .map_err(|e| match e {
             crate::store::Error::Missing(p) => {
@@ -107,8 +122,8 @@ async fn prepare(
         say(log, "cache hit: every output is in the relay store").await;
         return Ok(Prepared::Hit);
     }
-    let scope = build_scope(client, private);
-    Ok(Prepared::Build(FlightKey { scope, outputs }))
+    let scope = build_scope(client, closure.private);
+    Ok(Prepared::Build(FlightKey { scope, outputs }, closure))
 }
 
 /// A build is public only when a trusted client asks for it and every
@@ -134,11 +149,15 @@ async fn attach_and_wait(
     log: &LogSink,
     client: &ClientId,
     gone: &CancellationToken,
-    key: FlightKey,
-    drv_path: &StorePath,
-    drv: &BasicDerivation,
+    job: ToBuild<'_>,
     options: BuildOptions,
 ) -> (BuildResult, Option<Pending>) {
+    let ToBuild {
+        key,
+        closure,
+        drv_path,
+        drv,
+    } = job;
     let (attachment, created) = relay.flights.attach(key, relay.keep_going);
     let flight = attachment.flight.clone();
     let mut log_rx = flight.log.subscribe();
@@ -150,6 +169,7 @@ async fn attach_and_wait(
             client.name.clone(),
             drv_path.clone(),
             drv.clone(),
+            closure,
             options,
         );
         tokio::spawn(task.in_current_span());
@@ -216,6 +236,7 @@ async fn fly(
     client: String,
     drv_path: StorePath,
     drv: BasicDerivation,
+    closure: crate::store::Closure,
     options: BuildOptions,
 ) {
     let (log_tx, mut log_rx) = mpsc::channel::<bytes::Bytes>(64);
@@ -228,7 +249,7 @@ async fn fly(
     });
     let scope = flight.key.scope.clone();
     let result = tokio::select! {
-        r = build(&relay, &log_tx, &client, &scope, &drv_path, &drv, options) => r,
+        r = build(&relay, &log_tx, &client, &scope, &drv_path, &drv, closure, options) => r,
         _ = flight.cancel.cancelled() => {
             crate::metrics::build_finished(&drv.platform, "none", BuildOutcome::Cancelled, None);
             Err("cancelled: every client waiting for it is gone".to_string())
@@ -274,6 +295,7 @@ const MAX_ATTEMPTS: u32 = 3;
 /// Builds on the best backend; a build lost to infrastructure (the backend
 /// unreachable or gone mid-build) is retried on another, up to
 /// [`MAX_ATTEMPTS`]. A build that fails on its own is not retried.
+#[allow(clippy::too_many_arguments)]
 async fn build(
     relay: &Relay,
     log: &LogSink,
@@ -281,13 +303,12 @@ async fn build(
     scope: &Scope,
     drv_path: &StorePath,
     drv: &BasicDerivation,
+    closure: crate::store::Closure,
     options: BuildOptions,
 ) -> Result<(BuildResult, Option<Finished>), String> {
     let system = drv.platform.clone();
     // What this build needs stays in the store until it is done.
-    let (inputs, _pin) = input_closure(relay, client, &drv.input_srcs)
-        .await
-        .map_err(|e| format!("copying inputs: {}", chain(&e)))?;
+    let (inputs, _pin) = input_closure(relay, closure);
     let summary = Arc::new(inputs.summary.clone());
     let spec = job_spec(client, drv_path, drv, summary, *scope != Scope::Public)?;
     for attempt in 1..=MAX_ATTEMPTS {
@@ -299,7 +320,6 @@ async fn build(
         let speed = slot.backend().speed_factor;
         let started = tokio::time::Instant::now();
         let job = Job {
-            client,
             scope,
             drv_path,
             drv,
@@ -382,7 +402,6 @@ fn backend_failed(relay: &Relay, name: &str, e: &BuildError) {
 
 /// One build attempt's fixed inputs.
 struct Job<'a> {
-    client: &'a str,
     scope: &'a Scope,
     drv_path: &'a StorePath,
     drv: &'a BasicDerivation,
@@ -391,44 +410,18 @@ struct Job<'a> {
 
 /// A build's input closure, references first, and its summary for placement.
 struct Inputs {
-    closure: Vec<StorePath>,
+    closure: crate::store::Closure,
     summary: InputSummary,
-    /// Some of the closure is in the client's private scope.
-    private: bool,
 }
 
-/// The closure of `srcs` in the relay store, pinned while the guard lives.
-async fn input_closure(
-    relay: &Relay,
-    client: &str,
-    srcs: &[StorePath],
-) -> Result<(Inputs, crate::store::Pin), BuildError> {
-    let (closure, private) = relay
-        .store
-        .closure_sorted(srcs, Some(client))
-        .await
-        .map_err(|e| match e {
-            crate::store::Error::Missing(p) => BuildError::MissingInput(p),
-            e => BuildError::Store(e),
-        })?;
-    let pin = relay.store.pin(&closure);
-    let mut sized = Vec::with_capacity(closure.len());
-    for p in &closure {
-        let size = relay
-            .store
-            .narinfo(p, Some(client))
-            .await?
-            .ok_or_else(|| BuildError::MissingInput(p.clone()))?
-            .nar_size;
-        sized.push((p.clone(), size));
-    }
+/// The closure, pinned in the store while the guard lives.
+fn input_closure(relay: &Relay, closure: crate::store::Closure) -> (Inputs, crate::store::Pin) {
+    let pin = relay.store.pin(&closure.paths());
+    let sized: Vec<_> = (closure.entries.iter())
+        .map(|(_, n)| (n.store_path.clone(), n.nar_size))
+        .collect();
     let summary = InputSummary::new(sized);
-    let inputs = Inputs {
-        closure,
-        summary,
-        private,
-    };
-    Ok((inputs, pin))
+    (Inputs { closure, summary }, pin)
 }
 
 async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, String> {
@@ -456,7 +449,7 @@ async fn on_backend(
     options: BuildOptions,
 ) -> Result<(BuildResult, Option<Finished>), BuildError> {
     let b = slot.backend().clone();
-    let private = *job.scope != Scope::Public || job.inputs.private;
+    let private = *job.scope != Scope::Public || job.inputs.closure.private;
     if b.untrusted_clients != private {
         // The scheduler never places it so; a private path must never
         // reach a trusted backend's store, nor a public build an untrusted one.
@@ -475,11 +468,11 @@ async fn on_backend(
     relay.scheduler.report_connect(&b.name, conn.is_ok());
     let (mut conn, kind) = conn?;
     crate::metrics::backend_session(&b.name, kind.label());
-    push_inputs(relay, &mut conn, job.client, &job.inputs.closure).await?;
+    push_inputs(relay, &mut conn, &job.inputs.closure).await?;
     relay
         .scheduler
         .locality()
-        .confirm(&b.name, &job.inputs.closure);
+        .confirm(&b.name, &job.inputs.closure.paths());
     let started = tokio::time::Instant::now();
     let result = tokio::select! {
         r = conn.client.build_derivation(job.drv_path, job.drv, options, log) => r.map_err(BuildError::Build)?,
@@ -534,7 +527,7 @@ impl BuildError {
         match self {
             BuildError::Connect(_) => true,
             BuildError::Inputs(e) | BuildError::Build(e) | BuildError::Outputs(e) => wire(e),
-            BuildError::MissingInput(_) | BuildError::Store(_) | BuildError::Trust(_) => false,
+            BuildError::Store(_) | BuildError::Trust(_) => false,
         }
     }
 }
@@ -543,8 +536,6 @@ impl BuildError {
 pub enum BuildError {
     #[error("connecting")]
     Connect(#[from] backend::Error),
-    #[error("input {0} is not in the relay store")]
-    MissingInput(StorePath),
     #[error("reading the relay store")]
     Store(#[from] crate::store::Error),
     #[error("copying inputs")]
@@ -562,12 +553,11 @@ pub enum BuildError {
 async fn push_inputs(
     relay: &Relay,
     conn: &mut BackendConn,
-    client: &str,
-    closure: &[StorePath],
+    closure: &crate::store::Closure,
 ) -> Result<(), BuildError> {
     let valid: std::collections::HashSet<StorePath> = conn
         .client
-        .query_valid_paths(closure.to_vec())
+        .query_valid_paths(closure.paths())
         .await
         .map_err(BuildError::Inputs)?
         .into_iter()
@@ -575,9 +565,10 @@ async fn push_inputs(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    for p in closure.iter().filter(|p| !valid.contains(*p)) {
-        let (narinfo, mut nar) = relay.store.open_nar(p, Some(client)).await?;
-        let mut info = crate::store::to_path_info(&narinfo);
+    let missing = (closure.entries.iter()).filter(|(_, n)| !valid.contains(&n.store_path));
+    for (scope, narinfo) in missing {
+        let mut nar = relay.store.open_nar_of(scope, narinfo).await?;
+        let mut info = crate::store::to_path_info(narinfo);
         info.registration_time = now;
         conn.client
             .add_to_store_nar(&info, &mut nar)

@@ -133,7 +133,7 @@ async fn an_untrusted_clients_build_is_private_whatever_its_inputs() {
         trusted: true,
     };
     let key = |p| match p {
-        Ok(Prepared::Build(k)) => k,
+        Ok(Prepared::Build(k, _)) => k,
         Ok(Prepared::Hit) => panic!("a cache hit"),
         Err(e) => panic!("{e}"),
     };

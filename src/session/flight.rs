@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::build::Finished;
 use super::log::{Backlog, LOG_BACKLOG_BYTES};
+use super::outputs::Finished;
 use crate::store::Scope;
 use crate::wire::build::BuildResult;
 use crate::wire::store_path::StorePath;

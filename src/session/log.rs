@@ -20,8 +20,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use crate::ssh::MAX_LOG_LINE;
-use crate::ssh::{LogSink, log_pieces};
+pub use crate::buildlog::MAX_LOG_LINE;
+use crate::buildlog::{LogSink, log_pieces};
 use crate::wire::worker::stderr::{Field, RES_BUILD_LOG_LINE, StderrMsg};
 
 /// Log bytes a flight keeps for attached clients that fall behind.

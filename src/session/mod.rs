@@ -11,8 +11,8 @@ pub mod worker;
 
 use std::sync::Arc;
 
+use crate::buildlog::LogSink;
 use crate::scheduler::Scheduler;
-use crate::ssh::LogSink;
 use crate::store::Store;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
@@ -53,7 +53,7 @@ impl Relay {
         Relay {
             store,
             scheduler,
-            pool: crate::backend::Pool::new(limits.pool()),
+            pool: crate::backend::Pool::new(crate::backend::PoolLimits::from_limits(&limits)),
             limits,
             flights: Default::default(),
             keep_going,

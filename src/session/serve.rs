@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::build::{self, Pending};
 use super::{ClientId, Error, Relay};
-use crate::ssh::LogSink;
+use crate::buildlog::LogSink;
 use crate::store::{Verify, topo_sort};
 use crate::wire::build::{BuildResult, BuildStatus};
 use crate::wire::path_info::ValidPathInfo;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::ssh::LogSink;
+use crate::buildlog::LogSink;
 use crate::wire::build::BuildOptions;
 
 pub const GRACE: Duration = Duration::from_secs(10);

@@ -1,5 +1,6 @@
-//! SSH on both sides: the front end clients log into ([`server`]) and the
-//! client the relay uses to reach its backends ([`client`]).
+//! SSH plumbing for both sides: the client the relay uses to reach its
+//! backends ([`client`], kept alive and watched by [`stall`]) and the channel
+//! pump the client-facing front end ([`crate::front`]) shares with it.
 //!
 //! russh delivers a channel's data through a bounded per-channel queue and
 //! stalls the whole connection while it is full, so a channel's reading half
@@ -7,30 +8,16 @@
 //! protocol code then reads the pipe and writes the writing half freely.
 
 pub mod client;
-pub mod command;
 pub mod deadline;
-pub mod server;
 pub mod stall;
 
 use bytes::Bytes;
 use russh::ChannelMsg;
 use russh::ChannelReadHalf;
 use tokio::io::{AsyncWriteExt, SimplexStream, WriteHalf};
-use tokio::sync::mpsc;
 
-/// Where a build log goes: a bounded queue of stderr chunks, each at most
-/// [`MAX_LOG_LINE`] bytes.
-pub type LogSink = mpsc::Sender<Bytes>;
-
-/// The most log bytes in one chunk on a [`LogSink`], one `STDERR_NEXT` or
-/// one `buildLogLine`: a longer line is cut into pieces of this size.
-pub const MAX_LOG_LINE: usize = 64 << 10;
-
-/// `chunk` in pieces of at most [`MAX_LOG_LINE`] bytes (no copies).
-pub fn log_pieces(chunk: Bytes) -> impl Iterator<Item = Bytes> {
-    let n = chunk.len().div_ceil(MAX_LOG_LINE);
-    (0..n).map(move |i| chunk.slice(i * MAX_LOG_LINE..((i + 1) * MAX_LOG_LINE).min(chunk.len())))
-}
+pub use crate::buildlog::LogSink;
+use crate::buildlog::log_pieces;
 
 /// Bytes buffered between a channel and its reader. Without a bound a fast
 /// peer could fill memory while the relay waits on the other side.

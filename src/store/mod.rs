@@ -253,15 +253,21 @@ impl Store {
             .find(path, client)
             .await?
             .ok_or_else(|| Error::Missing(path.clone()))?;
-        let dir = self.scope_dir(&scope);
-        self.touch(&dir, path);
+        let reader = self.open_nar_of(&scope, &info).await?;
+        Ok((info, reader))
+    }
+
+    /// Opens the NAR of an entry already looked up (a [`Closure`]'s), for
+    /// reading, decompressed.
+    pub async fn open_nar_of(&self, scope: &Scope, info: &NarInfo) -> Result<NarReader, Error> {
+        let dir = self.scope_dir(scope);
+        self.touch(&dir, &info.store_path);
         let file = dir.join(&info.url);
         let f = tokio::fs::File::open(&file)
             .await
             .map_err(io_err("opening NAR", &file))?;
         let raw = BufReader::with_capacity(256 << 10, f);
-        let reader = writer::decompressor(&info.compression, raw)?;
-        Ok((info, reader))
+        writer::decompressor(&info.compression, raw)
     }
 
     /// Starts storing a NAR; the entry appears when [`NarWriter::commit`]
@@ -378,8 +384,20 @@ impl Store {
         roots: &[StorePath],
         client: Option<&str>,
     ) -> Result<(Vec<StorePath>, bool), Error> {
+        let c = self.closure(roots, client).await?;
+        Ok((c.paths(), c.private))
+    }
+
+    /// The closure of `roots` as `client` sees it, references first, each
+    /// path's narinfo read once (a build reads its closure through this
+    /// and nothing else).
+    pub async fn closure(
+        &self,
+        roots: &[StorePath],
+        client: Option<&str>,
+    ) -> Result<Closure, Error> {
+        let mut found: HashMap<StorePath, (Scope, NarInfo)> = HashMap::new();
         let mut refs: HashMap<StorePath, BTreeSet<StorePath>> = HashMap::new();
-        let mut private = false;
         let mut todo: Vec<StorePath> = roots.to_vec();
         while let Some(p) = todo.pop() {
             if refs.contains_key(&p) {
@@ -389,12 +407,35 @@ impl Store {
                 .find(&p, client)
                 .await?
                 .ok_or_else(|| Error::Missing(p.clone()))?;
-            private |= scope != Scope::Public;
-            let info = to_path_info(&info);
-            todo.extend(info.references.iter().filter(|r| **r != p).cloned());
-            refs.insert(p, info.references);
+            let r: BTreeSet<StorePath> = info.references.iter().cloned().collect();
+            todo.extend(r.iter().filter(|r| **r != p).cloned());
+            refs.insert(p.clone(), r);
+            found.insert(p, (scope, info));
         }
-        Ok((topo_sort(&refs), private))
+        let entries: Vec<(Scope, NarInfo)> = topo_sort(&refs)
+            .into_iter()
+            .filter_map(|p| found.remove(&p))
+            .collect();
+        let private = entries.iter().any(|(s, _)| *s != Scope::Public);
+        Ok(Closure { entries, private })
+    }
+}
+
+/// A closure in the relay store: each path with the scope it was found in
+/// and its narinfo, references first.
+#[derive(Debug, Clone, Default)]
+pub struct Closure {
+    pub entries: Vec<(Scope, NarInfo)>,
+    /// Some of it is in the client's private scope.
+    pub private: bool,
+}
+
+impl Closure {
+    pub fn paths(&self) -> Vec<StorePath> {
+        self.entries
+            .iter()
+            .map(|(_, n)| n.store_path.clone())
+            .collect()
     }
 }
 

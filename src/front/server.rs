@@ -18,10 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::deadline::Cuttable;
-use super::{LogSink, PIPE_BYTES, pump};
 use crate::config::Client;
 use crate::session::{self, ClientId, Relay};
+use crate::ssh::deadline::Cuttable;
+use crate::ssh::{LogSink, PIPE_BYTES, pump};
 use tokio_util::sync::CancellationToken;
 
 pub use super::command::{Command, parse_command};
