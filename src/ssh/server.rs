@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::deadline::Cuttable;
-use super::{LogSink, PIPE_BYTES, pump};
+use super::{PIPE_BYTES, pump};
 use crate::config::Client;
 use crate::session::{self, ClientId, Relay};
 use tokio_util::sync::CancellationToken;
@@ -453,8 +453,9 @@ async fn forward_log(
     }
 }
 
-/// A log sink for tests and tools that just collects lines.
-pub fn null_log() -> LogSink {
+/// A log sink for tests that just collects lines.
+#[cfg(feature = "testing")]
+pub fn null_log() -> super::LogSink {
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     tx
