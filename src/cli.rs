@@ -148,32 +148,11 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
 /// Runs the relay. `path`, the config file it came from, is re-read on
 /// SIGHUP to reload the backends.
 pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
-    std::fs::create_dir_all(&config.server.state_dir)
-        .with_context(|| format!("creating state dir {}", config.server.state_dir.display()))?;
+    let relay = open_relay(&config)?;
     let host_key = crate::keys::load_or_create_host_key(&config.server.host_key)?;
-    let signer =
-        crate::keys::load_or_create_signing_key(&config.cache.signing_key, &config.cache.key_name)?;
-    info!(key = %signer.public(), "cache signing key (put it in trusted-public-keys)");
-    let settings = crate::store::Settings {
-        compression: config.cache.compression,
-        signer: Some(Arc::new(signer)),
-        trusted_keys: config.cache.trusted_public_keys.clone(),
-        max_size: config.cache.max_size,
-    };
-    let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
     if config.clients.is_empty() {
         tracing::warn!("no client keys configured: nobody can log in");
     }
-    let relay = Arc::new(Relay::new(
-        store,
-        Scheduler::with_history(
-            config.backends.clone(),
-            config.limits.max_waiting_jobs,
-            Arc::new(History::load(&config.server.state_dir)),
-        ),
-        config.limits,
-        config.cache.keep_going,
-    ));
     let front = Arc::new(FrontEnd {
         relay,
         clients: Arc::new(config.clients.clone()),
@@ -181,15 +160,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
         handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes as usize)),
     });
     let metrics = install_metrics(&config, &front.relay);
-    let sched = front.relay.scheduler.clone();
-    tokio::spawn(async move {
-        // Backends whose backoff ended get their waiting jobs.
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            sched.tick();
-        }
-    });
+    spawn_scheduler_tick(front.relay.scheduler.clone());
     let ec2 = match &config.ec2 {
         Some(c) => Some(
             crate::ec2::cli::start(c, front.relay.scheduler.clone(), &config.server.state_dir)
@@ -239,6 +210,45 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
             }
         }
     }
+}
+
+/// The relay core `serve` runs: the state dir, the signing key, the
+/// store, the scheduler with its history, the backend pool and the limits
+/// (also what `testing::harness` runs, so a test relay is this one).
+pub fn open_relay(config: &Config) -> Result<Arc<Relay>> {
+    std::fs::create_dir_all(&config.server.state_dir)
+        .with_context(|| format!("creating state dir {}", config.server.state_dir.display()))?;
+    let signer =
+        crate::keys::load_or_create_signing_key(&config.cache.signing_key, &config.cache.key_name)?;
+    info!(key = %signer.public(), "cache signing key (put it in trusted-public-keys)");
+    let settings = crate::store::Settings {
+        compression: config.cache.compression,
+        signer: Some(Arc::new(signer)),
+        trusted_keys: config.cache.trusted_public_keys.clone(),
+        max_size: config.cache.max_size,
+    };
+    let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
+    Ok(Arc::new(Relay::new(
+        store,
+        Scheduler::with_history(
+            config.backends.clone(),
+            config.limits.max_waiting_jobs,
+            Arc::new(History::load(&config.server.state_dir)),
+        ),
+        config.limits,
+        config.cache.keep_going,
+    )))
+}
+
+/// Every second, backends whose backoff ended get their waiting jobs.
+pub fn spawn_scheduler_tick(sched: Arc<Scheduler>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            sched.tick();
+        }
+    })
 }
 
 /// Writes the build history every [`history::SAVE_INTERVAL`] if it changed.

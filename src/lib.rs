@@ -23,6 +23,8 @@ pub mod session;
 pub mod ssh;
 pub mod status;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 
 /// An error and its causes on one line (`a: b: c`): the one renderer of an

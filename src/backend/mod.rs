@@ -77,6 +77,13 @@ pub enum Error {
         backend: String,
         after: std::time::Duration,
     },
+    #[cfg(feature = "testing")]
+    #[error("backend {backend}: connecting to the in-process fake")]
+    Fake {
+        backend: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("backend {backend} speaks serve protocol {version}, the relay needs at least 2.5")]
     TooOld {
         backend: String,
@@ -91,6 +98,13 @@ enum Transport {
     },
     Local {
         child: tokio::process::Child,
+    },
+    /// An in-process fake (`crate::testing::fake`): dropping the guard
+    /// ends the fake's task, as dropping an SSH connection ends its command.
+    #[cfg(feature = "testing")]
+    InProcess {
+        _stop: tokio_util::sync::DropGuard,
+        ended: tokio::task::JoinHandle<()>,
     },
 }
 
@@ -154,6 +168,8 @@ impl BackendConn {
         match &mut self.transport {
             Transport::Ssh { handle, ended } => !handle.is_closed() && !ended.is_finished(),
             Transport::Local { child } => matches!(child.try_wait(), Ok(None)),
+            #[cfg(feature = "testing")]
+            Transport::InProcess { ended, .. } => !ended.is_finished(),
         }
     }
 }
@@ -219,9 +235,29 @@ async fn connect_untimed(
     ) = match &b.uri {
         // No keepalive reaches a subprocess: a silent local build is
         // indistinguishable from a stuck one, so none is watched.
-        BackendUri::Local | BackendUri::LocalWorker => {
+        BackendUri::Local => {
             let (r, w, child) = spawn_local(b, log)?;
             (r, w, Transport::Local { child }, None)
+        }
+        #[cfg(any(test, feature = "testing"))]
+        BackendUri::LocalWorker => {
+            let (r, w, child) = spawn_local(b, log)?;
+            (r, w, Transport::Local { child }, None)
+        }
+        #[cfg(feature = "testing")]
+        BackendUri::Fake { name, protocol } => {
+            let c =
+                crate::testing::fake::connect(name, *protocol).map_err(|source| Error::Fake {
+                    backend: b.name.clone(),
+                    source,
+                })?;
+            // The same stderr path as a subprocess's.
+            tokio::spawn(forward_stderr(c.stderr, log));
+            let transport = Transport::InProcess {
+                _stop: c.stop,
+                ended: c.ended,
+            };
+            (c.stdout, c.stdin, transport, None)
         }
         BackendUri::Ssh {
             user, host, port, ..
@@ -353,7 +389,7 @@ fn spawn_local(b: &Backend, log: LogSink) -> Result<Pipes, Error> {
     Ok((Box::new(stdout), Box::new(stdin), child))
 }
 
-async fn forward_stderr(mut stderr: tokio::process::ChildStderr, log: LogSink) {
+async fn forward_stderr(mut stderr: impl AsyncRead + Unpin, log: LogSink) {
     use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 16 << 10];
     while let Ok(n) = stderr.read(&mut buf).await {

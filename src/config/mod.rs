@@ -94,7 +94,12 @@ pub enum BackendUri {
     /// `nix-daemon --stdio` spawned on this machine. Not accepted in a
     /// config file: the integration tests use it to drive a real daemon
     /// without SSH.
+    #[cfg(any(test, feature = "testing"))]
     LocalWorker,
+    /// `fake://NAME` (serve) or `fake-ng://NAME` (worker): an in-process
+    /// fake builder registered under NAME (`crate::testing::fake`).
+    #[cfg(feature = "testing")]
+    Fake { name: String, protocol: Protocol },
 }
 
 impl BackendUri {
@@ -102,7 +107,10 @@ impl BackendUri {
         match self {
             BackendUri::Ssh { protocol, .. } => *protocol,
             BackendUri::Local => Protocol::Serve,
+            #[cfg(any(test, feature = "testing"))]
             BackendUri::LocalWorker => Protocol::Worker,
+            #[cfg(feature = "testing")]
+            BackendUri::Fake { protocol, .. } => *protocol,
         }
     }
 }

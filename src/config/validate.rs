@@ -365,6 +365,10 @@ pub fn parse_backend_uri(s: &str) -> Result<BackendUri, String> {
     if s == "local" {
         return Ok(BackendUri::Local);
     }
+    #[cfg(feature = "testing")]
+    if let Some(uri) = fake_uri(s) {
+        return uri;
+    }
     let (rest, protocol) = if let Some(rest) = s.strip_prefix("ssh://") {
         (rest, Protocol::Serve)
     } else if let Some(rest) = s.strip_prefix("ssh-ng://") {
@@ -393,6 +397,24 @@ pub fn parse_backend_uri(s: &str) -> Result<BackendUri, String> {
         host: host.into(),
         port,
         protocol,
+    })
+}
+
+/// `fake://NAME` / `fake-ng://NAME` (only with the `testing` feature).
+#[cfg(feature = "testing")]
+fn fake_uri(s: &str) -> Option<Result<BackendUri, String>> {
+    let (name, protocol) = if let Some(n) = s.strip_prefix("fake://") {
+        (n, Protocol::Serve)
+    } else {
+        (s.strip_prefix("fake-ng://")?, Protocol::Worker)
+    };
+    Some(if name.is_empty() {
+        Err("empty fake backend name".into())
+    } else {
+        Ok(BackendUri::Fake {
+            name: name.into(),
+            protocol,
+        })
     })
 }
 

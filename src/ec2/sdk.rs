@@ -34,6 +34,7 @@ pub async fn connect(cfg: &Ec2Config) -> SdkApi {
 
 /// Static credentials instead of the chain (the moto tests: a test cannot
 /// set environment variables without `unsafe`).
+#[cfg(feature = "testing")]
 pub async fn connect_with_keys(cfg: &Ec2Config, access_key: &str, secret: &str) -> SdkApi {
     let creds = aws_sdk_ec2::config::Credentials::new(access_key, secret, None, None, "static");
     let shared = loader(cfg).credentials_provider(creds).load().await;

@@ -453,7 +453,8 @@ async fn forward_log(
     }
 }
 
-/// A log sink for tests and tools that just collects lines.
+/// A log sink for tests that just collects lines.
+#[cfg(feature = "testing")]
 pub fn null_log() -> LogSink {
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });

@@ -1,0 +1,121 @@
+//! A fake's `nix-daemon --stdio`: the server side of the worker protocol,
+//! encoded by [`crate::wire`]. The build log goes in band, as build-log
+//! lines of one build activity.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::fake::{Connect, Fake};
+use super::fake_serve::send_nar;
+use crate::wire::worker::stderr::{ACT_BUILD, LVL_INFO, RES_BUILD_LOG_LINE};
+use crate::wire::worker::{
+    Field, FramedReader, Reply, Request, StderrMsg, Trust, WorkerError, WorkerVersion,
+    server_handshake,
+};
+use crate::wire::{Error, Limits, Result};
+
+/// AddToStoreNar's NAR is framed from this minor version on.
+const FRAMED_NAR_MINOR: u8 = 23;
+
+/// Serves one connection until the relay hangs up or the script cuts it.
+pub(super) async fn run<R, W>(fake: &Arc<Fake>, mut r: R, mut w: W) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if fake.script().connect == Connect::HangHandshake {
+        return std::future::pending().await;
+    }
+    let nix = "nix-relay fake";
+    let v = server_handshake(&mut r, &mut w, WorkerVersion::LATEST, nix, Trust::Trusted)
+        .await?
+        .version;
+    send(&mut w, v, &[StderrMsg::Last], None).await?;
+    fake.note(|rec| rec.handshakes += 1);
+    let limits = Limits::default();
+    while let Some(req) = Request::read(&mut r, v, &limits).await? {
+        let script = fake.script();
+        let reply = match req {
+            Request::SetOptions(_) => Reply::None,
+            Request::QueryValidPaths { paths, .. } => Reply::Paths(fake.valid(&paths)),
+            Request::QueryPathInfo { path } => Reply::PathInfo(fake.info(&path)),
+            Request::AddToStoreNar { info, .. } if v.minor() >= FRAMED_NAR_MINOR => {
+                let mut framed = FramedReader::new(&mut r, &limits);
+                let nar =
+                    super::fake_serve::receive(&mut framed, info.nar_size, script.cut_upload_after)
+                        .await?;
+                if framed.drain().await? != 0 {
+                    return Err(Error::Protocol("upload longer than its narSize".into()));
+                }
+                fake.add(info, nar);
+                Reply::None
+            }
+            Request::BuildDerivation { drv_path, drv, .. } => {
+                let mut guard = fake.start_build(&drv_path);
+                let text = format!("building '{drv_path}'").into_bytes();
+                send(&mut w, v, &[activity(text)], None).await?;
+                for line in &script.log {
+                    send(&mut w, v, &[log_line(line)], None).await?;
+                }
+                let Some(result) = fake.finish_build(&script, &mut guard, &drv).await else {
+                    return Ok(());
+                };
+                send(&mut w, v, &[StderrMsg::StopActivity { id: 1 }], None).await?;
+                Reply::Build(result.into())
+            }
+            Request::NarFromPath { path } => {
+                send(&mut w, v, &[], Some(Reply::Nar)).await?;
+                if !send_nar(fake, &script, &mut w, &path).await? {
+                    return Ok(()); // cut after the first bytes
+                }
+                continue;
+            }
+            other => {
+                let msg = format!("fake {}: unsupported {:?}", fake.name(), other.op());
+                send(&mut w, v, &[StderrMsg::Error(WorkerError::new(msg))], None).await?;
+                continue;
+            }
+        };
+        send(&mut w, v, &[], Some(reply)).await?;
+    }
+    Ok(())
+}
+
+fn activity(text: Vec<u8>) -> StderrMsg {
+    StderrMsg::StartActivity {
+        id: 1,
+        level: LVL_INFO,
+        kind: ACT_BUILD,
+        text,
+        fields: Vec::new(),
+        parent: 0,
+    }
+}
+
+fn log_line(line: &str) -> StderrMsg {
+    StderrMsg::Result {
+        id: 1,
+        kind: RES_BUILD_LOG_LINE,
+        fields: vec![Field::Str(line.as_bytes().to_vec())],
+    }
+}
+
+/// Writes `msgs`, then (with a reply) `STDERR_LAST` and the reply.
+async fn send<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    v: WorkerVersion,
+    msgs: &[StderrMsg],
+    reply: Option<Reply>,
+) -> Result<()> {
+    let mut buf = Vec::new();
+    for m in msgs {
+        m.write(&mut buf, v);
+    }
+    if let Some(r) = reply {
+        StderrMsg::Last.write(&mut buf, v);
+        r.write(&mut buf, v);
+    }
+    w.write_all(&buf).await.map_err(Error::Write)?;
+    w.flush().await.map_err(Error::Write)
+}

@@ -1,0 +1,18 @@
+//! The in-process test rig (cargo feature `testing`; nothing here is
+//! compiled without it).
+//!
+//! * [`fake`]: fake builders that speak the real serve and worker
+//!   protocols, server side, through [`crate::wire`], over in-memory pipes;
+//!   scripted per backend (outputs, log, failures, cuts, hangs, duration)
+//!   and recording what happened. A config reaches one with
+//!   `uri = "fake://NAME"` (serve) or `"fake-ng://NAME"` (worker).
+//! * [`harness`]: the production relay core ([`crate::cli::open_relay`])
+//!   in a tempdir, with client sessions as in-process pipes driven by the
+//!   relay's own protocol clients.
+//! * [`drv`]: store paths, sources and derivations for tests.
+
+pub mod drv;
+pub mod fake;
+mod fake_serve;
+mod fake_worker;
+pub mod harness;

@@ -1,0 +1,132 @@
+//! The build engine in-process (feature `testing`): real relay core and
+//! sessions, fake backends speaking the real protocols. Happy paths,
+//! dedup and a failing build.
+
+use std::time::Duration;
+
+use nix_relay::config::Protocol;
+use nix_relay::testing::drv;
+use nix_relay::testing::fake::{Outcome, Script};
+use nix_relay::testing::harness::TestRelay;
+use nix_relay::wire::build::BuildStatus;
+use nix_relay::wire::hash::Sha256Hash;
+
+const SYS: &str = "x86_64-linux";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn one_backend(uri: &str) -> String {
+    format!("[[backend]]\nname = \"a\"\nuri = \"{uri}\"\nsystems = [\"{SYS}\"]\nmax_jobs = 4\n")
+}
+
+/// Uploads a source, builds a derivation on it, fetches the output; then a
+/// second client gets it as a cache hit with no second fake build.
+async fn build_fetch_then_cache_hit(client: Protocol, backend_uri: &str) {
+    let script = Script::default().log(&["unpacking hello", "compiling hello"]);
+    let t = TestRelay::start(&one_backend(backend_uri), &[("a", script)]).await;
+    let (src, src_nar) = drv::source("hello-src", b"int main() {}", &[]);
+    let (drv_path, d) = drv::derivation("hello", SYS, std::slice::from_ref(&src.path));
+    let out = drv::out_path(&d);
+
+    let mut c = t.client(client, "alice").await;
+    c.upload(&src, &src_nar).await.unwrap();
+    let res = c.build(&drv_path, &d).await.unwrap();
+    assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
+    c.wait_log("compiling hello", WAIT).await;
+    let nar = c.fetch(&out).await.unwrap();
+
+    let fake = t.fake("a");
+    let built = fake.info(&out).expect("the fake built the output");
+    assert_eq!(Sha256Hash::digest(&nar), built.nar_hash);
+    let stored = t.wait_stored(&out, WAIT).await;
+    assert_eq!(
+        (stored.nar_hash, stored.nar_size),
+        (built.nar_hash, built.nar_size)
+    );
+    let rec = fake.record();
+    assert_eq!(
+        rec.uploaded,
+        std::slice::from_ref(&src.path),
+        "the input went to the fake"
+    );
+    assert_eq!(rec.builds_started, std::slice::from_ref(&drv_path));
+
+    let mut c2 = t.client(client, "bob").await;
+    let res = c2.build(&drv_path, &d).await.unwrap();
+    assert_eq!(res.status, BuildStatus::AlreadyValid, "log:\n{}", c2.log());
+    assert_eq!(c2.fetch(&out).await.unwrap(), nar);
+    assert_eq!(fake.record().builds_started.len(), 1, "no second build");
+    c.close().await.unwrap();
+    c2.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_client_serve_backend_builds_logs_stores_and_caches() {
+    build_fetch_then_cache_hit(Protocol::Serve, "fake://a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_client_worker_backend_builds_logs_stores_and_caches() {
+    build_fetch_then_cache_hit(Protocol::Worker, "fake-ng://a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_client_serve_backend_builds_logs_stores_and_caches() {
+    build_fetch_then_cache_hit(Protocol::Worker, "fake://a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_clients_share_one_fake_build() {
+    let script = Script::default()
+        .log(&["slow build"])
+        .taking(Duration::from_millis(500));
+    let t = TestRelay::start(&one_backend("fake://a"), &[("a", script)]).await;
+    let (drv_path, d) = drv::derivation("shared", SYS, &[]);
+    let mut clients = Vec::new();
+    for (i, p) in [Protocol::Serve, Protocol::Worker, Protocol::Serve]
+        .into_iter()
+        .enumerate()
+    {
+        clients.push(t.client(p, &format!("c{i}")).await);
+    }
+    let builds = clients.iter_mut().map(|c| {
+        let (drv_path, d) = (&drv_path, &d);
+        async move { c.build(drv_path, d).await.unwrap() }
+    });
+    let results = futures_util::future::join_all(builds).await;
+    for (c, r) in clients.iter().zip(&results) {
+        assert!(r.status.is_success(), "{r:?}\nlog:\n{}", c.log());
+    }
+    let rec = t.fake("a").record();
+    assert_eq!(rec.builds_started, [drv_path], "exactly one fake build");
+    let (attached, started): (Vec<_>, Vec<_>) =
+        (clients.iter()).partition(|c| c.log().contains("attached to the build"));
+    assert_eq!(
+        (attached.len(), started.len()),
+        (2, 1),
+        "the other two attached"
+    );
+    // A client that attaches later reads the log from then on only.
+    started[0].wait_log("slow build", WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_build_reports_the_failure_and_the_fakes_log() {
+    for (client, uri) in [
+        (Protocol::Serve, "fake://a"),
+        (Protocol::Worker, "fake-ng://a"),
+    ] {
+        let script = Script::default()
+            .log(&["error: undefined reference to `main'"])
+            .outcome(Outcome::Fail("builder failed with exit code 1".into()));
+        let t = TestRelay::start(&one_backend(uri), &[("a", script)]).await;
+        let (drv_path, d) = drv::derivation("broken", SYS, &[]);
+        let mut c = t.client(client, "alice").await;
+        let res = c.build(&drv_path, &d).await.unwrap();
+        assert_eq!(res.status, BuildStatus::PermanentFailure, "{client}/{uri}");
+        let msg = String::from_utf8_lossy(&res.error_msg);
+        assert!(msg.contains("exit code 1"), "{msg}");
+        c.wait_log("undefined reference", WAIT).await;
+        assert!(t.stored(&drv::out_path(&d)).await.is_none());
+        assert_eq!(t.fake("a").record().builds_finished, [drv_path]);
+    }
+}
