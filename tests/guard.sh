@@ -4,7 +4,8 @@
 #   2. `anyhow` only at the command-line edge (src/main.rs, src/cli.rs and the
 #      command modules it names in ARCHITECTURE.md: EDGE below)
 #   3. Prometheus metric names (`nix_relay_...`) are defined only in src/metrics.rs
-#   4. shellcheck (warnings and errors) on every shell script
+#   4. no import cycles between the crate's modules (tests/cycles.py)
+#   5. shellcheck (warnings and errors) on every shell script
 # Prints every violation, then exits 1 if there was any.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,6 +27,12 @@ while IFS=: read -r f l _; do
   complain "$f:$l names a metric: metrics are defined in src/metrics.rs"
 done < <(git ls-files 'src/*.rs' | grep -v '^src/metrics.rs$' \
   | xargs grep -n '"nix_relay_[a-z0-9_]*"' | grep -v '^[^:]*_tests\.rs:\|/tests\.rs:\|/tests_[a-z_]*\.rs:' || true)
+
+python3 tests/cycles.py src >/tmp/nix-relay-cycles.$$ || {
+  sed 's/^/guard: /' /tmp/nix-relay-cycles.$$
+  complain "import cycles between modules (above): invert a dependency"
+}
+rm -f /tmp/nix-relay-cycles.$$
 
 if command -v shellcheck >/dev/null; then
   mapfile -t sh < <(git ls-files '*.sh' .ci/run tests/lab/bin/remote-cmd)
