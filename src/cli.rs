@@ -122,7 +122,7 @@ impl AdminTarget {
 pub async fn drain(name: &str, on: bool, admin: &AdminTarget) -> Result<()> {
     let verb = if on { "drain" } else { "undrain" };
     let url = format!("{}/admin/backends/{name}/{verb}", admin.url()?);
-    let (status, body) = crate::status::http_post_json(&url, &serde_json::json!({})).await?;
+    let (status, body) = crate::http::client::http_post_json(&url, &serde_json::json!({})).await?;
     let v: serde_json::Value = serde_json::from_str(&body)
         .with_context(|| format!("{url}: HTTP {status}: not JSON: {body:?}"))?;
     if status != 200 {
@@ -173,7 +173,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
         spawn_http(addr, front.relay.clone(), metrics).await?;
     }
     if let Some(addr) = config.admin_listen {
-        let bound = crate::admin::spawn(addr, front.relay.scheduler.clone())
+        let bound = crate::http::admin::spawn(addr, front.relay.scheduler.clone())
             .await
             .with_context(|| format!("listening for admin requests on {addr}"))?;
         info!(listen = %bound, "admin endpoint listening (loopback only)");
@@ -383,7 +383,7 @@ async fn spawn_http(
         root: store.root().to_owned(),
         on_narinfo_hit: Some(Arc::new(move |hash: &str| touch.touch_public(hash))),
     };
-    let router = crate::status::router(relay, metrics).merge(crate::http::router(state));
+    let router = crate::http::status::router(relay, metrics).merge(crate::http::router(state));
     info!(listen = %addr, "binary cache listening (HTTP)");
     tokio::spawn(async move {
         if let Err(e) = crate::http::serve(listener, router).await {
@@ -394,7 +394,8 @@ async fn spawn_http(
 }
 
 pub async fn status(url: &str, json: bool) -> Result<()> {
-    let body = crate::status::http_get(&format!("{}/status", url.trim_end_matches('/'))).await?;
+    let body =
+        crate::http::client::http_get(&format!("{}/status", url.trim_end_matches('/'))).await?;
     if json {
         println!("{body}");
         return Ok(());

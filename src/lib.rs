@@ -6,7 +6,6 @@
 //! routes each derivation to the best backend ([`scheduler`]) and drives
 //! that backend over the same protocols ([`backend`]). See ARCHITECTURE.md.
 
-pub mod admin;
 pub mod backend;
 pub mod buildlog;
 pub mod cli;

@@ -1,138 +1,9 @@
-//! `/status` (JSON), `/metrics` (Prometheus text) and `nix-relay status`,
-//! which renders `/status` as a table.
+//! `nix-relay status`: renders the relay's `/status` JSON
+//! (`crate::http::status`) as tables.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
-use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::session::Relay;
-
-#[derive(Debug, serde::Serialize)]
-pub struct Status {
-    pub version: &'static str,
-    pub uptime_seconds: u64,
-    #[serde(flatten)]
-    pub scheduler: crate::scheduler::Snapshot,
-    pub flights: Vec<crate::session::flight::FlightStatus>,
-    pub recent_builds: Vec<crate::session::BuildRecord>,
-    pub store_bytes: u64,
-    pub store_max_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ec2: Option<crate::ec2::Status>,
-}
-
-pub fn collect(relay: &Relay) -> Status {
-    Status {
-        version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: relay.started.elapsed().as_secs(),
-        scheduler: relay.scheduler.snapshot(),
-        flights: relay.flights.snapshot(),
-        recent_builds: relay.recent_builds(),
-        store_bytes: relay.store.total_bytes(),
-        store_max_bytes: relay.store.settings().max_size,
-        ec2: crate::ec2::status(),
-    }
-}
-
-/// `/status` and, with a recorder installed, `/metrics`.
-pub fn router(relay: Arc<Relay>, metrics: Option<PrometheusHandle>) -> Router {
-    let r = Router::new().route(
-        "/status",
-        get(move || {
-            let relay = relay.clone();
-            async move {
-                let body = serde_json::to_string(&collect(&relay))
-                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-                ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-            }
-        }),
-    );
-    match metrics {
-        Some(h) => r.route(
-            "/metrics",
-            get(move || {
-                let h = h.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        h.render() + &crate::ec2::metrics_text(),
-                    )
-                        .into_response()
-                }
-            }),
-        ),
-        None => r,
-    }
-}
-
-/// GETs `url` (`http://host:port[/path]`) and returns the body; anything
-/// but a 200 is an error.
-pub async fn http_get(url: &str) -> Result<String> {
-    let (status, body) = http_request("GET", url).await?;
-    if status != 200 {
-        bail!("{url}: HTTP {status}: {}", body.trim());
-    }
-    Ok(body)
-}
-
-/// Sends a bodiless `method` request to `url` (`http://host:port[/path]`)
-/// and returns the status code and body.
-pub async fn http_request(method: &str, url: &str) -> Result<(u16, String)> {
-    http_send(method, url, None).await
-}
-
-/// POSTs `json` as `application/json` (what the admin endpoint requires).
-pub async fn http_post_json(url: &str, json: &serde_json::Value) -> Result<(u16, String)> {
-    let body = json.to_string();
-    http_send("POST", url, Some(("application/json", body.as_bytes()))).await
-}
-
-/// Sends `method` to `url` with an optional (content type, body).
-pub async fn http_send(
-    method: &str,
-    url: &str,
-    body: Option<(&str, &[u8])>,
-) -> Result<(u16, String)> {
-    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (hostport, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut s = tokio::net::TcpStream::connect(hostport)
-        .await
-        .with_context(|| format!("connecting to {hostport}"))?;
-    let (ctype, bytes) = body.unwrap_or(("", b""));
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n");
-    if !ctype.is_empty() {
-        req += &format!("Content-Type: {ctype}\r\n");
-    }
-    req += &format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        bytes.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    s.write_all(bytes).await?;
-    let mut buf = Vec::new();
-    s.take(64 << 20).read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head.lines().next().unwrap_or_default();
-    let code = status
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("{url}: malformed status line {status:?}"))?;
-    Ok((code, body.to_owned()))
-}
 
 fn secs(v: &Value) -> String {
     let s = v.as_f64().unwrap_or(0.0);
@@ -279,10 +150,14 @@ fn render_ec2(o: &mut String, ec2: &Value, width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::client::http_get;
+    use crate::http::status::router;
     use crate::session::BuildRecord;
+    use crate::session::Relay;
     use crate::session::flight::FlightKey;
     use crate::store::Scope;
     use crate::wire::store_path::StorePath;
+    use std::sync::Arc;
 
     fn path(name: &str) -> StorePath {
         StorePath::parse(&format!("/nix/store/{}-{name}", "1".repeat(32))).unwrap()

@@ -159,7 +159,7 @@ mod tests {
 
     use super::*;
     use crate::config::{Backend, BackendUri};
-    use crate::status::{http_post_json, http_request, http_send};
+    use crate::http::client::{http_post_json, http_request, http_send};
 
     fn backend(name: &str) -> Backend {
         Backend {
