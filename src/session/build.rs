@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::BuildRecord;
+pub use super::error::{BuildError, Class, JobError};
 use super::flight::{Attachment, Flight, FlightKey, Outcome};
 use super::log::{Recv, effective_max_log_size};
 pub use super::outputs::Finished;
 use super::{ClientId, Relay, say};
-use crate::backend::{self, BackendConn};
+use crate::backend::BackendConn;
 use crate::buildlog::LogSink;
 use crate::error_chain as chain;
 use crate::metrics::{Direction, Outcome as BuildOutcome};
@@ -64,17 +65,23 @@ pub async fn run(
                 };
                 attach_and_wait(relay, log, client, gone, job, options).await
             }
-            Err(msg) => {
-                say(log, &msg).await;
-                (
-                    BuildResult::failure(BuildStatus::MiscFailure, format!("nix-relay: {msg}")),
-                    None,
-                )
-            }
+            Err(e) => (failed(log, &e).await, None),
         }
     }
     .instrument(span)
     .await
+}
+
+/// The failing result a client gets for `e`, said on its log too.
+async fn failed(log: &LogSink, e: &JobError) -> BuildResult {
+    let msg = chain(e);
+    match e.class() {
+        Class::Client => info!(class = "client", "{msg}"),
+        Class::Infrastructure => warn!(class = "infrastructure", "{msg}"),
+        Class::Cancelled => info!(class = "cancelled", "{msg}"),
+    }
+    say(log, &msg).await;
+    BuildResult::failure(BuildStatus::MiscFailure, format!("nix-relay: {msg}"))
 }
 
 enum Prepared {
@@ -97,18 +104,12 @@ async fn prepare(
     log: &LogSink,
     client: &ClientId,
     drv: &BasicDerivation,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, JobError> {
     let closure = relay
         .store
         .closure(&drv.input_srcs, Some(&client.name))
-        .await
-        .map_err(|e| match e {
-            crate::store::Error::Missing(p) => {
-                format!("input {p} is not in the relay store (the client did not upload it)")
-            }
-            e => chain(&e),
-        })?;
-    let mut outputs = drv.output_paths().map_err(|e| chain(&e))?;
+        .await?;
+    let mut outputs = drv.output_paths().map_err(JobError::Derivation)?;
     outputs.sort();
     let mut all_there = !outputs.is_empty();
     for o in &outputs {
@@ -116,7 +117,7 @@ async fn prepare(
             .store
             .contains(o, Some(&client.name))
             .await
-            .map_err(|e| chain(&e))?;
+            .map_err(JobError::Store)?;
     }
     if all_there {
         say(log, "cache hit: every output is in the relay store").await;
@@ -252,7 +253,7 @@ async fn fly(
         r = build(&relay, &log_tx, &client, &scope, &drv_path, &drv, closure, options) => r,
         _ = flight.cancel.cancelled() => {
             crate::metrics::build_finished(&drv.platform, "none", BuildOutcome::Cancelled, None);
-            Err("cancelled: every client waiting for it is gone".to_string())
+            Err(JobError::Cancelled)
         }
     };
     let outcome = match result {
@@ -260,14 +261,10 @@ async fn fly(
             result,
             finished: finished.map(|f| Arc::new(tokio::sync::Mutex::new(f))),
         },
-        Err(msg) => {
-            warn!("{msg}");
-            say(&log_tx, &msg).await;
-            Outcome {
-                result: BuildResult::failure(BuildStatus::MiscFailure, format!("nix-relay: {msg}")),
-                finished: None,
-            }
-        }
+        Err(e) => Outcome {
+            result: failed(&log_tx, &e).await,
+            finished: None,
+        },
     };
     // Every byte the build logged reaches the backlog before the outcome
     // does: a client that sees the outcome reads no more log, so the tail
@@ -305,7 +302,7 @@ async fn build(
     drv: &BasicDerivation,
     closure: crate::store::Closure,
     options: BuildOptions,
-) -> Result<(BuildResult, Option<Finished>), String> {
+) -> Result<(BuildResult, Option<Finished>), JobError> {
     let system = drv.platform.clone();
     // What this build needs stays in the store until it is done.
     let (inputs, _pin) = input_closure(relay, closure);
@@ -361,13 +358,14 @@ async fn build(
                 if e.is_infrastructure() {
                     backend_failed(relay, &name, &e);
                 }
-                return Err(format!("building on {name} failed: {}", chain(&e)));
+                return Err(JobError::Backend {
+                    backend: name,
+                    source: e,
+                });
             }
         }
     }
-    Err(format!(
-        "no backend could build it in {MAX_ATTEMPTS} attempts"
-    ))
+    Err(JobError::Exhausted(MAX_ATTEMPTS))
 }
 
 /// What the scheduler places: the derivation's system and the features it
@@ -378,9 +376,8 @@ fn job_spec(
     drv: &BasicDerivation,
     inputs: Arc<InputSummary>,
     untrusted: bool,
-) -> Result<JobSpec, String> {
-    let required_features = (drv.required_features())
-        .map_err(|e| format!("reading requiredSystemFeatures: {}", chain(&e)))?;
+) -> Result<JobSpec, JobError> {
+    let required_features = drv.required_features().map_err(JobError::Features)?;
     Ok(JobSpec {
         client: client.to_owned(),
         name: drv_path.name().to_owned(),
@@ -424,7 +421,7 @@ fn input_closure(relay: &Relay, closure: crate::store::Closure) -> (Inputs, crat
     (Inputs { closure, summary }, pin)
 }
 
-async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, String> {
+async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, JobError> {
     let system = job.system.clone();
     match sched.try_acquire(job) {
         Ok(Acquired::Now(slot)) => Ok(slot),
@@ -435,9 +432,9 @@ async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Sl
                 format!("waiting: position {position} for {system} ({running})"),
             )
             .await;
-            Scheduler::wait(rx).await.map_err(|e| e.to_string())
+            Scheduler::wait(rx).await.map_err(JobError::Placement)
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(JobError::Placement(e)),
     }
 }
 
@@ -516,36 +513,6 @@ async fn on_backend(
         scope: job.scope.clone(),
     };
     Ok((result, Some(finished)))
-}
-
-impl BuildError {
-    /// A failure of the backend or the link to it, not of the build: worth
-    /// another backend.
-    pub fn is_infrastructure(&self) -> bool {
-        use crate::wire::Error as W;
-        let wire = |e: &W| matches!(e, W::UnexpectedEof { .. } | W::Read { .. } | W::Write(_));
-        match self {
-            BuildError::Connect(_) => true,
-            BuildError::Inputs(e) | BuildError::Build(e) | BuildError::Outputs(e) => wire(e),
-            BuildError::Store(_) | BuildError::Trust(_) => false,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("connecting")]
-    Connect(#[from] backend::Error),
-    #[error("reading the relay store")]
-    Store(#[from] crate::store::Error),
-    #[error("copying inputs")]
-    Inputs(#[source] crate::wire::Error),
-    #[error("BuildDerivation")]
-    Build(#[source] crate::wire::Error),
-    #[error("querying outputs")]
-    Outputs(#[source] crate::wire::Error),
-    #[error("placement: backend {0} is for the other trust level (untrusted_clients)")]
-    Trust(String),
 }
 
 /// Uploads `closure` (references first) minus what the backend already

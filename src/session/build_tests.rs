@@ -94,6 +94,8 @@ async fn a_structured_attrs_drv_requiring_kvm_only_lands_on_a_kvm_backend() {
 fn malformed_structured_attrs_fail_the_build_with_a_reason() {
     let drv = structured_drv(r#"{"requiredSystemFeatures":["kvm""#);
     let e = job_spec("c", &drv_path(), &drv, Default::default(), false).unwrap_err();
+    assert_eq!(e.class(), Class::Client);
+    let e = crate::error_chain(&e);
     assert!(e.starts_with("reading requiredSystemFeatures: "), "{e}");
     assert!(e.contains("__json"), "{e}");
 }
@@ -161,6 +163,8 @@ async fn an_untrusted_job_fails_at_once_when_no_backend_takes_untrusted_work() {
         .await
         .err()
         .expect("no slot");
+    assert_eq!(err.class(), Class::Client, "retrying cannot help");
+    let err = crate::error_chain(&err);
     assert!(
         err.contains("untrusted clients build only on backends marked `untrusted_clients = true`; marked: none"),
         "{err}"

@@ -2,6 +2,7 @@
 //! ([`Relay`]: store, scheduler, backends); they know nothing about SSH.
 
 pub mod build;
+mod error;
 pub mod flight;
 pub mod log;
 mod outputs;
