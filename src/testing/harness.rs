@@ -36,6 +36,8 @@ use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 use crate::wire::{Limits, Result};
 
+mod ops;
+
 /// A relay core whose backends are fakes. Dropping it unregisters them.
 pub struct TestRelay {
     pub relay: Arc<Relay>,

@@ -134,3 +134,48 @@ store_consistent() {
   done
   echo "  $1: $n narinfo(s), every NAR present with its FileSize and FileHash"
 }
+
+# ---- relay config edits (SIGHUP reload), for scenarios that change the backends ----
+RELAY_TOML=$STATE/relay.toml
+# reload_relay: SIGHUP the relay; waits up to 10 s for its "reload:" line
+# (printed) and then for the reload to finish.
+reload_relay() {
+  local off i line
+  off=$(relay_log_size)
+  kill -HUP "$(cat "$STATE/run/relay.pid")" || fail "cannot signal the relay"
+  for i in $(seq 1 100); do
+    # the last line of a reload: its summary, or that the config was kept
+    line=$(tail -c +"$((off + 1))" "$STATE/relay.log" \
+      | grep -aE 'reload: (no change|[-+~][^ ]+( [-+~][^ ]+)*|.*running config kept)$' | tail -1 || true)
+    [ -n "$line" ] && { echo "${line#*reload: }"; return 0; }
+    sleep 0.1
+  done
+  fail "no 'reload:' summary in relay.log 10 s after SIGHUP"
+}
+# lab_config: the lab's standard relay.toml, reloaded
+lab_config() {
+  "$LAB_DIR/relay-config.sh" >/dev/null
+  echo "  restored the lab config: $(reload_relay)" >&2
+}
+# edit_backends PY: rewrites relay.toml's [[backend]] blocks with python
+# statements over `bs` (a list of dicts name -> block text; helpers drop(name),
+# add(name, text), set(name, key, value)).
+edit_backends() {
+  python3 - "$RELAY_TOML" "$1" <<'PY'
+import re, sys
+path, prog = sys.argv[1], sys.argv[2]
+text = open(path).read()
+head, *blocks = text.split("\n[[backend]]\n")
+bs = {re.search(r'^name = "([^"]+)"', b, re.M).group(1): b for b in blocks}
+def drop(n): del bs[n]
+def add(n, b): bs[n] = b
+def set(n, k, v): bs[n] = re.sub(rf'^{k} = .*$', f'{k} = {v}', bs[n], flags=re.M)
+exec(prog)
+open(path, "w").write(head + "".join("\n[[backend]]\n" + b for b in bs.values()))
+PY
+}
+# built_on DRVNAME: the backends relay.log says built drv="DRVNAME" after byte $OFF
+built_on() {
+  tail -c +"$((OFF + 1))" "$STATE/relay.log" | grep -a "drv=\"$1\"" | grep -a ' build finished ' \
+    | grep -o 'backend=h[0-9a-z]*' | sed 's/backend=//' | sort -u | tr '\n' ' '
+}

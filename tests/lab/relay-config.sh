@@ -6,12 +6,10 @@
 # the host's pinned ed25519 host key, and the same systems / features /
 # max-jobs the backend's own nix.conf declares (see hosts.sh).
 # LAB_BACKEND_PROTO=ssh-ng makes the backends ssh-ng:// (nix-daemon --stdio).
-# Clients: "lab" (keys/id_lab, trusted), "eve" (keys/id_eve, untrusted) and
-# "lab2" (keys/id_lab2, trusted: a second trusted client, for fairness).
+# Clients: "lab" (keys/id_lab, trusted) and "eve" (keys/id_eve, untrusted).
 # Cache: signed with $LAB_STATE/keys/relay-cache.sec (the relay creates it and
 # relay-cache.sec.pub, "nix-relay-lab-1:<base64>", for trusted-public-keys),
-# zstd NARs; HTTP binary cache on 127.0.0.1:$((LAB_BASE_PORT+80)); admin
-# endpoint (drain/undrain) on 127.0.0.1:$((LAB_BASE_PORT+81)).
+# zstd NARs; HTTP binary cache on 127.0.0.1:$((LAB_BASE_PORT+80)).
 set -euo pipefail
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STATE=${LAB_STATE:-/tmp/nix-relay-lab}
@@ -60,13 +58,6 @@ tmp=$OUT.tmp.$$
     echo "key = \"$(tr -d '\n' < "$STATE/keys/id_eve.pub")\""
     echo "trusted = false"
   fi
-  if [ -f "$STATE/keys/id_lab2.pub" ]; then
-    echo
-    echo "[[client]]"
-    echo "name = \"lab2\""
-    echo "key = \"$(tr -d '\n' < "$STATE/keys/id_lab2.pub")\""
-    echo "trusted = true"
-  fi
   echo
   echo "[cache]"
   echo "signing_key = \"$STATE/keys/relay-cache.sec\""
@@ -76,9 +67,6 @@ tmp=$OUT.tmp.$$
   echo
   echo "[http]"
   echo "listen = \"127.0.0.1:$((BASE_PORT + 80))\""
-  echo
-  echo "[admin]"
-  echo "listen = \"127.0.0.1:$((BASE_PORT + 81))\""
   for i in $(seq 1 "$n"); do
     hk=$STATE/hosts/h$i/ssh/ssh_host_ed25519_key.pub
     [ -f "$hk" ] || die "no host key for h$i ($hk)"

@@ -6,7 +6,7 @@
 #
 #   nix-build drv -A top --argstr seed "$RANDOM"      # 10 leaves + 1 top (a DAG)
 #   nix-build drv -A big --arg bigMiB 200             # one 200 MiB file of seeded random-ish bytes
-#   attributes: leaves top big many multi noisy slow wide fail feature foreign smoke
+#   attributes: leaves top big many multi noisy slow fail feature foreign smoke
 #
 # `seed` is mixed into every derivation: pass a fresh one to get fresh store
 # paths (nothing already built / already copied).
@@ -15,8 +15,6 @@
 , bigMiB ? 200          # size of `big` in MiB (even numbers are exact)
 , sleepSecs ? 5         # duration of `slow`
 , noisyLines ? 20000    # log lines printed by `noisy`
-, nWide ? 12            # independent derivations in `wide`
-, wideSecs ? 2          # duration of each of them
 , bbDir ? ./bb
 }:
 let
@@ -113,14 +111,6 @@ in rec {
       echo done > $out
     '';
   };
-
-  # nWide independent derivations of wideSecs seconds each (a client's
-  # wide rebuild: queue fairness).
-  wide = builtins.genList (i: mk {
-    name = "wide-${toString i}";
-    secs = toString wideSecs;
-    script = ''sleep $secs; echo "wide ${toString i} seed=$seed" > $out'';
-  }) nWide;
 
   # Always fails (exit 3) after printing to stderr.
   fail = mk {

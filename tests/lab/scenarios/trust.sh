@@ -1,6 +1,6 @@
 # Trust scenarios: an untrusted client cannot poison trusted outputs through
-# a backend's store (poison). Sourced by e2e.sh; helpers in lib.sh and
-# sched.sh (edit_backends, reload_relay, lab_config).
+# a backend's store (poison). Sourced by e2e.sh; helpers in lib.sh
+# (edit_backends, reload_relay, lab_config).
 #
 # The lab's standard config has no backend for untrusted clients (eve's
 # builds fail at once). untrusted_config adds "h3u": host h3 reached with
