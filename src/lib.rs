@@ -21,7 +21,9 @@ pub mod session;
 pub mod ssh;
 pub mod status;
 pub mod store;
-pub mod wire;
+
+/// The Nix wire layer, its own crate (`wire/`): `crate::wire::…` as before.
+pub use nix_relay_wire as wire;
 
 /// An error and its causes on one line (`a: b: c`): the one renderer of an
 /// error's `source()` chain, for logs and for the messages clients see.
