@@ -3,7 +3,9 @@
 #   1. no source file over MAX_LINES (600) lines: *.rs and *.sh
 #   2. `anyhow` only at the command-line edge (src/main.rs, src/cli.rs and the
 #      command modules it names in ARCHITECTURE.md: EDGE below)
-#   2b. the wire crate (wire/) never depends on the main crate
+#   2b. the wire crate (wire/) never depends on the main crate, and no code
+#      outside it calls the byte primitives (`wire::primitives`) or spells a
+#      byte order (`to_le_bytes`/`from_le_bytes`); tests excepted
 #   3. Prometheus metric names (`nix_relay_...`) are defined only in src/metrics.rs
 #   4. shellcheck (warnings and errors) on every shell script
 # Prints every violation, then exits 1 if there was any.
@@ -25,6 +27,10 @@ done < <(git ls-files 'src/*.rs' 'wire/*.rs' | xargs grep -l '\banyhow\b' || tru
 
 ! grep -q '^nix-relay *=' wire/Cargo.toml \
   || complain "wire/Cargo.toml depends on nix-relay: the wire crate stands alone"
+while IFS=: read -r f l _; do
+  complain "$f:$l encodes bytes by hand: give the message a type in wire/ (ARCHITECTURE.md, wire)"
+done < <(git ls-files 'src/*.rs' | grep -v '_tests\.rs$\|/tests\.rs$\|/tests_[a-z_]*\.rs$' \
+  | xargs grep -n 'wire::primitives\|to_le_bytes\|from_le_bytes' || true)
 
 while IFS=: read -r f l _; do
   complain "$f:$l names a metric: metrics are defined in src/metrics.rs"
