@@ -103,6 +103,15 @@ seed("framed_reader", "empty", b"\x00\x07" + frames())
 seed("framed_reader", "three", b"\x04\x03" + frames(b"abc", b"defghijk", b"l") + b"after")
 seed("framed_reader", "oversize", b"\x02\x07" + frames(b"ab", b"too long") + b"after")
 
+# Backend replies by hand (backend_reply.rs): serve 2.7, then worker 1.34;
+# after the selector, per reply: a pick byte (the request), the answer.
+Q = lambda *v: b"".join(struct.pack("<Q", x) for x in v)
+LAST = 0x616c7473
+seed("backend_reply", "serve-paths-ack-buildpaths",
+     bytes([7 << 1]) + b"\x00" + Q(0) + b"\x03" + Q(1) + b"\x05" + Q(9) + tok(b"unbuildable"))
+seed("backend_reply", "serve-pathinfos-empty", bytes([7 << 1]) + b"\x01" + tok(b""))
+seed("backend_reply", "worker-paths-notfound",
+     bytes([HS_MINORS.index(34) << 1 | 1]) + b"\x00" + Q(LAST, 0) + b"\x01" + Q(LAST, 0))
 for f in sorted(glob.glob(os.path.join(golden, "cache", "*.narinfo"))):
     seed("narinfo_parse", os.path.basename(f), read(f))
 

@@ -24,7 +24,9 @@ pub mod status;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod wire;
+
+/// The Nix wire layer, its own crate (`wire/`): `crate::wire::…` as before.
+pub use nix_relay_wire as wire;
 
 /// An error and its causes on one line (`a: b: c`): the one renderer of an
 /// error's `source()` chain, for logs and for the messages clients see.

@@ -3,6 +3,9 @@
 #   1. no source file over MAX_LINES (600) lines: *.rs and *.sh
 #   2. `anyhow` only at the command-line edge (src/main.rs, src/cli.rs and the
 #      command modules it names in ARCHITECTURE.md: EDGE below)
+#   2b. the wire crate (wire/) never depends on the main crate, and no code
+#      outside it calls the byte primitives (`wire::primitives`) or spells a
+#      byte order (`to_le_bytes`/`from_le_bytes`); tests excepted
 #   3. Prometheus metric names (`nix_relay_...`) are defined only in src/metrics.rs
 #   4. no import cycles between the crate's modules (tests/cycles.py)
 #   5. shellcheck (warnings and errors) on every shell script
@@ -21,7 +24,14 @@ done < <(git ls-files '*.rs' '*.sh')
 
 while IFS= read -r f; do
   [[ " $EDGE " == *" $f "* ]] || complain "$f uses anyhow: only the CLI edge may ($EDGE); give the layer a thiserror enum"
-done < <(git ls-files 'src/*.rs' | xargs grep -l '\banyhow\b' || true)
+done < <(git ls-files 'src/*.rs' 'wire/*.rs' | xargs grep -l '\banyhow\b' || true)
+
+! grep -q '^nix-relay *=' wire/Cargo.toml \
+  || complain "wire/Cargo.toml depends on nix-relay: the wire crate stands alone"
+while IFS=: read -r f l _; do
+  complain "$f:$l encodes bytes by hand: give the message a type in wire/ (ARCHITECTURE.md, wire)"
+done < <(git ls-files 'src/*.rs' | grep -v '_tests\.rs$\|/tests\.rs$\|/tests_[a-z_]*\.rs$' \
+  | xargs grep -n 'wire::primitives\|to_le_bytes\|from_le_bytes' || true)
 
 while IFS=: read -r f l _; do
   complain "$f:$l names a metric: metrics are defined in src/metrics.rs"

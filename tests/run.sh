@@ -3,10 +3,11 @@
 #   1. tests/setup.sh          (root, Debian 12: packages, nix.conf, busybox, toolchain check)
 #   2. cargo fmt --check, then tests/guard.sh (file sizes, anyhow and metric
 #      names only where ARCHITECTURE.md says, shellcheck)
-#   3. cargo clippy --all-targets --features testing -- -D warnings
-#   4. cargo build
-#   5. cargo test --features testing  (unit, golden transcript, property, moto EC2,
-#                              in-process engine tests against fake backends)
+#   3. cargo clippy --workspace --all-targets --features nix-relay/testing -- -D warnings
+#   4. cargo build --workspace
+#   5. cargo test --workspace --features nix-relay/testing  (unit, golden transcript,
+#                              property, moto EC2, in-process engine tests against
+#                              fake backends; the workspace: nix-relay and wire/)
 #   6. scheduler_sim --quick   (print-only simulator bench: makespan, decision latency)
 #   7. tests/fuzz.sh           (every fuzz target for FUZZ_SECONDS, default 60; skipped by --quick)
 #   8. tests/lab/e2e.sh        (end-to-end with stock Nix 2.8 via the relay; skipped by --quick)
@@ -52,14 +53,14 @@ step() {  # step NAME CMD...: run, stop with a clear message on failure
 step setup tests/setup.sh
 step fmt cargo fmt --check
 step guard bash tests/guard.sh
-step clippy cargo clippy --all-targets --features testing -- -D warnings
-step build cargo build
+step clippy cargo clippy --workspace --all-targets --features nix-relay/testing -- -D warnings
+step build cargo build --workspace
 step nixos bash tests/nixos/check.sh
 step lab-verdicts bash tests/lab/verdict_test.sh
 # With the in-process test rig (src/testing, fake backends): the lib is
 # compiled once more than `cargo build`'s, which the release binary must not
 # contain; the engine_* tests and the hooks moved behind it need it.
-step test cargo test --features testing
+step test cargo test --workspace --features nix-relay/testing
 # print-only: the scheduling simulator (makespan vs bound and stock hooks, decision latency)
 step sim cargo test --bench scheduler_sim -- --quick
 if [ "$quick" = 1 ]; then

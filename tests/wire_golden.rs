@@ -19,7 +19,6 @@ use nix_relay::wire::hash::Sha256Hash;
 use nix_relay::wire::primitives::{put_bytes, put_paths, put_u64};
 use nix_relay::wire::serve::{
     self, Request, SERVE_MAGIC_1, SERVE_MAGIC_2, ServeVersion, client_handshake, server_handshake,
-    write_path_infos,
 };
 use nix_relay::wire::store_path::StorePath;
 
@@ -141,9 +140,10 @@ async fn golden(name: &'static str) -> Golden {
                     assert_eq!(*download_size, info.nar_size, "{what}");
                 }
                 let plain: Vec<_> = infos.iter().map(|(i, _)| i.clone()).collect();
-                write_path_infos(&mut buf, &plain, minor);
+                let codec = serve::ServeCodec::new(ServeVersion(0x200 | u64::from(minor)), limits);
+                buf = codec.encode_reply(&serve::Reply::PathInfos(plain.clone()));
                 let mut rest = bytes;
-                let again = serve::read_path_infos(&mut rest, minor, &limits).await;
+                let again = codec.read_path_infos(&mut rest).await;
                 assert_eq!(again.unwrap(), plain, "{what}: read_path_infos");
                 assert!(rest.is_empty(), "{what}: read_path_infos left bytes");
             }

@@ -162,19 +162,12 @@ async fn more_path_info_records_than_the_collection_limit_are_refused() {
     };
     let n = SMALL.max_collection_len;
     let mut buf = Vec::new();
-    serve::write_path_infos(&mut buf, &vec![info.clone(); n], 7);
-    assert_eq!(
-        serve::read_path_infos(&mut &buf[..], 7, &SMALL)
-            .await
-            .unwrap()
-            .len(),
-        n
-    );
+    let codec = serve::ServeCodec::new(serve::ServeVersion::LATEST, SMALL);
+    buf.extend(codec.encode_reply(&serve::Reply::PathInfos(vec![info.clone(); n])));
+    assert_eq!(codec.read_path_infos(&mut &buf[..]).await.unwrap().len(), n);
     let mut buf = Vec::new();
-    serve::write_path_infos(&mut buf, &vec![info; n + 1], 7);
-    let err = serve::read_path_infos(&mut &buf[..], 7, &SMALL)
-        .await
-        .unwrap_err();
+    buf.extend(codec.encode_reply(&serve::Reply::PathInfos(vec![info; n + 1])));
+    let err = codec.read_path_infos(&mut &buf[..]).await.unwrap_err();
     assert!(matches!(err, Error::TooLong { .. }), "{err}");
 }
 

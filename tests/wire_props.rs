@@ -300,9 +300,10 @@ proptest! {
 
         // A whole QueryPathInfos reply: records, then "".
         let mut buf = Vec::new();
-        serve::write_path_infos(&mut buf, &[info.clone(), info], minor);
+        let codec = serve::ServeCodec::new(ServeVersion(0x200 | u64::from(minor)), SMALL);
+        buf.extend(codec.encode_reply(&serve::Reply::PathInfos(vec![info.clone(), info])));
         let mut rest = &buf[..];
-        let back = block_on(serve::read_path_infos(&mut rest, minor, &SMALL)).unwrap();
+        let back = block_on(codec.read_path_infos(&mut rest)).unwrap();
         prop_assert_eq!(back, vec![expect.clone(), expect]);
         prop_assert!(rest.is_empty());
     }
@@ -390,7 +391,10 @@ proptest! {
         block_on(async {
             let _ = Request::read(&mut &buf[..], v, &SMALL).await;
             let _ = BuildResult::read_serve(&mut &tail[..], minor, &SMALL).await;
-            let _ = serve::read_path_infos(&mut &tail[..], minor, &SMALL).await;
+            let codec = serve::ServeCodec::new(v, SMALL);
+            for cmd in serve::Command::ALL {
+                let _ = codec.read_reply(&mut &tail[..], cmd).await;
+            }
             let _ = export::read_trailer(&mut &buf[..], &SMALL).await;
             let _ = ValidPathInfo::read_add_header(&mut &tail[..], &SMALL).await;
         });

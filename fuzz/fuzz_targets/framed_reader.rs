@@ -6,9 +6,9 @@
 //! what was read survives a FramedWriter → FramedReader round trip.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nix_relay::wire::Limits;
-use nix_relay::wire::worker::{FramedReader, FramedWriter};
 use nix_relay_fuzz::{Budget, budget_for, run};
+use nix_relay_wire::Limits;
+use nix_relay_wire::worker::{FramedReader, FramedWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the reference decoder makes of `data`.

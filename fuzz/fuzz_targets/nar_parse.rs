@@ -7,8 +7,8 @@
 //! the bytes consumed.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nix_relay::wire::nar::{NarParser, NarSummary, encode_nar};
 use nix_relay_fuzz::{Budget, NAR_LIMITS, nar_tree};
+use nix_relay_wire::nar::{NarParser, NarSummary, encode_nar};
 
 /// The parser's own state: the directory stack of last names, the current
 /// token (≤ max_target_len), the hasher.

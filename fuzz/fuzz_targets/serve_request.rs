@@ -5,10 +5,10 @@
 //! parses back equal; every accepted NAR re-encodes byte for byte.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nix_relay::wire::Result;
-use nix_relay::wire::export::{read_next, read_trailer, write_trailer};
-use nix_relay::wire::serve::{Request, ServeVersion};
 use nix_relay_fuzz::{Budget, LIMITS, budget_for, run, stream_nar};
+use nix_relay_wire::Result;
+use nix_relay_wire::export::{read_next, read_trailer, write_trailer};
+use nix_relay_wire::serve::{Request, ServeCodec, ServeVersion};
 
 async fn roundtrip(req: &Request, version: ServeVersion) {
     let mut buf = Vec::new();
@@ -37,8 +37,10 @@ async fn import_paths(r: &mut &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// As `session::serve` runs it: the same codec.
 async fn session(mut r: &[u8], version: ServeVersion) -> Result<()> {
-    while let Some(req) = Request::read(&mut r, version, &LIMITS).await? {
+    let codec = ServeCodec::new(version, LIMITS);
+    while let Some(req) = codec.read_request(&mut r).await? {
         roundtrip(&req, version).await;
         match req {
             Request::AddToStoreNar { .. } => stream_nar(&mut r).await?,

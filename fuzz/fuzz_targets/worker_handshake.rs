@@ -1,19 +1,21 @@
 //! Both sides of the worker handshake on arbitrary peer bytes, at several
 //! of our maximum versions; the client side then goes on reading what a
 //! backend sends after an op (STDERR streams, each ended by LAST and a
-//! BuildResult or by ERROR). The first byte picks the side and our version.
+//! BuildResult or by ERROR) with the decoders `backend::worker` runs
+//! (`WorkerCodec::read_stderr_log_capped`, `read_build_result`). The first
+//! byte picks the side and our version.
 //! Checks: the negotiated version is min(ours, theirs) within 1.21 – ours;
 //! only offered features are negotiated; every STDERR message and
 //! BuildResult re-encodes and parses back equal; memory stays within a
 //! budget proportional to the input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nix_relay::wire::Result;
-use nix_relay::wire::worker::{
-    StderrEnd, StderrMsg, Trust, WorkerBuildResult, WorkerVersion, client_handshake,
-    read_stderr_stream, server_handshake,
-};
 use nix_relay_fuzz::{Budget, LIMITS, budget_for, run};
+use nix_relay_wire::Result;
+use nix_relay_wire::worker::{
+    StderrMsg, Trust, WorkerBuildResult, WorkerCodec, WorkerVersion, client_handshake,
+    server_handshake,
+};
 
 const MINORS: [u8; 6] = [21, 25, 30, 34, 35, 38];
 
@@ -49,16 +51,13 @@ async fn client_side(mut r: &[u8], ours: WorkerVersion) -> Result<()> {
     for m in &hs.messages {
         msg_roundtrip(m, v);
     }
+    let codec = WorkerCodec::new(v, LIMITS);
     while !r.is_empty() {
-        let end = read_stderr_stream(&mut r, v, &LIMITS, |m| {
-            msg_roundtrip(&m, v);
-            Ok(())
-        })
-        .await?;
-        match end {
-            StderrEnd::Error(e) => msg_roundtrip(&StderrMsg::Error(e), v),
-            StderrEnd::Last => {
-                let res = WorkerBuildResult::read(&mut r, v, &LIMITS).await?;
+        let (msg, _dropped) = codec.read_stderr_log_capped(&mut r).await?;
+        msg_roundtrip(&msg, v);
+        match msg {
+            StderrMsg::Last => {
+                let res = codec.read_build_result(&mut r).await?;
                 let mut buf = Vec::new();
                 res.write(&mut buf, v);
                 let back = run(WorkerBuildResult::read(&mut &buf[..], v, &LIMITS));
@@ -68,6 +67,7 @@ async fn client_side(mut r: &[u8], ours: WorkerVersion) -> Result<()> {
                     "at {v}"
                 );
             }
+            _ => {}
         }
     }
     Ok(())

@@ -7,11 +7,12 @@
 //! back equal; every accepted NAR re-encodes byte for byte.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nix_relay::wire::primitives::read_u64;
-use nix_relay::wire::worker::values::{PATH_INFO_LAYOUT, read_upload_path_info};
-use nix_relay::wire::worker::{FramedReader, Request, WorkerVersion, write_worker_valid_path_info};
-use nix_relay::wire::{Error, Result};
 use nix_relay_fuzz::{Budget, LIMITS, budget_for, run, stream_nar};
+use nix_relay_wire::worker::values::PATH_INFO_LAYOUT;
+use nix_relay_wire::worker::{
+    FramedReader, NarUpload, Request, WorkerCodec, WorkerVersion, write_worker_valid_path_info,
+};
+use nix_relay_wire::{Error, Result};
 use tokio::io::AsyncReadExt;
 
 /// 1.21 (Nix 2.3) … 1.38 (Nix ≥ 2.24): every minor where a field or an op
@@ -30,21 +31,15 @@ async fn roundtrip(req: &Request, version: WorkerVersion) {
     assert!(r.is_empty(), "re-encoded request read exactly");
 }
 
-/// AddMultipleToStore's framed content: count, then (info · NAR) each.
-async fn add_multiple(r: &mut &[u8]) -> Result<()> {
-    let n = read_u64(r, "count").await?;
-    if n > LIMITS.max_collection_len as u64 {
-        return Err(Error::TooLong {
-            field: "count",
-            len: n,
-            max: LIMITS.max_collection_len as u64,
-        });
-    }
+/// AddMultipleToStore's framed content: count, then (info · NAR) each,
+/// read with the session's decoders.
+async fn add_multiple(r: &mut &[u8], codec: WorkerCodec) -> Result<()> {
+    let n = codec.read_add_multiple_count(r).await?;
     for _ in 0..n {
-        let info = read_upload_path_info(r, &LIMITS).await?;
+        let info = codec.read_upload_path_info(r).await?;
         let mut buf = Vec::new();
         write_worker_valid_path_info(&mut buf, &info, PATH_INFO_LAYOUT);
-        let back = read_upload_path_info(&mut &buf[..], &LIMITS).await;
+        let back = codec.read_upload_path_info(&mut &buf[..]).await;
         assert_eq!(back.expect("path info round trip"), info);
         stream_nar(r).await?;
     }
@@ -53,7 +48,7 @@ async fn add_multiple(r: &mut &[u8]) -> Result<()> {
 
 /// A framed payload, read whole (it is bounded by the input) and then
 /// interpreted; the reader must end exactly at the terminator.
-async fn framed(r: &mut &[u8], multiple: bool) -> Result<()> {
+async fn framed(r: &mut &[u8], multiple: Option<WorkerCodec>) -> Result<()> {
     let mut fr = FramedReader::new(*r, &LIMITS);
     let mut content = Vec::new();
     let res = fr.read_to_end(&mut content).await;
@@ -61,22 +56,25 @@ async fn framed(r: &mut &[u8], multiple: bool) -> Result<()> {
     *r = fr.into_inner();
     res.map_err(|e| Error::read("framed payload", e))?;
     assert!(done, "read_to_end stops only at the terminator");
-    if multiple {
-        add_multiple(&mut &content[..]).await?;
+    if let Some(codec) = multiple {
+        add_multiple(&mut &content[..], codec).await?;
     }
     Ok(())
 }
 
+/// As `session::worker` runs it: the same codec, the same version gates.
 async fn session(mut r: &[u8], version: WorkerVersion) -> Result<()> {
-    while let Some(req) = Request::read(&mut r, version, &LIMITS).await? {
+    let codec = WorkerCodec::new(version, LIMITS);
+    while let Some(req) = codec.read_request(&mut r).await? {
         roundtrip(&req, version).await;
-        let minor = version.minor();
         match req {
             Request::AddToStore { .. } | Request::AddBuildLog { .. } => {
-                framed(&mut r, false).await?
+                framed(&mut r, None).await?
             }
-            Request::AddMultipleToStore { .. } => framed(&mut r, true).await?,
-            Request::AddToStoreNar { .. } if minor >= 23 => framed(&mut r, false).await?,
+            Request::AddMultipleToStore { .. } => framed(&mut r, Some(codec)).await?,
+            Request::AddToStoreNar { .. } if codec.nar_upload() == NarUpload::Framed => {
+                framed(&mut r, None).await?
+            }
             Request::AddToStoreLegacy(_) => stream_nar(&mut r).await?,
             // Below 1.23 the NAR is pulled with STDERR_READ: a dialogue.
             Request::AddToStoreNar { .. } => return Ok(()),

@@ -8,8 +8,8 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use cap::Cap;
-use nix_relay::wire::nar::{NarLimits, NarNode, copy_nar};
-use nix_relay::wire::{self, Limits};
+use nix_relay_wire::nar::{NarLimits, NarNode, copy_nar};
+use nix_relay_wire::{self as wire, Limits};
 
 pub mod nar_tree;
 
@@ -89,7 +89,7 @@ pub async fn stream_nar(r: &mut &[u8]) -> wire::Result<()> {
     );
     let tree = nar_tree::decode(&out);
     assert_eq!(
-        nix_relay::wire::nar::encode_nar(&tree),
+        nix_relay_wire::nar::encode_nar(&tree),
         out,
         "accepted NAR re-encodes"
     );
@@ -98,7 +98,7 @@ pub async fn stream_nar(r: &mut &[u8]) -> wire::Result<()> {
 
 /// The smallest valid NAR, for building inputs.
 pub fn empty_file_nar() -> Vec<u8> {
-    nix_relay::wire::nar::encode_nar(&NarNode::Regular {
+    nix_relay_wire::nar::encode_nar(&NarNode::Regular {
         executable: false,
         contents: Vec::new(),
     })

@@ -2,7 +2,7 @@
 //! so the fuzzers can check it re-encodes to the same bytes. Panics on
 //! malformed input: it only ever sees validated NARs.
 
-use nix_relay::wire::nar::NarNode;
+use nix_relay_wire::nar::NarNode;
 
 struct Tokens<'a>(&'a [u8]);
 

@@ -5,8 +5,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt
 
 use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
 use crate::wire::path_info::ValidPathInfo;
-use crate::wire::primitives::read_paths;
-use crate::wire::serve::{self, Request, ServeVersion};
+use crate::wire::serve::{self, Request, ServeCodec, ServeVersion};
 use crate::wire::store_path::StorePath;
 use crate::wire::{Error, Limits, Result};
 
@@ -30,9 +29,12 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, 
         }
     }
 
+    fn codec(&self) -> ServeCodec {
+        ServeCodec::new(self.version, self.limits)
+    }
+
     async fn request(&mut self, req: &Request) -> Result<()> {
-        let mut buf = Vec::new();
-        req.write(&mut buf, self.version);
+        let buf = self.codec().encode_request(req);
         serve::send(&mut self.w, &buf).await
     }
 
@@ -43,12 +45,12 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, 
             paths,
         })
         .await?;
-        read_paths(&mut self.r, "valid paths", &self.limits).await
+        self.codec().read_paths(&mut self.r).await
     }
 
     pub async fn query_path_infos(&mut self, paths: Vec<StorePath>) -> Result<Vec<ValidPathInfo>> {
         self.request(&Request::QueryPathInfos { paths }).await?;
-        serve::read_path_infos(&mut self.r, self.version.minor(), &self.limits).await
+        self.codec().read_path_infos(&mut self.r).await
     }
 
     /// Uploads one path; `nar` must yield exactly `info.nar_size` bytes.
@@ -57,8 +59,9 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, 
         info: &ValidPathInfo,
         nar: &mut N,
     ) -> Result<()> {
-        let mut buf = Vec::new();
-        Request::AddToStoreNar { info: info.clone() }.write(&mut buf, self.version);
+        let buf = self
+            .codec()
+            .encode_request(&Request::AddToStoreNar { info: info.clone() });
         self.w.write_all(&buf).await.map_err(Error::Write)?;
         let mut limited = nar.take(info.nar_size);
         let n = tokio::io::copy(&mut limited, &mut self.w)
@@ -70,7 +73,8 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, 
             });
         }
         self.w.flush().await.map_err(Error::Write)?;
-        serve::read_ack(&mut self.r, "AddToStoreNar reply").await
+        let codec = self.codec();
+        codec.read_ack(&mut self.r, "AddToStoreNar reply").await
     }
 
     pub async fn build_derivation(
@@ -85,7 +89,7 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, 
             options,
         })
         .await?;
-        BuildResult::read_serve(&mut self.r, self.version.minor(), &self.limits).await
+        self.codec().read_build_result(&mut self.r).await
     }
 
     /// Asks for a NAR; the caller then reads it from `self.r`.

@@ -14,23 +14,16 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt
 use crate::buildlog::{LogSink, log_pieces};
 use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
 use crate::wire::path_info::ValidPathInfo;
-use crate::wire::primitives::{read_bool, read_paths};
 use crate::wire::store_path::StorePath;
 use crate::wire::worker::framed::DEFAULT_FRAME_SIZE;
 use crate::wire::worker::stderr::{
     ACT_BUILD, LVL_INFO, RES_BUILD_LOG_LINE, RES_POST_BUILD_LOG_LINE, write_read_reply,
 };
 use crate::wire::worker::{
-    BUILD_MODE_NORMAL, ClientOptions, Field, FramedWriter, Request, StderrMsg, WorkerBuildResult,
-    WorkerError, WorkerVersion, read_worker_path_info,
+    BUILD_MODE_NORMAL, ClientOptions, Field, FramedWriter, NarUpload, Request, StderrMsg,
+    WorkerCodec, WorkerError, WorkerVersion,
 };
 use crate::wire::{Error, Limits, Result};
-
-/// AddToStoreNar sends the NAR framed from this version on; before, the
-/// daemon pulls it with `STDERR_READ`.
-const FRAMED_NAR_MINOR: u8 = 23;
-/// QueryPathInfo answers start with a found flag from this version on.
-const FOUND_FLAG_MINOR: u8 = 17;
 
 pub struct WorkerClient<R, W> {
     pub r: R,
@@ -112,9 +105,12 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         }
     }
 
+    fn codec(&self) -> WorkerCodec {
+        WorkerCodec::new(self.version, self.limits)
+    }
+
     async fn request(&mut self, req: &Request) -> Result<()> {
-        let mut buf = Vec::new();
-        req.write(&mut buf, self.version);
+        let buf = self.codec().encode_request(req);
         self.w.write_all(&buf).await.map_err(Error::Write)?;
         self.w.flush().await.map_err(Error::Write)
     }
@@ -122,9 +118,9 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
     /// Reads an op's STDERR stream to `STDERR_LAST`; text for the build
     /// log goes to `log` (if any), everything else is skipped.
     async fn finish(&mut self, op: &str, log: Option<&LogSink>) -> Result<()> {
+        let codec = self.codec();
         loop {
-            let (msg, dropped) =
-                StderrMsg::read_log_capped(&mut self.r, self.version, &self.limits).await?;
+            let (msg, dropped) = codec.read_stderr_log_capped(&mut self.r).await?;
             if dropped > 0 {
                 tracing::debug!(op, dropped, "long log text from the daemon cut");
             }
@@ -164,7 +160,7 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         })
         .await?;
         self.finish("QueryValidPaths", None).await?;
-        read_paths(&mut self.r, "valid paths", &self.limits).await
+        self.codec().read_paths(&mut self.r).await
     }
 
     /// The infos of the paths that are valid (others are left out).
@@ -174,10 +170,8 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
             self.request(&Request::QueryPathInfo { path: path.clone() })
                 .await?;
             self.finish("QueryPathInfo", None).await?;
-            if self.version.minor() >= FOUND_FLAG_MINOR && !read_bool(&mut self.r, "found").await? {
-                continue;
-            }
-            out.push(read_worker_path_info(&mut self.r, path, self.version, &self.limits).await?);
+            let codec = self.codec();
+            out.extend(codec.read_path_info(&mut self.r, path).await?);
         }
         Ok(out)
     }
@@ -195,7 +189,7 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         })
         .await?;
         let mut limited = nar.take(info.nar_size);
-        if self.version.minor() < FRAMED_NAR_MINOR {
+        if self.codec().nar_upload() == NarUpload::Pulled {
             return self.answer_reads(&mut limited, info.nar_size).await;
         }
         let mut framed = FramedWriter::new(&mut self.w, DEFAULT_FRAME_SIZE);
@@ -216,8 +210,9 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
     async fn answer_reads<N: AsyncRead + Unpin>(&mut self, nar: &mut N, size: u64) -> Result<()> {
         let mut sent = 0u64;
         let mut chunk = Vec::new();
+        let codec = self.codec();
         loop {
-            match StderrMsg::read(&mut self.r, self.version, &self.limits).await? {
+            match codec.read_stderr(&mut self.r).await? {
                 StderrMsg::Last if sent == size => return Ok(()),
                 StderrMsg::Last => {
                     return Err(Error::Protocol(format!(
@@ -262,8 +257,8 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         })
         .await?;
         self.finish("BuildDerivation", Some(log)).await?;
-        let res = WorkerBuildResult::read(&mut self.r, self.version, &self.limits).await?;
-        Ok(res.base)
+        let codec = self.codec();
+        Ok(codec.read_build_result(&mut self.r).await?.base)
     }
 
     /// Asks for a NAR; the caller then reads it from `self.r`.

@@ -7,7 +7,7 @@ use super::*;
 use crate::wire::hash::Sha256Hash;
 use crate::wire::primitives::{put_paths, put_u64};
 use crate::wire::worker::stderr::{ACT_BUILDS, ACT_COPY_PATHS, read_read_reply};
-use crate::wire::worker::{FramedReader, Trust, server_handshake};
+use crate::wire::worker::{FramedReader, Trust, WorkerBuildResult, server_handshake};
 
 type Client = WorkerClient<BufReader<ReadHalf<DuplexStream>>, WriteHalf<DuplexStream>>;
 type Server = (

@@ -22,11 +22,10 @@ use super::{ClientId, Error, Relay};
 use crate::buildlog::LogSink;
 use crate::store::{Verify, topo_sort};
 use crate::wire::build::{BuildResult, BuildStatus};
+use crate::wire::export;
 use crate::wire::path_info::ValidPathInfo;
-use crate::wire::primitives::{put_paths, put_u64};
-use crate::wire::serve::{self, Request, ServeVersion, write_path_infos};
+use crate::wire::serve::{self, Reply, Request, ServeCodec, ServeVersion};
 use crate::wire::store_path::StorePath;
-use crate::wire::{export, primitives};
 use tokio_util::sync::CancellationToken;
 
 pub struct ServeSession<R, W> {
@@ -83,8 +82,8 @@ where
                 .await
                 .map_err(|_| Error::Refused(format!("no serve handshake within {limit:?}")))??;
         debug!(version = %self.version, "serve handshake done");
-        let limits = self.relay.limits.wire();
-        while let Some(req) = Request::read(&mut self.r, self.version, &limits).await? {
+        let codec = self.codec();
+        while let Some(req) = codec.read_request(&mut self.r).await? {
             debug!(command = ?req.command(), "request");
             self.handle(req).await?;
         }
@@ -99,8 +98,13 @@ where
         }
     }
 
-    async fn reply(&mut self, buf: &[u8]) -> Result<(), Error> {
-        Ok(serve::send(&mut self.w, buf).await?)
+    fn codec(&self) -> ServeCodec {
+        ServeCodec::new(self.version, self.relay.limits.wire())
+    }
+
+    async fn reply(&mut self, reply: Reply) -> Result<(), Error> {
+        let buf = self.codec().encode_reply(&reply);
+        Ok(serve::send(&mut self.w, &buf).await?)
     }
 
     async fn handle(&mut self, req: Request) -> Result<(), Error> {
@@ -130,9 +134,7 @@ where
                 )
                 .await;
                 self.pending = pending;
-                let mut buf = Vec::new();
-                result.write_serve(&mut buf, self.version.minor());
-                self.reply(&buf).await
+                self.reply(Reply::Build(result)).await
             }
             Request::AddToStoreNar { info } => self.add_to_store_nar(info).await,
         }
@@ -150,9 +152,7 @@ where
                 valid.push(p);
             }
         }
-        let mut buf = Vec::new();
-        put_paths(&mut buf, valid.iter());
-        self.reply(&buf).await
+        self.reply(Reply::Paths(valid)).await
     }
 
     async fn query_path_infos(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
@@ -162,9 +162,7 @@ where
                 infos.push(i);
             }
         }
-        let mut buf = Vec::new();
-        write_path_infos(&mut buf, &infos, self.version.minor());
-        self.reply(&buf).await
+        self.reply(Reply::PathInfos(infos)).await
     }
 
     async fn dump_store_path(&mut self, path: StorePath) -> Result<(), Error> {
@@ -206,9 +204,7 @@ where
         let path = info.path.clone();
         let scope = super::commit_upload(&self.relay, &self.client, writer, info).await?;
         debug!(%path, ?scope, "upload stored");
-        let mut buf = Vec::new();
-        put_u64(&mut buf, 1);
-        self.reply(&buf).await
+        self.reply(Reply::Ack).await
     }
 
     async fn import_paths(&mut self) -> Result<(), Error> {
@@ -238,9 +234,7 @@ where
                 .commit_upload(writer, info, Verify::Computed, name, trusted)
                 .await?;
         }
-        let mut buf = Vec::new();
-        put_u64(&mut buf, 1);
-        self.reply(&buf).await
+        self.reply(Reply::Ack).await
     }
 
     async fn export_paths(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
@@ -262,7 +256,7 @@ where
                 .await?;
             let mut buf = Vec::new();
             export::write_next(&mut buf, true);
-            self.reply(&buf).await?;
+            serve::send(&mut self.w, &buf).await?;
             tokio::io::copy_buf(&mut nar, &mut self.w)
                 .await
                 .map_err(crate::wire::Error::Write)?;
@@ -275,11 +269,11 @@ where
                     deriver: info.deriver,
                 },
             );
-            self.reply(&buf).await?;
+            serve::send(&mut self.w, &buf).await?;
         }
         let mut buf = Vec::new();
         export::write_next(&mut buf, false);
-        self.reply(&buf).await
+        Ok(serve::send(&mut self.w, &buf).await?)
     }
 
     async fn query_closure(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
@@ -289,9 +283,7 @@ where
             .closure_sorted(&paths, Some(&self.client.name))
             .await?;
         let sorted: std::collections::BTreeSet<_> = closure.into_iter().collect();
-        let mut buf = Vec::new();
-        put_paths(&mut buf, sorted.iter());
-        self.reply(&buf).await
+        self.reply(Reply::Paths(sorted.into_iter().collect())).await
     }
 
     /// Only already-valid paths can be "built" this way: the serve protocol's
@@ -302,14 +294,7 @@ where
         self.need_write("BuildPaths")?;
         let why =
             super::unbuildable(&self.relay, self.pending.as_ref(), &self.client, &paths).await?;
-        let mut buf = Vec::new();
-        if let Some(msg) = why {
-            let r = BuildResult::failure(BuildStatus::MiscFailure, msg);
-            put_u64(&mut buf, r.status as u64);
-            primitives::put_bytes(&mut buf, &r.error_msg);
-        } else {
-            put_u64(&mut buf, 0);
-        }
-        self.reply(&buf).await
+        let failure = why.map(|msg| BuildResult::failure(BuildStatus::MiscFailure, msg));
+        self.reply(Reply::BuildPaths(failure)).await
     }
 }

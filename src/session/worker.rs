@@ -25,13 +25,14 @@ use super::{ClientId, Error, Relay};
 use crate::error_chain;
 use crate::wire::build::{BuildOptions, BuildResult, BuildStatus};
 use crate::wire::path_info::ValidPathInfo;
-use crate::wire::primitives::read_u64;
 use crate::wire::serve::send;
 use crate::wire::store_path::StorePath;
 use crate::wire::worker::framed::FramedReader;
 use crate::wire::worker::stderr::{Field, StderrMsg, WorkerError, read_read_reply};
-use crate::wire::worker::values::{QueryMissingReply, WorkerBuildResult, read_upload_path_info};
-use crate::wire::worker::{Reply, Request, Trust, WorkerVersion, server_handshake};
+use crate::wire::worker::values::{QueryMissingReply, WorkerBuildResult};
+use crate::wire::worker::{
+    NarUpload, Reply, Request, Trust, WorkerCodec, WorkerVersion, server_handshake,
+};
 
 /// Bytes asked for per `STDERR_READ` from 1.21–1.22 clients.
 const READ_CHUNK: u64 = 64 << 10;
@@ -104,9 +105,9 @@ where
         self.version = hs.version;
         debug!(version = %format_args!("{}.{}", hs.version.major(), hs.version.minor()), "worker handshake done");
         self.reply(&[StderrMsg::Last], None).await?;
-        let limits = self.relay.limits.wire();
+        let codec = self.codec();
         loop {
-            let req = match Request::read(&mut self.r, self.version, &limits).await {
+            let req = match codec.read_request(&mut self.r).await {
                 Ok(Some(req)) => req,
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -128,16 +129,13 @@ where
         }
     }
 
+    fn codec(&self) -> WorkerCodec {
+        WorkerCodec::new(self.version, self.relay.limits.wire())
+    }
+
     /// Writes `msgs` and, after a final `STDERR_LAST`, the reply.
     async fn reply(&mut self, msgs: &[StderrMsg], reply: Option<Reply>) -> Result<(), Error> {
-        let mut buf = Vec::new();
-        for m in msgs {
-            m.write(&mut buf, self.version);
-        }
-        if let Some(r) = reply {
-            StderrMsg::Last.write(&mut buf, self.version);
-            r.write(&mut buf, self.version);
-        }
+        let buf = self.codec().encode_reply(msgs, reply.as_ref());
         Ok(send(&mut self.w, &buf).await?)
     }
 
@@ -248,7 +246,7 @@ where
 
     async fn query_path_info(&mut self, path: StorePath) -> Result<Result<(), OpError>, Error> {
         let info = self.lookup(&path).await?;
-        if info.is_none() && self.version.minor() < 17 {
+        if info.is_none() && !self.version.has_found_flag() {
             return Ok(Err(OpError(format!("path '{path}' is not valid"))));
         }
         self.ok(Reply::PathInfo(info)).await
@@ -258,7 +256,7 @@ where
         &mut self,
         info: ValidPathInfo,
     ) -> Result<Result<(), OpError>, Error> {
-        if self.version.minor() < 23 {
+        if self.codec().nar_upload() == NarUpload::Pulled {
             return self.add_pulled(info).await;
         }
         let limits = self.relay.limits.wire();
@@ -469,18 +467,11 @@ async fn store_many<B: AsyncBufRead + Unpin>(
     client: &ClientId,
     r: &mut B,
 ) -> Result<u64, Error> {
-    let limits = relay.limits.wire();
-    let n = read_u64(r, "AddMultipleToStore count").await?;
-    if n > limits.max_collection_len as u64 {
-        return Err(crate::wire::Error::TooLong {
-            field: "AddMultipleToStore count",
-            len: n,
-            max: limits.max_collection_len as u64,
-        }
-        .into());
-    }
+    // The content's layout does not depend on the version.
+    let codec = WorkerCodec::new(WorkerVersion::LATEST, relay.limits.wire());
+    let n = codec.read_add_multiple_count(r).await?;
     for _ in 0..n {
-        let info = read_upload_path_info(r, &limits).await?;
+        let info = codec.read_upload_path_info(r).await?;
         store_upload_via(relay, client, info, r).await?;
     }
     Ok(n)

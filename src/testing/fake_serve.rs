@@ -6,8 +6,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::fake::{Fake, Script};
-use crate::wire::primitives::{put_paths, put_u64};
-use crate::wire::serve::{self, Request, write_path_infos};
+use crate::wire::serve::{self, Reply, Request, ServeCodec};
 use crate::wire::store_path::StorePath;
 use crate::wire::{Error, Limits, Result};
 
@@ -23,22 +22,18 @@ where
     }
     let version = serve::server_handshake(&mut r, &mut w).await?;
     fake.note(|rec| rec.handshakes += 1);
-    let limits = Limits::default();
-    while let Some(req) = Request::read(&mut r, version, &limits).await? {
+    let codec = ServeCodec::new(version, Limits::default());
+    while let Some(req) = codec.read_request(&mut r).await? {
         let script = fake.script();
-        let mut buf = Vec::new();
-        match req {
-            Request::QueryValidPaths { paths, .. } => {
-                put_paths(&mut buf, fake.valid(&paths).iter())
-            }
+        let reply = match req {
+            Request::QueryValidPaths { paths, .. } => Reply::Paths(fake.valid(&paths)),
             Request::QueryPathInfos { paths } => {
-                let infos: Vec<_> = paths.iter().filter_map(|p| fake.info(p)).collect();
-                write_path_infos(&mut buf, &infos, version.minor());
+                Reply::PathInfos(paths.iter().filter_map(|p| fake.info(p)).collect())
             }
             Request::AddToStoreNar { info } => {
                 let nar = receive(&mut r, info.nar_size, script.cut_upload_after).await?;
                 fake.add(info, nar);
-                put_u64(&mut buf, 1);
+                Reply::Ack
             }
             Request::DumpStorePath { path } => {
                 if !send_nar(fake, &script, &mut w, &path).await? {
@@ -59,7 +54,7 @@ where
                 let Some(result) = fake.finish_build(&script, &mut guard, &drv).await else {
                     return Ok(());
                 };
-                result.write_serve(&mut buf, version.minor());
+                Reply::Build(result)
             }
             other => {
                 // No error channel: say why on stderr and hang up, like Nix.
@@ -67,8 +62,8 @@ where
                 let _ = stderr.write_all(msg.as_bytes()).await;
                 return Ok(());
             }
-        }
-        serve::send(&mut w, &buf).await?;
+        };
+        serve::send(&mut w, &codec.encode_reply(&reply)).await?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use nix_relay::wire::hash::Sha256Hash;
 use nix_relay::wire::nar::{NarLimits, NarParser, NarSummary};
 use nix_relay::wire::path_info::ValidPathInfo;
 use nix_relay::wire::primitives::{read_paths, read_string, read_u64};
-use nix_relay::wire::serve::{Request, SERVE_MAGIC_1, SERVE_MAGIC_2, ServeVersion, read_ack};
+use nix_relay::wire::serve::{Request, SERVE_MAGIC_1, SERVE_MAGIC_2, ServeCodec, ServeVersion};
 use nix_relay::wire::store_path::StorePath;
 use nix_relay::wire::{Error, Limits};
 
@@ -283,7 +283,9 @@ pub async fn decode_server(
             }
             Request::DumpStorePath { .. } => Response::Nar(parse_nar(&mut cur)?.0),
             Request::ImportPaths | Request::AddToStoreNar { .. } => {
-                read_ack(&mut cur.rest, "ack").await?;
+                ServeCodec::new(ServeVersion::LATEST, *limits)
+                    .read_ack(&mut cur.rest, "ack")
+                    .await?;
                 Response::Ack
             }
             Request::ExportPaths { .. } => {

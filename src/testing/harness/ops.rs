@@ -12,7 +12,7 @@ use crate::testing::fake::{Fake, Script, register};
 impl TestRelay {
     /// `/status` rendered as `nix-relay status` prints it.
     pub fn status_table(&self) -> String {
-        let status = crate::status::collect(&self.relay);
+        let status = crate::http::status::collect(&self.relay);
         let json = serde_json::to_value(&status).unwrap_or_else(|e| panic!("status: {e}"));
         crate::status::render(&json, 200)
     }
@@ -41,7 +41,7 @@ impl TestRelay {
     /// its URL, for [`crate::cli::drain`].
     pub async fn admin_url(&self) -> String {
         let any = "127.0.0.1:0".parse().expect("loopback address");
-        let addr = crate::admin::spawn(any, self.relay.scheduler.clone()).await;
+        let addr = crate::http::admin::spawn(any, self.relay.scheduler.clone()).await;
         format!("http://{}", addr.unwrap_or_else(|e| panic!("admin: {e}")))
     }
 

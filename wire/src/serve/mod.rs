@@ -17,6 +17,10 @@
 //! ```
 //! There is no error channel: a failing server prints to stderr and exits.
 
+mod reply;
+
+pub use reply::{Reply, ServeCodec};
+
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::build::{BasicDerivation, BuildOptions};
@@ -123,6 +127,25 @@ pub enum Command {
     QueryClosure = 7,
     BuildDerivation = 8,
     AddToStoreNar = 9,
+}
+
+impl Command {
+    pub const ALL: [Command; 9] = [
+        Command::QueryValidPaths,
+        Command::QueryPathInfos,
+        Command::DumpStorePath,
+        Command::ImportPaths,
+        Command::ExportPaths,
+        Command::BuildPaths,
+        Command::QueryClosure,
+        Command::BuildDerivation,
+        Command::AddToStoreNar,
+    ];
+
+    /// The command `code` names, if it is one.
+    pub fn from_u64(code: u64) -> Option<Command> {
+        Command::ALL.into_iter().find(|c| *c as u64 == code)
+    }
 }
 
 /// One client request. Payloads that follow a request (the NAR of
@@ -269,46 +292,5 @@ impl Request {
             }
             Request::AddToStoreNar { info } => info.write_add_header(buf),
         }
-    }
-}
-
-/// `QueryPathInfos` reply: one record per known path, then `""`.
-pub fn write_path_infos(buf: &mut Vec<u8>, infos: &[ValidPathInfo], minor: u8) {
-    for info in infos {
-        info.write_serve_record(buf, info.nar_size, minor);
-    }
-    put_str(buf, "");
-}
-
-pub async fn read_path_infos<R: AsyncRead + Unpin>(
-    r: &mut R,
-    minor: u8,
-    limits: &Limits,
-) -> Result<Vec<ValidPathInfo>> {
-    let mut infos = Vec::new();
-    loop {
-        let path = read_string(r, "path info path", Limits::MAX_PATH_BYTES).await?;
-        if path.is_empty() {
-            return Ok(infos);
-        }
-        if infos.len() >= limits.max_collection_len {
-            return Err(Error::TooLong {
-                field: "path infos",
-                len: infos.len() as u64 + 1,
-                max: limits.max_collection_len as u64,
-            });
-        }
-        let path = StorePath::parse(&path)?;
-        let (info, _download_size) =
-            ValidPathInfo::read_serve_record(r, path, minor, limits).await?;
-        infos.push(info);
-    }
-}
-
-/// The `u64 1` acknowledging ImportPaths and AddToStoreNar.
-pub async fn read_ack<R: AsyncRead + Unpin>(r: &mut R, field: &'static str) -> Result<()> {
-    match read_u64(r, field).await? {
-        1 => Ok(()),
-        v => Err(Error::BadValue { field, value: v }),
     }
 }

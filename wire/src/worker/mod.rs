@@ -23,6 +23,7 @@
 //! (ValidPathInfo, BuildResult, QueryMissing, replies): [`values`];
 //! handshake: [`handshake`]; STDERR messages: [`stderr`]; framing: [`framed`].
 
+pub mod codec;
 pub mod framed;
 pub mod handshake;
 pub mod options;
@@ -31,6 +32,7 @@ pub mod request;
 pub mod stderr;
 pub mod values;
 
+pub use codec::{NarUpload, WorkerCodec};
 pub use framed::{FramedReader, FramedWriter};
 pub use handshake::{ClientHandshake, ServerHandshake, client_handshake, server_handshake};
 pub use options::{ClientOptions, DrvOutputRegistration, LegacyAddToStore};
@@ -72,6 +74,16 @@ impl WorkerVersion {
     }
     pub fn minor(self) -> u8 {
         (self.0 & 0xff) as u8
+    }
+    /// QueryPathInfo's reply starts with a found flag (≥ 1.17), so "not
+    /// valid" is a reply; before, only an error can say it.
+    pub fn has_found_flag(self) -> bool {
+        self.minor() >= 17
+    }
+    /// AddToStoreNar's NAR travels framed (≥ 1.23); before, the server
+    /// pulls it with `STDERR_READ` ([`WorkerCodec::nar_upload`]).
+    pub fn frames_nar_upload(self) -> bool {
+        self.minor() >= 23
     }
     /// Accepts a peer's version if it is 1.x with x ≥ 21.
     pub fn check_peer(v: u64) -> Result<WorkerVersion> {

@@ -8,7 +8,7 @@ use super::*;
 
 const GOLDEN_S2C: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/golden/serve/legacy-top.s2c"
+    "/../tests/golden/serve/legacy-top.s2c"
 ));
 /// legacy-top.txt: `S< @1400 nar NAR 1488 bytes`, the last message.
 const GOLDEN_NAR_AT: usize = 1400;
