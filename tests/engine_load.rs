@@ -33,7 +33,7 @@ fn config() -> String {
 /// Session `i`: upload, build, fetch; the output and its NAR's hash, or
 /// why it failed.
 async fn one_session(t: &TestRelay, i: usize) -> Result<(StorePath, Sha256Hash), String> {
-    let protocol = if i % 2 == 0 {
+    let protocol = if i.is_multiple_of(2) {
         Protocol::Worker
     } else {
         Protocol::Serve
