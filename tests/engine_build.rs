@@ -74,39 +74,67 @@ async fn worker_client_serve_backend_builds_logs_stores_and_caches() {
     build_fetch_then_cache_hit(Protocol::Worker, "fake://a").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_concurrent_clients_share_one_fake_build() {
+/// Three clients of mixed protocols build one fresh derivation at once:
+/// one fake build, every client gets the same valid output (its narHash
+/// the fake's), the other two say they attached.
+async fn three_clients_share_one_build(uri: &str, protocols: [Protocol; 3]) {
     let script = Script::default()
         .log(&["slow build"])
         .taking(Duration::from_millis(500));
-    let t = TestRelay::start(&one_backend("fake://a"), &[("a", script)]).await;
+    let t = TestRelay::start(&one_backend(uri), &[("a", script)]).await;
     let (drv_path, d) = drv::derivation("shared", SYS, &[]);
+    let out = drv::out_path(&d);
     let mut clients = Vec::new();
-    for (i, p) in [Protocol::Serve, Protocol::Worker, Protocol::Serve]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, p) in protocols.into_iter().enumerate() {
         clients.push(t.client(p, &format!("c{i}")).await);
     }
     let builds = clients.iter_mut().map(|c| {
-        let (drv_path, d) = (&drv_path, &d);
-        async move { c.build(drv_path, d).await.unwrap() }
+        let (drv_path, d, out) = (&drv_path, &d, &out);
+        async move {
+            let r = c.build(drv_path, d).await.unwrap();
+            assert!(r.status.is_success(), "{r:?}\nlog:\n{}", c.log());
+            c.fetch(out).await.unwrap()
+        }
     });
-    let results = futures_util::future::join_all(builds).await;
-    for (c, r) in clients.iter().zip(&results) {
-        assert!(r.status.is_success(), "{r:?}\nlog:\n{}", c.log());
+    let nars = futures_util::future::join_all(builds).await;
+    let fake = t.fake("a");
+    assert_eq!(
+        fake.record().builds_started,
+        std::slice::from_ref(&drv_path),
+        "exactly one fake build"
+    );
+    let built = fake.info(&out).expect("the fake built the output");
+    for nar in &nars {
+        assert_eq!(
+            Sha256Hash::digest(nar),
+            built.nar_hash,
+            "{uri}: a client got another NAR"
+        );
     }
-    let rec = t.fake("a").record();
-    assert_eq!(rec.builds_started, [drv_path], "exactly one fake build");
+    assert_eq!(t.wait_stored(&out, WAIT).await.nar_hash, built.nar_hash);
+    let attach =
+        format!("attached to the build of '{drv_path}' already running for another client");
     let (attached, started): (Vec<_>, Vec<_>) =
-        (clients.iter()).partition(|c| c.log().contains("attached to the build"));
+        (clients.iter()).partition(|c| c.log().contains(&attach));
     assert_eq!(
         (attached.len(), started.len()),
         (2, 1),
-        "the other two attached"
+        "{uri}: the other two attached"
     );
     // A client that attaches later reads the log from then on only.
     started[0].wait_log("slow build", WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_clients_share_one_serve_fake_build() {
+    use Protocol::{Serve, Worker};
+    three_clients_share_one_build("fake://a", [Serve, Worker, Serve]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_clients_share_one_worker_fake_build() {
+    use Protocol::{Serve, Worker};
+    three_clients_share_one_build("fake-ng://a", [Worker, Serve, Worker]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::Client;
 use crate::session::{self, ClientId, Relay};
 use crate::ssh::deadline::Cuttable;
-use crate::ssh::{LogSink, PIPE_BYTES, pump};
+use crate::ssh::{PIPE_BYTES, pump};
 use tokio_util::sync::CancellationToken;
 
 pub use super::command::{Command, parse_command};
@@ -455,7 +455,7 @@ async fn forward_log(
 
 /// A log sink for tests that just collects lines.
 #[cfg(feature = "testing")]
-pub fn null_log() -> LogSink {
+pub fn null_log() -> crate::buildlog::LogSink {
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     tx

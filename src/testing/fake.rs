@@ -67,6 +67,8 @@ pub struct Script {
     pub cut_upload_after: Option<u64>,
     /// Close the connection after sending this many bytes of an output NAR.
     pub cut_output_after: Option<u64>,
+    /// A log flood after the log lines ([`super::fake_flood`]).
+    pub flood: Option<super::fake_flood::Flood>,
 }
 
 impl Default for Script {
@@ -79,6 +81,7 @@ impl Default for Script {
             outputs: HashMap::new(),
             cut_upload_after: None,
             cut_output_after: None,
+            flood: None,
         }
     }
 }
@@ -128,6 +131,8 @@ pub struct Record {
     pub uploaded: Vec<StorePath>,
     /// Every byte the relay sent it.
     pub bytes_received: u64,
+    /// Bytes of a log flood written to the relay.
+    pub flood_bytes: u64,
 }
 
 type Stored = (ValidPathInfo, Arc<Vec<u8>>);
@@ -188,6 +193,11 @@ impl Fake {
                 self.record()
             ),
         }
+    }
+
+    /// Deletes `path` from the fake's store (a backend that lost it).
+    pub fn forget(&self, path: &StorePath) {
+        lock(&self.store).remove(path);
     }
 
     /// Whether the fake's store has `path`.

@@ -50,6 +50,9 @@ where
                         .await
                         .map_err(Error::Write)?;
                 }
+                if let Some(f) = script.flood {
+                    super::fake_flood::serve(fake, f, &mut stderr).await?;
+                }
                 stderr.flush().await.map_err(Error::Write)?;
                 let Some(result) = fake.finish_build(&script, &mut guard, &drv).await else {
                     return Ok(());

@@ -58,6 +58,9 @@ where
                 for line in &script.log {
                     send(&mut w, v, &[log_line(line)], None).await?;
                 }
+                if let Some(f) = script.flood {
+                    super::fake_flood::worker(fake, f, &mut w, v).await?;
+                }
                 let Some(result) = fake.finish_build(&script, &mut guard, &drv).await else {
                     return Ok(());
                 };

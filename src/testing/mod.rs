@@ -13,6 +13,7 @@
 
 pub mod drv;
 pub mod fake;
+pub mod fake_flood;
 mod fake_serve;
 mod fake_worker;
 pub mod harness;

@@ -1,8 +1,7 @@
-# Load: 100 concurrent client sessions through the relay. load_100 checks
-# correctness and memory only (no times); benches/load.sh runs the same
-# functions and prints the session set-up rate and latency percentiles.
-# Sourced by e2e.sh (and benches/load.sh); needs HS, STATE, DRV, TMO and the
-# lab's machines-relay line.
+# Load through the lab relay: the functions benches/load.sh runs to print
+# the session set-up rate and latency percentiles (the correctness check,
+# load_100, is tests/engine_load.rs). Sourced by e2e.sh and benches/load.sh;
+# needs HS, STATE, DRV, TMO and the lab's machines-relay line.
 
 # load_builders PROTO: the relay's builder line for PROTO (ssh|ssh-ng) with
 # max-jobs 100, so one client namespace may run 100 builds on it at once
@@ -63,25 +62,4 @@ load_stats() {
     { d[NR] = $1; if (NR == 1 || $2 < s) s = $2; if ($3 > e) e = $3 }
     END { n = NR; w = e - s; p50 = d[int((n - 1) * 0.50) + 1]; p99 = d[int((n - 1) * 0.99) + 1]
           printf "%d %.1f %.2f %.2f %.1f\n", n, (w > 0 ? n / w : 0), p50, p99, w }'
-}
-
-relay_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$(cat "$STATE/run/relay.pid")/status"; }
-
-sc_load_100_relay=1
-sc_load_100_desc="100 concurrent client sessions (ssh:// and ssh-ng:// nix-builds over 3 backends): 0 failures, relay VmHWM <= 256 MiB"
-sc_load_100() {
-  local dir=$LOGS/load100 fails hwm i hosts
-  fails=$(load_builds 100 "$SEED-load" "$dir")
-  for i in $(awk '$1 != 0 { print FILENAME }' "$dir"/*.res | head -3); do
-    echo "  failed: $i: $(cat "$i"); $(grep -i -m1 error "${i%.res}.log")"
-  done
-  [ "$fails" = 0 ] || fail "$fails of 100 builds failed (logs in $dir)"
-  [ "$(cat "$dir"/*.out | sort -u | wc -l)" = 100 ] || fail "expected 100 distinct outputs"
-  hosts=$(grep -ho "nix-relay: building '[^']*' on h[0-9]" "$dir"/*.log | grep -o 'h[0-9]$' | sort | uniq -c | tr '\n' ' ')
-  echo "  100 builds, 0 failures; per backend: $hosts"
-  [ "$(echo "$hosts" | grep -o 'h[0-9]' | wc -l)" = 3 ] || fail "not all 3 backends built: $hosts"
-  hwm=$(relay_kib VmHWM)
-  echo "  relay VmHWM $((hwm / 1024)) MiB (peak since start), VmRSS now $(( $(relay_kib VmRSS) / 1024 )) MiB"
-  [ "$hwm" -le $((256 * 1024)) ] || fail "relay VmHWM $((hwm / 1024)) MiB > 256 MiB"
-  relay_alive
 }

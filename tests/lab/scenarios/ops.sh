@@ -1,56 +1,7 @@
-# Operations scenarios: metrics/status (m), ssh-ng clients (n), a backend killed
-# mid-build (o), a frozen backend (p), a client killed mid-build (q).
+# Operations scenarios: ssh-ng clients (n), a backend killed mid-build (o), a
+# frozen backend (p), a client killed mid-build (q). Metrics and /status (m)
+# are tests/engine_metrics.rs.
 # Sourced by e2e.sh; helpers in lib.sh.
-
-metric() {  # metric FILE 'name{labels}' -> value (0 if absent)
-  awk -v k="$2" '$1 == k { print $2; found=1 } END { if (!found) print 0 }' "$1"
-}
-
-sc_m_relay=1
-sc_m_desc="metrics and status: counters move for a scripted build and a cache hit; promtool and /status schema pass"
-sc_m() {
-  local s=$SEED-m before=$LOGS/m.before.prom after=$LOGS/m.after.prom st=$LOGS/m.status.json out k
-  http_up_or_skip
-  command -v promtool >/dev/null || fail "promtool missing (tests/setup.sh installs Debian's prometheus package)"
-  curl -sf --max-time 10 "$HTTP_URL/metrics" >"$before" || fail "GET /metrics failed"
-  out=$(build_in client "$LOGS/m.1.nix.log" "$BUILDERS" feature "$s") || { tail -5 "$LOGS/m.1.nix.log"; fail "build -A feature failed"; }
-  for i in $(seq 1 100); do [ -f "$CACHE/$(hash_part "$out").narinfo" ] && break; sleep 0.1; done
-  build_in client2 "$LOGS/m.2.nix.log" "$BUILDERS" feature "$s" >/dev/null || { tail -5 "$LOGS/m.2.nix.log"; fail "second build failed"; }
-  curl -sf --max-time 10 "$HTTP_URL/metrics" >"$after" || fail "GET /metrics failed"
-  for k in 'nix_relay_builds_total{system="x86_64-linux",backend="h1",outcome="success"}' \
-           'nix_relay_nar_bytes_total{direction="from_backend"}' 'nix_relay_nar_bytes_total{direction="to_client"}' \
-           'nix_relay_cache_hits_total' 'nix_relay_cache_misses_total' 'nix_relay_sessions_total{protocol="serve"}'; do
-    b=$(metric "$before" "$k"); a=$(metric "$after" "$k")
-    echo "  $k: $b -> $a"
-    awk -v a="$a" -v b="$b" 'BEGIN { exit !(a > b) }' || fail "$k did not increase ($b -> $a)"
-  done
-  if grep -E '^nix_relay_[a-z_]+\{[^}]*(/nix/store|127\.0\.0\.1)' "$after"; then fail "a label holds a store path or an address"; fi
-  promtool check metrics <"$after" >"$LOGS/m.promtool.log" 2>&1 || { cat "$LOGS/m.promtool.log" >&2; fail "promtool check metrics failed"; }
-  curl -sf --max-time 10 "$HTTP_URL/status" >"$st" || fail "GET /status failed"
-  python3 - "$st" <<'PY' || fail "/status does not match its documented schema"
-import json, sys
-s = json.load(open(sys.argv[1]))
-def need(obj, keys, what):
-    missing = [k for k in keys if k not in obj]
-    assert not missing, f"{what}: missing {missing}"
-need(s, ["version", "uptime_seconds", "backends", "queues", "flights", "recent_builds", "store_bytes", "store_max_bytes"], "status")
-assert len(s["backends"]) == 3, s["backends"]
-for b in s["backends"]:
-    need(b, ["name", "systems", "features", "state", "running", "max_jobs", "speed_factor"], "backend")
-    assert b["state"] in ("up", "down", "unknown"), b
-for q in s["queues"]:
-    need(q, ["system", "waiting_seconds"], "queue")
-for f in s["flights"]:
-    need(f, ["outputs", "private", "attached", "state", "age_seconds"], "flight")
-assert s["recent_builds"], "no recent builds"
-for r in s["recent_builds"]:
-    need(r, ["drv", "system", "backend", "outcome", "duration_seconds", "finished_unix"], "build")
-assert any(r["drv"] == "lab-feature" and r["backend"] == "h1" and r["outcome"] == "success" for r in s["recent_builds"]), "lab-feature on h1 not in recent_builds"
-PY
-  "$RELAY_BIN" status --url "$HTTP_URL" >"$LOGS/m.status.txt" || fail "nix-relay status failed"
-  grep -q '^h1 ' "$LOGS/m.status.txt" || fail "nix-relay status shows no h1 row"
-  echo "  promtool ok; /status schema ok; nix-relay status renders $(wc -l <"$LOGS/m.status.txt") lines"
-}
 
 sc_n_relay=1
 sc_n_desc="ssh-ng:// client -> relay: DAG, feature, foreign, failing and 200 MiB builds; nix copy --to/--from ssh-ng://relay"
