@@ -186,7 +186,7 @@ async fn counters_move_exactly_for_a_build_and_a_cache_hit_and_status_has_its_sc
     let moved: Vec<_> = expected.iter().map(|(k, _)| (*k, delta(k))).collect();
     assert_eq!(moved, expected, "counter deltas");
 
-    let status = serde_json::to_value(nix_relay::status::collect(&t.relay)).unwrap();
+    let status = serde_json::to_value(nix_relay::http::status::collect(&t.relay)).unwrap();
     status_has_its_schema(&status);
     let table = nix_relay::status::render(&status, 100);
     assert!(
