@@ -6,7 +6,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::fake::{Fake, Script};
 use crate::wire::worker::WorkerVersion;
-use crate::wire::worker::stderr::{STDERR_NEXT, StderrMsg};
+use crate::wire::worker::stderr::StderrMsg;
 use crate::wire::{Error, Result};
 
 /// A log of this many `x` bytes, never a newline, after the script's lines.
@@ -81,14 +81,10 @@ pub(super) async fn worker<W: AsyncWrite + Unpin>(
             chunks(fake, total, w, frame).await
         }
         Flood::OneMessage(total) => {
-            let mut head = STDERR_NEXT.to_le_bytes().to_vec();
-            head.extend_from_slice(&total.to_le_bytes());
+            let (head, pad) = StderrMsg::next_streamed(total);
             w.write_all(&head).await.map_err(Error::Write)?;
             chunks(fake, total, w, <[u8]>::to_vec).await?;
-            let pad = (8 - total % 8) % 8;
-            w.write_all(&[0u8; 8][..pad as usize])
-                .await
-                .map_err(Error::Write)?;
+            w.write_all(pad).await.map_err(Error::Write)?;
             w.flush().await.map_err(Error::Write)
         }
     }

@@ -257,6 +257,16 @@ impl StderrMsg {
         })
     }
 
+    /// A `STDERR_NEXT` of `len` bytes in three parts, for a sender that
+    /// streams the text rather than holding it: the head (tag and length)
+    /// to send before the text and the padding to send after it.
+    pub fn next_streamed(len: u64) -> (Vec<u8>, &'static [u8]) {
+        let mut head = Vec::with_capacity(16);
+        put_u64(&mut head, STDERR_NEXT);
+        put_u64(&mut head, len);
+        (head, &[0u8; 8][..padding_len(len)])
+    }
+
     /// Writes the message; below 1.20 activities are flattened
     /// ([`StderrMsg::flatten`]) or dropped.
     pub fn write(&self, buf: &mut Vec<u8>, version: WorkerVersion) {
