@@ -44,7 +44,7 @@ async fn wedged_backend_times_out(options: BuildOptions, why: &str) {
         assert!(msg.contains(why), "{msg}");
         c.wait_log(why, WAIT).await;
         let rec = t.fake("a").record();
-        assert_eq!(rec.builds_started, [drv_path.clone()]);
+        assert_eq!(rec.builds_started, std::slice::from_ref(&drv_path));
         t.fake("a")
             .wait_for("cancelled", WAIT, |r| {
                 r.builds_cancelled == [drv_path.clone()]
