@@ -1,14 +1,18 @@
 //! The build engine's fault paths in-process (feature `testing`): retry on
 //! another backend when one is unreachable or dies mid-build, and
-//! cancellation of the backend build when its client goes away.
+//! cancellation of the backend build when its client goes away, a cut
+//! output download; the relay store stays consistent throughout.
 
 use std::time::Duration;
 
 use nix_relay::config::Protocol;
+use nix_relay::error_chain;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::{Connect, Outcome, Script};
 use nix_relay::testing::harness::TestRelay;
 use nix_relay::wire::build::BuildStatus;
+use nix_relay::wire::hash::Sha256Hash;
+use nix_relay::wire::nar::{NarNode, encode_nar};
 
 const SYS: &str = "x86_64-linux";
 const WAIT: Duration = Duration::from_secs(10);
@@ -25,17 +29,19 @@ fn two_backends(scheme: &str) -> String {
     s
 }
 
-/// `a` fails as `broken` scripts it; the build must succeed on `b` and
-/// `a` be marked down.
-async fn retried_on_b(scheme: &str, broken: Script) -> TestRelay {
+/// `a` fails as `broken` scripts it, while a client of protocol `client`
+/// builds on a 1 MiB input it uploaded; the build must succeed on `b`
+/// (output there, not on `a`), `a` be marked down and the relay store be
+/// consistent.
+async fn retried_on_b(client: Protocol, scheme: &str, broken: Script) -> TestRelay {
     let t = TestRelay::start(
         &two_backends(scheme),
         &[("a", broken), ("b", Script::default())],
     )
     .await;
-    let (src, src_nar) = drv::source("big-src", &[7u8; 8192], &[]);
+    let (src, src_nar) = drv::source("big-src", &[7u8; 1 << 20], &[]);
     let (drv_path, d) = drv::derivation("retried", SYS, std::slice::from_ref(&src.path));
-    let mut c = t.client(Protocol::Serve, "alice").await;
+    let mut c = t.client(client, "alice").await;
     c.upload(&src, &src_nar).await.unwrap();
     let res = c.build(&drv_path, &d).await.unwrap();
     assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
@@ -44,24 +50,40 @@ async fn retried_on_b(scheme: &str, broken: Script) -> TestRelay {
     assert!(t.fake("a").record().connections >= 1, "a was tried first");
     assert_eq!(t.backend_state("a"), "down");
     assert_eq!(t.backend_state("b"), "up");
-    let nar = c.fetch(&drv::out_path(&d)).await.unwrap();
-    assert!(!nar.is_empty());
+    let out = drv::out_path(&d);
+    let nar = c.fetch(&out).await.unwrap();
+    assert_eq!(
+        Some(Sha256Hash::digest(&nar)),
+        t.fake("b").info(&out).map(|i| i.nar_hash)
+    );
+    assert!(!t.fake("a").has(&out), "the output is on the failed a");
+    t.wait_stored(&out, WAIT).await;
+    assert_eq!(t.assert_store_consistent(WAIT).await, 2, "input and output");
     t
 }
+
+/// Each client protocol with each backend protocol.
+const PAIRS: [(Protocol, &str); 4] = [
+    (Protocol::Serve, "fake"),
+    (Protocol::Worker, "fake-ng"),
+    (Protocol::Serve, "fake-ng"),
+    (Protocol::Worker, "fake"),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_backend_is_marked_down_and_the_build_retries_elsewhere() {
     for scheme in ["fake", "fake-ng"] {
-        let t = retried_on_b(scheme, Script::default().connect(Connect::Refuse)).await;
+        let refuse = Script::default().connect(Connect::Refuse);
+        let t = retried_on_b(Protocol::Serve, scheme, refuse).await;
         assert!(t.fake("a").record().builds_started.is_empty());
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_cut_mid_build_is_marked_down_and_the_build_retries_elsewhere() {
-    for scheme in ["fake", "fake-ng"] {
+    for (client, scheme) in PAIRS {
         let cut = Script::default().log(&["half way"]).outcome(Outcome::Cut);
-        let t = retried_on_b(scheme, cut).await;
+        let t = retried_on_b(client, scheme, cut).await;
         let rec = t.fake("a").record();
         assert_eq!(rec.builds_started.len(), 1);
         assert!(rec.builds_finished.is_empty());
@@ -70,21 +92,22 @@ async fn backend_cut_mid_build_is_marked_down_and_the_build_retries_elsewhere() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_cut_mid_upload_is_marked_down_and_the_build_retries_elsewhere() {
-    for scheme in ["fake", "fake-ng"] {
-        let t = retried_on_b(scheme, Script::default().cut_upload_after(1000)).await;
+    for (client, scheme) in PAIRS {
+        let cut = Script::default().cut_upload_after(300 << 10);
+        let t = retried_on_b(client, scheme, cut).await;
         let rec = t.fake("a").record();
         assert!(
             rec.uploaded.is_empty() && rec.builds_started.is_empty(),
             "{rec:?}"
         );
-        assert!(rec.bytes_received >= 1000, "{rec:?}");
+        assert!(rec.bytes_received >= 300 << 10, "{rec:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_hanging_in_its_handshake_times_out_and_the_build_retries_elsewhere() {
     let hang = Script::default().connect(Connect::HangHandshake);
-    let t = retried_on_b("fake", hang).await;
+    let t = retried_on_b(Protocol::Serve, "fake", hang).await;
     assert_eq!(t.fake("a").record().handshakes, 0);
 }
 
@@ -104,8 +127,9 @@ async fn dropped_client_cancels_the_backend_build() {
         fake.wait_for("building", WAIT, |r| r.builds_started.len() == 1)
             .await;
         building.abort();
+        let within = Duration::from_secs(5);
         let rec = fake
-            .wait_for("cancelled", WAIT, |r| r.builds_cancelled.len() == 1)
+            .wait_for("cancelled", within, |r| r.builds_cancelled.len() == 1)
             .await;
         assert!(rec.builds_finished.is_empty());
         assert!(
@@ -113,4 +137,92 @@ async fn dropped_client_cancels_the_backend_build() {
             "not retried"
         );
     }
+}
+
+fn one_backend(uri: &str) -> String {
+    format!("[[backend]]\nname = \"a\"\nuri = \"{uri}\"\nsystems = [\"{SYS}\"]\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_cut_mid_download_fails_the_client_stores_nothing_and_a_rebuild_succeeds() {
+    let big = NarNode::Regular {
+        executable: false,
+        contents: vec![3u8; 1 << 20],
+    };
+    for (client, scheme) in PAIRS {
+        let good = Script::default().output("out", big.clone());
+        let cut = good.clone().cut_output_after(300 << 10);
+        let t = TestRelay::start(&one_backend(&format!("{scheme}://a")), &[("a", cut)]).await;
+        let (drv_path, d) = drv::derivation("downloaded", SYS, &[]);
+        let out = drv::out_path(&d);
+        let mut c = t.client(client, "alice").await;
+        let res = c.build(&drv_path, &d).await.unwrap();
+        assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
+        let fetched = tokio::time::timeout(WAIT, c.fetch(&out)).await;
+        let err = fetched
+            .expect("the client hung")
+            .expect_err("a cut NAR was accepted");
+        eprintln!("{client}/{scheme}: the client got: {}", error_chain(&err));
+        assert!(t.stored(&out).await.is_none(), "a cut output was stored");
+        assert_eq!(t.assert_store_consistent(WAIT).await, 0);
+
+        t.fake("a").set_script(good);
+        let mut c2 = t.client(client, "bob").await;
+        let res = c2.build(&drv_path, &d).await.unwrap();
+        assert!(res.status.is_success(), "{res:?}\nlog:\n{}", c2.log());
+        assert_eq!(c2.fetch(&out).await.unwrap(), encode_nar(&big));
+        t.wait_stored(&out, WAIT).await;
+        assert_eq!(t.assert_store_consistent(WAIT).await, 1);
+    }
+}
+
+/// A client handshake (`serve`: 2.6; `serve-huge`: 2.6 then
+/// QueryValidPaths of 2^60 paths; `worker`: 1.21), then an unknown op and
+/// 64 KiB of seeded pseudo-random bytes.
+fn garbage(kind: &str) -> Vec<u8> {
+    let head: &[u64] = match kind {
+        "serve" => &[0x390C9DEB, 0x206],
+        "serve-huge" => &[0x390C9DEB, 0x206, 1, 0, 0, 1 << 60],
+        _ => &[0x6E697863, 0x115, 0, 0],
+    };
+    let mut b: Vec<u8> = head.iter().flat_map(|w| w.to_le_bytes()).collect();
+    b.extend(0xDEADBEEFu64.to_le_bytes());
+    let mut x = 9u64;
+    b.extend((0..65536).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u8
+    }));
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_the_handshake_ends_the_session_with_an_error_and_spares_other_builds() {
+    let slow = Script::default().taking(Duration::from_millis(800));
+    let t = TestRelay::start(&one_backend("fake://a"), &[("a", slow)]).await;
+    let (drv_path, d) = drv::derivation("bystander", SYS, &[]);
+    let mut c = t.client(Protocol::Worker, "bob").await;
+    let building = tokio::spawn(async move { (c.build(&drv_path, &d).await, c) });
+    t.fake("a")
+        .wait_for("building", WAIT, |r| r.builds_started.len() == 1)
+        .await;
+    for (kind, protocol, why) in [
+        ("serve", Protocol::Serve, "unknown command 3735928559"),
+        ("serve-huge", Protocol::Serve, "exceeds the limit"),
+        ("worker", Protocol::Worker, "unknown command 3735928559"),
+    ] {
+        let raw = t.raw_session(protocol, "mallory");
+        let end = raw.feed(&garbage(kind), WAIT).await;
+        let error = end
+            .error
+            .unwrap_or_else(|| panic!("{kind}: the session ended cleanly"));
+        eprintln!("{kind}: session failed: {error}; stderr: {}", end.stderr);
+        assert!(error.contains(why), "{kind}: {error}");
+    }
+    let (res, c) = building.await.unwrap();
+    let res = res.unwrap();
+    assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
+    assert_eq!(t.fake("a").record().builds_finished.len(), 1);
+    assert_eq!(t.backend_state("a"), "up");
 }

@@ -17,6 +17,15 @@ use crate::wire::build::BuildOptions;
 
 pub const GRACE: Duration = Duration::from_secs(10);
 
+/// [`GRACE`], or what a test set (feature `testing`, [`crate::testing::knobs`]).
+fn grace() -> Duration {
+    #[cfg(feature = "testing")]
+    if let Some(g) = crate::testing::knobs::watchdog_grace() {
+        return g;
+    }
+    GRACE
+}
+
 /// When the backend last said something.
 #[derive(Clone)]
 pub struct Activity(Arc<Mutex<Instant>>);
@@ -59,11 +68,12 @@ pub async fn expired(options: BuildOptions, started: Instant, activity: Activity
     if total.is_none() && silence.is_none() {
         return std::future::pending().await;
     }
+    let grace = grace();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = Instant::now();
         if let Some(t) = total
-            && now - started > t + GRACE
+            && now - started > t + grace
         {
             return format!(
                 "nix-relay: the build timed out after {} seconds",
@@ -71,7 +81,7 @@ pub async fn expired(options: BuildOptions, started: Instant, activity: Activity
             );
         }
         if let Some(s) = silence
-            && now - activity.last() > s + GRACE
+            && now - activity.last() > s + grace
         {
             return format!(
                 "nix-relay: the backend produced no output for {} seconds",

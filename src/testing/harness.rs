@@ -142,7 +142,7 @@ impl Drop for TestRelay {
 /// session sees its channel gone, as when an SSH client disconnects).
 pub struct TestClient {
     pub client: Client,
-    log_tx: LogSink,
+    pub(super) log_tx: LogSink,
     log: Arc<Mutex<Vec<u8>>>,
     session: tokio::task::JoinHandle<std::result::Result<(), crate::session::Error>>,
     _gone: DropGuard,

@@ -10,6 +10,7 @@
 //!   in a tempdir, with client sessions as in-process pipes driven by the
 //!   relay's own protocol clients.
 //! * [`drv`]: store paths, sources and derivations for tests.
+//! * [`knobs`]: shorter production timings for a test binary.
 
 pub mod drv;
 pub mod fake;
@@ -17,3 +18,5 @@ pub mod fake_flood;
 mod fake_serve;
 mod fake_worker;
 pub mod harness;
+pub mod harness_faults;
+pub mod knobs;

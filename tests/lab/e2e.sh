@@ -33,8 +33,7 @@ NHOSTS=3
 # client namespaces: client client2 client3 (hosts.sh up makes LAB_CLIENTS of them)
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
-# o stays last: it kills a backend for good (the faults and freeze need h1..h3 alive)
-SCENARIOS=${E2E_SCENARIOS:-a b c d e f g j k n l p q hostile_auth hostile_exec hostile_channels fault_garbage fault_handshake fault_disk fault_backend_upload fault_backend_download fault_restart ec2_launch ec2_sweep freeze poison o}
+SCENARIOS=${E2E_SCENARIOS:-a b c d e f g j k n l hostile_auth hostile_exec hostile_channels fault_handshake fault_disk fault_restart ec2_launch ec2_sweep freeze poison}
 DIRECT=${E2E_DIRECT:-0}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 [ "$DIRECT" = 1 ] && MODE=direct || MODE=relay
