@@ -49,13 +49,31 @@ pub struct WorkerSession<R, W> {
     next_activity: u64,
 }
 
-/// An op that failed after it was read whole: the client hears why.
-struct OpError(String);
-
-impl<E: std::error::Error + 'static> From<E> for OpError {
-    fn from(e: E) -> Self {
-        OpError(error_chain(&e))
-    }
+/// An op that failed after it was read whole: the client hears why (as
+/// `STDERR_ERROR`) and the session goes on.
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    #[error("path '{0}' is not valid on nix-relay")]
+    NotHere(StorePath),
+    #[error("path '{0}' is not valid")]
+    NotValid(StorePath),
+    #[error("only trusted clients may add signatures")]
+    UntrustedSignatures,
+    #[error("{0} bytes after the NAR in AddToStoreNar")]
+    AfterNar(u64),
+    #[error("{0} unexpected bytes at the end of AddMultipleToStore")]
+    AfterMultiple(u64),
+    #[error("the NAR of {0} ends before its narSize")]
+    ShortNar(StorePath),
+    /// Why BuildPaths cannot build (`session::unbuildable`).
+    #[error("{0}")]
+    Unbuildable(String),
+    #[error("nix-relay does not serve AddToStore; use `nix copy` (AddMultipleToStore)")]
+    AddToStore,
+    #[error(transparent)]
+    Upload(#[from] Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
 }
 
 /// Runs one session to its end. `Ok` on a clean end of the client's input.
@@ -120,7 +138,7 @@ where
             debug!(op = ?req.op(), "request");
             match self.handle(req).await {
                 Ok(Ok(())) => {}
-                Ok(Err(OpError(msg))) => self.reply(&[error(&msg)], None).await?,
+                Ok(Err(e)) => self.reply(&[error(&error_chain(&e))], None).await?,
                 Err(fatal) => {
                     let _ = self.reply(&[error(&error_chain(&fatal))], None).await;
                     return Err(fatal);
@@ -175,9 +193,7 @@ where
             Request::AddPermRoot { gc_root, .. } => self.ok(Reply::Str(gc_root)).await,
             Request::EnsurePath { path } => match self.lookup(&path).await? {
                 Some(_) => self.ok(Reply::Ack).await,
-                None => Ok(Err(OpError(format!(
-                    "path '{path}' is not valid on nix-relay"
-                )))),
+                None => Ok(Err(OpError::NotHere(path))),
             },
             Request::AddToStoreNar { info, .. } => self.add_to_store_nar(info).await,
             Request::AddMultipleToStore { .. } => self.add_multiple().await,
@@ -187,7 +203,7 @@ where
             }
             Request::BuildPaths { paths, .. } => match self.unbuildable(&paths).await? {
                 None => self.ok(Reply::Ack).await,
-                Some(msg) => Ok(Err(OpError(msg))),
+                Some(msg) => Ok(Err(OpError::Unbuildable(msg))),
             },
             Request::BuildPathsWithResults { paths, .. } => {
                 self.build_paths_with_results(paths).await
@@ -204,10 +220,7 @@ where
             Request::AddToStore { .. } => {
                 let mut framed = FramedReader::new(&mut self.r, &self.relay.limits.wire());
                 framed.drain().await?;
-                Ok(Err(OpError(
-                    "nix-relay does not serve AddToStore; use `nix copy` (AddMultipleToStore)"
-                        .into(),
-                )))
+                Ok(Err(OpError::AddToStore))
             }
             Request::AddToStoreLegacy(_) => Err(Error::Refused(
                 "nix-relay does not serve the pre-1.25 AddToStore operation".into(),
@@ -225,9 +238,7 @@ where
         sigs: Vec<String>,
     ) -> Result<Result<(), OpError>, Error> {
         if !self.client.trusted {
-            return Ok(Err(OpError(
-                "only trusted clients may add signatures".into(),
-            )));
+            return Ok(Err(OpError::UntrustedSignatures));
         }
         let client = Some(self.client.name.as_str());
         if self
@@ -238,16 +249,14 @@ where
         {
             self.ok(Reply::Ack).await
         } else {
-            Ok(Err(OpError(format!(
-                "path '{path}' is not valid on nix-relay"
-            ))))
+            Ok(Err(OpError::NotHere(path)))
         }
     }
 
     async fn query_path_info(&mut self, path: StorePath) -> Result<Result<(), OpError>, Error> {
         let info = self.lookup(&path).await?;
         if info.is_none() && !self.version.has_found_flag() {
-            return Ok(Err(OpError(format!("path '{path}' is not valid"))));
+            return Ok(Err(OpError::NotValid(path)));
         }
         self.ok(Reply::PathInfo(info)).await
     }
@@ -266,9 +275,7 @@ where
         let rest = framed.into_inner().drain().await?;
         match stored {
             Ok(()) if rest == 0 => self.ok(Reply::None).await,
-            Ok(()) => Ok(Err(OpError(format!(
-                "{rest} bytes after the NAR in AddToStoreNar"
-            )))),
+            Ok(()) => Ok(Err(OpError::AfterNar(rest))),
             Err(e) => Ok(Err(e.into())),
         }
     }
@@ -286,10 +293,7 @@ where
                 return Err(Error::Refused("client sent a wrong-sized NAR chunk".into()));
             }
             if writer.feed(&chunk, &info.path).await? != chunk.len() {
-                return Ok(Err(OpError(format!(
-                    "the NAR of {} ends before its narSize",
-                    info.path
-                ))));
+                return Ok(Err(OpError::ShortNar(info.path)));
             }
             left -= chunk.len() as u64;
         }
@@ -309,9 +313,7 @@ where
                 debug!(paths = n, "AddMultipleToStore stored");
                 self.ok(Reply::None).await
             }
-            Ok(_) => Ok(Err(OpError(format!(
-                "{rest} unexpected bytes at the end of AddMultipleToStore"
-            )))),
+            Ok(_) => Ok(Err(OpError::AfterMultiple(rest))),
             Err(e) => Ok(Err(e.into())),
         }
     }
@@ -336,7 +338,7 @@ where
         {
             Ok(x) => x,
             Err(crate::store::Error::Missing(p)) => {
-                return Ok(Err(OpError(format!("path '{p}' is not valid"))));
+                return Ok(Err(OpError::NotValid(p)));
             }
             Err(e) => return Err(e.into()),
         };
