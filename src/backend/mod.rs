@@ -7,6 +7,12 @@
 //! `nix-store --serve` or `nix-daemon --stdio` stop whatever it was building.
 //! [`pool`] keeps idle connections warm between builds and takes back only
 //! those whose last operation completed ([`Client::is_idle`]).
+//!
+//! A connection's stderr goes through a switch: [`BackendConn::set_log`]
+//! points it at the log of the build now using the connection, so each
+//! build gets its own log, and [`BackendConn::detach_log`] lets it go once
+//! the build is over. A worker client sends SetOptions before each build
+//! and frames its uploads.
 
 mod client;
 mod conn;

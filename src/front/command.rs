@@ -1,5 +1,9 @@
 //! What a client's exec string asks for: `nix-store --serve [--write]`,
 //! `nix-daemon --stdio`, or something refused with a reason.
+//!
+//! The exec string is split into shell words (quotes only: no expansion,
+//! no operators) and only the program's basename is matched; it is never
+//! given to a shell.
 
 /// What a client's exec string asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,12 @@
 //! other request — another command, a shell, a pty, a
 //! subsystem, port or agent forwarding — is refused; where the client can
 //! show it, with a one-line reason on stderr and exit status 1.
+//!
+//! A refused command, a shell or a subsystem gets that reason and exit
+//! status 1; a pty, env, X11 or agent request and port or socket forwarding
+//! get an SSH-level failure. [`serve_connection`] runs one connection under
+//! `limits.handshake_timeout`: a client without an accepted session by then
+//! is cut through [`crate::ssh::deadline::Cuttable`], even mid key exchange.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,14 @@
 //! The backend set at runtime: add, drain, change and remove backends
 //! while builds run (reload, the admin endpoint, elastic capacity), and the
 //! summary of waiting jobs an autoscaler acts on.
+//!
+//! `add_backend` (an elastic instance that joined), `drain` / undrain,
+//! `remove_backend` (drain, then forget once idle), `reconcile_backends`
+//! (SIGHUP reload: add new, replace changed, remove gone; backends added at
+//! runtime are left alone), `set_elastic` (capacity that can be launched:
+//! jobs only it could serve wait instead of failing) and `waiting_summary`
+//! (per queue: count, oldest wait, whether a current non-draining backend
+//! could serve it — what an autoscaler reads).
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,5 +1,18 @@
 //! One client conversation. Sessions decode requests and call the core
 //! ([`Relay`]: store, scheduler, backends); they know nothing about SSH.
+//!
+//! Parts: [`serve`] and [`worker`] (one conversation per protocol; a
+//! worker client's every reply is a STDERR stream, its build logs
+//! `RESULT buildLogLine` messages under one build activity); [`build`]
+//! (one BuildDerivation: cache hit, attach, or a new flight; a build lost
+//! to infrastructure is retried on another backend, up to 3 attempts, one
+//! that fails on its own is not); [`flight`] (builds in flight, keyed by
+//! scope and outputs, with their attached sessions); `outputs` (the tee);
+//! `watchdog` (the client's `timeout` and `max-silent-time`, enforced by
+//! the relay too); [`log`] (the build log's bounds and max-log-size). A
+//! client that sent no limits is still protected from a wedged SSH backend:
+//! [`crate::ssh::stall`] cuts one silent for `backend_stall_timeout`, and
+//! the build counts as lost.
 
 pub mod build;
 mod error;

@@ -20,6 +20,12 @@
 //! `nar/`; then the provenance and, last, the narinfo are written the same
 //! way. A crash leaves at most an orphan file, never a narinfo without its
 //! NAR. Memory use is bounded: NARs are streamed in fixed-size chunks.
+//!
+//! Parts: [`NarWriter`] parses, hashes, compresses and writes a NAR in one
+//! pass (the same pass can tee it to a client); [`signing`] reads and
+//! writes Nix's `name:base64` keys and signs public entries; `evict` keeps
+//! the store under `max_size` (LRU, with pins for running builds);
+//! [`metadata`] checks every field before it goes into a narinfo.
 
 mod evict;
 pub mod metadata;

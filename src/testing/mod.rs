@@ -11,6 +11,13 @@
 //!   relay's own protocol clients.
 //! * [`drv`]: store paths, sources and derivations for tests.
 //! * [`knobs`]: shorter production timings for a test binary.
+//!
+//! `backend::connect` reaches a fake through the registry as an in-process
+//! transport whose drop ends the fake's side as an SSH drop would; a serve
+//! fake's stderr goes through the same forwarding as a subprocess's. Other
+//! hooks that exist only for tests, under the same feature:
+//! `BackendUri::LocalWorker`, `front::server::null_log`,
+//! `ec2::sdk::connect_with_keys`.
 
 pub mod drv;
 pub mod fake;

@@ -4,6 +4,34 @@
 //! string goes through [`primitives`]; it is the only module that knows the
 //! byte order and the padding rule. Everything read from the wire is checked
 //! against a [`Limits`] value before anything is allocated.
+//!
+//! The crate `nix-relay-wire` depends on nothing of the relay (the main
+//! crate re-exports it as `crate::wire`; `tests/guard.sh` checks both that
+//! and that no code outside calls [`primitives`] or spells a byte order).
+//! Its parts: [`primitives`] (u64 LE, padded byte strings, collections),
+//! [`store_path`], [`hash`] (sha256 spellings, nix32), [`nar`] (the
+//! streaming NAR tokenizer, bounded by [`nar::NarLimits`] — depth, name and
+//! target length, entries, size — at the token that breaks the bound, plus
+//! a canonical encoder for tests), [`build`] (BasicDerivation,
+//! BuildOptions, BuildResult), [`path_info`], [`serve`] (handshake,
+//! `Request`, `Reply`), [`export`] (the ImportPaths/ExportPaths stream) and
+//! [`worker`] (the daemon protocol 1.21–1.38: handshake in both orders,
+//! feature exchange, the STDERR stream and activities, framed streams, ops
+//! and results).
+//!
+//! What the sessions and backend clients use is typed messages per
+//! protocol and direction plus one codec per protocol that carries the
+//! negotiated version and the limits: [`serve::ServeCodec`]
+//! (`read_request`/`encode_reply` for a session, `encode_request`/
+//! `read_reply` and per-reply readers for a backend client) and
+//! [`worker::WorkerCodec`] (the same, plus STDERR messages, the
+//! AddMultipleToStore content and `nar_upload`, how AddToStoreNar's NAR
+//! travels). A session reads decode → core call → encode. Each version gate
+//! exists once: in its message type, or as a method of `ServeVersion` /
+//! `WorkerVersion` (e.g. `has_found_flag`, `frames_nar_upload`). A string's
+//! memory grows with the bytes that arrive (at most
+//! [`primitives::STRING_PREALLOC`] ahead), never with the length a peer
+//! announces.
 
 pub mod build;
 pub mod export;
