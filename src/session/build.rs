@@ -454,9 +454,9 @@ async fn on_backend(
     }
     say(log, format!("building '{}' on {}", job.drv_path, b.name)).await;
     let outer = log.clone();
-    let (log, activity) = super::watchdog::watched(log);
+    let activity = super::watchdog::Activity::now();
     let max_log = effective_max_log_size(options.max_log_size, relay.limits.max_log_size);
-    let (log, log_full) = super::log::limited(&log, max_log);
+    let (log, log_full) = super::log::limited(log, max_log, activity.clone());
     let log = &log;
     let conn = relay
         .pool

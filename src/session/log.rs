@@ -9,7 +9,8 @@
 //!   clients ([`Backlog`]); a client that falls further behind loses the
 //!   oldest part and is told how many bytes it missed, and neither the build
 //!   nor the other clients wait for it;
-//! * [`limited`] enforces max-log-size on what a backend sends: the
+//! * [`limited`] enforces max-log-size on what a backend sends (and
+//!   records the backend's activity for max-silent-time, in the same task): the
 //!   client's value if it set one and it is smaller, else
 //!   `[limits] max_log_size` ([`effective_max_log_size`]).
 
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::watchdog::Activity;
 pub use crate::buildlog::MAX_LOG_LINE;
 use crate::buildlog::{LogSink, log_pieces};
 use crate::wire::worker::stderr::{Field, RES_BUILD_LOG_LINE, StderrMsg};
@@ -249,15 +251,18 @@ pub fn limit_message(max: u64) -> String {
     format!("nix-relay: the build was killed after writing more than {max} bytes of log output")
 }
 
-/// A sink that forwards to `log` until more than `max` bytes came through;
-/// then it forwards nothing more and the token is cancelled.
-pub fn limited(log: &LogSink, max: u64) -> (LogSink, CancellationToken) {
+/// The sink a backend attempt's log goes into: one task that records each
+/// chunk as `activity` (max-silent-time, `watchdog`) and forwards to `log`
+/// until more than `max` bytes came through; then it forwards nothing more
+/// and the token is cancelled (max-log-size).
+pub fn limited(log: &LogSink, max: u64, activity: Activity) -> (LogSink, CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
     let over = CancellationToken::new();
     let (log, flag) = (log.clone(), over.clone());
     tokio::spawn(async move {
         let mut seen = 0u64;
         while let Some(chunk) = rx.recv().await {
+            activity.touch();
             seen = seen.saturating_add(chunk.len() as u64);
             if seen > max {
                 flag.cancel();

@@ -150,7 +150,7 @@ fn the_smaller_max_log_size_wins_and_0_means_the_relays() {
 #[tokio::test]
 async fn max_log_size_stops_the_build_and_no_more_log_passes() {
     let (out, mut out_rx) = mpsc::channel(1024);
-    let (sink, over) = limited(&out, 10_000);
+    let (sink, over) = limited(&out, 10_000, super::super::watchdog::Activity::now());
     // A "build" that logs 100 times the limit; being dropped is how it is
     // stopped.
     let build = async {
@@ -176,7 +176,7 @@ async fn max_log_size_stops_the_build_and_no_more_log_passes() {
 #[tokio::test]
 async fn a_log_under_max_log_size_passes_whole() {
     let (out, mut out_rx) = mpsc::channel(64);
-    let (sink, over) = limited(&out, 10_000);
+    let (sink, over) = limited(&out, 10_000, super::super::watchdog::Activity::now());
     for _ in 0..10 {
         sink.send(chunk(1000, b'x')).await.unwrap();
     }

@@ -8,11 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::buildlog::LogSink;
 use crate::wire::build::BuildOptions;
 
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -31,32 +28,19 @@ fn grace() -> Duration {
 pub struct Activity(Arc<Mutex<Instant>>);
 
 impl Activity {
-    fn now() -> Self {
+    /// Activity as of now (the start of a backend attempt).
+    pub fn now() -> Self {
         Activity(Arc::new(Mutex::new(Instant::now())))
     }
 
-    fn touch(&self) {
+    /// The backend said something.
+    pub fn touch(&self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
     fn last(&self) -> Instant {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// A log sink that forwards to `log` and records activity.
-pub fn watched(log: &LogSink) -> (LogSink, Activity) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(64);
-    let activity = Activity::now();
-    let (a, log) = (activity.clone(), log.clone());
-    tokio::spawn(async move {
-        while let Some(chunk) = rx.recv().await {
-            a.touch();
-            // A gone client only means nobody reads the log.
-            let _ = log.send(chunk).await;
-        }
-    });
-    (tx, activity)
 }
 
 /// Resolves with the reason once a limit (plus [`GRACE`]) has passed;
@@ -94,6 +78,9 @@ pub async fn expired(options: BuildOptions, started: Instant, activity: Activity
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::log::limited;
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
 
     fn opts(timeout: u64, silent: u64) -> BuildOptions {
         BuildOptions {
@@ -106,7 +93,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_backend_is_given_up_after_max_silent_time_and_grace() {
         let (log, _rx) = mpsc::channel(8);
-        let (sink, activity) = watched(&log);
+        let activity = Activity::now();
+        let (sink, _) = limited(&log, u64::MAX, activity.clone());
         let started = Instant::now();
         let watch = tokio::spawn(expired(opts(0, 30), started, activity));
         tokio::time::sleep(Duration::from_secs(35)).await;
@@ -124,7 +112,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_total_timeout_holds_even_with_output() {
         let (log, _rx) = mpsc::channel(64);
-        let (sink, activity) = watched(&log);
+        let activity = Activity::now();
+        let (sink, _) = limited(&log, u64::MAX, activity.clone());
         let started = Instant::now();
         let watch = tokio::spawn(expired(opts(20, 0), started, activity));
         for _ in 0..40 {
@@ -138,7 +127,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_limits_means_no_watchdog() {
         let (log, _rx) = mpsc::channel(8);
-        let (_sink, activity) = watched(&log);
+        let activity = Activity::now();
+        let (_sink, _) = limited(&log, u64::MAX, activity.clone());
         let r = tokio::time::timeout(
             Duration::from_secs(3600),
             expired(opts(0, 0), Instant::now(), activity),
