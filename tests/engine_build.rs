@@ -7,15 +7,15 @@ use std::time::Duration;
 use nix_relay::config::Protocol;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::{Outcome, Script};
-use nix_relay::testing::harness::TestRelay;
+use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
 use nix_relay::wire::build::BuildStatus;
 use nix_relay::wire::hash::Sha256Hash;
 
-const SYS: &str = "x86_64-linux";
+const SYS: &str = SYSTEM;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn one_backend(uri: &str) -> String {
-    format!("[[backend]]\nname = \"a\"\nuri = \"{uri}\"\nsystems = [\"{SYS}\"]\nmax_jobs = 4\n")
+    fake_backend("a", uri, "max_jobs = 4\n")
 }
 
 /// Uploads a source, builds a derivation on it, fetches the output; then a

@@ -8,11 +8,11 @@ use std::time::Duration;
 use nix_relay::config::Protocol;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::Script;
-use nix_relay::testing::harness::TestRelay;
+use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
 use nix_relay::wire::build::BuildStatus;
 use nix_relay::wire::hash::Sha256Hash;
 
-const SYS: &str = "x86_64-linux";
+const SYS: &str = SYSTEM;
 const WAIT: Duration = Duration::from_secs(10);
 const HIT: &str = "nix-relay: cache hit: every output is in the relay store";
 
@@ -20,7 +20,7 @@ const HIT: &str = "nix-relay: cache hit: every output is in the relay store";
 /// clients of both protocols, and the first client's name again (a client
 /// that deleted its copy), get cache hits and the same NAR.
 async fn later_clients_hit_the_cache(uri: &str) {
-    let config = format!("[[backend]]\nname = \"a\"\nuri = \"{uri}\"\nsystems = [\"{SYS}\"]\n");
+    let config = fake_backend("a", uri, "");
     let t = TestRelay::start(&config, &[("a", Script::default())]).await;
     let (drv_path, d) = drv::derivation("cached", SYS, &[]);
     let out = drv::out_path(&d);

@@ -9,22 +9,20 @@ use nix_relay::config::Protocol;
 use nix_relay::error_chain;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::{Connect, Outcome, Script};
-use nix_relay::testing::harness::TestRelay;
+use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
 use nix_relay::wire::build::BuildStatus;
 use nix_relay::wire::hash::Sha256Hash;
 use nix_relay::wire::nar::{NarNode, encode_nar};
 
-const SYS: &str = "x86_64-linux";
+const SYS: &str = SYSTEM;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// `a` (fast, so placed first) and `b`, both fakes of the given protocol.
 fn two_backends(scheme: &str) -> String {
     let mut s = String::new();
     for (name, speed) in [("a", 4.0), ("b", 1.0)] {
-        s += &format!(
-            "[[backend]]\nname = \"{name}\"\nuri = \"{scheme}://{name}\"\nsystems = [\"{SYS}\"]\n\
-             speed_factor = {speed}\nconnect_timeout = \"1s\"\n"
-        );
+        let extra = format!("speed_factor = {speed}\nconnect_timeout = \"1s\"\n");
+        s += &fake_backend(name, &format!("{scheme}://{name}"), &extra);
     }
     s
 }
@@ -140,7 +138,7 @@ async fn dropped_client_cancels_the_backend_build() {
 }
 
 fn one_backend(uri: &str) -> String {
-    format!("[[backend]]\nname = \"a\"\nuri = \"{uri}\"\nsystems = [\"{SYS}\"]\n")
+    fake_backend("a", uri, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,11 +9,11 @@ use std::time::Duration;
 use nix_relay::config::Protocol;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::Script;
-use nix_relay::testing::harness::TestRelay;
+use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
 use nix_relay::wire::hash::Sha256Hash;
 use nix_relay::wire::store_path::StorePath;
 
-const SYS: &str = "x86_64-linux";
+const SYS: &str = SYSTEM;
 const WAIT: Duration = Duration::from_secs(10);
 const SESSIONS: usize = 100;
 const BACKENDS: [(&str, &str); 3] = [("a", "fake"), ("b", "fake-ng"), ("c", "fake")];
@@ -22,10 +22,7 @@ fn config() -> String {
     let mut s = String::new();
     for (name, scheme) in BACKENDS {
         // 34 slots each: 100 builds at once need all three.
-        s += &format!(
-            "[[backend]]\nname = \"{name}\"\nuri = \"{scheme}://{name}\"\n\
-             systems = [\"{SYS}\"]\nmax_jobs = 34\n"
-        );
+        s += &fake_backend(name, &format!("{scheme}://{name}"), "max_jobs = 34\n");
     }
     s
 }

@@ -13,11 +13,11 @@ use nix_relay::store::Scope;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::Script;
 use nix_relay::testing::fake_flood::Flood;
-use nix_relay::testing::harness::{TestClient, TestRelay};
+use nix_relay::testing::harness::{SYSTEM, TestClient, TestRelay, fake_backend};
 use nix_relay::wire::build::{BuildResult, BuildStatus};
 use nix_relay::wire::store_path::StorePath;
 
-const SYS: &str = "x86_64-linux";
+const SYS: &str = SYSTEM;
 const WAIT: Duration = Duration::from_secs(10);
 const MAX_LOG: u64 = 8 << 20;
 const FLOOD: u64 = 256 << 20;
@@ -58,8 +58,8 @@ async fn flood_build(
     told: &str,
 ) -> (TestRelay, StorePath, Flooded) {
     let config = format!(
-        "[limits]\nmax_log_size = \"8MiB\"\n\
-         [[backend]]\nname = \"a\"\nuri = \"{uri}\"\nsystems = [\"{SYS}\"]\n"
+        "[limits]\nmax_log_size = \"8MiB\"\n{}",
+        fake_backend("a", uri, "")
     );
     let script = Script::default().log(&["flooding"]).flood(flood);
     let t = TestRelay::start(&config, &[("a", script)]).await;

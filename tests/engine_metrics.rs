@@ -10,14 +10,12 @@ use std::time::Duration;
 use nix_relay::config::Protocol;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::Script;
-use nix_relay::testing::harness::TestRelay;
+use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
 use nix_relay::wire::build::BuildStatus;
 use serde_json::Value;
 
-const SYS: &str = "x86_64-linux";
+const SYS: &str = SYSTEM;
 const WAIT: Duration = Duration::from_secs(10);
-const CONFIG: &str =
-    "[[backend]]\nname = \"a\"\nuri = \"fake://a\"\nsystems = [\"x86_64-linux\"]\n";
 
 /// Samples by `name{labels}`, checking the text as promtool would: every
 /// sample a number, of a family with a `# TYPE`.
@@ -126,7 +124,8 @@ fn status_has_its_schema(status: &Value) {
 async fn counters_move_exactly_for_a_build_and_a_cache_hit_and_status_has_its_schema() {
     let handle = nix_relay::metrics::install([SYS.to_owned()].into()).unwrap();
     nix_relay::metrics::register_zeroes(&[("a".to_owned(), 1)]);
-    let t = TestRelay::start(CONFIG, &[("a", Script::default())]).await;
+    let config = fake_backend("a", "fake://a", "");
+    let t = TestRelay::start(&config, &[("a", Script::default())]).await;
     let before = samples(&handle.render());
     let (src, src_nar) = drv::source("metered-src", b"counted", &[]);
     let (drv_path, d) = drv::derivation("metered", SYS, std::slice::from_ref(&src.path));

@@ -6,10 +6,10 @@ use std::time::Duration;
 use nix_relay::config::Protocol;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::Script;
-use nix_relay::testing::harness::TestRelay;
+use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
 use nix_relay::wire::build::BuildStatus;
 
-const SYS: &str = "x86_64-linux";
+const SYS: &str = SYSTEM;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Waits until the pool holds `n` idle sessions of backend `name`.
@@ -28,8 +28,7 @@ async fn wait_idle(t: &TestRelay, name: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_build_reuses_the_warm_backend_session() {
     for (client, scheme) in [(Protocol::Serve, "fake"), (Protocol::Worker, "fake-ng")] {
-        let config =
-            format!("[[backend]]\nname = \"a\"\nuri = \"{scheme}://a\"\nsystems = [\"{SYS}\"]\n");
+        let config = fake_backend("a", &format!("{scheme}://a"), "");
         let t = TestRelay::start(&config, &[("a", Script::default())]).await;
         let fake = t.fake("a");
         for (i, name) in ["leaf-1", "leaf-2"].into_iter().enumerate() {

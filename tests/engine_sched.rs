@@ -8,20 +8,18 @@ use nix_relay::cli::{AdminTarget, drain};
 use nix_relay::config::Protocol;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::{Connect, Script};
-use nix_relay::testing::harness::{TestClient, TestRelay};
+use nix_relay::testing::harness::{SYSTEM, TestClient, TestRelay, fake_backend};
 use nix_relay::wire::build::{BasicDerivation, BuildResult, BuildStatus};
 use nix_relay::wire::store_path::StorePath;
 use tokio::task::JoinHandle;
 
-const SYS: &str = "x86_64-linux";
+const SYS: &str = SYSTEM;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// `[[backend]]` NAME on `fake://NAME` with extra TOML lines.
 fn backend(name: &str, extra: &str) -> String {
-    format!(
-        "[[backend]]\nname = \"{name}\"\nuri = \"fake://{name}\"\nsystems = [\"{SYS}\"]\n\
-         max_jobs = 2\nconnect_timeout = \"1s\"\n{extra}\n"
-    )
+    let lines = format!("max_jobs = 2\nconnect_timeout = \"1s\"\n{extra}\n");
+    fake_backend(name, &format!("fake://{name}"), &lines)
 }
 
 /// Starts `c` building `drv`; the task gives back the client and result.

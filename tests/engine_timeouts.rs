@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use nix_relay::config::Protocol;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::{Outcome, Script};
-use nix_relay::testing::harness::TestRelay;
+use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
 use nix_relay::testing::knobs;
 use nix_relay::wire::build::{BuildOptions, BuildStatus};
 
-const SYS: &str = "x86_64-linux";
+const SYS: &str = SYSTEM;
 const WAIT: Duration = Duration::from_secs(5);
 
 /// Builds on a fake that logs a line and then hangs, with the client's
@@ -25,8 +25,7 @@ async fn wedged_backend_times_out(options: BuildOptions, why: &str) {
     knobs::set_watchdog_grace(Duration::from_millis(200));
     for (client, scheme) in [(Protocol::Serve, "fake"), (Protocol::Worker, "fake-ng")] {
         let wedged = Script::default().log(&["started"]).outcome(Outcome::Hang);
-        let config =
-            format!("[[backend]]\nname = \"a\"\nuri = \"{scheme}://a\"\nsystems = [\"{SYS}\"]\n");
+        let config = fake_backend("a", &format!("{scheme}://a"), "");
         let t = TestRelay::start(&config, &[("a", wedged)]).await;
         let (drv_path, d) = drv::derivation("wedged", SYS, &[]);
         let mut c = t.client(client, "alice").await;

@@ -36,6 +36,15 @@ use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 use crate::wire::{Limits, Result};
 
+/// The system the test derivations and fake backends are for.
+pub const SYSTEM: &str = "x86_64-linux";
+
+/// A `[[backend]]` table: fake `name` at `uri` (`fake://NAME` or
+/// `fake-ng://NAME`) building for [`SYSTEM`], then the TOML lines `extra`.
+pub fn fake_backend(name: &str, uri: &str, extra: &str) -> String {
+    format!("[[backend]]\nname = \"{name}\"\nuri = \"{uri}\"\nsystems = [\"{SYSTEM}\"]\n{extra}")
+}
+
 mod ops;
 
 /// A relay core whose backends are fakes. Dropping it unregisters them.
