@@ -4,19 +4,16 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::fake::{Connect, Fake};
 use super::fake_serve::send_nar;
 use crate::wire::worker::stderr::{ACT_BUILD, LVL_INFO, RES_BUILD_LOG_LINE};
 use crate::wire::worker::{
-    Field, FramedReader, Reply, Request, StderrMsg, Trust, WorkerError, WorkerVersion,
-    server_handshake,
+    Field, FramedReader, NarUpload, Reply, Request, StderrMsg, Trust, WorkerCodec, WorkerError,
+    WorkerVersion, server_handshake,
 };
 use crate::wire::{Error, Limits, Result};
-
-/// AddToStoreNar's NAR is framed from this minor version on.
-const FRAMED_NAR_MINOR: u8 = 23;
 
 /// Serves one connection until the relay hangs up or the script cuts it.
 pub(super) async fn run<R, W>(fake: &Arc<Fake>, mut r: R, mut w: W) -> Result<()>
@@ -31,17 +28,17 @@ where
     let v = server_handshake(&mut r, &mut w, WorkerVersion::LATEST, nix, Trust::Trusted)
         .await?
         .version;
-    send(&mut w, v, &[StderrMsg::Last], None).await?;
+    let codec = WorkerCodec::new(v, Limits::default());
+    send(&mut w, &codec, &[StderrMsg::Last], None).await?;
     fake.note(|rec| rec.handshakes += 1);
-    let limits = Limits::default();
-    while let Some(req) = Request::read(&mut r, v, &limits).await? {
+    while let Some(req) = codec.read_request(&mut r).await? {
         let script = fake.script();
         let reply = match req {
             Request::SetOptions(_) => Reply::None,
             Request::QueryValidPaths { paths, .. } => Reply::Paths(fake.valid(&paths)),
             Request::QueryPathInfo { path } => Reply::PathInfo(fake.info(&path)),
-            Request::AddToStoreNar { info, .. } if v.minor() >= FRAMED_NAR_MINOR => {
-                let mut framed = FramedReader::new(&mut r, &limits);
+            Request::AddToStoreNar { info, .. } if codec.nar_upload() == NarUpload::Framed => {
+                let mut framed = FramedReader::new(&mut r, &codec.limits);
                 let nar =
                     super::fake_serve::receive(&mut framed, info.nar_size, script.cut_upload_after)
                         .await?;
@@ -54,9 +51,9 @@ where
             Request::BuildDerivation { drv_path, drv, .. } => {
                 let mut guard = fake.start_build(&drv_path);
                 let text = format!("building '{drv_path}'").into_bytes();
-                send(&mut w, v, &[activity(text)], None).await?;
+                send(&mut w, &codec, &[activity(text)], None).await?;
                 for line in &script.log {
-                    send(&mut w, v, &[log_line(line)], None).await?;
+                    send(&mut w, &codec, &[log_line(line)], None).await?;
                 }
                 if let Some(f) = script.flood {
                     super::fake_flood::worker(fake, f, &mut w, v).await?;
@@ -64,11 +61,11 @@ where
                 let Some(result) = fake.finish_build(&script, &mut guard, &drv).await else {
                     return Ok(());
                 };
-                send(&mut w, v, &[StderrMsg::StopActivity { id: 1 }], None).await?;
+                send(&mut w, &codec, &[StderrMsg::StopActivity { id: 1 }], None).await?;
                 Reply::Build(result.into())
             }
             Request::NarFromPath { path } => {
-                send(&mut w, v, &[], Some(Reply::Nar)).await?;
+                send(&mut w, &codec, &[], Some(Reply::Nar)).await?;
                 if !send_nar(fake, &script, &mut w, &path).await? {
                     return Ok(()); // cut after the first bytes
                 }
@@ -76,11 +73,17 @@ where
             }
             other => {
                 let msg = format!("fake {}: unsupported {:?}", fake.name(), other.op());
-                send(&mut w, v, &[StderrMsg::Error(WorkerError::new(msg))], None).await?;
+                send(
+                    &mut w,
+                    &codec,
+                    &[StderrMsg::Error(WorkerError::new(msg))],
+                    None,
+                )
+                .await?;
                 continue;
             }
         };
-        send(&mut w, v, &[], Some(reply)).await?;
+        send(&mut w, &codec, &[], Some(reply)).await?;
     }
     Ok(())
 }
@@ -107,18 +110,9 @@ fn log_line(line: &str) -> StderrMsg {
 /// Writes `msgs`, then (with a reply) `STDERR_LAST` and the reply.
 async fn send<W: AsyncWrite + Unpin>(
     w: &mut W,
-    v: WorkerVersion,
+    codec: &WorkerCodec,
     msgs: &[StderrMsg],
     reply: Option<Reply>,
 ) -> Result<()> {
-    let mut buf = Vec::new();
-    for m in msgs {
-        m.write(&mut buf, v);
-    }
-    if let Some(r) = reply {
-        StderrMsg::Last.write(&mut buf, v);
-        r.write(&mut buf, v);
-    }
-    w.write_all(&buf).await.map_err(Error::Write)?;
-    w.flush().await.map_err(Error::Write)
+    crate::wire::serve::send(w, &codec.encode_reply(msgs, reply.as_ref())).await
 }
