@@ -408,17 +408,25 @@ struct Job<'a> {
 /// A build's input closure, references first, and its summary for placement.
 struct Inputs {
     closure: crate::store::Closure,
+    /// The closure's paths, in the same order.
+    paths: Vec<StorePath>,
     summary: InputSummary,
 }
 
 /// The closure, pinned in the store while the guard lives.
 fn input_closure(relay: &Relay, closure: crate::store::Closure) -> (Inputs, crate::store::Pin) {
-    let pin = relay.store.pin(&closure.paths());
+    let paths = closure.paths();
+    let pin = relay.store.pin(&paths);
     let sized: Vec<_> = (closure.entries.iter())
         .map(|(_, n)| (n.store_path.clone(), n.nar_size))
         .collect();
     let summary = InputSummary::new(sized);
-    (Inputs { closure, summary }, pin)
+    let inputs = Inputs {
+        closure,
+        paths,
+        summary,
+    };
+    (inputs, pin)
 }
 
 async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, JobError> {
@@ -465,11 +473,11 @@ async fn on_backend(
     relay.scheduler.report_connect(&b.name, conn.is_ok());
     let (mut conn, kind) = conn?;
     crate::metrics::backend_session(&b.name, kind.label());
-    push_inputs(relay, &mut conn, &job.inputs.closure).await?;
+    push_inputs(relay, &mut conn, job.inputs).await?;
     relay
         .scheduler
         .locality()
-        .confirm(&b.name, &job.inputs.closure.paths());
+        .confirm(&b.name, &job.inputs.paths);
     let started = tokio::time::Instant::now();
     let result = tokio::select! {
         r = conn.client.build_derivation(job.drv_path, job.drv, options, log) => r.map_err(BuildError::Build)?,
@@ -515,16 +523,16 @@ async fn on_backend(
     Ok((result, Some(finished)))
 }
 
-/// Uploads `closure` (references first) minus what the backend already
-/// has, which one batched QueryValidPaths tells.
+/// Uploads the input closure (references first) minus what the backend
+/// already has, which one batched QueryValidPaths tells.
 async fn push_inputs(
     relay: &Relay,
     conn: &mut BackendConn,
-    closure: &crate::store::Closure,
+    inputs: &Inputs,
 ) -> Result<(), BuildError> {
     let valid: std::collections::HashSet<StorePath> = conn
         .client
-        .query_valid_paths(closure.paths())
+        .query_valid_paths(inputs.paths.clone())
         .await
         .map_err(BuildError::Inputs)?
         .into_iter()
@@ -532,7 +540,7 @@ async fn push_inputs(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let missing = (closure.entries.iter()).filter(|(_, n)| !valid.contains(&n.store_path));
+    let missing = (inputs.closure.entries.iter()).filter(|(_, n)| !valid.contains(&n.store_path));
     for (scope, narinfo) in missing {
         let mut nar = relay.store.open_nar_of(scope, narinfo).await?;
         let mut info = crate::store::to_path_info(narinfo);
