@@ -158,3 +158,52 @@ async fn failing_build_reports_the_failure_and_the_fakes_log() {
         assert_eq!(t.fake("a").record().builds_finished, [drv_path]);
     }
 }
+
+/// Nix 2.26 over ssh-ng fetches a build's other outputs over a second
+/// connection: every output a session reported built is valid and
+/// servable at once from any session of that client, before the first
+/// session fetched it or the relay stored it.
+async fn outputs_are_servable_from_a_second_session(client: Protocol, backend_uri: &str) {
+    let t = TestRelay::start(&one_backend(backend_uri), &[("a", Script::default())]).await;
+    let (drv_path, d) = drv::multi_output("multi", SYS, &["out", "dev", "lib", "doc"]);
+    let outs = d.output_paths().unwrap();
+
+    let mut first = t.client(client, "alice").await;
+    let res = first.build(&drv_path, &d).await.unwrap();
+    assert_eq!(res.status, BuildStatus::Built, "log:\n{}", first.log());
+
+    let mut second = t.client(client, "alice").await;
+    let infos = second.path_infos(&outs).await.unwrap();
+    assert_eq!(
+        infos.len(),
+        outs.len(),
+        "every output valid for the second session"
+    );
+    let fake = t.fake("a");
+    for out in &outs[1..] {
+        let nar = second.fetch(out).await.unwrap();
+        assert_eq!(Sha256Hash::digest(&nar), fake.info(out).unwrap().nar_hash);
+    }
+    let nar = first.fetch(&outs[0]).await.unwrap();
+    assert_eq!(
+        Sha256Hash::digest(&nar),
+        fake.info(&outs[0]).unwrap().nar_hash
+    );
+
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+    for out in &outs {
+        t.wait_stored(out, WAIT).await;
+    }
+    assert_eq!(fake.record().builds_started.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_outputs_are_servable_from_a_second_session_at_once() {
+    outputs_are_servable_from_a_second_session(Protocol::Worker, "fake-ng://a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_outputs_are_servable_from_a_second_session_at_once() {
+    outputs_are_servable_from_a_second_session(Protocol::Serve, "fake://a").await;
+}

@@ -35,7 +35,14 @@ use crate::wire::store_path::StorePath;
 /// flight, and the outputs it can stream from the backend.
 pub struct Pending {
     pub finished: Arc<tokio::sync::Mutex<Finished>>,
-    _attachment: Attachment,
+    attachment: Attachment,
+}
+
+impl Pending {
+    /// Whether `path` is one of this build's outputs.
+    pub fn holds(&self, path: &StorePath) -> bool {
+        self.attachment.flight.key.outputs.contains(path)
+    }
 }
 
 /// Builds `drv` for `client`. Never fails: errors become results.
@@ -197,7 +204,7 @@ async fn attach_and_wait(
     }
     let pending = outcome.finished.map(|finished| Pending {
         finished,
-        _attachment: attachment,
+        attachment: attachment,
     });
     (outcome.result, pending)
 }

@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+type AsyncMutex<T> = tokio::sync::Mutex<T>;
+
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -141,6 +143,29 @@ impl Flights {
         if map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             map.remove(&flight.key);
         }
+    }
+
+    /// A finished flight whose outputs include `path`, still on its
+    /// backend and visible to `client` (public, or private to it), with a
+    /// claim that keeps it from settling while the caller fetches.
+    pub fn holding(
+        &self,
+        path: &StorePath,
+        client: &str,
+    ) -> Option<(Attachment, Arc<AsyncMutex<Finished>>)> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().find_map(|f| {
+            let visible = match &f.key.scope {
+                Scope::Public => true,
+                Scope::Private(owner) => owner == client,
+            };
+            if !visible || !f.key.outputs.contains(path) {
+                return None;
+            }
+            let finished = f.outcome.borrow().as_ref()?.finished.clone()?;
+            f.attached.fetch_add(1, Ordering::SeqCst);
+            Some((Attachment { flight: f.clone() }, finished))
+        })
     }
 
     /// What `/status` shows of the builds in flight.

@@ -151,16 +151,47 @@ pub enum Error {
     Refused(String),
 }
 
-/// Metadata of `path` as `client` sees it: an output of its last build
-/// still on the backend (`pending`), else the relay store.
+/// The finished build still holding `path` on its backend, as `client`
+/// sees it: its own last build's (`pending`), else any finished flight's.
+/// An output a session reported built is servable at once from every
+/// session (Nix 2.26 fetches a build's outputs over a second connection).
+pub struct Holder {
+    pub finished: Arc<tokio::sync::Mutex<outputs::Finished>>,
+    _claim: Option<flight::Attachment>,
+}
+
+pub fn holder(
+    relay: &Relay,
+    pending: Option<&build::Pending>,
+    client: &ClientId,
+    path: &StorePath,
+) -> Option<Holder> {
+    if let Some(p) = pending
+        && p.holds(path)
+    {
+        let finished = p.finished.clone();
+        return Some(Holder {
+            finished,
+            _claim: None,
+        });
+    }
+    let (claim, finished) = relay.flights.holding(path, &client.name)?;
+    Some(Holder {
+        finished,
+        _claim: Some(claim),
+    })
+}
+
+/// Metadata of `path` as `client` sees it: an output of a finished build
+/// still on the backend ([`holder`]), else the relay store.
 pub async fn lookup(
     relay: &Relay,
     pending: Option<&build::Pending>,
     client: &ClientId,
     path: &StorePath,
 ) -> Result<Option<ValidPathInfo>, Error> {
-    if let Some(p) = pending
-        && let Some(i) = p.finished.lock().await.outputs.get(path)
+    if let Some(h) = holder(relay, pending, client, path)
+        && let Some(i) = h.finished.lock().await.outputs.get(path)
     {
         return Ok(Some(i.clone()));
     }

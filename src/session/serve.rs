@@ -166,8 +166,9 @@ where
     }
 
     async fn dump_store_path(&mut self, path: StorePath) -> Result<(), Error> {
-        if let Some(pending) = &self.pending {
-            let mut finished = pending.finished.lock().await;
+        let client = &self.client;
+        if let Some(h) = super::holder(&self.relay, self.pending.as_ref(), client, &path) {
+            let mut finished = h.finished.lock().await;
             if finished.outputs.contains_key(&path) {
                 finished
                     .fetch(&self.relay, &path, Some(&mut self.w))

@@ -319,9 +319,8 @@ where
     }
 
     async fn nar_from_path(&mut self, path: StorePath) -> Result<Result<(), OpError>, Error> {
-        if let Some(p) = &self.pending {
-            let finished = p.finished.clone();
-            let mut finished = finished.lock().await;
+        if let Some(h) = super::holder(&self.relay, self.pending.as_ref(), &self.client, &path) {
+            let mut finished = h.finished.lock().await;
             if finished.outputs.contains_key(&path) {
                 self.reply(&[], Some(Reply::Nar)).await?;
                 finished

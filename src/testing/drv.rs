@@ -63,3 +63,26 @@ pub fn out_path(drv: &BasicDerivation) -> StorePath {
         .and_then(|v| v.into_iter().next())
         .unwrap_or_else(|| panic!("derivation without an output path"))
 }
+
+/// [`derivation`] with the outputs `names` (`out` first, say): every
+/// output's path derived from the derivation's name and the output's.
+pub fn multi_output(name: &str, system: &str, names: &[&str]) -> (StorePath, BasicDerivation) {
+    let (drv_path, mut drv) = derivation(name, system, &[]);
+    drv.outputs = names
+        .iter()
+        .map(|o| DerivationOutput {
+            name: (*o).into(),
+            path: store_path(&format!("out {name} {o}"), &format!("{name}-{o}"))
+                .as_str()
+                .into(),
+            hash_algo: String::new(),
+            hash: String::new(),
+        })
+        .collect();
+    drv.env = drv
+        .outputs
+        .iter()
+        .map(|o| (o.name.as_bytes().to_vec(), o.path.as_bytes().to_vec()))
+        .collect();
+    (drv_path, drv)
+}

@@ -225,6 +225,11 @@ impl TestClient {
             .await
     }
 
+    /// QueryPathInfos / QueryPathInfo: what the relay says of `paths`.
+    pub async fn path_infos(&mut self, paths: &[StorePath]) -> Result<Vec<ValidPathInfo>> {
+        self.client.query_path_infos(paths.to_vec()).await
+    }
+
     /// The NAR of `path` (DumpStorePath / NarFromPath), read to its end.
     pub async fn fetch(&mut self, path: &StorePath) -> Result<Vec<u8>> {
         self.client.dump_store_path(path).await?;
