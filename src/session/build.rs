@@ -204,7 +204,7 @@ async fn attach_and_wait(
     }
     let pending = outcome.finished.map(|finished| Pending {
         finished,
-        attachment: attachment,
+        attachment,
     });
     (outcome.result, pending)
 }
