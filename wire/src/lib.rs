@@ -34,6 +34,7 @@
 //! announces.
 
 pub mod build;
+pub mod derivation;
 pub mod export;
 pub mod hash;
 pub mod nar;
@@ -102,6 +103,8 @@ pub enum Error {
     BadMagic { got: u64, expected: u64 },
     #[error("unsupported protocol version {major}.{minor}")]
     UnsupportedVersion { major: u64, minor: u64 },
+    #[error("derivation, byte {at}: {reason}")]
+    BadDerivation { at: usize, reason: &'static str },
     #[error("unknown command {0}")]
     UnknownCommand(u64),
     #[error("invalid store path {path:?}: {reason}")]
