@@ -555,5 +555,8 @@ fn encode_dir(buf: &mut Vec<u8>, entries: &[(Vec<u8>, NarNode)]) {
     }
 }
 
+mod flat;
+pub use flat::file_contents;
+
 #[cfg(test)]
 mod tests;
