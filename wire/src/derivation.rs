@@ -249,6 +249,55 @@ pub fn make_store_path(kind: &str, hash: &Sha256Hash, name: &str) -> Result<Stor
     StorePath::parse(&format!("/nix/store/{part}-{name}"))
 }
 
+/// What a client asks to build or to have (BuildPaths, QueryMissing):
+/// worker ≥ 1.30 spells it `/nix/store/…` (opaque), `…drv!out1,out2` or
+/// `…drv!*`; older ones `path!out1,out2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DerivedPath {
+    Opaque(StorePath),
+    /// Outputs of a derivation; `None` for all of them (`!*`).
+    Built {
+        drv: StorePath,
+        outputs: Option<Vec<String>>,
+    },
+}
+
+impl DerivedPath {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |reason| Error::BadDerivation { at: 0, reason };
+        let Some((drv, outs)) = s.split_once('!') else {
+            return Ok(DerivedPath::Opaque(StorePath::parse(s)?));
+        };
+        let drv = StorePath::parse(drv)?;
+        if !drv.is_derivation() {
+            return Err(bad("outputs asked of a path that is not a .drv"));
+        }
+        if outs.contains('!') {
+            return Err(bad("dynamic derivations (drv!x!out) are not supported"));
+        }
+        let outputs = match outs {
+            "*" => None,
+            "" => return Err(bad("no output names after '!'")),
+            names => Some(names.split(',').map(str::to_owned).collect()),
+        };
+        Ok(DerivedPath::Built { drv, outputs })
+    }
+}
+
+/// A built output as BuildResult's builtOutputs carry it before worker
+/// feature `realisation-with-path-not-hash`: (`sha256:<hex>!<output>`,
+/// the Realisation JSON Nix writes, `outPath` a base name).
+pub fn realisation(drv_hash: &Sha256Hash, output: &str, path: &StorePath) -> (String, String) {
+    let id = format!("sha256:{}!{output}", drv_hash.to_hex());
+    let json = serde_json::json!({
+        "dependentRealisations": {},
+        "id": id,
+        "outPath": path.base_name(),
+        "signatures": [],
+    });
+    (id, json.to_string())
+}
+
 fn sep(s: &mut Vec<u8>, i: usize) {
     if i > 0 {
         s.push(b',');

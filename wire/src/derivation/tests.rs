@@ -119,3 +119,58 @@ fn malformed_drv_files_are_refused_with_the_offset() {
     let not_path = br#"Derive([],[],["relative"],"x","y",[],[])"#;
     assert!(Derivation::parse(not_path).is_err());
 }
+
+#[test]
+fn derived_paths_in_every_spelling() {
+    let drv = "/nix/store/32108pqazikx0al2l2rr1j53ds4iipdx-leaf.drv";
+    let sp = StorePath::parse(drv).unwrap();
+    assert_eq!(
+        DerivedPath::parse(drv).unwrap(),
+        DerivedPath::Opaque(sp.clone())
+    );
+    let all = DerivedPath::parse(&format!("{drv}!*")).unwrap();
+    assert_eq!(
+        all,
+        DerivedPath::Built {
+            drv: sp.clone(),
+            outputs: None
+        }
+    );
+    let two = DerivedPath::parse(&format!("{drv}!out,dev")).unwrap();
+    let names = Some(vec!["out".to_owned(), "dev".to_owned()]);
+    assert_eq!(
+        two,
+        DerivedPath::Built {
+            drv: sp,
+            outputs: names
+        }
+    );
+    for bad in [
+        format!("{drv}!"),
+        format!("{drv}!x!out"),
+        "/nix/store/32108pqazikx0al2l2rr1j53ds4iipdx-leaf!out".into(),
+        "relative!out".into(),
+    ] {
+        assert!(DerivedPath::parse(&bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn realisations_are_spelled_as_nix_2_8_sends_them() {
+    // From tests/golden/serve/legacy-multi.s2c (a real Nix 2.8 backend).
+    let h =
+        Sha256Hash::parse_any("1498075be1b68a3191d38415bb39f98014a2fcd915235e13740ee5ae7192bc84")
+            .unwrap();
+    let p = StorePath::parse("/nix/store/82ayf5r3ih13mx8c4xjgg7w51psxrrly-lab-multi-dev").unwrap();
+    let (id, json) = realisation(&h, "dev", &p);
+    assert_eq!(
+        id,
+        "sha256:1498075be1b68a3191d38415bb39f98014a2fcd915235e13740ee5ae7192bc84!dev"
+    );
+    assert_eq!(
+        json,
+        format!(
+            r#"{{"dependentRealisations":{{}},"id":"{id}","outPath":"82ayf5r3ih13mx8c4xjgg7w51psxrrly-lab-multi-dev","signatures":[]}}"#
+        )
+    );
+}
