@@ -20,7 +20,7 @@ use crate::wire::worker::stderr::{
     ACT_BUILD, LVL_INFO, RES_BUILD_LOG_LINE, RES_POST_BUILD_LOG_LINE, write_read_reply,
 };
 use crate::wire::worker::{
-    BUILD_MODE_NORMAL, ClientOptions, Field, FramedWriter, NarUpload, Request, StderrMsg,
+    BUILD_MODE_NORMAL, ClientOptions, Field, FramedWriter, NarUpload, Reply, Request, StderrMsg,
     WorkerCodec, WorkerError, WorkerVersion,
 };
 use crate::wire::{Error, Limits, Result};
@@ -259,6 +259,15 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         self.finish("BuildDerivation", Some(log)).await?;
         let codec = self.codec();
         Ok(codec.read_build_result(&mut self.r).await?.base)
+    }
+
+    /// Any request whose reply is a value: its STDERR stream (text to
+    /// `log`), then the reply.
+    pub async fn call(&mut self, req: Request, log: Option<&LogSink>) -> Result<Reply> {
+        self.request(&req).await?;
+        let op = format!("{:?}", req.op());
+        self.finish(&op, log).await?;
+        self.codec().read_reply(&mut self.r, &req).await
     }
 
     /// Asks for a NAR; the caller then reads it from `self.r`.

@@ -15,6 +15,7 @@
 //! the build counts as lost.
 
 pub mod build;
+pub mod derived;
 mod error;
 pub mod flight;
 pub mod log;
@@ -149,6 +150,8 @@ pub enum Error {
     ReadOnly(&'static str),
     #[error("{0}")]
     Refused(String),
+    #[error("remote-store build")]
+    Derived(#[from] derived::DerivedError),
 }
 
 /// The finished build still holding `path` on its backend, as `client`
@@ -212,33 +215,6 @@ pub async fn commit_upload(
     (relay.store)
         .commit_upload(writer, info, verify, &client.name, client.trusted)
         .await
-}
-
-/// `None` when every path (serve/worker BuildPaths) is an already valid
-/// opaque path; otherwise the message saying why the relay won't build it.
-pub async fn unbuildable(
-    relay: &Relay,
-    pending: Option<&build::Pending>,
-    client: &ClientId,
-    paths: &[String],
-) -> Result<Option<String>, Error> {
-    let mut missing = Vec::new();
-    for p in paths {
-        // `drv!outputs` is not a store path: derivations are not built this way.
-        let valid = match StorePath::parse(p) {
-            Ok(sp) => lookup(relay, pending, client, &sp).await?.is_some(),
-            Err(_) => false,
-        };
-        if !valid {
-            missing.push(p.as_str());
-        }
-    }
-    Ok((!missing.is_empty()).then(|| {
-        format!(
-            "nix-relay cannot build {} with BuildPaths; use the build hook (BuildDerivation)",
-            missing.join(", ")
-        )
-    }))
 }
 
 /// Sends one line of the relay's own to the client's log (stderr).

@@ -21,7 +21,8 @@ use super::build::{self, Pending};
 use super::{ClientId, Error, Relay};
 use crate::buildlog::LogSink;
 use crate::store::{Verify, topo_sort};
-use crate::wire::build::{BuildResult, BuildStatus};
+use crate::wire::build::{BuildOptions, BuildResult, BuildStatus};
+use crate::wire::derivation::DerivedPath;
 use crate::wire::export;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::serve::{self, Reply, Request, ServeCodec, ServeVersion};
@@ -114,7 +115,7 @@ where
             Request::DumpStorePath { path } => self.dump_store_path(path).await,
             Request::ImportPaths => self.import_paths().await,
             Request::ExportPaths { paths, .. } => self.export_paths(paths).await,
-            Request::BuildPaths { paths, .. } => self.build_paths(paths).await,
+            Request::BuildPaths { paths, options } => self.build_paths(paths, options).await,
             Request::QueryClosure { paths, .. } => self.query_closure(paths).await,
             Request::BuildDerivation {
                 drv_path,
@@ -287,15 +288,54 @@ where
         self.reply(Reply::Paths(sorted.into_iter().collect())).await
     }
 
-    /// Only already-valid paths can be "built" this way: the serve protocol's
-    /// BuildPaths needs the `.drv` in the builder's store, which the build
-    /// hook never uploads. Anything else is answered with a failure status
-    /// and message (which Nix clients read correctly).
-    async fn build_paths(&mut self, paths: Vec<String>) -> Result<(), Error> {
+    /// BuildPaths: opaque paths must be valid; derivations (`drv!out`,
+    /// copied to the relay first) are built like a remote store's
+    /// ([`super::derived`]), their logs on the client's stderr. Any
+    /// failure is answered with a failure status and message.
+    async fn build_paths(
+        &mut self,
+        paths: Vec<String>,
+        options: BuildOptions,
+    ) -> Result<(), Error> {
         self.need_write("BuildPaths")?;
-        let why =
-            super::unbuildable(&self.relay, self.pending.as_ref(), &self.client, &paths).await?;
-        let failure = why.map(|msg| BuildResult::failure(BuildStatus::MiscFailure, msg));
+        let failure = match self.build_derived(&paths, options).await {
+            Ok(results) => (paths.iter().zip(&results))
+                .filter(|(_, r)| !r.status.is_success())
+                .map(|(p, r)| format!("{p}: {}", String::from_utf8_lossy(&r.error_msg)))
+                .reduce(|a, b| format!("{a}; {b}")),
+            Err(e) => Some(crate::error_chain(&e)),
+        };
+        let failure = failure.map(|msg| BuildResult::failure(BuildStatus::MiscFailure, msg));
         self.reply(Reply::BuildPaths(failure)).await
+    }
+
+    async fn build_derived(
+        &mut self,
+        paths: &[String],
+        options: BuildOptions,
+    ) -> Result<Vec<BuildResult>, Error> {
+        let wanted = (paths.iter())
+            .map(|p| DerivedPath::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let req = super::derived::Request::read(&self.relay, &self.client, wanted).await?;
+        let (events, mut rx) = tokio::sync::mpsc::channel(64);
+        let log = self.log.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    super::derived::Event::Started(drv) => {
+                        super::say(&log, format!("building '{drv}'")).await
+                    }
+                    super::derived::Event::Log(_, chunk) => {
+                        let _ = log.send(chunk).await;
+                    }
+                    super::derived::Event::Finished(..) => {}
+                }
+            }
+        });
+        let results = (req.build(&self.relay, &self.client, &self.gone, options, &events)).await;
+        drop(events);
+        let _ = forward.await;
+        Ok(results)
     }
 }

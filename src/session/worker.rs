@@ -19,17 +19,19 @@ use tokio::io::{AsyncBufRead, AsyncWrite, BufReader};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+mod derived;
+
 use super::build::{self, Pending};
 use super::log::LineSplitter;
 use super::{ClientId, Error, Relay};
 use crate::error_chain;
-use crate::wire::build::{BuildOptions, BuildResult, BuildStatus};
+use crate::wire::build::BuildOptions;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::serve::send;
 use crate::wire::store_path::StorePath;
 use crate::wire::worker::framed::FramedReader;
 use crate::wire::worker::stderr::{Field, StderrMsg, WorkerError, read_read_reply};
-use crate::wire::worker::values::{QueryMissingReply, WorkerBuildResult};
+use crate::wire::worker::values::WorkerBuildResult;
 use crate::wire::worker::{
     NarUpload, Reply, Request, Trust, WorkerCodec, WorkerVersion, server_handshake,
 };
@@ -65,7 +67,7 @@ enum OpError {
     AfterMultiple(u64),
     #[error("the NAR of {0} ends before its narSize")]
     ShortNar(StorePath),
-    /// Why BuildPaths cannot build (`session::unbuildable`).
+    /// Why BuildPaths cannot build (a remote-store build refused or failed).
     #[error("{0}")]
     Unbuildable(String),
     #[error("nix-relay does not serve AddToStore; use `nix copy` (AddMultipleToStore)")]
@@ -201,12 +203,9 @@ where
             Request::BuildDerivation { drv_path, drv, .. } => {
                 self.build_derivation(drv_path, drv).await
             }
-            Request::BuildPaths { paths, .. } => match self.unbuildable(&paths).await? {
-                None => self.ok(Reply::Ack).await,
-                Some(msg) => Ok(Err(OpError::Unbuildable(msg))),
-            },
-            Request::BuildPathsWithResults { paths, .. } => {
-                self.build_paths_with_results(paths).await
+            Request::BuildPaths { paths, mode } => self.build_paths(paths, mode, false).await,
+            Request::BuildPathsWithResults { paths, mode } => {
+                self.build_paths(paths, mode, true).await
             }
             Request::QueryMissing { paths } => self.query_missing(paths).await,
             Request::QueryDerivationOutputMap { .. } => self.ok(Reply::OutputMap(Vec::new())).await,
@@ -358,19 +357,7 @@ where
         let (log, mut log_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
         let act = self.next_activity;
         self.next_activity += 1;
-        let start = StderrMsg::StartActivity {
-            id: act,
-            level: 3,
-            kind: crate::wire::worker::stderr::ACT_BUILD,
-            text: format!("building '{drv_path}' via nix-relay").into_bytes(),
-            fields: vec![
-                Field::Str(drv_path.as_str().into()),
-                Field::Str(Vec::new()),
-                Field::Int(1),
-                Field::Int(1),
-            ],
-            parent: 0,
-        };
+        let start = build_activity(act, &drv_path);
         self.reply(&[start], None).await?;
         let (relay, client, gone, options) = (
             self.relay.clone(),
@@ -402,44 +389,22 @@ where
             .await?;
         Ok(Ok(()))
     }
+}
 
-    async fn unbuildable(&self, paths: &[String]) -> Result<Option<String>, Error> {
-        super::unbuildable(&self.relay, self.pending.as_ref(), &self.client, paths).await
-    }
-
-    async fn build_paths_with_results(
-        &mut self,
-        paths: Vec<String>,
-    ) -> Result<Result<(), OpError>, Error> {
-        let mut results = Vec::new();
-        for p in paths {
-            let r = match self.unbuildable(std::slice::from_ref(&p)).await? {
-                None => BuildResult::failure(BuildStatus::AlreadyValid, ""),
-                Some(msg) => BuildResult::failure(BuildStatus::MiscFailure, msg),
-            };
-            results.push((p, WorkerBuildResult::from(r)));
-        }
-        self.ok(Reply::BuildResults(results)).await
-    }
-
-    async fn query_missing(&mut self, paths: Vec<String>) -> Result<Result<(), OpError>, Error> {
-        let mut unknown = Vec::new();
-        for p in &paths {
-            let base = p.split('!').next().unwrap_or(p);
-            if let Ok(sp) = StorePath::parse(base)
-                && (p.contains('!') || self.lookup(&sp).await?.is_none())
-            {
-                unknown.push(sp);
-            }
-        }
-        let reply = QueryMissingReply {
-            will_build: Vec::new(),
-            will_substitute: Vec::new(),
-            unknown,
-            download_size: 0,
-            nar_size: 0,
-        };
-        self.ok(Reply::Missing(reply)).await
+/// The activity a build's log lines go under, as a Nix daemon starts it.
+fn build_activity(id: u64, drv_path: &StorePath) -> StderrMsg {
+    StderrMsg::StartActivity {
+        id,
+        level: 3,
+        kind: crate::wire::worker::stderr::ACT_BUILD,
+        text: format!("building '{drv_path}' via nix-relay").into_bytes(),
+        fields: vec![
+            Field::Str(drv_path.as_str().into()),
+            Field::Str(Vec::new()),
+            Field::Int(1),
+            Field::Int(1),
+        ],
+        parent: 0,
     }
 }
 

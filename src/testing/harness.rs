@@ -225,6 +225,18 @@ impl TestClient {
             .await
     }
 
+    /// One worker-protocol request and its reply (a worker client only);
+    /// STDERR text goes to [`Self::log`].
+    pub async fn call(
+        &mut self,
+        req: crate::wire::worker::Request,
+    ) -> Result<crate::wire::worker::Reply> {
+        match &mut self.client {
+            Client::Worker(w) => w.call(req, Some(&self.log_tx)).await,
+            Client::Serve(_) => panic!("call: not a worker client"),
+        }
+    }
+
     /// QueryPathInfos / QueryPathInfo: what the relay says of `paths`.
     pub async fn path_infos(&mut self, paths: &[StorePath]) -> Result<Vec<ValidPathInfo>> {
         self.client.query_path_infos(paths.to_vec()).await

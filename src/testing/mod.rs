@@ -20,6 +20,7 @@
 //! `ec2::sdk::connect_with_keys`.
 
 pub mod drv;
+pub mod drv_aterm;
 pub mod fake;
 pub mod fake_flood;
 mod fake_serve;

@@ -1,0 +1,159 @@
+//! Remote-store builds over the worker protocol: BuildPaths,
+//! BuildPathsWithResults and QueryMissing for `drv!outputs` paths, through
+//! [`crate::session::derived`]. Each derivation built shows as its own
+//! build activity with its log lines, as a Nix daemon shows them.
+
+use std::collections::HashMap;
+
+use tokio::io::{AsyncBufRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use super::{OpError, WorkerSession, build_activity};
+use crate::session::Error;
+use crate::session::derived::{Event, Request as Derived};
+use crate::session::log::LineSplitter;
+use crate::wire::build::BuildResult;
+use crate::wire::derivation::DerivedPath;
+use crate::wire::store_path::StorePath;
+use crate::wire::worker::Reply;
+use crate::wire::worker::stderr::StderrMsg;
+use crate::wire::worker::values::{QueryMissingReply, WorkerBuildResult};
+
+impl<R, W> WorkerSession<R, W>
+where
+    R: AsyncBufRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    /// BuildPaths (`with_results` false: one ack, or an error naming
+    /// every failure) and BuildPathsWithResults.
+    pub(super) async fn build_paths(
+        &mut self,
+        paths: Vec<String>,
+        mode: u64,
+        with_results: bool,
+    ) -> Result<Result<(), OpError>, Error> {
+        if mode != 0 {
+            return Ok(Err(OpError::Unbuildable(format!(
+                "nix-relay builds only in normal mode (not repair or check: mode {mode})"
+            ))));
+        }
+        let wanted = match parse_all(&paths) {
+            Ok(w) => w,
+            Err(msg) => return Ok(Err(OpError::Unbuildable(msg))),
+        };
+        let req = match Derived::read(&self.relay, &self.client, wanted).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
+        };
+        let results = self.run_builds(&req).await?;
+        if with_results {
+            let keyed = (paths.into_iter().zip(results))
+                .map(|(p, r)| (p, WorkerBuildResult::from(r)))
+                .collect();
+            return self.ok(Reply::BuildResults(keyed)).await;
+        }
+        let failed: Vec<String> = (paths.iter().zip(&results))
+            .filter(|(_, r)| !r.status.is_success())
+            .map(|(p, r)| format!("{p}: {}", String::from_utf8_lossy(&r.error_msg)))
+            .collect();
+        if failed.is_empty() {
+            self.ok(Reply::Ack).await
+        } else {
+            Ok(Err(OpError::Unbuildable(format!(
+                "build failed: {}",
+                failed.join("; ")
+            ))))
+        }
+    }
+
+    /// Runs the builds, writing their activities and logs as they come.
+    async fn run_builds(&mut self, req: &Derived) -> Result<Vec<BuildResult>, Error> {
+        let (events, mut rx) = mpsc::channel::<Event>(64);
+        let (relay, client, gone, options) = (
+            self.relay.clone(),
+            self.client.clone(),
+            self.gone.clone(),
+            self.options,
+        );
+        let fut = async move { req.build(&relay, &client, &gone, options, &events).await };
+        tokio::pin!(fut);
+        let mut acts: HashMap<StorePath, (u64, LineSplitter)> = HashMap::new();
+        let results = loop {
+            tokio::select! {
+                done = &mut fut => break done,
+                Some(ev) = rx.recv() => {
+                    let msgs = self.activity(&mut acts, ev);
+                    self.reply(&msgs, None).await?;
+                }
+            }
+        };
+        let mut msgs = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            msgs.extend(self.activity(&mut acts, ev));
+        }
+        self.reply(&msgs, None).await?;
+        Ok(results)
+    }
+
+    fn activity(
+        &mut self,
+        acts: &mut HashMap<StorePath, (u64, LineSplitter)>,
+        ev: Event,
+    ) -> Vec<StderrMsg> {
+        match ev {
+            Event::Started(drv) => {
+                let act = self.next_activity;
+                self.next_activity += 1;
+                let start = build_activity(act, &drv);
+                acts.insert(drv, (act, LineSplitter::default()));
+                vec![start]
+            }
+            Event::Log(drv, chunk) => match acts.get_mut(&drv) {
+                Some((act, lines)) => lines.push(*act, &chunk),
+                None => Vec::new(),
+            },
+            Event::Finished(drv, _) => match acts.remove(&drv) {
+                Some((act, mut lines)) => {
+                    let mut msgs = lines.finish(act);
+                    msgs.push(StderrMsg::StopActivity { id: act });
+                    msgs
+                }
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// QueryMissing: what building `paths` would build, and what is
+    /// neither valid nor buildable. The relay substitutes nothing, so
+    /// nothing is to download.
+    pub(super) async fn query_missing(
+        &mut self,
+        paths: Vec<String>,
+    ) -> Result<Result<(), OpError>, Error> {
+        let wanted = match parse_all(&paths) {
+            Ok(w) => w,
+            Err(msg) => return Ok(Err(OpError::Unbuildable(msg))),
+        };
+        let (will_build, unknown) = match Derived::read(&self.relay, &self.client, wanted).await {
+            Ok(req) => req.missing(),
+            Err(Error::Derived(crate::session::derived::DerivedError::NoDrv(drv))) => {
+                (Vec::new(), vec![drv])
+            }
+            Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
+        };
+        let reply = QueryMissingReply {
+            will_build,
+            will_substitute: Vec::new(),
+            unknown,
+            download_size: 0,
+            nar_size: 0,
+        };
+        self.ok(Reply::Missing(reply)).await
+    }
+}
+
+fn parse_all(paths: &[String]) -> Result<Vec<DerivedPath>, String> {
+    (paths.iter())
+        .map(|p| DerivedPath::parse(p).map_err(|e| format!("'{p}': {e}")))
+        .collect()
+}
