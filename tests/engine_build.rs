@@ -207,3 +207,22 @@ async fn worker_outputs_are_servable_from_a_second_session_at_once() {
 async fn serve_outputs_are_servable_from_a_second_session_at_once() {
     outputs_are_servable_from_a_second_session(Protocol::Serve, "fake://a").await;
 }
+
+/// Two different content-addressed derivations (floating outputs, no
+/// output path yet) are refused with a message saying why, and never
+/// share a flight or reach a backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floating_content_addressed_derivations_are_refused_clearly() {
+    let t = TestRelay::start(&one_backend("fake-ng://a"), &[("a", Script::default())]).await;
+    let mut c = t.client(Protocol::Worker, "alice").await;
+    for name in ["ca-one", "ca-two"] {
+        let (drv_path, mut d) = drv::derivation(name, SYS, &[]);
+        d.outputs[0].path.clear();
+        d.outputs[0].hash_algo = "r:sha256".into();
+        let res = c.build(&drv_path, &d).await.unwrap();
+        assert_eq!(res.status, BuildStatus::MiscFailure);
+        let msg = String::from_utf8_lossy(&res.error_msg);
+        assert!(msg.contains("__contentAddressed"), "{msg}");
+    }
+    assert!(t.fake("a").record().builds_started.is_empty());
+}

@@ -116,6 +116,11 @@ async fn prepare(
         .store
         .closure(&drv.input_srcs, Some(&client.name))
         .await?;
+    // A floating output has no path yet: nothing to key a flight or a
+    // cache hit on.
+    if drv.outputs.iter().any(|o| o.path.is_empty()) {
+        return Err(JobError::FloatingOutputs);
+    }
     let mut outputs = drv.output_paths().map_err(JobError::Derivation)?;
     outputs.sort();
     let mut all_there = !outputs.is_empty();

@@ -29,6 +29,10 @@ pub enum JobError {
     Store(#[source] crate::store::Error),
     #[error("reading the derivation")]
     Derivation(#[source] crate::wire::Error),
+    #[error(
+        "content-addressed derivations with floating outputs (__contentAddressed) are not supported by nix-relay: build them on the client or on a builder directly"
+    )]
+    FloatingOutputs,
     #[error("reading requiredSystemFeatures")]
     Features(#[source] crate::wire::build::AttrsError),
     #[error("placement")]
@@ -48,9 +52,10 @@ pub enum JobError {
 impl JobError {
     pub fn class(&self) -> Class {
         match self {
-            JobError::MissingInput(_) | JobError::Derivation(_) | JobError::Features(_) => {
-                Class::Client
-            }
+            JobError::MissingInput(_)
+            | JobError::Derivation(_)
+            | JobError::FloatingOutputs
+            | JobError::Features(_) => Class::Client,
             JobError::Placement(
                 crate::scheduler::Error::NoneEligible { .. }
                 | crate::scheduler::Error::NoUntrustedBackend { .. },
