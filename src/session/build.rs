@@ -231,6 +231,13 @@ async fn forward(log: &LogSink, chunk: Recv) {
         Recv::Chunk(c) => {
             let _ = log.send(c).await;
         }
+        Recv::Skipped(n) => {
+            say(
+                log,
+                format!("attached mid-build: {n} bytes of its log went by before"),
+            )
+            .await
+        }
         Recv::Dropped(n) => {
             say(
                 log,

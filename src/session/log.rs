@@ -28,6 +28,8 @@ use crate::wire::worker::stderr::{Field, RES_BUILD_LOG_LINE, StderrMsg};
 
 /// Log bytes a flight keeps for attached clients that fall behind.
 pub const LOG_BACKLOG_BYTES: usize = 4 << 20;
+/// The first log bytes of a flight a client attaching mid-build gets.
+pub const LOG_REPLAY_BYTES: usize = 64 << 10;
 
 /// Turns log bytes into one `RESULT buildLogLine` per line; a line longer
 /// than [`MAX_LOG_LINE`] goes out in pieces of that size.
@@ -100,6 +102,8 @@ fn line(act: u64, text: Vec<u8>) -> StderrMsg {
 /// most `max` of them, kept only while some reader has not seen them.
 pub struct Backlog {
     ring: Mutex<Ring>,
+    /// The log's first [`LOG_REPLAY_BYTES`], for clients attaching late.
+    start: Mutex<Vec<Bytes>>,
     more: Notify,
     max: usize,
 }
@@ -139,12 +143,16 @@ pub enum Recv {
     Chunk(Bytes),
     /// This many bytes were dropped before the reader got to them.
     Dropped(u64),
+    /// This many bytes, after the log's start, went by before the reader
+    /// attached.
+    Skipped(u64),
 }
 
 impl Backlog {
     pub fn new(max: usize) -> Arc<Backlog> {
         Arc::new(Backlog {
             ring: Mutex::new(Ring::default()),
+            start: Mutex::new(Vec::new()),
             more: Notify::new(),
             max,
         })
@@ -157,28 +165,42 @@ impl Backlog {
     /// Adds `chunk` (in pieces of at most [`MAX_LOG_LINE`]); never waits.
     pub fn publish(&self, chunk: Bytes) {
         let mut ring = self.ring();
+        let mut start = self.start.lock().unwrap_or_else(|e| e.into_inner());
         for piece in log_pieces(chunk) {
             let len = piece.len();
+            if ring.tail < LOG_REPLAY_BYTES as u64 {
+                let room = LOG_REPLAY_BYTES - ring.tail as usize;
+                start.push(piece.slice(..len.min(room)));
+            }
             let start = ring.tail;
             ring.chunks.push_back((start, piece));
             ring.tail += len as u64;
             ring.bytes += len;
         }
         ring.trim(self.max);
-        drop(ring);
+        drop((ring, start));
         self.more.notify_waiters();
     }
 
-    /// A reader that gets everything published from now on.
+    /// A reader that gets the log's start (its first
+    /// [`LOG_REPLAY_BYTES`]), how much went by after that, then everything
+    /// published from now on.
     pub fn subscribe(self: &Arc<Self>) -> LogReader {
         let mut ring = self.ring();
         let id = ring.next_reader;
         ring.next_reader += 1;
         let tail = ring.tail;
         ring.readers.insert(id, tail);
+        let start = self.start.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replay: VecDeque<Recv> = start.iter().cloned().map(Recv::Chunk).collect();
+        let replayed: u64 = start.iter().map(|c| c.len() as u64).sum();
+        if tail > replayed {
+            replay.push_back(Recv::Skipped(tail - replayed));
+        }
         LogReader {
             backlog: self.clone(),
             id,
+            replay,
         }
     }
 
@@ -192,11 +214,16 @@ impl Backlog {
 pub struct LogReader {
     backlog: Arc<Backlog>,
     id: u64,
+    /// What the reader gets before the live log.
+    replay: VecDeque<Recv>,
 }
 
 impl LogReader {
     /// The next chunk or gap, or `None` when there is nothing new yet.
     pub fn try_recv(&mut self) -> Option<Recv> {
+        if let Some(r) = self.replay.pop_front() {
+            return Some(r);
+        }
         let b = &self.backlog;
         let mut ring = b.ring();
         let pos = *ring.readers.get(&self.id)?;

@@ -122,6 +122,7 @@ fn the_backlog_lets_go_of_what_every_reader_has_seen() {
     let mut a = backlog.subscribe();
     let b = backlog.subscribe();
     backlog.publish(chunk(1000, 2));
+    assert_eq!(a.try_recv(), Some(Recv::Chunk(chunk(1000, 1))), "the log's start");
     assert_eq!(a.try_recv(), Some(Recv::Chunk(chunk(1000, 2))));
     assert_eq!(backlog.held(), 1000, "b has not read it yet");
     drop(b);
@@ -187,4 +188,41 @@ async fn a_log_under_max_log_size_passes_whole() {
     }
     assert_eq!(passed, 10_000);
     assert!(!over.is_cancelled(), "exactly the limit is allowed");
+}
+
+#[test]
+fn a_reader_attaching_mid_build_gets_the_logs_start_then_the_gap_then_live() {
+    let backlog = Backlog::new(LOG_BACKLOG_BYTES);
+    let mut first = backlog.subscribe();
+    assert_eq!(
+        first.try_recv(),
+        None,
+        "the first reader starts at the start"
+    );
+    backlog.publish(chunk(1000, 1));
+    let mut early = backlog.subscribe();
+    assert_eq!(early.try_recv(), Some(Recv::Chunk(chunk(1000, 1))));
+    assert_eq!(early.try_recv(), None, "nothing went by unseen");
+    for i in 0..100u8 {
+        backlog.publish(chunk(1000, i));
+    }
+    let mut late = backlog.subscribe();
+    let mut replayed = Vec::new();
+    let gap = loop {
+        match late.try_recv() {
+            Some(Recv::Chunk(c)) => replayed.extend_from_slice(&c),
+            other => break other,
+        }
+    };
+    assert_eq!(replayed.len(), LOG_REPLAY_BYTES, "the log's start, bounded");
+    assert_eq!(&replayed[..1000], &chunk(1000, 1)[..]);
+    assert_eq!(gap, Some(Recv::Skipped(101_000 - LOG_REPLAY_BYTES as u64)));
+    assert_eq!(late.try_recv(), None);
+    backlog.publish(chunk(10, 7));
+    assert_eq!(
+        late.try_recv(),
+        Some(Recv::Chunk(chunk(10, 7))),
+        "then live"
+    );
+    drop((first, early));
 }
