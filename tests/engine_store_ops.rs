@@ -17,8 +17,8 @@ use nix_relay::wire::nar::{NarNode, encode_nar};
 use nix_relay::wire::store_path::StorePath;
 use nix_relay::wire::worker::store_ops::{GC_DELETE_DEAD, GC_RETURN_LIVE, GcRequest, StoreOp};
 use nix_relay::wire::worker::{
-    FramedWriter, Reply, Request, StderrEnd, StderrMsg, WorkerCodec, WorkerVersion,
-    client_handshake, read_stderr_stream,
+    FramedWriter, LegacyAddToStore, Reply, Request, StderrEnd, StderrMsg, WorkerCodec,
+    WorkerVersion, client_handshake, read_stderr_stream,
 };
 use tokio::io::{AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 
@@ -48,6 +48,10 @@ struct Raw {
 
 impl Raw {
     async fn open(t: &TestRelay, name: &str, trusted: bool) -> Raw {
+        Self::open_at(t, name, trusted, WorkerVersion::LATEST).await
+    }
+
+    async fn open_at(t: &TestRelay, name: &str, trusted: bool, max: WorkerVersion) -> Raw {
         let (c, s) = tokio::io::duplex(256 << 10);
         let (sr, sw) = tokio::io::split(s);
         let id = ClientId {
@@ -61,7 +65,7 @@ impl Raw {
         let (cr, mut w) = tokio::io::split(c);
         let mut r = BufReader::new(cr);
         let limits = Limits::default();
-        let hs = client_handshake(&mut r, &mut w, WorkerVersion::LATEST, &limits);
+        let hs = client_handshake(&mut r, &mut w, max, &limits);
         let version = hs.await.expect("handshake").version;
         let codec = WorkerCodec::new(version, Limits::default());
         Raw {
@@ -76,11 +80,23 @@ impl Raw {
     /// Sends `req` (and a framed `payload`), then reads its answer: the
     /// reply, or the STDERR_ERROR text.
     async fn call(&mut self, req: &Request, payload: Option<&[u8]>) -> Result<Reply, String> {
+        self.call_with(req, payload, true).await
+    }
+
+    /// As [`Raw::call`], the payload framed or raw.
+    async fn call_with(
+        &mut self,
+        req: &Request,
+        payload: Option<&[u8]>,
+        framed: bool,
+    ) -> Result<Reply, String> {
         self.w
             .write_all(&self.codec.encode_request(req))
             .await
             .unwrap();
-        if let Some(p) = payload {
+        if let (Some(p), false) = (payload, framed) {
+            self.w.write_all(p).await.unwrap();
+        } else if let Some(p) = payload {
             let mut f = FramedWriter::new(&mut self.w, 1000);
             f.write_all(p).await.unwrap();
             f.finish().await.unwrap();
@@ -421,4 +437,43 @@ async fn build_logs_are_stored_and_served_to_real_nix_log() {
         log,
         "stderr: {stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_nix_2_3_client_adds_a_nar_hashed_path_and_is_told_why_not_a_flat_one() {
+    let t = relay().await;
+    let mut c = Raw::open_at(&t, "old", true, WorkerVersion::new(1, 21)).await;
+    let nar = encode_nar(&NarNode::Regular {
+        executable: false,
+        contents: b"hello relay\n".to_vec(),
+    });
+    let add = |fixed, recursive| {
+        Request::AddToStoreLegacy(LegacyAddToStore {
+            base_name: "hello.txt".into(),
+            fixed,
+            recursive,
+            hash_algo: "sha256".into(),
+        })
+    };
+    // nix-store --add hello.txt (Nix 2.3 sends fixed = false).
+    let r = c.call_with(&add(false, false), Some(&nar), false).await;
+    assert_eq!(
+        r,
+        Ok(Reply::Str(
+            "/nix/store/58s8h4wmfxv0kaaz00kg56xz2d45nhxd-hello.txt".into()
+        ))
+    );
+    let r = c.call_with(&add(true, true), Some(&nar), false).await;
+    assert_eq!(
+        r,
+        Ok(Reply::Str(
+            "/nix/store/58s8h4wmfxv0kaaz00kg56xz2d45nhxd-hello.txt".into()
+        ))
+    );
+    let e = c
+        .call_with(&add(true, false), Some(&nar), false)
+        .await
+        .unwrap_err();
+    assert!(e.contains("flat fixed-output"), "{e}");
+    c.alive().await;
 }

@@ -85,6 +85,11 @@ enum OpError {
     Gc(&'static str),
     #[error("you are not privileged to {0} (not a trusted client of nix-relay)")]
     NotTrusted(&'static str),
+    #[error(
+        "AddToStore before protocol 1.25 (Nix < 2.4): nix-relay takes only NAR-hashed sha256 \
+         adds; a flat fixed-output add needs a newer client"
+    )]
+    LegacyFlat,
     #[error("more than {0} roots in one session")]
     TooManyRoots(usize),
     #[error(transparent)]
@@ -241,9 +246,12 @@ where
                 refs,
                 ..
             } => self.add_to_store_ca(name, cam_str, refs).await,
-            Request::AddToStoreLegacy(_) => Err(Error::Refused(
-                "nix-relay does not serve the pre-1.25 AddToStore operation".into(),
-            )),
+            Request::AddToStoreLegacy(a) => {
+                match store_ops::add_legacy(&self.relay, &self.client, &a, &mut self.r).await? {
+                    Ok(path) => self.ok(Reply::Str(path.as_str().into())).await,
+                    Err(e) => Ok(Err(e)),
+                }
+            }
         }
     }
 

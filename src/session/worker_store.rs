@@ -28,6 +28,7 @@ use crate::wire::content_address::CaMethod;
 use crate::wire::hash::Sha256Hash;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
+use crate::wire::worker::LegacyAddToStore;
 use crate::wire::worker::framed::FramedReader;
 use crate::wire::worker::store_ops::{GC_DELETE_DEAD, GcRequest, StoreOp};
 use crate::wire::worker::{Reply, StderrMsg};
@@ -187,6 +188,41 @@ where
             .await?;
         self.ok(Reply::Ack).await
     }
+}
+
+/// AddToStore < 1.25 (Nix 2.3): a raw NAR follows, consumed here whatever
+/// happens. NAR-hashed sha256 adds (`nix-store --add`, `builtins.path`) are
+/// stored; a flat one is refused by name.
+pub(super) async fn add_legacy<B: AsyncBufRead + Unpin>(
+    relay: &Relay,
+    client: &ClientId,
+    a: &LegacyAddToStore,
+    r: &mut B,
+) -> Result<Result<StorePath, OpError>, Error> {
+    let named = placeholder(&a.base_name);
+    let errors_as = match &named {
+        Ok(p) => p.clone(),
+        Err(_) => placeholder("upload").map_err(|e| Error::Refused(e.to_string()))?,
+    };
+    let mut writer = relay.store.begin(relay.limits.nar()).await?;
+    // A NAR that does not parse leaves the stream out of step: fatal.
+    writer
+        .pump(r, None::<&mut tokio::io::Sink>, &errors_as)
+        .await?;
+    let nar = writer.summary(&errors_as)?;
+    if let Err(e) = named {
+        return Ok(Err(e));
+    }
+    if a.fixed && !(a.recursive && a.hash_algo == "sha256") {
+        return Ok(Err(OpError::LegacyFlat));
+    }
+    let method = CaMethod::Recursive;
+    let path = match method.store_path(&a.base_name, &nar.sha256, &[]) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(OpError::Ca(e))),
+    };
+    let info = ca_info(path, method, nar.sha256, nar, Vec::new());
+    Ok(commit(relay, client, writer, info).await.map(|i| i.path))
 }
 
 /// The framed payload of AddToStore into the store under its computed path.
