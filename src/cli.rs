@@ -226,6 +226,7 @@ pub fn open_relay(config: &Config) -> Result<Arc<Relay>> {
         signer: Some(Arc::new(signer)),
         trusted_keys: config.cache.trusted_public_keys.clone(),
         max_size: config.cache.max_size,
+        max_log_bytes: config.cache.max_stored_log_bytes,
     };
     let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
     Ok(Arc::new(Relay::new(

@@ -113,6 +113,7 @@ pub fn embedded(home: Option<&Path>) -> Config {
             trusted_public_keys: Vec::new(),
             keep_going: false,
             max_size: None,
+            max_stored_log_bytes: None,
         },
         http_listen: Some(HTTP_LISTEN.parse().expect("constant address")),
         ec2: None,

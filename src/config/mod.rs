@@ -44,6 +44,9 @@ pub struct Cache {
     pub keep_going: bool,
     /// Evict least recently used entries above this size; None = no cap.
     pub max_size: Option<u64>,
+    /// Stored build logs, compressed, at most this many bytes in all
+    /// (oldest removed first); None = `store::logs::DEFAULT_MAX_LOG_BYTES`.
+    pub max_stored_log_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

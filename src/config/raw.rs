@@ -27,6 +27,7 @@ pub struct RawCache {
     pub trusted_public_keys: Vec<String>,
     pub keep_going: Option<bool>,
     pub max_size: Option<SizeValue>,
+    pub max_stored_log_bytes: Option<SizeValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]

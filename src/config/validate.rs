@@ -170,6 +170,14 @@ fn validate_cache(c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>)
         }
         None => None,
     };
+    let max_stored_log_bytes = match c.max_stored_log_bytes.map(size_of) {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            p.push(format!("cache.max_stored_log_bytes: {e}"));
+            None
+        }
+        None => None,
+    };
     Cache {
         signing_key: c
             .signing_key
@@ -180,6 +188,7 @@ fn validate_cache(c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>)
         trusted_public_keys: trusted,
         keep_going: c.keep_going.unwrap_or(false),
         max_size,
+        max_stored_log_bytes,
     }
 }
 

@@ -5,12 +5,13 @@
 //! GET|HEAD /nix-cache-info          <root>/nix-cache-info, or DEFAULT_CACHE_INFO
 //! GET|HEAD /<32 nix32>.narinfo      <root>/<hash>.narinfo
 //! GET|HEAD /nar/<52 nix32>.nar[.zst|.xz]   <root>/nar/<file>, streamed
+//! GET|HEAD /log/<drv base name>     <root>/log/<base>.zst, decompressed (`nix log`)
 //! GET|HEAD /healthz                 "ok\n"
 //! anything else                     404
 //! ```
 //! Invariant: a file path is only ever built from a name that passed
 //! [`narinfo_hash`] or [`nar_file_name`] (fixed length, nix32 alphabet,
-//! fixed suffix), so nothing outside those two shapes — `meta/`, `private/`,
+//! fixed suffix) or, for a log, a store path base name, so nothing outside those two shapes — `meta/`, `private/`,
 //! `tmp/`, `..` — is reachable whatever the URL. NARs are streamed in
 //! [`CHUNK`]-byte pieces; memory per request is bounded.
 
@@ -98,6 +99,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/{file}", get(narinfo))
         .route("/nar/{file}", get(nar))
+        .route("/log/{file}", get(log))
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))
         .with_state(Arc::new(state))
@@ -163,6 +165,25 @@ async fn nar(
         return not_found();
     };
     serve_file(&state.root.join("nar").join(name), NAR_TYPE).await
+}
+
+/// A stored build log, sent uncompressed: Nix's `getBuildLog` takes the
+/// body as the log (a `Content-Encoding` would need the client to decode).
+async fn log(
+    State(state): State<Arc<HttpState>>,
+    file: Result<UrlPath<String>, PathRejection>,
+) -> Response {
+    let Ok(UrlPath(file)) = file else {
+        return not_found();
+    };
+    match crate::store::logs::public_log(&state.root, &file).await {
+        Ok(Some(log)) => (StatusCode::OK, [(CONTENT_TYPE, TEXT_TYPE)], log).into_response(),
+        Ok(None) => not_found(),
+        Err(e) => {
+            let e = io::Error::other(crate::error_chain(&e));
+            internal_error(&state.root.join("log").join(&file), &e)
+        }
+    }
 }
 
 async fn cache_info(State(state): State<Arc<HttpState>>) -> Response {

@@ -36,6 +36,9 @@ use crate::wire::worker::{
     NarUpload, Reply, Request, Trust, WorkerCodec, WorkerVersion, server_handshake,
 };
 
+#[path = "worker_store.rs"]
+mod store_ops;
+
 /// Bytes asked for per `STDERR_READ` from 1.21–1.22 clients.
 const READ_CHUNK: u64 = 64 << 10;
 
@@ -49,6 +52,8 @@ pub struct WorkerSession<R, W> {
     options: BuildOptions,
     pending: Option<Pending>,
     next_activity: u64,
+    /// AddTempRoot/AddPermRoot: pinned against eviction until the end.
+    roots: Vec<crate::store::Pin>,
 }
 
 /// An op that failed after it was read whole: the client hears why (as
@@ -70,8 +75,25 @@ enum OpError {
     /// Why BuildPaths cannot build (a remote-store build refused or failed).
     #[error("{0}")]
     Unbuildable(String),
-    #[error("nix-relay does not serve AddToStore; use `nix copy` (AddMultipleToStore)")]
-    AddToStore,
+    #[error("{0} bytes after the payload of AddToStore")]
+    AfterPayload(u64),
+    #[error("AddToStore")]
+    Ca(#[source] crate::wire::Error),
+    #[error("AddToStore: a flat payload over {0} bytes (the wire string limit)")]
+    FlatTooLarge(usize),
+    #[error("nix-relay does not support the worker operation {0:?} ({n})", n = *.0 as u64)]
+    Unsupported(crate::wire::worker::Op),
+    #[error("nix-relay's store cannot collect garbage that way: {0}")]
+    Gc(&'static str),
+    #[error("you are not privileged to {0} (not a trusted client of nix-relay)")]
+    NotTrusted(&'static str),
+    #[error(
+        "AddToStore before protocol 1.25 (Nix < 2.4): nix-relay takes only NAR-hashed sha256 \
+         adds; a flat fixed-output add needs a newer client"
+    )]
+    LegacyFlat,
+    #[error("more than {0} roots in one session")]
+    TooManyRoots(usize),
     #[error(transparent)]
     Upload(#[from] Error),
     #[error(transparent)]
@@ -100,6 +122,7 @@ where
         options: BuildOptions::default(),
         pending: None,
         next_activity: u64::from(std::process::id()) << 32,
+        roots: Vec::new(),
     };
     s.serve().await
 }
@@ -184,15 +207,19 @@ where
                 self.ok(Reply::Paths(valid)).await
             }
             Request::QueryPathInfo { path } => self.query_path_info(path).await,
-            Request::QueryReferrers { .. }
-            | Request::QuerySubstitutablePaths { .. }
-            | Request::QueryValidDerivers { .. } => self.ok(Reply::Paths(Vec::new())).await,
-            Request::QueryPathFromHashPart { .. } => self.ok(Reply::Str(String::new())).await,
-            Request::AddTempRoot { .. } | Request::AddIndirectRoot { .. } => {
-                self.ok(Reply::Ack).await
+            Request::QuerySubstitutablePaths { .. } => self.ok(Reply::Paths(Vec::new())).await,
+            Request::QueryReferrers { path } => self.query_referrers(path).await,
+            Request::QueryValidDerivers { path } => self.query_valid_derivers(path).await,
+            Request::QueryPathFromHashPart { hash_part } => {
+                self.path_from_hash_part(hash_part).await
             }
+            Request::AddTempRoot { path } => self.add_root(path, Reply::Ack).await,
+            Request::AddIndirectRoot { .. } => self.ok(Reply::Ack).await,
             Request::AddSignatures { path, sigs } => self.add_signatures(path, sigs).await,
-            Request::AddPermRoot { gc_root, .. } => self.ok(Reply::Str(gc_root)).await,
+            Request::AddPermRoot { path, gc_root } => {
+                self.add_root(path, Reply::Str(gc_root)).await
+            }
+            Request::Store(op) => self.store_op(op).await,
             Request::EnsurePath { path } => match self.lookup(&path).await? {
                 Some(_) => self.ok(Reply::Ack).await,
                 None => Ok(Err(OpError::NotHere(path))),
@@ -211,19 +238,19 @@ where
             Request::QueryDerivationOutputMap { .. } => self.ok(Reply::OutputMap(Vec::new())).await,
             Request::QueryRealisation { .. } => self.ok(Reply::Strings(Vec::new())).await,
             Request::RegisterDrvOutput(_) => self.ok(Reply::None).await,
-            Request::AddBuildLog { .. } => {
-                let mut framed = FramedReader::new(&mut self.r, &self.relay.limits.wire());
-                framed.drain().await?;
-                self.ok(Reply::Ack).await
+            Request::AddBuildLog { drv_path } => self.add_build_log(drv_path).await,
+            Request::AddToStore {
+                name,
+                cam_str,
+                refs,
+                ..
+            } => self.add_to_store_ca(name, cam_str, refs).await,
+            Request::AddToStoreLegacy(a) => {
+                match store_ops::add_legacy(&self.relay, &self.client, &a, &mut self.r).await? {
+                    Ok(path) => self.ok(Reply::Str(path.as_str().into())).await,
+                    Err(e) => Ok(Err(e)),
+                }
             }
-            Request::AddToStore { .. } => {
-                let mut framed = FramedReader::new(&mut self.r, &self.relay.limits.wire());
-                framed.drain().await?;
-                Ok(Err(OpError::AddToStore))
-            }
-            Request::AddToStoreLegacy(_) => Err(Error::Refused(
-                "nix-relay does not serve the pre-1.25 AddToStore operation".into(),
-            )),
         }
     }
 

@@ -99,7 +99,7 @@ impl Store {
         Ok(())
     }
 
-    fn scope_dirs(&self) -> std::io::Result<Vec<PathBuf>> {
+    pub(super) fn scope_dirs(&self) -> std::io::Result<Vec<PathBuf>> {
         let mut dirs = vec![self.root.clone()];
         for e in std::fs::read_dir(self.root.join("private"))? {
             dirs.push(e?.path());

@@ -6,6 +6,7 @@
 //! <root>/nar/<nix32 filehash>.nar[.zst|.xz]
 //! <root>/meta/<hashpart>.prov            provenance: built / signed / uploaded (never served)
 //! <root>/private/<client>/…              the same layout, per untrusted client
+//! <root>/log/<drv base name>.zst         build logs (`logs`), served as /log/<base>
 //! <root>/tmp/                            writes in progress (emptied on open)
 //! ```
 //! Trust (README, "The cache, and who sees what"): entries that were built
@@ -27,7 +28,10 @@
 //! the store under `max_size` (LRU, with pins for running builds);
 //! [`metadata`] checks every field before it goes into a narinfo.
 
+mod ca;
 mod evict;
+mod index;
+pub mod logs;
 pub mod metadata;
 pub mod narinfo;
 pub mod signing;
@@ -43,6 +47,7 @@ use tokio::io::{AsyncBufRead, BufReader};
 use crate::wire::nar::NarLimits;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
+pub use ca::flat_nar;
 pub use evict::Pin;
 pub use narinfo::NarInfo;
 use signing::{PublicKey, SecretKey};
@@ -136,6 +141,9 @@ pub struct Settings {
     pub trusted_keys: Vec<PublicKey>,
     /// Evict least recently used entries above this many NAR bytes.
     pub max_size: Option<u64>,
+    /// Stored build logs' total compressed bytes; None: the default
+    /// ([`logs::DEFAULT_MAX_LOG_BYTES`]); 0 keeps none.
+    pub max_log_bytes: Option<u64>,
 }
 
 /// Handle to the on-disk store. Cheap to clone; all state is on disk.

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufRea
 
 use super::{Error, NarInfo, NarReader, Provenance, Scope, Store, fingerprint, io_err};
 use crate::wire::hash::Sha256Hash;
-use crate::wire::nar::{NarLimits, NarParser};
+use crate::wire::nar::{NarLimits, NarParser, NarSummary};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 
@@ -153,6 +153,8 @@ pub struct NarWriter {
     tmp: PathBuf,
     sink: Option<Sink>,
     parser: NarParser,
+    /// Set by [`NarWriter::summary`]: the parser has finished.
+    summary: Option<NarSummary>,
 }
 
 impl NarWriter {
@@ -176,6 +178,7 @@ impl NarWriter {
             tmp,
             sink: Some(sink),
             parser: NarParser::new(limits),
+            summary: None,
         })
     }
 
@@ -232,6 +235,22 @@ impl NarWriter {
         Ok(())
     }
 
+    /// The hash and size of the complete NAR, before [`NarWriter::commit`]
+    /// (a content-addressed path is computed from them). Fails if the NAR
+    /// is incomplete; nothing may be fed after.
+    pub fn summary(&mut self, path: &StorePath) -> Result<NarSummary, Error> {
+        if let Some(s) = &self.summary {
+            return Ok(*s);
+        }
+        let parser = std::mem::replace(&mut self.parser, NarParser::new(NarLimits::default()));
+        let s = parser.finish().map_err(|source| Error::Nar {
+            path: path.clone(),
+            source,
+        })?;
+        self.summary = Some(s);
+        Ok(s)
+    }
+
     /// Verifies the NAR, makes it durable and publishes the entry in
     /// `scope`. Public entries are signed with the relay's key.
     pub async fn commit(
@@ -241,11 +260,7 @@ impl NarWriter {
         scope: &Scope,
         provenance: &Provenance,
     ) -> Result<ValidPathInfo, Error> {
-        let parser = std::mem::replace(&mut self.parser, NarParser::new(NarLimits::default()));
-        let summary = parser.finish().map_err(|source| Error::Nar {
-            path: info.path.clone(),
-            source,
-        })?;
+        let summary = self.summary(&info.path)?;
         if verify == Verify::Declared
             && (summary.sha256 != info.nar_hash || summary.size != info.nar_size)
         {

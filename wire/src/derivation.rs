@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use crate::build::{BasicDerivation, DerivationOutput};
-use crate::hash::{Sha256Hash, compress_hash, nix32_encode};
+use crate::hash::Sha256Hash;
 use crate::store_path::StorePath;
 use crate::{Error, Result};
 
@@ -240,14 +240,7 @@ pub fn output_path(drv_path: &StorePath, output: &str, hash: &Sha256Hash) -> Res
     make_store_path(&format!("output:{output}"), hash, &name)
 }
 
-/// Nix's `makeStorePath`: `/nix/store/<nix32 of the 20-byte compressed
-/// sha256 of "type:sha256:<hex>:/nix/store:name">-name`.
-pub fn make_store_path(kind: &str, hash: &Sha256Hash, name: &str) -> Result<StorePath> {
-    let fingerprint = format!("{kind}:sha256:{}:/nix/store:{name}", hash.to_hex());
-    let digest = Sha256Hash::digest(fingerprint.as_bytes());
-    let part = nix32_encode(&compress_hash(&digest.0, 20));
-    StorePath::parse(&format!("/nix/store/{part}-{name}"))
-}
+pub use crate::content_address::make_store_path;
 
 /// What a client asks to build or to have (BuildPaths, QueryMissing):
 /// worker ≥ 1.30 spells it `/nix/store/…` (opaque), `…drv!out1,out2` or

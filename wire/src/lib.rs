@@ -34,6 +34,7 @@
 //! announces.
 
 pub mod build;
+pub mod content_address;
 pub mod derivation;
 pub mod export;
 pub mod hash;
@@ -111,6 +112,8 @@ pub enum Error {
     BadStorePath { path: String, reason: &'static str },
     #[error("invalid hash {value:?}: {reason}")]
     BadHash { value: String, reason: &'static str },
+    #[error("content address {value:?}: {reason}")]
+    BadContentAddress { value: String, reason: String },
     #[error("malformed NAR at byte {offset}: {reason}")]
     BadNar { offset: u64, reason: String },
     #[error("{0}")]

@@ -13,6 +13,7 @@ use super::super::{Error, Limits, Result};
 use super::reply::Reply;
 use super::request::Request;
 use super::stderr::StderrMsg;
+use super::store_ops::StoreOp;
 use super::values::{
     QueryMissingReply, WorkerBuildResult, read_keyed_build_results, read_upload_path_info,
     read_worker_path_info, read_worker_valid_path_info,
@@ -117,6 +118,7 @@ impl WorkerCodec {
                 Reply::Strings(read_strings(r, "realisations", limits).await?)
             }
             Request::NarFromPath { .. } => Reply::Nar,
+            Request::Store(s) => self.read_store_reply(r, s).await?,
             other => self.read_plain(r, other.op()).await?,
         })
     }
@@ -139,6 +141,56 @@ impl WorkerCodec {
                     });
                 }
             },
+        })
+    }
+
+    /// The results of [`StoreOp`]s. A substitutable path info is read only
+    /// as "none" (the relay never sends one).
+    async fn read_store_reply<R: AsyncRead + Unpin>(
+        &self,
+        r: &mut R,
+        op: &StoreOp,
+    ) -> Result<Reply> {
+        const MAX: usize = Limits::MAX_PATH_BYTES;
+        Ok(match op {
+            StoreOp::AddTextToStore { .. } | StoreOp::QueryDeriver { .. } => {
+                Reply::Str(read_string(r, "path", MAX).await?)
+            }
+            StoreOp::QueryDerivationOutputs { .. } | StoreOp::QueryAllValidPaths => {
+                Reply::Paths(self.read_paths(r).await?)
+            }
+            StoreOp::QueryDerivationOutputNames { .. } => {
+                Reply::Strings(read_strings(r, "outputs", &self.limits).await?)
+            }
+            StoreOp::VerifyStore { .. } => Reply::Bool(read_bool(r, "errors").await?),
+            StoreOp::QuerySubstitutablePathInfo { .. }
+            | StoreOp::QuerySubstitutablePathInfos { .. } => {
+                match read_u64(r, "substitutable infos").await? {
+                    0 => Reply::NoInfos,
+                    value => {
+                        return Err(Error::BadValue {
+                            field: "substitutable infos",
+                            value,
+                        });
+                    }
+                }
+            }
+            StoreOp::CollectGarbage(_) => {
+                let paths = read_strings(r, "deleted paths", &self.limits).await?;
+                let bytes_freed = read_u64(r, "bytesFreed").await?;
+                read_u64(r, "obsolete").await?;
+                Reply::Gc { paths, bytes_freed }
+            }
+            StoreOp::FindRoots => {
+                let n = read_len(r, "roots", self.limits.max_collection_len).await?;
+                let mut v = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let link = read_string(r, "root link", MAX).await?;
+                    v.push((link, read_path(r, "root target").await?));
+                }
+                Reply::Roots(v)
+            }
+            StoreOp::SyncWithGc | StoreOp::OptimiseStore => self.read_plain(r, op.op()).await?,
         })
     }
 

@@ -30,6 +30,7 @@ pub mod options;
 mod reply;
 pub mod request;
 pub mod stderr;
+pub mod store_ops;
 pub mod values;
 
 pub use codec::{NarUpload, WorkerCodec};
@@ -38,6 +39,7 @@ pub use handshake::{ClientHandshake, ServerHandshake, client_handshake, server_h
 pub use options::{ClientOptions, DrvOutputRegistration, LegacyAddToStore};
 pub use request::Request;
 pub use stderr::{Field, StderrEnd, StderrMsg, WorkerError, read_stderr_stream};
+pub use store_ops::{GcRequest, StoreOp};
 pub use values::{
     QueryMissingReply, Reply, WorkerBuildResult, read_worker_path_info,
     read_worker_valid_path_info, write_worker_path_info, write_worker_valid_path_info,
@@ -134,16 +136,28 @@ pub enum Op {
     IsValidPath = 1,
     QueryReferrers = 6,
     AddToStore = 7,
+    AddTextToStore = 8,
     BuildPaths = 9,
     EnsurePath = 10,
     AddTempRoot = 11,
     AddIndirectRoot = 12,
+    SyncWithGc = 13,
+    FindRoots = 14,
+    QueryDeriver = 18,
     SetOptions = 19,
+    CollectGarbage = 20,
+    QuerySubstitutablePathInfo = 21,
+    QueryDerivationOutputs = 22,
+    QueryAllValidPaths = 23,
     QueryPathInfo = 26,
+    QueryDerivationOutputNames = 28,
     QueryPathFromHashPart = 29,
+    QuerySubstitutablePathInfos = 30,
     QueryValidPaths = 31,
     QuerySubstitutablePaths = 32,
     QueryValidDerivers = 33,
+    OptimiseStore = 34,
+    VerifyStore = 35,
     BuildDerivation = 36,
     AddSignatures = 37,
     NarFromPath = 38,
@@ -161,20 +175,32 @@ pub enum Op {
 impl Op {
     pub fn from_u64(v: u64) -> Option<Op> {
         use Op::*;
-        const ALL: [Op; 25] = [
+        const ALL: [Op; 37] = [
             IsValidPath,
             QueryReferrers,
             AddToStore,
+            AddTextToStore,
             BuildPaths,
             EnsurePath,
             AddTempRoot,
             AddIndirectRoot,
+            SyncWithGc,
+            FindRoots,
+            QueryDeriver,
             SetOptions,
+            CollectGarbage,
+            QuerySubstitutablePathInfo,
+            QueryDerivationOutputs,
+            QueryAllValidPaths,
             QueryPathInfo,
+            QueryDerivationOutputNames,
             QueryPathFromHashPart,
+            QuerySubstitutablePathInfos,
             QueryValidPaths,
             QuerySubstitutablePaths,
             QueryValidDerivers,
+            OptimiseStore,
+            VerifyStore,
             BuildDerivation,
             AddSignatures,
             NarFromPath,

@@ -40,6 +40,15 @@ pub enum Reply {
     Strings(Vec<String>),
     /// NarFromPath: a raw NAR follows, left unread.
     Nar,
+    /// `u64 0`: QuerySubstitutablePathInfo (not found), …Infos (none).
+    NoInfos,
+    /// CollectGarbage: paths deleted, bytes freed (then an obsolete `u64 0`).
+    Gc {
+        paths: Vec<String>,
+        bytes_freed: u64,
+    },
+    /// FindRoots: (link, target) pairs.
+    Roots(Vec<(String, StorePath)>),
 }
 
 impl Reply {
@@ -81,6 +90,19 @@ impl Reply {
                 }
             }
             Reply::Strings(v) => put_strings(buf, v),
+            Reply::NoInfos => put_u64(buf, 0),
+            Reply::Gc { paths, bytes_freed } => {
+                put_strings(buf, paths);
+                put_u64(buf, *bytes_freed);
+                put_u64(buf, 0);
+            }
+            Reply::Roots(v) => {
+                put_u64(buf, v.len() as u64);
+                for (link, target) in v {
+                    put_str(buf, link);
+                    put_str(buf, target.as_str());
+                }
+            }
         }
     }
 }

@@ -32,6 +32,8 @@
 //! 37 AddSignatures          str path · set<str> sigs                → u64 1
 //! 47 AddPermRoot            str path · str gcRoot                   → str gcRoot
 //! ```
+//! Maintenance and obsolete ops (8, 13, 14, 18, 20–23, 28, 30, 34, 35):
+//! [`super::store_ops`], as `Request::Store`.
 //! Ops exist from: 41 ≥1.22, 42/43 ≥1.27, 44/45 ≥1.32, 46 ≥1.34, 47 ≥1.36.
 //! DerivedPaths stay strings: `path`, `drv!out1,out2`, and from 1.30 `drv!*`.
 //! [`Request::read`] never consumes a PAYLOAD; the caller streams it
@@ -45,6 +47,7 @@ use super::super::primitives::*;
 use super::super::store_path::StorePath;
 use super::super::{Error, Limits, Result};
 use super::options::{ClientOptions, DrvOutputRegistration, LegacyAddToStore};
+use super::store_ops::StoreOp;
 use super::values::{PATH_INFO_LAYOUT, read_upload_path_info, write_worker_valid_path_info};
 use super::{Op, WorkerVersion};
 
@@ -136,6 +139,7 @@ pub enum Request {
         path: StorePath,
         sigs: Vec<String>,
     },
+    Store(StoreOp),
 }
 
 /// Minor version from which each op exists (all others: ≤ 1.21).
@@ -193,6 +197,7 @@ impl Request {
             R::BuildPathsWithResults { .. } => Op::BuildPathsWithResults,
             R::AddPermRoot { .. } => Op::AddPermRoot,
             R::AddSignatures { .. } => Op::AddSignatures,
+            R::Store(s) => s.op(),
         }
     }
 
@@ -219,6 +224,9 @@ impl Request {
         limits: &Limits,
     ) -> Result<Request> {
         let minor = version.minor();
+        if let Some(s) = StoreOp::read(r, op, version, limits).await? {
+            return Ok(Request::Store(s));
+        }
         Ok(match op {
             Op::AddToStore if minor >= 25 => Request::AddToStore {
                 name: read_string(r, "name", Limits::MAX_PATH_BYTES).await?,
@@ -399,6 +407,7 @@ impl Request {
                 put_str(buf, path.as_str());
                 put_strings(buf, sigs);
             }
+            Request::Store(s) => s.write(buf, version),
             _ => unreachable!("simple requests are written by write_simple"),
         }
     }
