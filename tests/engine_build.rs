@@ -155,7 +155,18 @@ async fn failing_build_reports_the_failure_and_the_fakes_log() {
         assert!(msg.contains("exit code 1"), "{msg}");
         c.wait_log("undefined reference", WAIT).await;
         assert!(t.stored(&drv::out_path(&d)).await.is_none());
-        assert_eq!(t.fake("a").record().builds_finished, [drv_path]);
+        assert_eq!(t.fake("a").record().builds_finished, [drv_path.clone()]);
+        // Kept for `nix log` (the cache's log/, served over HTTP).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let kept = loop {
+            let kept = t.relay.store.build_log(&drv_path, None).await.unwrap();
+            if kept.is_some() || tokio::time::Instant::now() > deadline {
+                break kept.unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let kept = String::from_utf8_lossy(&kept);
+        assert!(kept.contains("undefined reference"), "kept log: {kept}");
     }
 }
 

@@ -262,10 +262,13 @@ async fn fly(
     let (log_tx, mut log_rx) = mpsc::channel::<bytes::Bytes>(64);
     let fan_out = flight.log.clone();
     let fanning = tokio::spawn(async move {
+        let mut kept = crate::store::logs::LogTail::default();
         while let Some(chunk) = log_rx.recv().await {
+            kept.push(&chunk);
             // Never waits: a slow client loses log, the build goes on.
             fan_out.publish(chunk);
         }
+        kept
     });
     let scope = flight.key.scope.clone();
     let result = tokio::select! {
@@ -289,11 +292,26 @@ async fn fly(
     // does: a client that sees the outcome reads no more log, so the tail
     // (often the lines saying why a build failed) would be lost.
     drop(log_tx);
-    if tokio::time::timeout(LOG_DRAIN, fanning).await.is_err() {
-        warn!("the build log was not drained within {LOG_DRAIN:?}; its tail may be lost");
-    }
+    let kept = match tokio::time::timeout(LOG_DRAIN, fanning).await {
+        Ok(Ok(kept)) => Some(kept),
+        _ => {
+            warn!("the build log was not drained within {LOG_DRAIN:?}; its tail may be lost");
+            None
+        }
+    };
     let finished = outcome.finished.clone();
+    let cancelled = flight.cancel.is_cancelled();
     flight.outcome.send_replace(Some(outcome));
+    if let Some(kept) = kept.filter(|_| !cancelled) {
+        // `nix log` reads it from the cache's log/ (served over HTTP).
+        if let Err(e) = relay
+            .store
+            .put_build_log(&drv_path, &kept.finish(), &scope)
+            .await
+        {
+            warn!(error = %chain(&e), "could not keep the build log");
+        }
+    }
     if let Some(f) = finished {
         flight.all_detached().await;
         f.lock().await.settle(&relay).await;

@@ -122,7 +122,11 @@ fn the_backlog_lets_go_of_what_every_reader_has_seen() {
     let mut a = backlog.subscribe();
     let b = backlog.subscribe();
     backlog.publish(chunk(1000, 2));
-    assert_eq!(a.try_recv(), Some(Recv::Chunk(chunk(1000, 1))), "the log's start");
+    assert_eq!(
+        a.try_recv(),
+        Some(Recv::Chunk(chunk(1000, 1))),
+        "the log's start"
+    );
     assert_eq!(a.try_recv(), Some(Recv::Chunk(chunk(1000, 2))));
     assert_eq!(backlog.held(), 1000, "b has not read it yet");
     drop(b);
