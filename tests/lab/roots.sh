@@ -19,7 +19,8 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 MODERN="2.26 2.34"
 # nix-bin needs the virtual perl-dbdabi-94, which debootstrap cannot resolve:
 # libdbi-perl provides it. openssh-server: a modern backend runs the root's sshd.
-PKGS=nix-bin,libdbi-perl,openssh-server,openssh-client,procps
+# python3-minimal: the byte recorder (bin/tee-shim.py) for capture-golden.sh.
+PKGS=nix-bin,libdbi-perl,openssh-server,openssh-client,procps,python3-minimal
 MARKER=.nix-relay-root
 die() { echo "roots.sh: $*" >&2; exit 1; }
 
@@ -39,7 +40,7 @@ nix_version() {
 
 check() {  # check VERSION
   local r; r=$ROOTS/$(suite_of "$1")
-  [ -f "$r/$MARKER" ] && [ -x "$r/usr/bin/nix" ] && [ -x "$r/usr/sbin/sshd" ] || return 1
+  [ -f "$r/$MARKER" ] && [ -x "$r/usr/bin/nix" ] && [ -x "$r/usr/sbin/sshd" ] && [ -x "$r/usr/bin/python3" ] || return 1
   case $(cat "$r/$MARKER") in "$1".*) return 0;; *) return 1;; esac
 }
 
@@ -58,6 +59,13 @@ make_root() {  # make_root VERSION
     rm -rf "$r"; mkdir -p "$r"
     debootstrap --variant=minbase --include="$PKGS" "$suite" "$r" "$MIRROR" >"$r.log" 2>&1 \
       || { tail -5 "$r.log" >&2; die "debootstrap of $suite failed (log: $r.log)"; }
+  fi
+  # a root made before python3-minimal was in PKGS (Check-Valid-Until: a sid
+  # Release file past its Valid-Until, as on a frozen mirror, must not stop it)
+  if [ ! -x "$r/usr/bin/python3" ]; then
+    chroot "$r" /bin/sh -c 'export DEBIAN_FRONTEND=noninteractive; apt-get -o Acquire::Check-Valid-Until=false update -qq &&
+      apt-get install -y -qq --no-install-recommends python3-minimal' </dev/null >>"$r.log" 2>&1 \
+      || { tail -5 "$r.log" >&2; die "$r: installing python3-minimal failed (log: $r.log)"; }
   fi
   got=$(nix_version "$r")
   [ -n "$got" ] || die "$r: nix-bin or openssh-server is not installed (dpkg); remove $r and retry"
