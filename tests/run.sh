@@ -11,10 +11,12 @@
 #   6. scheduler_sim --quick   (print-only simulator bench: makespan, decision latency)
 #   7. tests/fuzz.sh           (every fuzz target for FUZZ_SECONDS, default 60; skipped by --quick)
 #   8. tests/lab/e2e.sh        (end-to-end with stock Nix 2.8 via the relay; skipped by --quick)
+#   9. tests/lab/matrix.sh     (Nix 2.8/2.26/2.34 clients x 2.8/2.34 backends, both
+#                              protocols each side; skipped by --quick)
 # Stops at the first failing step. Non-interactive (CI=true, no stdin is fine).
-# The last line is e2e's "N passed, N failed" (or the step that failed).
+# The last line is the e2e and matrix total "N passed, N failed" (or the step that failed).
 # Env: CARGO_TARGET_DIR (honoured; RELAY_BIN defaults to $CARGO_TARGET_DIR/debug/nix-relay),
-#      E2E_DIRECT=1 (e2e without the relay), any other tests/lab/e2e.sh variable,
+#      E2E_DIRECT=1 (e2e without the relay), any other tests/lab/e2e.sh or matrix.sh variable,
 #      FUZZ_SECONDS / FUZZ_JOBS / FUZZ_TARGETS (tests/fuzz.sh),
 #      RUN_SKIP="fmt clippy ..." (skip named steps while iterating locally; never in CI).
 set -euo pipefail
@@ -26,7 +28,7 @@ quick=0
 for a in "$@"; do
   case $a in
     --quick) quick=1;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0;;
     *) echo "run.sh: unknown option $a (usage: tests/run.sh [--quick])" >&2; exit 2;;
   esac
 done
@@ -93,6 +95,23 @@ e2e_pass() {  # e2e_pass LABEL [ENV=VALUE...]
 }
 e2e_pass "ssh:// backends"
 e2e_pass "ssh-ng:// backends" LAB_BACKEND_PROTO=ssh-ng
+# The version matrix: clients Nix 2.8/2.26/2.34 x ssh/ssh-ng, backends Nix
+# 2.8/2.34 x ssh/ssh-ng (tests/lab/matrix.sh; same "N passed, N failed" tally)
+lab_pass() {  # lab_pass LABEL SCRIPT: run a lab script, add its tally
+  local label=$1 script=$2 log r=0 line
+  echo "==> $label: $script (RELAY_BIN=$RELAY_BIN)"
+  log=$(mktemp "${TMPDIR:-/tmp}/nix-relay-lab.XXXXXX")
+  "$script" 2>&1 | tee "$log" || r=$?
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)
+  rm -f "$log"
+  if [ -n "$line" ]; then
+    passed=$((passed + ${line%% passed*})); line=${line#* passed, }; failed=$((failed + ${line%% failed*}))
+  else
+    failed=$((failed + 1))
+  fi
+  [ "$r" = 0 ] || { echo "run.sh: FAILED at step '$label' (exit status $r)"; rc=1; }
+}
+if [[ " ${RUN_SKIP:-} " == *" matrix "* ]]; then echo "==> matrix: SKIPPED (RUN_SKIP)"; else lab_pass matrix tests/lab/matrix.sh; fi
 echo "run.sh: $(( $(date +%s) - T0 )) s total"
 echo "$passed passed, $failed failed"
 exit "$rc"

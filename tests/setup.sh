@@ -5,6 +5,8 @@
 #    which skips nix-setup-systemd: no systemd is needed)
 #  - nixbld group + users, /etc/nix/nix.conf for offline use, /run/sshd
 #  - tests/lab/drv/bb (static busybox bootstrap for the test derivations)
+#  - Debian roots with Nix 2.26 and 2.34 for the lab's matrix (tests/lab/roots.sh,
+#    cached under /var/cache/nix-relay-ci/roots: ~800 MB, downloaded once)
 #  - moto (EC2 API double for the EC2 tests) in a venv: /opt/nix-relay-test/moto
 #  - checks that a Rust toolchain (cargo, rustfmt, clippy) is present
 # Nothing is started here (see tests/lab/hosts.sh). Safe to run any number of times.
@@ -19,7 +21,8 @@ die() { echo "setup.sh: ERROR: $*" >&2; exit 1; }
 
 # ---- packages -----------------------------------------------------------------
 # prometheus: for promtool (checks the /metrics exposition); shellcheck: tests/guard.sh
-pkgs="nix-bin openssh-server openssh-client busybox-static util-linux python3 python3-venv curl prometheus shellcheck"
+# debootstrap: the modern Nix roots (tests/lab/roots.sh)
+pkgs="nix-bin openssh-server openssh-client busybox-static util-linux python3 python3-venv curl prometheus shellcheck debootstrap"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -87,6 +90,11 @@ if ! cmp -s /bin/busybox "$bb/busybox" 2>/dev/null; then
   mv -f "$bb/busybox.tmp" "$bb/busybox"
 fi
 ln -sfn busybox "$bb/sh"
+
+# ---- today's Nix (2.26, 2.34) for the lab's version matrix (tests/lab/matrix.sh) --
+# Debian roots made by debootstrap, cached outside the clone
+# (/var/cache/nix-relay-ci/roots; NIX_RELAY_ROOTS): cheap when present.
+"$LAB/roots.sh" ensure
 
 # ---- moto: the EC2 API double (tests/ec2_moto.rs, tests/lab/scenarios/ec2.sh) --
 # A venv of its own (Debian's python3, pinned version); the harness starts

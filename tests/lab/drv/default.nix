@@ -6,14 +6,15 @@
 #
 #   nix-build drv -A top --argstr seed "$RANDOM"      # 10 leaves + 1 top (a DAG)
 #   nix-build drv -A big --arg bigMiB 200             # one 200 MiB file of seeded random-ish bytes
-#   attributes: leaves top big many multi noisy slow fail feature foreign smoke
+#   attributes: leaves top big many multi multi4 noisy slow marked fail feature foreign smoke
 #
 # `seed` is mixed into every derivation: pass a fresh one to get fresh store
 # paths (nothing already built / already copied).
 { seed ? "0"
 , nLeaves ? 10
 , bigMiB ? 200          # size of `big` in MiB (even numbers are exact)
-, sleepSecs ? 5         # duration of `slow`
+, sleepSecs ? 5         # duration of `slow` and `marked`
+, multiMiB ? 4          # size of each of `multi4`'s outputs
 , noisyLines ? 20000    # log lines printed by `noisy`
 , bbDir ? ./bb
 }:
@@ -132,6 +133,29 @@ in rec {
     name = "foreign";
     system = "aarch64-linux";
     script = ''echo "pretend aarch64 build" > $out'';
+  };
+
+  # Four outputs of multiMiB MiB each (the lab's matrix: all valid on the client after).
+  multi4 = mk {
+    name = "multi4";
+    outputs = [ "out" "dev" "lib" "doc" ];
+    mib = toString multiMiB;
+    script = ''
+      for o in $out $dev $lib $doc; do mkdir $o; dd if=/dev/urandom of=$o/blob bs=1048576 count=$mib 2>/dev/null; done
+    '';
+  };
+
+  # Like slow, but its builder's command line names the seed, so the lab can
+  # find (and kill, or wait for the end of) this very build's process.
+  marked = mk {
+    name = "marked-${toString sleepSecs}s";
+    secs = toString sleepSecs;
+    script = ''
+      # lab-marked seed=${seed}
+      i=0
+      while [ $i -lt $secs ]; do echo "marked: $i/$secs"; sleep 1; i=$((i+1)); done
+      echo done > $out
+    '';
   };
 
   smoke = [ top many multi ];
