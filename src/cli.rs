@@ -229,7 +229,7 @@ pub fn open_relay(config: &Config) -> Result<Arc<Relay>> {
         max_log_bytes: config.cache.max_stored_log_bytes,
     };
     let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
-    Ok(Arc::new(Relay::new(
+    let mut relay = Relay::new(
         store,
         Scheduler::with_history(
             config.backends.clone(),
@@ -238,7 +238,11 @@ pub fn open_relay(config: &Config) -> Result<Arc<Relay>> {
         ),
         config.limits,
         config.cache.keep_going,
-    )))
+    );
+    relay.client_timeouts = (config.clients.iter())
+        .map(|c| (c.name.clone(), c.timeouts))
+        .collect();
+    Ok(Arc::new(relay))
 }
 
 /// Every second, backends whose backoff ended get their waiting jobs.

@@ -155,7 +155,10 @@ async fn failing_build_reports_the_failure_and_the_fakes_log() {
         assert!(msg.contains("exit code 1"), "{msg}");
         c.wait_log("undefined reference", WAIT).await;
         assert!(t.stored(&drv::out_path(&d)).await.is_none());
-        assert_eq!(t.fake("a").record().builds_finished, std::slice::from_ref(&drv_path));
+        assert_eq!(
+            t.fake("a").record().builds_finished,
+            std::slice::from_ref(&drv_path)
+        );
         // Kept for `nix log` (the cache's log/, served over HTTP).
         let deadline = tokio::time::Instant::now() + WAIT;
         let kept = loop {

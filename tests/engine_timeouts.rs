@@ -71,3 +71,55 @@ async fn wedged_backend_is_timed_out_per_the_clients_build_timeout_and_its_build
     };
     wedged_backend_times_out(options, "timed out after 1 seconds").await;
 }
+
+/// A client that sends no limits (an ssh-ng build hook never does) gets
+/// the relay's `[limits]` ones; a `[[client]]` entry's own win over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sending_no_limits_get_the_relays_and_their_own_win() {
+    knobs::set_watchdog_grace(Duration::from_millis(200));
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGsl9bcFHoLUq3ANWXnbW6LpSeLX/vfMeDfPmkl2aNB1";
+    let config = format!(
+        "[limits]\nbuild_timeout = \"1s\"\n\n[[client]]\nname = \"patient\"\nkey = \"{key}\"\nbuild_timeout = \"0s\"\nmax_silent_time = \"2s\"\n\n{}",
+        fake_backend("a", "fake-ng://a", "max_jobs = 4\n")
+    );
+    let wedged = Script::default().log(&["started"]).outcome(Outcome::Hang);
+    let t = TestRelay::start(&config, &[("a", wedged)]).await;
+
+    let (drv_path, d) = drv::derivation("limits-default", SYS, &[]);
+    let mut c = t.client(Protocol::Worker, "alice").await;
+    let res = tokio::time::timeout(WAIT, c.build(&drv_path, &d))
+        .await
+        .expect("hung")
+        .unwrap();
+    assert_eq!(res.status, BuildStatus::TimedOut, "{res:?}");
+    assert!(String::from_utf8_lossy(&res.error_msg).contains("timed out after 1 seconds"));
+
+    let (drv_path, d) = drv::derivation("limits-own", SYS, &[]);
+    let mut p = t.client(Protocol::Worker, "patient").await;
+    let res = tokio::time::timeout(WAIT, p.build(&drv_path, &d))
+        .await
+        .expect("hung")
+        .unwrap();
+    assert_eq!(res.status, BuildStatus::TimedOut, "{res:?}");
+    let msg = String::from_utf8_lossy(&res.error_msg);
+    assert!(
+        msg.contains("no output for 2 seconds"),
+        "its own max_silent_time: {msg}"
+    );
+
+    // A client that sends its own limit keeps it.
+    let (drv_path, d) = drv::derivation("limits-sent", SYS, &[]);
+    let sent = BuildOptions {
+        build_timeout: 3,
+        ..BuildOptions::default()
+    };
+    let res = tokio::time::timeout(WAIT, c.build_with(&drv_path, &d, sent))
+        .await
+        .expect("hung")
+        .unwrap();
+    let msg = String::from_utf8_lossy(&res.error_msg);
+    assert!(
+        msg.contains("timed out after 3 seconds"),
+        "the client's own, not the relay's 1 s: {msg}"
+    );
+}

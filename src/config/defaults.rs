@@ -64,6 +64,7 @@ pub fn home_ssh_keys(home: &Path) -> Vec<Client> {
                     .unwrap_or_default(),
                 key,
                 trusted: true,
+                timeouts: Default::default(),
             }),
             Ok(Err(e)) => tracing::warn!(file = %p.display(), "skipping client key: {e}"),
             Err(e) => tracing::warn!(file = %p.display(), "skipping client key: {e}"),

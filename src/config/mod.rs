@@ -62,6 +62,42 @@ pub struct Client {
     pub name: String,
     pub key: PublicKey,
     pub trusted: bool,
+    /// This client's own `[limits]` build timeouts, where it has them.
+    pub timeouts: Timeouts,
+}
+
+/// Build timeouts the relay applies when a client sends none (Nix's
+/// `max-silent-time` and `timeout`; an ssh-ng build hook never sends
+/// them). `None`: not set here; zero: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub max_silent_time: Option<Duration>,
+    pub build_timeout: Option<Duration>,
+}
+
+impl Timeouts {
+    /// `self`, with what it leaves unset taken from `fallback`.
+    pub fn or(self, fallback: Timeouts) -> Timeouts {
+        Timeouts {
+            max_silent_time: self.max_silent_time.or(fallback.max_silent_time),
+            build_timeout: self.build_timeout.or(fallback.build_timeout),
+        }
+    }
+
+    /// A client's build options with these filling what it left at 0
+    /// (a client that sent limits keeps its own).
+    pub fn apply(
+        &self,
+        mut o: crate::wire::build::BuildOptions,
+    ) -> crate::wire::build::BuildOptions {
+        if o.max_silent_time == 0 {
+            o.max_silent_time = self.max_silent_time.map_or(0, |d| d.as_secs());
+        }
+        if o.build_timeout == 0 {
+            o.build_timeout = self.build_timeout.map_or(0, |d| d.as_secs());
+        }
+        o
+    }
 }
 
 /// Which Nix protocol a backend speaks.
@@ -172,6 +208,8 @@ pub struct Limits {
     /// client's smaller max-log-size wins. More stops the build with
     /// LogLimitExceeded.
     pub max_log_size: u64,
+    /// Build timeouts for clients that send none (`[[client]]` overrides).
+    pub timeouts: Timeouts,
 }
 
 impl Default for Limits {
@@ -189,6 +227,7 @@ impl Default for Limits {
             backend_stall_timeout: Duration::from_secs(300),
             backend_keepalive_interval: Duration::from_secs(30),
             max_log_size: 64 << 20,
+            timeouts: Timeouts::default(),
         }
     }
 }

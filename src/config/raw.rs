@@ -59,6 +59,8 @@ pub struct RawClient {
     pub key: String,
     #[serde(default = "default_true")]
     pub trusted: bool,
+    pub max_silent_time: Option<String>,
+    pub build_timeout: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -100,6 +102,8 @@ pub struct RawLimits {
     pub backend_stall_timeout: Option<String>,
     pub backend_keepalive_interval: Option<String>,
     pub max_log_size: Option<SizeValue>,
+    pub max_silent_time: Option<String>,
+    pub build_timeout: Option<String>,
 }
 
 /// A size written as a number of bytes or a string like `"200GiB"`.

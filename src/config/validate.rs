@@ -34,10 +34,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         match parse_public_key(&c.key) {
             Ok(key) => {
                 origins.push(format!("client[{i}]"));
+                let what = format!("client[{i}]");
+                let timeouts = timeouts(&what, c.max_silent_time, c.build_timeout, &mut p);
                 clients.push(Client {
                     name: c.name,
                     key,
                     trusted: c.trusted,
+                    timeouts,
                 })
             }
             Err(e) => p.push(format!("client[{i}] ({}): key: {e}", c.name)),
@@ -301,6 +304,7 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
         backend_stall_timeout: d.backend_stall_timeout,
         backend_keepalive_interval: d.backend_keepalive_interval,
         max_log_size: size("max_log_size", l.max_log_size, d.max_log_size),
+        timeouts: d.timeouts,
     };
     if let Some(t) = l.handshake_timeout {
         match parse_duration(&t) {
@@ -314,6 +318,7 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
             Err(e) => p.push(format!("limits.backend_idle_timeout: {e}")),
         }
     }
+    out.timeouts = timeouts("limits", l.max_silent_time, l.build_timeout, p);
     validate_liveness(
         l.backend_stall_timeout,
         l.backend_keepalive_interval,
@@ -321,6 +326,27 @@ fn validate_limits(l: RawLimits, p: &mut Vec<String>) -> Limits {
         p,
     );
     out
+}
+
+/// `max_silent_time` and `build_timeout` of `what` (`"0"`: no limit).
+fn timeouts(
+    what: &str,
+    silent: Option<String>,
+    total: Option<String>,
+    p: &mut Vec<String>,
+) -> super::Timeouts {
+    let mut read = |name: &str, v: Option<String>| match v.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            p.push(format!("{what}.{name}: {e}"));
+            None
+        }
+    };
+    super::Timeouts {
+        max_silent_time: read("max_silent_time", silent),
+        build_timeout: read("build_timeout", total),
+    }
 }
 
 /// The stall timeout and keepalive interval: both positive, and at least
@@ -449,6 +475,7 @@ fn read_authorized_keys(path: &str) -> Result<Vec<Client>, String> {
             },
             key,
             trusted: true,
+            timeouts: Default::default(),
         });
     }
     Ok(out)

@@ -56,6 +56,7 @@ pub async fn run(
     options: BuildOptions,
 ) -> (BuildResult, Option<Pending>) {
     let span = info_span!("job", drv = drv_name(drv_path), system = %drv.platform);
+    let options = relay.timeouts(&client.name).apply(options);
     async {
         match prepare(relay, log, client, drv).await {
             Ok(Prepared::Hit) => {

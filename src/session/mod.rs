@@ -50,6 +50,8 @@ pub struct Relay {
     pub flights: flight::Flights,
     /// Finish builds every client gave up on (`[cache] keep_going`).
     pub keep_going: bool,
+    /// `[[client]]` build timeouts, by client name (see [`Relay::timeouts`]).
+    pub client_timeouts: std::collections::HashMap<String, crate::config::Timeouts>,
     /// The last builds, newest last (for `/status`).
     recent: std::sync::Mutex<std::collections::VecDeque<BuildRecord>>,
     pub started: std::time::Instant,
@@ -72,9 +74,21 @@ impl Relay {
             limits,
             flights: Default::default(),
             keep_going,
+            client_timeouts: Default::default(),
             recent: Default::default(),
             started: std::time::Instant::now(),
         }
+    }
+
+    /// The build timeouts for `client` when it sends none: its own
+    /// `[[client]]` ones, else `[limits]`.
+    pub fn timeouts(&self, client: &str) -> crate::config::Timeouts {
+        let own = self
+            .client_timeouts
+            .get(client)
+            .copied()
+            .unwrap_or_default();
+        own.or(self.limits.timeouts)
     }
 
     pub fn record(&self, r: BuildRecord) {

@@ -21,7 +21,7 @@
 # makes them; tests/lab/roots.sh ensure).
 #
 # Env: RELAY_BIN, LAB_STATE, LAB_BASE_PORT (as e2e.sh), MATRIX_BACKENDS,
-#      MATRIX_CLIENTS, MATRIX_SCENARIOS (per client kind, empty for none; default "dag feature
+#      MATRIX_CLIENTS, MATRIX_SCENARIOS (per client kind, empty for none; default "dag feature store
 #      multi fail big cachehit"), MATRIX_ONCE (per backend kind, default
 #      "dedup cancel retry"), E2E_TIMEOUT (seconds per nix command, 300).
 # Logs: STATE/matrix/<backend>.<client>.<scenario>.{log,nix.log}, and a copy
@@ -40,7 +40,7 @@ MODE=relay
 TMO=${E2E_TIMEOUT:-300}
 BACKENDS=${MATRIX_BACKENDS:-2.8/ssh 2.8/ssh-ng 2.34/ssh 2.34/ssh-ng}
 CLIENTS=${MATRIX_CLIENTS:-2.8/ssh 2.8/ssh-ng 2.26/ssh 2.26/ssh-ng 2.34/ssh 2.34/ssh-ng}
-PER_CLIENT=${MATRIX_SCENARIOS-dag feature multi fail big cachehit}
+PER_CLIENT=${MATRIX_SCENARIOS-dag feature multi fail big store cachehit}
 ONCE=${MATRIX_ONCE-dedup cancel retry}
 LOGS=$STATE/matrix
 RUNID=m$(date +%s)
