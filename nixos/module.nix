@@ -8,7 +8,7 @@
 #     builderKeyFile = "/run/keys/nix-relay-builder";   # ssh key into backends
 #     settings = {
 #       client = [ { name = "calypso"; key = "ssh-ed25519 AAAA... root@calypso"; } ];
-#       backend = [ { name = "opi01"; uri = "ssh://nix-builder@opi01.internal";
+#       backend = [ { name = "opi01"; uri = "ssh-ng://nix-builder@opi01.internal";
 #                     host_key = "ssh-ed25519 AAAA..."; systems = [ "aarch64-linux" ]; } ];
 #     };
 #   };
