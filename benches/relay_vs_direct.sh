@@ -11,7 +11,12 @@
 #
 # Prints a table and three goal lines (small-build ratio, throughput ratio,
 # relay peak RSS) per protocol; with BENCH_PROTO=both also a line comparing
-# ssh-ng via the relay with ssh via the relay. Exit status 0 even when a goal
+# ssh-ng via the relay with ssh via the relay. With BENCH_MUX=1 (the default)
+# each protocol has a third small-build mode, relay-mux / ng-relay-mux: via
+# the relay with the client's SSH connections multiplexed (ControlMaster
+# auto, ControlPersist, as nixos/client.nix sets up for root), so the build
+# hook reuses one connection and pays no SSH handshake; the small-build
+# ratio is then printed with and without it. Exit status 0 even when a goal
 # is missed; non-zero only on errors (lab/relay did not start, a build failed
 # or timed out, ...).
 #
@@ -26,6 +31,7 @@
 #   BENCH_RAW      1: also measure raw OpenSSH throughput (the ceiling) (1)
 #   BENCH_RAW_MIB  MiB per raw OpenSSH transfer (1000: long enough that the
 #                  connection set-up, which is subtracted, does not dominate)
+#   BENCH_MUX      1: also the relay-mux modes (small builds only) (1)
 #   BENCH_SSHOPTS  extra OpenSSH options for the client, both modes (none), e.g.
 #                  "-o KexAlgorithms=curve25519-sha256" to give the direct path
 #                  the same key exchange the relay (russh) negotiates
@@ -55,6 +61,9 @@ BIG_MIB=${BENCH_BIG_MIB:-200}
 RAW=${BENCH_RAW:-1}
 RAW_MIB=${BENCH_RAW_MIB:-1000}
 SSHOPTS="-F $STATE/ssh_config${BENCH_SSHOPTS:+ $BENCH_SSHOPTS}"
+MUX=${BENCH_MUX:-1}
+# the client side of nixos/client.nix's multiplexing, for the relay-mux modes
+MUX_OPTS="-o ControlMaster=auto -o ControlPath=$STATE/mux-%C -o ControlPersist=900"
 TMO=${BENCH_TIMEOUT:-300}
 LOGS=$STATE/bench
 RUN_ID=bench-$(date +%s)-$$
@@ -67,10 +76,15 @@ for v in N BIG_N BIG_MIB RAW_MIB TMO; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 case $PROTO in
-  ssh) PROTOS=ssh; MODES="direct relay"; W=6;;
-  ssh-ng) PROTOS=ssh-ng; MODES="ng-direct ng-relay"; W=9;;
-  both) PROTOS="ssh ssh-ng"; MODES="direct relay ng-direct ng-relay"; W=9;;
+  ssh) PROTOS=ssh; MODES="direct relay"; W=9;;
+  ssh-ng) PROTOS=ssh-ng; MODES="ng-direct ng-relay"; W=12;;
+  both) PROTOS="ssh ssh-ng"; MODES="direct relay ng-direct ng-relay"; W=12;;
   *) die "BENCH_PROTO must be ssh, ssh-ng or both (got '$PROTO')";;
+esac
+case $MUX in
+  0) ;;
+  1) for p in $PROTOS; do if [ "$p" = ssh ]; then MODES="$MODES relay-mux"; else MODES="$MODES ng-relay-mux"; fi; done;;
+  *) die "BENCH_MUX must be 0 or 1 (got '$MUX')";;
 esac
 [ "$N" -le 101 ] && [ "$BIG_N" -le 21 ] || die "BENCH_N <= 101 and BENCH_BIG_N <= 21, please"
 [ -x "$RELAY_BIN" ] || die "relay binary not found: $RELAY_BIN
@@ -83,6 +97,8 @@ cleanup() {
   [ "$cleaned" = 1 ] && return 0
   cleaned=1
   [ -n "${SAMPLER_PID:-}" ] && kill "$SAMPLER_PID" 2>/dev/null || true
+  # the multiplexing master of the relay-mux modes (ControlPersist) ends with the lab
+  [ "$MUX" = 1 ] && timeout 10 "$HS" exec client ssh $SSHOPTS $MUX_OPTS -O exit relay </dev/null >/dev/null 2>&1 || true
   "$HS" down >&2 || echo "bench: WARNING: hosts.sh down failed" >&2
   if [ "${BENCH_KEEP_STORES:-0}" != 1 ] && [ -d "$STATE/hosts" ]; then
     # the stores hold ~ (2 * BIG_N + 1) * BIG_MIB MiB each: free the disk, keep the logs
@@ -113,8 +129,10 @@ case $RELAY_B in "ssh://relay "*) ;; *) die "unexpected machines-relay line: $RE
 # the same lines for the daemon protocol (ssh-ng): only the scheme differs
 NG_DIRECT_B=ssh-ng://${DIRECT_B#ssh://}
 NG_RELAY_B=ssh-ng://${RELAY_B#ssh://}
-# modes: direct relay (ssh://), ng-direct ng-relay (ssh-ng://)
+# modes: direct relay relay-mux (ssh://), ng-direct ng-relay ng-relay-mux (ssh-ng://)
 mode_proto() { case $1 in ng-*) echo ssh-ng;; *) echo ssh;; esac; }
+mode_host() { case $1 in *relay*) echo relay;; *) echo h1;; esac; }
+mode_sshopts() { case $1 in *-mux) echo "$SSHOPTS $MUX_OPTS";; *) echo "$SSHOPTS";; esac; }
 proto_modes() { case $1 in ssh) echo "direct relay";; ssh-ng) echo "ng-direct ng-relay";; esac; }
 
 # The relay's peak RSS and CPU time, per protocol: VmHWM is reset
@@ -142,13 +160,13 @@ build() {
   local mode=$1 attr=$2 seed=$3 builders log t0 t1 rc=0
   shift 3
   case $mode in
-    direct) builders=$DIRECT_B;; relay) builders=$RELAY_B;;
-    ng-direct) builders=$NG_DIRECT_B;; ng-relay) builders=$NG_RELAY_B;;
+    direct) builders=$DIRECT_B;; relay|relay-mux) builders=$RELAY_B;;
+    ng-direct) builders=$NG_DIRECT_B;; ng-relay|ng-relay-mux) builders=$NG_RELAY_B;;
     *) die "bad mode $mode";;
   esac
   log=$LOGS/$seed.log
   t0=$EPOCHREALTIME
-  { timeout "$TMO" "$HS" exec client env NIX_SSHOPTS="$SSHOPTS" nix-build "$DRV" -A "$attr" --argstr seed "$seed" \
+  { timeout "$TMO" "$HS" exec client env NIX_SSHOPTS="$(mode_sshopts "$mode")" nix-build "$DRV" -A "$attr" --argstr seed "$seed" \
       --no-out-link --max-jobs 0 --builders "$builders" "$@" \
       2>&1 >"$LOGS/$seed.out" </dev/null | stamp > "$log"; } || rc=$?
   t1=$EPOCHREALTIME
@@ -159,7 +177,7 @@ build() {
   fi
   OUT=$(tail -1 "$LOGS/$seed.out")
   [[ $OUT == /nix/store/* ]] || die "no output path from nix-build ($mode, $seed): $OUT"
-  local host=h1 scheme; [ "${mode#ng-}" = relay ] && host=relay
+  local host scheme; host=$(mode_host "$mode")
   scheme=$(mode_proto "$mode")
   grep -q "^[0-9.]* building '[^']*' on '$scheme://$host'" "$log" ||
     die "$mode build of $attr did not run on $scheme://$host (log: $log)"
@@ -247,7 +265,7 @@ relay_build() {
   local phase=$1 mode=$2 c0 key
   shift 2
   key=$(mode_proto "$mode")-$phase
-  if [ "${mode#ng-}" = relay ]; then
+  if [ "$(mode_host "$mode")" = relay ]; then
     hwm_reset; c0=$(cpu_secs)
     [ "$phase" = big ] && echo "$mode" > "$LOGS/sampler-mode"
     build "$mode" "$@"
@@ -304,6 +322,7 @@ BIG_LOCAL=$(calc "$EPOCHREALTIME - $t0" 3)
 printf "  %-6s %-${W}s #%-2s %7.3f s   (nix-build -A big inside h1: eval + build, no transfer)\n" local h1 1 "$BIG_LOCAL"
 for i in $(seq 1 "$BIG_N"); do
   for m in $(order "$i"); do
+    case $m in *-mux) continue;; esac   # multiplexing matters for small builds
     # flush the previous run's dirty pages first, so that their write-back
     # does not land in this run's timing (each run writes BIG_MIB to the client's
     # store, and to the relay's in relay mode)
@@ -371,6 +390,14 @@ report() {
     "max sampled VmRSS $(calc "$rss_sampled / 1024" 1) MiB; VmRSS now $(calc "$RSS_NOW / 1024" 1) MiB"
   echo
   goal "${gp}small-build ratio" "$(ratio "$sr" "$sd")" "<=" 1.25 ""
+  if [ "$MUX" = 1 ]; then
+    local mm sm
+    mm=relay-mux; [ "$p" = ssh-ng ] && mm=ng-relay-mux
+    sm=$(col_median 1 "small-$mm")
+    echo "  ${gp}small build via the relay with client multiplexing ($mm): total $sm s," \
+      "connect $(col_median 3 "small-$mm") s (without: $(col_median 3 "small-$rm") s)"
+    goal "${gp}small-build ratio, client multiplexed" "$(ratio "$sm" "$sd")" "<=" 1.25 ""
+  fi
   goal "${gp}throughput ratio" "$(ratio "$tpr" "$tpd")" ">=" 0.9 ""
   goal "${gp}relay peak RSS" "$(calc "${HWM[$p-big]:-0} / 1024" 1)" "<=" 64 " MiB"
 }

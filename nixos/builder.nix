@@ -7,23 +7,29 @@
 #   };
 #
 # Creates the SSH user the relay logs in as (default nix-builder), trusted by
-# this machine's nix-daemon, allowed to run only `nix-store --serve --write`;
+# this machine's nix-daemon, allowed to run only the command of `protocol`:
+# `nix-daemon --stdio` for an ssh-ng:// backend entry (the default),
+# `nix-store --serve --write` for ssh://;
 # enables OpenSSH; keeps the store from filling the disk (weekly GC, min-free
 # / max-free). The relay pins this machine's SSH host key: put the contents
 # of /etc/ssh/ssh_host_ed25519_key.pub into the backend's `host_key`.
 #
 # lib surface used: mkOption mkEnableOption mkIf mkDefault optionalString
-#   types.{bool str int}
+#   types.{bool str int enum}
 { config, lib, ... }:
 
 let
   inherit (lib) mkOption mkEnableOption mkIf mkDefault types;
   cfg = config.services.nix-relay-builder;
   GiB = 1024 * 1024 * 1024;
-  # The relay runs `nix-store --serve --write` (README: backends). A backend
-  # with `store = ...` in the relay config needs restrictCommand = false.
-  serveCommand = "${config.nix.package}/bin/nix-store --serve --write";
-  keyOptions = "restrict" + lib.optionalString cfg.restrictCommand ",command=\"${serveCommand}\"";
+  # What the relay runs for each URI scheme of its backend entry (README:
+  # backends). A backend with `store = ...` in the relay config needs
+  # restrictCommand = false (the relay appends `--store ...`).
+  command = {
+    ssh-ng = "${config.nix.package}/bin/nix-daemon --stdio";
+    ssh = "${config.nix.package}/bin/nix-store --serve --write";
+  }.${cfg.protocol};
+  keyOptions = "restrict" + lib.optionalString cfg.restrictCommand ",command=\"${command}\"";
 in
 {
   options.services.nix-relay-builder = {
@@ -44,11 +50,22 @@ in
       description = "The SSH user the relay logs in as (the user in the backend's uri).";
     };
 
+    protocol = mkOption {
+      type = types.enum [ "ssh-ng" "ssh" ];
+      default = "ssh-ng";
+      description = ''
+        The scheme of this machine's URI in the relay's backend entry:
+        `ssh-ng` (the relay runs `nix-daemon --stdio`) or `ssh`
+        (`nix-store --serve --write`). With restrictCommand, the relay's key
+        may run only that command.
+      '';
+    };
+
     restrictCommand = mkOption {
       type = types.bool;
       default = true;
       description = ''
-        Let the relay's key run only `nix-store --serve --write` (an
+        Let the relay's key run only the command of `protocol` (an
         authorized_keys `command=` with `restrict`). Turn off if the relay's
         backend entry sets `store`, which appends `--store ...`.
       '';

@@ -13,18 +13,24 @@
 #     cachePublicKey = "ser5-nix-relay-1:9ZAh...";  # from `nix-relay keygen` / the relay's log
 #   };
 #
-# Nix before 2.20 cannot put a port into ssh:// or ssh-ng:// URIs, so the
-# port goes into /etc/ssh/ssh_config for root (the user the build hook's ssh
-# runs as), with HostKeyAlias so that the host key Nix pins for "<host>"
-# still matches on a port other than 22 (ssh would look up "[<host>]:<port>").
+# Nix before 2.31 hands "host:port" of an ssh:// or ssh-ng:// URI to ssh as
+# a host name (2.31 added the port, NixOS/nix#3425), so the port goes into
+# /etc/ssh/ssh_config for root (the user the build hook's ssh runs as), with
+# HostKeyAlias so that the host key Nix pins for "<host>" still matches on a
+# port other than 22 (ssh would look up "[<host>]:<port>"). The same block
+# multiplexes root's SSH connections to the relay (ControlMaster auto,
+# ControlPersist): after the first build, a build pays no SSH handshake.
 #
-# lib surface used: mkOption mkEnableOption mkIf mkMerge hasPrefix
-#   types.{str port int enum nullOr listOf}
+# lib surface used: mkOption mkEnableOption mkIf mkMerge hasPrefix optionals
+#   concatStringsSep
+#   types.{str port int enum nullOr listOf numbers.positive}
 { config, lib, ... }:
 
 let
   inherit (lib) mkOption mkEnableOption mkIf mkMerge types;
   cfg = config.services.nix-relay-client;
+  # Root's multiplexed connections to the relay (ControlPath).
+  controlDir = "/run/nix-relay-client";
 in
 {
   options.services.nix-relay-client = {
@@ -67,9 +73,11 @@ in
     };
 
     speedFactor = mkOption {
-      type = types.int;
+      # As nixpkgs declares nix.buildMachines.*.speedFactor.
+      type = types.numbers.positive;
       default = 1;
-      description = "Speed factor of the relay among this machine's builders.";
+      example = 1.5;
+      description = "Speed factor of the relay among this machine's builders (a positive number).";
     };
 
     supportedFeatures = mkOption {
@@ -104,6 +112,17 @@ in
         The relay's SSH host key, base64 of its `ssh-ed25519 AAAA...` line,
         as `nix-relay machines-entry` prints it (last column), or
         `base64 -w0 ssh_host_ed25519_key.pub`. null: root's known_hosts.
+      '';
+    };
+
+    controlPersist = mkOption {
+      type = types.nullOr types.str;
+      default = "10m";
+      example = "1h";
+      description = ''
+        How long root's multiplexed SSH connection to the relay stays open
+        after its last build (ssh_config ControlPersist). null: no
+        multiplexing, every build hook pays a full SSH handshake.
       '';
     };
 
@@ -149,13 +168,21 @@ in
       # Only root (the build hook) is redirected; `ssh <host>` by anyone
       # else still reaches the machine's own sshd. `Match all` ends the
       # block, so extraConfig lines other modules add after it stay global.
-      programs.ssh.extraConfig = ''
-        Match originalhost ${cfg.host} localuser root
-          Port ${toString cfg.port}
-          HostKeyAlias ${cfg.host}
-        Match all
-      '';
+      # %C: a hash of host, port and user (short enough for a socket path).
+      programs.ssh.extraConfig = lib.concatStringsSep "\n" ([
+        "Match originalhost ${cfg.host} localuser root"
+        "  Port ${toString cfg.port}"
+        "  HostKeyAlias ${cfg.host}"
+      ] ++ lib.optionals (cfg.controlPersist != null) [
+        "  ControlMaster auto"
+        "  ControlPath ${controlDir}/%C"
+        "  ControlPersist ${cfg.controlPersist}"
+      ] ++ [ "Match all" ]) + "\n";
     }
+
+    (mkIf (cfg.controlPersist != null) {
+      systemd.tmpfiles.rules = [ "d ${controlDir} 0700 root root - -" ];
+    })
 
     (mkIf (cfg.cacheUrl != null) {
       nix.settings.substituters = [ cfg.cacheUrl ];

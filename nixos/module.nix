@@ -8,7 +8,7 @@
 #     builderKeyFile = "/run/keys/nix-relay-builder";   # ssh key into backends
 #     settings = {
 #       client = [ { name = "calypso"; key = "ssh-ed25519 AAAA... root@calypso"; } ];
-#       backend = [ { name = "opi01"; uri = "ssh://nix-builder@opi01.internal";
+#       backend = [ { name = "opi01"; uri = "ssh-ng://nix-builder@opi01.internal";
 #                     host_key = "ssh-ed25519 AAAA..."; systems = [ "aarch64-linux" ]; } ];
 #     };
 #   };
@@ -36,7 +36,8 @@ let
 
   stateDir = cfg.settings.server.state_dir;
   backends = cfg.settings.backend or [ ];
-  isSsh = b: lib.hasPrefix "ssh://" (b.uri or "");
+  # ssh:// (serve) and ssh-ng:// (worker) backends both log in with ssh_key.
+  isSsh = b: lib.hasPrefix "ssh://" (b.uri or "") || lib.hasPrefix "ssh-ng://" (b.uri or "");
   hasLocal = lib.any (b: (b.uri or "") == "local") backends;
 
   # "0.0.0.0:2222", "[::]:2222" -> 2222
@@ -164,7 +165,7 @@ in
 
     hostKeyFile = secretFileOption "SSH host key (ssh_host_ed25519_key; null: created in the state dir on first start)";
     signingKeyFile = secretFileOption "cache signing key (Nix format name:base64, e.g. from `nix-relay keygen`; null: created in the state dir on first start)";
-    builderKeyFile = secretFileOption "SSH private key the relay logs into ssh:// backends with (used as ssh_key of every ssh:// backend that sets none)";
+    builderKeyFile = secretFileOption "SSH private key the relay logs into ssh:// and ssh-ng:// backends with (used as ssh_key of every such backend that sets none)";
     ec2CredentialsFile = secretFileOption "AWS shared credentials file for the [ec2] builders (exported as AWS_SHARED_CREDENTIALS_FILE; the SDK credential chain reads it)";
   };
 

@@ -4,11 +4,15 @@
 rustPlatform.buildRustPackage {
   pname = "nix-relay";
   version = "0.1.0";
+  # Only what cargo builds: no VCS metadata (.git is a directory in a clone
+  # and a file in a worktree; with it, every commit would change the source
+  # hash), no build or state directories, no packaging.
   src = lib.cleanSourceWith {
     src = ../.;
     filter = path: type:
       let base = baseNameOf path; in
-      !(builtins.elem base [ "target" "nix-relay-state" "fuzz" "nixos" ".ci" ]);
+      !(builtins.elem base [ ".git" ".jj" "result" "target" "nix-relay-state" "fuzz" "nixos" ".ci" ])
+      && lib.cleanSourceFilter path type;
   };
   cargoLock.lockFile = ../Cargo.lock;
   # The test suite needs root, mount namespaces and OpenSSH (tests/run.sh);

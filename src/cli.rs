@@ -67,6 +67,9 @@ pub enum Cmd {
     MachinesEntry {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// URI scheme: ssh-ng (daemon protocol) or ssh (nix-store --serve).
+        #[arg(long, value_enum, default_value_t = crate::machines::Scheme::SshNg)]
+        protocol: crate::machines::Scheme,
     },
     /// EC2 builders: `sweep [--dry-run]` terminates leftover instances.
     #[command(subcommand)]
@@ -145,13 +148,36 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
     }
 }
 
+/// What to do when no client key is configured, so nobody can log in.
+fn no_clients_hint(config: Option<&Path>, home: Option<&Path>) -> String {
+    match (config, home) {
+        (Some(p), _) => format!(
+            "no client keys in {}: nobody can log in; add [[client]] entries (name, key) or \
+             [server] authorized_keys",
+            p.display()
+        ),
+        (None, Some(h)) => format!(
+            "no SSH public key in {ssh}, so nobody can log in: create one with \
+             `ssh-keygen -t ed25519 -f {ssh}/id_ed25519` and start nix-relay again (it trusts \
+             every {ssh}/*.pub); when a nix-daemon runs your builds, its build hook logs in \
+             with root's key, so put root's public key there too (or use --config with \
+             [[client]] keys)",
+            ssh = h.join(".ssh").display()
+        ),
+        (None, None) => "HOME is not set, so no ~/.ssh/*.pub key is trusted and nobody can \
+                         log in: set HOME, or use --config with [[client]] keys"
+            .into(),
+    }
+}
+
 /// Runs the relay. `path`, the config file it came from, is re-read on
 /// SIGHUP to reload the backends.
 pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
     let relay = open_relay(&config)?;
     let host_key = crate::keys::load_or_create_host_key(&config.server.host_key)?;
     if config.clients.is_empty() {
-        tracing::warn!("no client keys configured: nobody can log in");
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        tracing::warn!("{}", no_clients_hint(path.as_deref(), home.as_deref()));
     }
     let front = Arc::new(FrontEnd {
         relay,
@@ -471,5 +497,18 @@ mod tests {
             "the cause is named: {unreadable:?}"
         );
         assert_eq!(names(&sched), ["h1", "h2"]);
+    }
+
+    #[test]
+    fn no_clients_says_how_to_log_in() {
+        let h = no_clients_hint(None, Some(Path::new("/home/ann")));
+        assert!(
+            h.contains("ssh-keygen -t ed25519 -f /home/ann/.ssh/id_ed25519"),
+            "{h}"
+        );
+        assert!(h.contains("root's key"), "{h}");
+        let c = no_clients_hint(Some(Path::new("/etc/r.toml")), None);
+        assert!(c.contains("/etc/r.toml") && c.contains("[[client]]"), "{c}");
+        assert!(no_clients_hint(None, None).contains("HOME is not set"));
     }
 }

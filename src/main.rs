@@ -52,8 +52,8 @@ fn main() -> ExitCode {
         Cmd::Undrain { name, admin } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(nix_relay::cli::drain(&name, false, &admin))),
-        Cmd::MachinesEntry { config } => load_config(config.as_deref())
-            .and_then(|c| nix_relay::machines::entry(&c).map(|s| print!("{s}"))),
+        Cmd::MachinesEntry { config, protocol } => load_config(config.as_deref())
+            .and_then(|c| nix_relay::machines::entry(&c, protocol).map(|s| print!("{s}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -238,3 +238,55 @@ async fn connections_beyond_max_handshakes_are_closed_at_once() {
     );
     first.await.unwrap();
 }
+
+/// Log lines written while the returned guard lives (this thread's tasks:
+/// `#[tokio::test]` runs everything on the test thread).
+fn capture_logs() -> (
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    let sub = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || sink.clone())
+        .finish();
+    (buf, tracing::subscriber::set_default(sub))
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_is_logged_as_disconnected_not_as_a_deadline() {
+    let (logs, _guard) = capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let h = login(dir.path()).await;
+    for cmd in ["nix-daemon --stdio", "nix-store --serve --write"] {
+        let ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, cmd).await.unwrap();
+        // the worker hello's first word, then gone
+        ch.data(&0x6e69_7863u64.to_le_bytes()[..]).await.unwrap();
+        ch.close().await.unwrap();
+    }
+    let text = || String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    for _ in 0..500 {
+        if text().matches("session ended").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = text();
+    assert_eq!(text.matches("session ended").count(), 2, "{text}");
+    assert!(!text.contains("deadline passed"), "{text}");
+    assert!(!text.contains("session failed"), "{text}");
+}

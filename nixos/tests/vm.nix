@@ -55,7 +55,7 @@ let
           backend = [
             {
               name = "builder";
-              uri = "ssh://nix-builder@builder:22";
+              uri = "ssh-ng://nix-builder@builder:22";  # the builder runs nix-daemon --stdio (its protocol default)
               host_key = readKey "builder_host_ed25519_key.pub";
               systems = [ system ];
               max_jobs = 2;

@@ -336,6 +336,7 @@ async fn handshake_serve(
 ) -> Result<Client, Error> {
     let hs = serve::client_handshake(&mut r, &mut w);
     let version = timed(b, Protocol::Serve, hs).await?;
+    tracing::debug!(backend = %b.name, %version, "serve handshake done");
     if version < ServeVersion::MIN_BACKEND {
         return Err(Error::TooOld {
             backend: b.name.clone(),

@@ -395,6 +395,9 @@ enum Proto {
     Worker,
 }
 
+/// Why a session's channel writers fail once the client's channel closed.
+pub const CLIENT_GONE: &str = "the client closed its channel (disconnected)";
+
 /// Runs a session on an accepted exec channel; its end sets the exit status.
 async fn run_channel(
     relay: Arc<Relay>,
@@ -415,9 +418,9 @@ async fn run_channel(
     // russh's writers wait for window space without noticing a closed
     // channel: cut them when it closes, so a vanished client cannot leave
     // this session waiting forever.
-    let stderr = Cuttable::new(tx.make_writer_ext(Some(1)), gone.clone());
+    let stderr = Cuttable::because(tx.make_writer_ext(Some(1)), gone.clone(), CLIENT_GONE);
     let stderr = tokio::spawn(forward_log(log_rx, stderr));
-    let stdout = Cuttable::new(tx.make_writer(), gone.clone());
+    let stdout = Cuttable::because(tx.make_writer(), gone.clone(), CLIENT_GONE);
     let stdin = BufReader::with_capacity(256 << 10, stdin);
     let label = match proto {
         Proto::Serve { .. } => "serve",
@@ -427,12 +430,29 @@ async fn run_channel(
     crate::metrics::session_started(label);
     let result = match proto {
         Proto::Serve { write } => {
-            session::serve::run(relay, stdin, stdout, log.clone(), write, client, gone).await
+            session::serve::run(
+                relay,
+                stdin,
+                stdout,
+                log.clone(),
+                write,
+                client,
+                gone.clone(),
+            )
+            .await
         }
-        Proto::Worker => session::worker::run(relay, stdin, stdout, client, gone).await,
+        Proto::Worker => session::worker::run(relay, stdin, stdout, client, gone.clone()).await,
     };
     let status = match &result {
         Ok(()) => 0,
+        // Nobody is left to tell: the client hung up (or died) first.
+        Err(e) if gone.is_cancelled() => {
+            info!(
+                "session ended: the client disconnected ({})",
+                crate::error_chain(e)
+            );
+            1
+        }
         Err(e) => {
             let msg = crate::error_chain(e);
             warn!("session failed: {msg}");

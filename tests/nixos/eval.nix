@@ -8,7 +8,7 @@
 # feeds those to `nix-relay check-config` when a built relay is at hand).
 let
   stub = import ./stub.nix;
-  inherit (stub) lib pkgs evalModule;
+  inherit (stub) lib pkgs evalModule checkBuildMachine;
   inherit (builtins) toJSON elem all filter length match attrNames;
 
   nixos = ../../nixos;
@@ -188,7 +188,19 @@ let
     settings = { client = [ calypso ]; backend = [ local ]; cache.signing_key = "ser5-1:c2VjcmV0IGJ5dGVz"; };
   };
 
+  # An ssh-ng:// backend needs ssh_key like an ssh:// one (the relay refuses
+  # to start without it).
+  ngBackend = relay {
+    enable = true;
+    builderKeyFile = "/run/keys/nix-relay-builder";
+    settings = { client = [ calypso ]; backend = [ (opi // { uri = "ssh-ng://nix-builder@opi01.internal"; }) local ]; };
+  };
+  ngToml = ngBackend.out.environment.etc."nix-relay/relay.toml".source.text;
+
   variationChecks = [
+    (has "ssh-ng backend: gets the builder key" ngToml
+      "ssh_key = \"${cred "builder_key"}\"\nsupported_features = [\"big-parallel\"]\nsystems = [\"aarch64-linux\"]\nuri = \"ssh-ng://nix-builder@opi01.internal\"\n")
+    (eq "ssh-ng backend: exactly one ssh_key (local backends get none)" (count "ssh_key" ngToml) 1)
     (eq "off: enable = false produces nothing" off.out { })
     (eq "minimal: no failed assertions" minimal.failed [ ])
     (eq "minimal: no credentials" minSc.LoadCredential [ ])
@@ -252,12 +264,31 @@ let
     (eq "client: builders-use-substitutes" c.nix.settings.builders-use-substitutes true)
     (eq "client: substituters" c.nix.settings.substituters [ "http://ser5.internal:5000" ])
     (eq "client: trusted-public-keys" c.nix.settings.trusted-public-keys [ (readKey "cache-key.pub") ])
-    (eq "client: ssh block for root" c.programs.ssh.extraConfig ''
+    (eq "client: ssh block for root (port, host key alias, multiplexing)" c.programs.ssh.extraConfig ''
       Match originalhost ser5.internal localuser root
         Port 2222
         HostKeyAlias ser5.internal
+        ControlMaster auto
+        ControlPath /run/nix-relay-client/%C
+        ControlPersist 10m
       Match all
     '')
+    (ok "client: nixpkgs' nix.buildMachines type accepts the entry"
+      (all (m: builtins.deepSeq (checkBuildMachine 0 m) true) c.nix.buildMachines))
+    (eq "client: speedFactor 1.5 accepted (a positive number, as nixpkgs declares it)"
+      (map (m: (checkBuildMachine 0 m).speedFactor) (client { enable = true; host = "r"; systems = [ "x86_64-linux" ]; speedFactor = 1.5; }).out.nix.buildMachines)
+      [ 1.5 ])
+    (throws "client: speedFactor 0 refused at eval"
+      (client { enable = true; host = "r"; systems = [ "x86_64-linux" ]; speedFactor = 0; }).config.services.nix-relay-client.speedFactor)
+    (throws "stub: nixpkgs' buildMachines type refuses speedFactor 0 (what the client option now catches first)"
+      (checkBuildMachine 0 { hostName = "r"; speedFactor = 0; }))
+    (eq "client: protocol defaults to ssh-ng"
+      (map (m: m.protocol) (client { enable = true; host = "r"; systems = [ "x86_64-linux" ]; }).out.nix.buildMachines) [ "ssh-ng" ])
+    (eq "client: control directory for root's multiplexed ssh" c.systemd.tmpfiles.rules [ "d /run/nix-relay-client 0700 root root - -" ])
+    (eq "client: controlPersist = null: no multiplexing"
+      (let o = (client { enable = true; host = "r"; systems = [ "x86_64-linux" ]; controlPersist = null; }).out;
+        in [ o.programs.ssh.extraConfig (o.systemd or null) ])
+      [ "Match originalhost r localuser root\n  Port 2222\n  HostKeyAlias r\nMatch all\n" null ])
     (eq "client: no cache, no substituter" ((client { enable = true; host = "r"; systems = [ "x86_64-linux" ]; }).out.nix.settings ? substituters) false)
     (fails "client: cacheUrl needs cachePublicKey"
       (client { enable = true; host = "r"; systems = [ "x86_64-linux" ]; cacheUrl = "http://r:5000"; }).failed "cachePublicKey must be set")
@@ -271,8 +302,13 @@ let
   b = opi01.out;
   builderChecks = [
     (eq "builder: user" (with b.users.users.nix-builder; [ isSystemUser group useDefaultShell ]) [ true "nix-builder" true ])
-    (eq "builder: authorized key, restricted to nix-store --serve --write" b.users.users.nix-builder.openssh.authorizedKeys.keys
-      [ "restrict,command=\"${nixPackage}/bin/nix-store --serve --write\" ${readKey "id_builder.pub"}" ])
+    (eq "builder: authorized key, restricted to nix-daemon --stdio (ssh-ng://, the default)" b.users.users.nix-builder.openssh.authorizedKeys.keys
+      [ "restrict,command=\"${nixPackage}/bin/nix-daemon --stdio\" ${readKey "id_builder.pub"}" ])
+    (eq "builder: protocol = ssh: restricted to nix-store --serve --write"
+      (builder { enable = true; relayPublicKey = "ssh-ed25519 AAAA"; protocol = "ssh"; }).out.users.users.nix-builder.openssh.authorizedKeys.keys
+      [ "restrict,command=\"${nixPackage}/bin/nix-store --serve --write\" ssh-ed25519 AAAA" ])
+    (throws "builder: protocol is ssh or ssh-ng"
+      (builder { enable = true; relayPublicKey = "k"; protocol = "local"; }).config.services.nix-relay-builder.protocol)
     (eq "builder: trusted user" b.nix.settings.trusted-users [ "root" "nix-builder" ])
     (eq "builder: openssh" b.services.openssh.enable true)
     (eq "builder: gc" b.nix.gc { automatic = true; dates = "weekly"; options = "--delete-older-than 14d"; })
@@ -314,6 +350,10 @@ let
     (eq "vm client: buildMachines host" (map (m: [ m.hostName m.protocol ]) vmClient.eval.out.nix.buildMachines) [ [ "relay" "ssh-ng" ] ])
     (eq "vm client: cache key = relay's signing key" vmClient.defs.services.nix-relay-client.cachePublicKey
       (readKey "cache-key.pub"))
+    (ok "vm: the relay's backend scheme is the builder's protocol (its key runs that command)"
+      (lib.hasPrefix "${vmBuilder.eval.config.services.nix-relay-builder.protocol}://" (builtins.head vmRelay.defs.services.nix-relay.settings.backend).uri
+        && contains (if vmBuilder.eval.config.services.nix-relay-builder.protocol == "ssh-ng" then "nix-daemon --stdio" else "nix-store --serve --write")
+          (builtins.head vmBuilder.eval.out.users.users.nix-builder.openssh.authorizedKeys.keys)))
     (eq "vm builder: relay key authorized" (builtins.length vmBuilder.eval.out.users.users.nix-builder.openssh.authorizedKeys.keys) 1)
     (ok "vm builder: host key pinned by the relay is the one installed"
       (vmBuilder.defs.environment.etc."ssh/test_host_ed25519_key".source == keys + "/builder_host_ed25519_key"))
@@ -321,11 +361,25 @@ let
     (has "vm script: expression file" script "-nix-relay-test-expr.nix")
   ];
 
-  all_ = relayChecks ++ variationChecks ++ clientChecks ++ builderChecks ++ vmChecks;
+  # ------------------------------------------------------------ package
+  # package.nix with a recording rustPlatform; its source filter applied to
+  # paths of the checkout (the filter, not the copy, is what is checked).
+  package = import (nixos + "/package.nix") {
+    lib = lib // { cleanSourceWith = a: a; cleanSourceFilter = _: _: true; };
+    rustPlatform.buildRustPackage = a: a;
+  };
+  kept = path: type: package.src.filter "/src/nix-relay/${path}" type;
+  packageChecks = [
+    (eq "package: .git (directory in a clone, file in a worktree) left out" [ (kept ".git" "directory") (kept ".git" "regular") ] [ false false ])
+    (eq "package: target/, fuzz/, nixos/ left out" (map (d: kept d "directory") [ "target" "fuzz" "nixos" ]) [ false false false ])
+    (eq "package: Cargo.toml, src/, wire/ kept" [ (kept "Cargo.toml" "regular") (kept "src" "directory") (kept "wire" "directory") ] [ true true true ])
+  ];
+
+  all_ = packageChecks ++ relayChecks ++ variationChecks ++ clientChecks ++ builderChecks ++ vmChecks;
 in
 {
   passed = length all_;
   checks = all_;
   # For tests/nixos/check.sh: `nix-relay check-config` on what the module writes.
-  tomls = { sample = toml; minimal = minToml; low-ports = lowToml; vm-relay = vmToml; };
+  tomls = { sample = toml; minimal = minToml; ssh-ng-backend = ngToml; low-ports = lowToml; vm-relay = vmToml; };
 }

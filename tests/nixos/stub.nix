@@ -36,6 +36,12 @@ let
       str = mk "string" isString;
       lines = str;
       int = mk "signed integer" isInt;
+      float = mk "floating point number" isFloat;
+      # nixpkgs: number = either int float; numbers.positive = addCheck
+      # number (x: x > 0), with these descriptions (lib/types.nix).
+      number = mk "integer or floating point number" (v: isInt v || isFloat v);
+      numbers.positive = mk "positive integer or floating point number, meaning >0"
+        (v: number.check v && v > 0);
       port = mk "16 bit unsigned integer" (v: isInt v && v >= 0 && v <= 65535);
       path = mk "path" (v: isPath v || (isString v && substring 0 1 v == "/"));
       package = mk "package" (v: isAttrs v && v ? outPath);
@@ -65,6 +71,23 @@ let
       (attrNames set));
     mapAttrsToList = f: set: map (n: f n set.${n}) (attrNames set);
     concatStringsSep = builtins.concatStringsSep;
+  };
+
+  # nixpkgs' declaration of one nix.buildMachines entry
+  # (nixos/modules/config/nix-remote-build.nix): what client.nix produces is
+  # checked against it, as the real module system would.
+  buildMachineOptions = with lib; {
+    hostName = mkOption { type = types.str; };
+    protocol = mkOption { type = types.enum [ null "ssh" "ssh-ng" ]; default = "ssh"; };
+    system = mkOption { type = types.nullOr types.str; default = null; };
+    systems = mkOption { type = types.listOf types.str; default = [ ]; };
+    sshUser = mkOption { type = types.nullOr types.str; default = null; };
+    sshKey = mkOption { type = types.nullOr types.str; default = null; };
+    maxJobs = mkOption { type = types.int; default = 1; };
+    speedFactor = mkOption { type = types.numbers.positive; default = 1; };
+    mandatoryFeatures = mkOption { type = types.listOf types.str; default = [ ]; };
+    supportedFeatures = mkOption { type = types.listOf types.str; default = [ ]; };
+    publicHostKey = mkOption { type = types.nullOr types.str; default = null; };
   };
 
   # --- TOML, for the fake pkgs.formats.toml (tables, arrays of tables,
@@ -181,4 +204,7 @@ let
 in
 {
   inherit lib pkgs evalModule toTOML;
+  # One nix.buildMachines entry as nixpkgs would see it: defaults applied,
+  # every value type-checked, unknown attributes refused.
+  checkBuildMachine = i: m: fillSet { path = [ "nix" "buildMachines" "[${toString i}]" ]; freeform = false; } buildMachineOptions m;
 }

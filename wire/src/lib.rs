@@ -110,6 +110,11 @@ pub enum Error {
     UnknownCommand(u64),
     #[error("invalid store path {path:?}: {reason}")]
     BadStorePath { path: String, reason: &'static str },
+    #[error(
+        "store path {path:?} is in store directory {dir:?}: nix-relay serves only /nix/store \
+         (the client's Nix uses another store directory)"
+    )]
+    ForeignStoreDir { path: String, dir: String },
     #[error("invalid hash {value:?}: {reason}")]
     BadHash { value: String, reason: &'static str },
     #[error("content address {value:?}: {reason}")]

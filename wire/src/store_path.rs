@@ -23,12 +23,23 @@ impl StorePath {
             path: s.chars().take(300).collect(),
             reason,
         };
-        let base = s
-            .strip_prefix(STORE_DIR)
-            .and_then(|r| r.strip_prefix('/'))
-            .ok_or_else(|| bad("not under /nix/store"))?;
+        let Some(base) = s.strip_prefix(STORE_DIR).and_then(|r| r.strip_prefix('/')) else {
+            return Err(Self::foreign_dir(s).unwrap_or_else(|| bad("not under /nix/store")));
+        };
         Self::check_base(base).map_err(bad)?;
         Ok(StorePath(s.to_owned()))
+    }
+
+    /// A well-formed store path in another store directory (a client whose
+    /// Nix has another `store`/`NIX_STORE_DIR`): said as such.
+    fn foreign_dir(s: &str) -> Option<Error> {
+        let (dir, base) = s.rsplit_once('/')?;
+        (dir.starts_with('/') && dir.len() > 1 && Self::check_base(base).is_ok()).then(|| {
+            Error::ForeignStoreDir {
+                path: s.chars().take(300).collect(),
+                dir: dir.chars().take(200).collect(),
+            }
+        })
     }
 
     /// Parses a base name (`<hash>-<name>`) as found in narinfo files.
@@ -127,5 +138,20 @@ mod tests {
         ] {
             assert!(StorePath::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn another_store_directory_is_named_as_such() {
+        let e = StorePath::parse("/gnu/store/jsm9cyjvamk013ndqlj8ckgaqp3yrw28-x").unwrap_err();
+        assert!(
+            matches!(&e, Error::ForeignStoreDir { dir, .. } if dir == "/gnu/store"),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("store directory \"/gnu/store\""), "{msg}");
+        assert!(msg.contains("only /nix/store"), "{msg}");
+        // not a store path at all: the plain reason
+        let e = StorePath::parse("/etc/passwd").unwrap_err();
+        assert!(matches!(e, Error::BadStorePath { .. }), "{e:?}");
     }
 }
