@@ -44,6 +44,7 @@ fn front(dir: &std::path::Path, limits: Limits) -> Arc<FrontEnd> {
             name: "lab".into(),
             key: key(1).public_key().clone(),
             trusted: true,
+            timeouts: Default::default(),
         }]),
         sessions: Arc::new(Semaphore::new(8)),
         handshakes: Arc::new(Semaphore::new(limits.max_handshakes as usize)),
