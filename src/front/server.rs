@@ -145,6 +145,9 @@ impl Conn {
             .find(|c| c.key.key_data() == key.key_data())
     }
 
+    /// Refuses an exec or shell: the reason on stderr and on stdout too
+    /// (where a serve client reads its hello, Nix shows what it got there:
+    /// "protocol mismatch from 'relay', got 'nix-relay: …'"), exit status 1.
     fn refuse(&mut self, id: ChannelId, reason: String) {
         warn!(peer = %self.peer, client = ?self.client.as_ref().map(|c| &c.name), "refused: {reason}");
         if let Some(ch) = self.channels.remove(&id) {
@@ -152,8 +155,35 @@ impl Conn {
             tokio::spawn(async move {
                 let line = format!("nix-relay: {reason}\n");
                 // The client may hang up first; nothing more to tell it then.
+                let _ = tx.extended_data_bytes(1, line.clone().into_bytes()).await;
+                let _ = tx.make_writer().write_all(line.as_bytes()).await;
+                finish(&tx, 1).await;
+            });
+        }
+    }
+
+    /// Refuses a worker (`nix-daemon --stdio`) session in-band, after its
+    /// handshake, so Nix prints the reason (`session::worker::refuse`).
+    fn refuse_worker(&mut self, id: ChannelId, reason: String) {
+        warn!(peer = %self.peer, client = ?self.client.as_ref().map(|c| &c.name), "refused: {reason}");
+        let limit = self.front.relay.limits.handshake_timeout;
+        if let Some(ch) = self.channels.remove(&id) {
+            let (rx, tx) = ch.split();
+            tokio::spawn(async move {
+                let (stdin, pipe_in) = tokio::io::simplex(64 << 10);
+                let reading = tokio::spawn(pump(rx, pipe_in, None, None));
+                let stdin = BufReader::new(stdin);
+                let told = session::worker::refuse(stdin, tx.make_writer(), &reason, limit).await;
+                if let Err(e) = told {
+                    info!(
+                        "could not tell the worker client why: {}",
+                        crate::error_chain(&e)
+                    );
+                }
+                let line = format!("nix-relay: {reason}\n");
                 let _ = tx.extended_data_bytes(1, line.into_bytes()).await;
                 finish(&tx, 1).await;
+                reading.abort();
             });
         }
     }
@@ -224,7 +254,11 @@ impl server::Handler for Conn {
             }
         };
         let Ok(permit) = self.front.sessions.clone().try_acquire_owned() else {
-            self.refuse(id, "too many sessions; try again later".into());
+            let reason = "too many sessions; try again later".into();
+            match proto {
+                Proto::Worker => self.refuse_worker(id, reason),
+                Proto::Serve { .. } => self.refuse(id, reason),
+            }
             return Ok(());
         };
         let Some(ch) = self.channels.remove(&id) else {

@@ -435,6 +435,36 @@ fn build_activity(id: u64, drv_path: &StorePath) -> StderrMsg {
     }
 }
 
+/// Tells a worker client why it is refused, in-band: the handshake, then
+/// `STDERR_ERROR` where Nix waits for its first STDERR stream, so the
+/// client's terminal shows `error: nix-relay: …` rather than "disconnected
+/// unexpectedly". Bounded by `limit`.
+pub async fn refuse<R, W>(
+    mut r: R,
+    mut w: W,
+    reason: &str,
+    limit: std::time::Duration,
+) -> Result<(), Error>
+where
+    R: AsyncBufRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let version = concat!("nix-relay ", env!("CARGO_PKG_VERSION"));
+    let hs = server_handshake(
+        &mut r,
+        &mut w,
+        WorkerVersion::LATEST,
+        version,
+        Trust::Trusted,
+    );
+    let hs = tokio::time::timeout(limit, hs)
+        .await
+        .map_err(|_| Error::Refused(format!("no worker handshake within {limit:?}")))??;
+    let codec = WorkerCodec::new(hs.version, crate::wire::Limits::default());
+    let msg = error(&format!("nix-relay: {reason}"));
+    Ok(send(&mut w, &codec.encode_reply(&[msg], None)).await?)
+}
+
 fn error(msg: &str) -> StderrMsg {
     StderrMsg::Error(WorkerError::new(msg.as_bytes().to_vec()))
 }
