@@ -119,7 +119,7 @@ impl Graph {
     }
 }
 
-async fn read_drv(
+pub async fn read_drv(
     relay: &Relay,
     client: &ClientId,
     path: &StorePath,

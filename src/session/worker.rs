@@ -235,7 +235,7 @@ where
                 self.build_paths(paths, mode, true).await
             }
             Request::QueryMissing { paths } => self.query_missing(paths).await,
-            Request::QueryDerivationOutputMap { .. } => self.ok(Reply::OutputMap(Vec::new())).await,
+            Request::QueryDerivationOutputMap { drv_path } => self.output_map(drv_path).await,
             Request::QueryRealisation { .. } => self.ok(Reply::Strings(Vec::new())).await,
             Request::RegisterDrvOutput(_) => self.ok(Reply::None).await,
             Request::AddBuildLog { drv_path } => self.add_build_log(drv_path).await,

@@ -123,6 +123,24 @@ where
         }
     }
 
+    /// QueryDerivationOutputMap: each output of the `.drv` (in the relay
+    /// store) and its path; none for a floating one.
+    pub(super) async fn output_map(
+        &mut self,
+        drv: StorePath,
+    ) -> Result<Result<(), OpError>, Error> {
+        let d = match crate::session::derived::read_drv(&self.relay, &self.client, &drv).await {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
+        };
+        let map = d
+            .outputs
+            .iter()
+            .map(|o| (o.name.clone(), d.output(&o.name)))
+            .collect();
+        self.ok(Reply::OutputMap(map)).await
+    }
+
     /// QueryMissing: what building `paths` would build, and what is
     /// neither valid nor buildable. The relay substitutes nothing, so
     /// nothing is to download.
