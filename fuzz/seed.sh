@@ -114,6 +114,8 @@ seed("backend_reply", "worker-paths-notfound",
      bytes([HS_MINORS.index(34) << 1 | 1]) + b"\x00" + Q(LAST, 0) + b"\x01" + Q(LAST, 0))
 for f in sorted(glob.glob(os.path.join(golden, "cache", "*.narinfo"))):
     seed("narinfo_parse", os.path.basename(f), read(f))
+for f in sorted(glob.glob(os.path.join(repo, "wire", "tests", "drv", "*.drv"))):
+    seed("drv_parse", os.path.basename(f), read(f))
 
 readme = read(os.path.join(repo, "README.md")).decode()
 for n, block in enumerate(re.findall(r"```toml\n(.*?)```", readme, re.S)):
