@@ -209,6 +209,7 @@ golden_tests! {
     legacy_234_build_leaf2_reencodes_byte_exactly => "legacy-234-build.2",
     legacy_234_build_top_reencodes_byte_exactly => "legacy-234-build.3",
     legacy_234_copy_to_reencodes_byte_exactly => "legacy-234-copy-to",
+    legacy_234_copy_from_reencodes_byte_exactly => "legacy-234-copy-from",
 }
 
 #[test]

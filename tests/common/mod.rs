@@ -30,6 +30,7 @@ pub const TRANSCRIPTS: &[&str] = &[
     "legacy-234-build",
     "legacy-234-build.2",
     "legacy-234-build.3",
+    "legacy-234-copy-from",
     "legacy-234-copy-to",
     "legacy-copy-from",
     "legacy-copy-to",

@@ -7,10 +7,13 @@
 #   legacy-234-build   2.34 client, build hook, ssh://h1     (serve 2.7)
 #   legacy-226-build   2.26 client, build hook, ssh://h1     (serve 2.7)
 #   legacy-234-copy-to 2.34 client, nix copy --to ssh://h1   (serve 2.7)
+#   legacy-234-copy-from 2.34 client, nix copy --from ssh://h1 (serve 2.7)
 #   ng-234-build       2.34 client, build hook, ssh-ng://h1  (worker 1.38, feature exchange)
 #   ng-226-build       2.26 client, build hook, ssh-ng://h1  (worker 1.37)
 #   ng-234-copy-to     2.34 client, nix copy --to ssh-ng://h1
 #   ng-234-copy-from   2.34 client, nix copy --from ssh-ng://h1
+#   ng-226-copy-to, ng-226-copy-from   the same from the 2.26 client
+#   ng-226-multi, ng-234-multi   build hook, ssh-ng://h1, -A multi (outputs out, dev)
 # Brings up its own lab (hosts.sh up 1 --fresh: ALL LAB STORES ARE EMPTIED);
 # the lab is shared, so run it under the lab lock:
 #   flock /tmp/nix-relay-lab.lock tests/lab/capture-golden-modern.sh [NAME...]
@@ -21,7 +24,7 @@ STATE=${LAB_STATE:-/tmp/nix-relay-lab}
 export LAB_STATE=$STATE LAB_H1_NIX=2.34 LAB_CLIENT_NIX=2.34 LAB_CLIENT2_NIX=2.26 LAB_CLIENTS=2
 HS=$LAB_DIR/hosts.sh
 DRV=$LAB_DIR/drv
-NAMES=${*:-legacy-234-build legacy-226-build legacy-234-copy-to ng-234-build ng-226-build ng-234-copy-to ng-234-copy-from}
+NAMES=${*:-legacy-234-build legacy-226-build legacy-234-copy-to legacy-234-copy-from ng-234-build ng-226-build ng-234-copy-to ng-234-copy-from ng-226-copy-to ng-226-copy-from ng-226-multi ng-234-multi}
 
 trap '"$HS" down >/dev/null 2>&1 || true' EXIT
 "$HS" up 1 --fresh >/dev/null
@@ -66,9 +69,10 @@ for name in $NAMES; do
   esac
   case $name in *-226-*) ns=client2;; *) ns=client;; esac
   case $name in
-    *-build)
+    *-build|*-multi)
+      if [ "${name##*-}" = build ]; then attr=top; else attr=multi; fi
       begin
-      X "$ns" nix-build "$DRV" -A top --arg nLeaves 2 --argstr seed "golden-$name" --no-out-link \
+      X "$ns" nix-build "$DRV" -A "$attr" --arg nLeaves 2 --argstr seed "golden-$name" --no-out-link \
         --max-jobs 0 --builders "$(line "$proto" "$mf")" >/dev/null
       finish "$name" "$out";;
     *-copy-to)
