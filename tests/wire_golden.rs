@@ -1,5 +1,6 @@
-//! Golden tests against real Nix 2.8.0 `nix-store --serve --write`
-//! conversations (tests/golden/serve, serve protocol 2.7).
+//! Golden tests against real `nix-store --serve --write` conversations
+//! (tests/golden/serve, serve protocol 2.7): Nix 2.8.0 on both ends, and
+//! Nix 2.26.3 / 2.34.8 clients against a Nix 2.34.8 server.
 //!
 //! For every transcript both directions are decoded with the crate's wire
 //! readers, in lock step (each response with the reader for its request),
@@ -199,6 +200,16 @@ golden_tests! {
     legacy_many_reencodes_byte_exactly => "legacy-many",
     legacy_multi_reencodes_byte_exactly => "legacy-multi",
     legacy_top_reencodes_byte_exactly => "legacy-top",
+    // Real Nix 2.26.3 / 2.34.8 clients against a real Nix 2.34.8
+    // `nix-store --serve --write` (tests/lab/capture-golden-modern.sh).
+    legacy_226_build_leaf_reencodes_byte_exactly => "legacy-226-build",
+    legacy_226_build_leaf2_reencodes_byte_exactly => "legacy-226-build.2",
+    legacy_226_build_top_reencodes_byte_exactly => "legacy-226-build.3",
+    legacy_234_build_leaf_reencodes_byte_exactly => "legacy-234-build",
+    legacy_234_build_leaf2_reencodes_byte_exactly => "legacy-234-build.2",
+    legacy_234_build_top_reencodes_byte_exactly => "legacy-234-build.3",
+    legacy_234_copy_to_reencodes_byte_exactly => "legacy-234-copy-to",
+    legacy_234_copy_from_reencodes_byte_exactly => "legacy-234-copy-from",
 }
 
 #[test]

@@ -24,6 +24,14 @@ use nix_relay::wire::{Error, Limits};
 
 /// Every transcript under tests/golden/serve.
 pub const TRANSCRIPTS: &[&str] = &[
+    "legacy-226-build",
+    "legacy-226-build.2",
+    "legacy-226-build.3",
+    "legacy-234-build",
+    "legacy-234-build.2",
+    "legacy-234-build.3",
+    "legacy-234-copy-from",
+    "legacy-234-copy-to",
     "legacy-copy-from",
     "legacy-copy-to",
     "legacy-export-paths",
