@@ -145,10 +145,22 @@ impl Conn {
             .find(|c| c.key.key_data() == key.key_data())
     }
 
-    /// Refuses an exec or shell: the reason on stderr and on stdout too
-    /// (where a serve client reads its hello, Nix shows what it got there:
-    /// "protocol mismatch from 'relay', got 'nix-relay: …'"), exit status 1.
+    /// Refuses an exec or shell: the reason on stderr, exit status 1.
+    /// Nothing on stdout: a refused command runs nothing and says nothing
+    /// where its output would go.
     fn refuse(&mut self, id: ChannelId, reason: String) {
+        self.refuse_with(id, reason, false)
+    }
+
+    /// Refuses a serve session Nix asked for (`nix-store --serve`, e.g. over
+    /// `max_sessions`): the reason on stdout too, where Nix reads the hello
+    /// and shows what it got ("protocol mismatch from 'relay', got
+    /// 'nix-relay: …'"), since the build hook may not show ssh's stderr.
+    fn refuse_serve(&mut self, id: ChannelId, reason: String) {
+        self.refuse_with(id, reason, true)
+    }
+
+    fn refuse_with(&mut self, id: ChannelId, reason: String, on_stdout: bool) {
         warn!(peer = %self.peer, client = ?self.client.as_ref().map(|c| &c.name), "refused: {reason}");
         if let Some(ch) = self.channels.remove(&id) {
             let (_, tx) = ch.split();
@@ -156,7 +168,9 @@ impl Conn {
                 let line = format!("nix-relay: {reason}\n");
                 // The client may hang up first; nothing more to tell it then.
                 let _ = tx.extended_data_bytes(1, line.clone().into_bytes()).await;
-                let _ = tx.make_writer().write_all(line.as_bytes()).await;
+                if on_stdout {
+                    let _ = tx.make_writer().write_all(line.as_bytes()).await;
+                }
                 finish(&tx, 1).await;
             });
         }
@@ -257,7 +271,7 @@ impl server::Handler for Conn {
             let reason = "too many sessions; try again later".into();
             match proto {
                 Proto::Worker => self.refuse_worker(id, reason),
-                Proto::Serve { .. } => self.refuse(id, reason),
+                Proto::Serve { .. } => self.refuse_serve(id, reason),
             }
             return Ok(());
         };
