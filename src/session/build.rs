@@ -282,7 +282,10 @@ async fn fly(
     let outcome = match result {
         Ok((result, finished)) => Outcome {
             result,
-            finished: finished.map(|f| Arc::new(tokio::sync::Mutex::new(f))),
+            finished: finished.map(|mut f| {
+                f.spoiled = flight.spoiled.clone();
+                Arc::new(tokio::sync::Mutex::new(f))
+            }),
         },
         Err(e) => Outcome {
             result: failed(&log_tx, &e).await,
@@ -557,6 +560,7 @@ async fn on_backend(
         conn,
         outputs: infos.into_iter().map(|i| (i.path.clone(), i)).collect(),
         scope: job.scope.clone(),
+        spoiled: Default::default(),
     };
     Ok((result, Some(finished)))
 }

@@ -51,6 +51,9 @@ pub struct Flight {
     attached: AtomicUsize,
     detached: Notify,
     pub cancel: CancellationToken,
+    /// An output of this finished build was lost mid-fetch
+    /// (`outputs::Finished::spoiled`): not attachable any more.
+    pub spoiled: Arc<std::sync::atomic::AtomicBool>,
     keep_going: bool,
     created: std::time::Instant,
 }
@@ -64,6 +67,7 @@ impl Flight {
             attached: AtomicUsize::new(0),
             detached: Notify::new(),
             cancel: CancellationToken::new(),
+            spoiled: Default::default(),
             keep_going,
             created: std::time::Instant::now(),
         })
@@ -126,7 +130,9 @@ impl Flights {
     pub fn attach(&self, key: FlightKey, keep_going: bool) -> (Attachment, bool) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let (flight, created) = match map.get(&key) {
-            Some(f) if !f.cancel.is_cancelled() => (f.clone(), false),
+            Some(f) if !f.cancel.is_cancelled() && !f.spoiled.load(Ordering::SeqCst) => {
+                (f.clone(), false)
+            }
             _ => {
                 let f = Flight::new(key.clone(), keep_going);
                 map.insert(key, f.clone());

@@ -21,11 +21,28 @@ pub struct Finished {
     pub(super) conn: Lease,
     pub outputs: BTreeMap<StorePath, ValidPathInfo>,
     pub(super) scope: Scope,
+    /// Set when a fetch broke off: an output is lost from this build, so
+    /// nobody new may attach to its flight (they build again).
+    pub(super) spoiled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Finished {
     /// Streams one output from the backend into the store, and to `tee`.
     pub async fn fetch<W: AsyncWrite + Unpin>(
+        &mut self,
+        relay: &Relay,
+        path: &StorePath,
+        tee: Option<&mut W>,
+    ) -> Result<(), Error> {
+        let r = self.fetch_one(relay, path, tee).await;
+        if r.is_err() {
+            self.spoiled
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+
+    async fn fetch_one<W: AsyncWrite + Unpin>(
         &mut self,
         relay: &Relay,
         path: &StorePath,
