@@ -232,13 +232,7 @@ async fn forward(log: &LogSink, chunk: Recv) {
         Recv::Chunk(c) => {
             let _ = log.send(c).await;
         }
-        Recv::Skipped(n) => {
-            say(
-                log,
-                format!("attached mid-build: {n} bytes of its log went by before"),
-            )
-            .await
-        }
+        Recv::Skipped(n) => say(log, format!("attached mid-build: {n} log bytes went by")).await,
         Recv::Dropped(n) => {
             say(
                 log,
