@@ -134,17 +134,7 @@ where
 {
     async fn serve(&mut self) -> Result<(), Error> {
         let limit = self.relay.limits.handshake_timeout;
-        let version = concat!("nix-relay ", env!("CARGO_PKG_VERSION"));
-        let hs = server_handshake(
-            &mut self.r,
-            &mut self.w,
-            WorkerVersion::LATEST,
-            version,
-            Trust::Trusted,
-        );
-        let hs = tokio::time::timeout(limit, hs)
-            .await
-            .map_err(|_| Error::Refused(format!("no worker handshake within {limit:?}")))??;
+        let hs = handshake(&mut self.r, &mut self.w, limit).await?;
         self.version = hs.version;
         debug!(version = %format_args!("{}.{}", hs.version.major(), hs.version.minor()), "worker handshake done");
         self.reply(&[StderrMsg::Last], None).await?;
@@ -449,20 +439,27 @@ where
     R: AsyncBufRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    let version = concat!("nix-relay ", env!("CARGO_PKG_VERSION"));
-    let hs = server_handshake(
-        &mut r,
-        &mut w,
-        WorkerVersion::LATEST,
-        version,
-        Trust::Trusted,
-    );
-    let hs = tokio::time::timeout(limit, hs)
-        .await
-        .map_err(|_| Error::Refused(format!("no worker handshake within {limit:?}")))??;
+    let hs = handshake(&mut r, &mut w, limit).await?;
     let codec = WorkerCodec::new(hs.version, crate::wire::Limits::default());
     let msg = error(&format!("nix-relay: {reason}"));
     Ok(send(&mut w, &codec.encode_reply(&[msg], None)).await?)
+}
+
+/// The server side of the worker handshake, within `limit`.
+async fn handshake<R, W>(
+    r: &mut R,
+    w: &mut W,
+    limit: std::time::Duration,
+) -> Result<crate::wire::worker::ServerHandshake, Error>
+where
+    R: AsyncBufRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let version = concat!("nix-relay ", env!("CARGO_PKG_VERSION"));
+    let hs = server_handshake(r, w, WorkerVersion::LATEST, version, Trust::Trusted);
+    Ok(tokio::time::timeout(limit, hs)
+        .await
+        .map_err(|_| Error::Refused(format!("no worker handshake within {limit:?}")))??)
 }
 
 fn error(msg: &str) -> StderrMsg {
