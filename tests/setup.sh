@@ -4,7 +4,8 @@
 #    (apt-get update + install only when something is missing; no recommends,
 #    which skips nix-setup-systemd: no systemd is needed)
 #  - nixbld group + users, /etc/nix/nix.conf for offline use, /run/sshd
-#  - tests/lab/drv/bb (static busybox bootstrap for the test derivations)
+#  - tests/lab/drv/bb (static busybox bootstrap for the test derivations), and
+#    tests/lab/drv/bb-arm64 with qemu-user-static under binfmt_misc (tests/lab/aarch64.sh)
 #  - Debian roots with Nix 2.26 and 2.34 for the lab's matrix (tests/lab/roots.sh,
 #    cached under /var/cache/nix-relay-ci/roots: ~800 MB, downloaded once)
 #  - moto (EC2 API double for the EC2 tests) in a venv: /opt/nix-relay-test/moto
@@ -90,6 +91,8 @@ if ! cmp -s /bin/busybox "$bb/busybox" 2>/dev/null; then
   mv -f "$bb/busybox.tmp" "$bb/busybox"
 fi
 ln -sfn busybox "$bb/sh"
+# real aarch64: qemu-user-static via binfmt_misc, Debian's arm64 busybox (tests/lab/aarch64.sh)
+"$LAB/aarch64.sh" ensure
 
 # ---- today's Nix (2.26, 2.34) for the lab's version matrix (tests/lab/matrix.sh) --
 # Debian roots made by debootstrap, cached outside the clone

@@ -17,15 +17,17 @@
 , multiMiB ? 4          # size of each of `multi4`'s outputs
 , noisyLines ? 20000    # log lines printed by `noisy`
 , bbDir ? ./bb
+, bbArmDir ? ./bb-arm64   # tests/lab/aarch64.sh
 }:
 let
   bb = builtins.path { path = bbDir; name = "busybox-static"; };
 
-  mk = { name, script, system ? builtins.currentSystem, ... }@attrs:
+  bbArm = builtins.path { path = bbArmDir; name = "busybox-static-arm64"; };
+
+  mk = { name, script, system ? builtins.currentSystem, builder ? "${bb}/bin/sh", ... }@attrs:
     derivation ((removeAttrs attrs [ "script" ]) // {
-      inherit system seed;
+      inherit system seed builder;
       name = "lab-${name}";
-      builder = "${bb}/bin/sh";
       args = [ "-e" "-c" script ];
     });
 
@@ -129,10 +131,13 @@ in rec {
   # Foreign system: must never build on the x86_64 client, only be routed.
   # (The builder is still x86_64 busybox, so a backend that claims
   # extra-platforms = aarch64-linux can "build" it.)
+  # Real arm64 code: Debian's arm64 busybox (tests/lab/aarch64.sh), run by
+  # qemu-user through binfmt_misc on the aarch64-linux backend.
   foreign = mk {
     name = "foreign";
     system = "aarch64-linux";
-    script = ''echo "pretend aarch64 build" > $out'';
+    builder = "${bbArm}/bin/sh";
+    script = ''echo "machine=$(uname -m)" > $out'';
   };
 
   # Four outputs of multiMiB MiB each (the lab's matrix: all valid on the client after).
