@@ -16,7 +16,7 @@
 # Stops at the first failing step. Non-interactive (CI=true, no stdin is fine).
 # The last line is the e2e and matrix total "N passed, N failed" (or the step that failed).
 # Env: CARGO_TARGET_DIR (honoured; RELAY_BIN defaults to $CARGO_TARGET_DIR/debug/nix-relay),
-#      E2E_DIRECT=1 (e2e without the relay), any other tests/lab/e2e.sh or matrix.sh variable,
+#      any tests/lab/e2e.sh or matrix.sh variable,
 #      FUZZ_SECONDS / FUZZ_JOBS / FUZZ_TARGETS (tests/fuzz.sh),
 #      RUN_SKIP="fmt clippy ..." (skip named steps while iterating locally; never in CI).
 set -euo pipefail
@@ -75,33 +75,16 @@ if [ -z "${RELAY_BIN:-}" ]; then
 fi
 # Two passes over every scenario: with ssh:// backends, then with ssh-ng://
 # backends (nix-daemon --stdio behind the relay), none left out: even the ones
-# that never reach a backend (hostile_*, f) or use ssh:// EC2 instances
+# that never reach a backend (hostile_*) or use ssh:// EC2 instances
 # (ec2_*) run against a relay whose static backends are ssh-ng (~4 min more
 # than the former 9-scenario subset). Under CI a scenario that skips fails.
 passed=0; failed=0; rc=0
-e2e_pass() {  # e2e_pass LABEL [ENV=VALUE...]
-  local label=$1 log r=0 line; shift
-  echo "==> e2e ($label): tests/lab/e2e.sh (RELAY_BIN=$RELAY_BIN)"
-  log=$(mktemp "${TMPDIR:-/tmp}/nix-relay-e2e.XXXXXX")
-  env "$@" tests/lab/e2e.sh 2>&1 | tee "$log" || r=$?
-  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)
-  rm -f "$log"
-  if [ -n "$line" ]; then
-    passed=$((passed + ${line%% passed*})); line=${line#* passed, }; failed=$((failed + ${line%% failed*}))
-  else
-    failed=$((failed + 1))
-  fi
-  [ "$r" = 0 ] || { echo "run.sh: FAILED at step 'e2e ($label)' (exit status $r)"; rc=1; }
-}
-e2e_pass "ssh:// backends"
-e2e_pass "ssh-ng:// backends" LAB_BACKEND_PROTO=ssh-ng
-# The version matrix: clients Nix 2.8/2.26/2.34 x ssh/ssh-ng, backends Nix
-# 2.8/2.34 x ssh/ssh-ng (tests/lab/matrix.sh; same "N passed, N failed" tally)
-lab_pass() {  # lab_pass LABEL SCRIPT: run a lab script, add its tally
-  local label=$1 script=$2 log r=0 line
+lab_pass() {  # lab_pass LABEL SCRIPT [ENV=VALUE...]: run a lab script, add its tally
+  local label=$1 script=$2 log r=0 line; shift 2
+  if [[ " ${RUN_SKIP:-} " == *" ${label%% *} "* ]]; then echo "==> $label: SKIPPED (RUN_SKIP)"; return 0; fi
   echo "==> $label: $script (RELAY_BIN=$RELAY_BIN)"
   log=$(mktemp "${TMPDIR:-/tmp}/nix-relay-lab.XXXXXX")
-  "$script" 2>&1 | tee "$log" || r=$?
+  env "$@" "$script" 2>&1 | tee "$log" || r=$?
   line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)
   rm -f "$log"
   if [ -n "$line" ]; then
@@ -111,7 +94,11 @@ lab_pass() {  # lab_pass LABEL SCRIPT: run a lab script, add its tally
   fi
   [ "$r" = 0 ] || { echo "run.sh: FAILED at step '$label' (exit status $r)"; rc=1; }
 }
-if [[ " ${RUN_SKIP:-} " == *" matrix "* ]]; then echo "==> matrix: SKIPPED (RUN_SKIP)"; else lab_pass matrix tests/lab/matrix.sh; fi
+lab_pass "e2e (ssh:// backends)" tests/lab/e2e.sh
+lab_pass "e2e (ssh-ng:// backends)" tests/lab/e2e.sh LAB_BACKEND_PROTO=ssh-ng
+# The version matrix: clients Nix 2.8/2.26/2.34 x ssh/ssh-ng, backends Nix
+# 2.8/2.34 x ssh/ssh-ng (tests/lab/matrix.sh; same "N passed, N failed" tally)
+lab_pass matrix tests/lab/matrix.sh
 echo "run.sh: $(( $(date +%s) - T0 )) s total"
 echo "$passed passed, $failed failed"
 exit "$rc"

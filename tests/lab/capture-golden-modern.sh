@@ -36,30 +36,11 @@ done
 X client nix copy --no-check-sigs --to ssh://h1 "$bb" >/dev/null 2>&1   # build input, not recorded
 line() { grep "^$1://h1 " "$STATE/$2"; }
 
-begin() {
-  local hd=$STATE/hosts/h1
-  rm -rf "$hd/transcripts"; mkdir -p "$hd/transcripts"; touch "$hd/capture"
-}
-finish() {  # finish NAME OUTDIR: stop recording, wait for the sessions, copy + decode
-  local name=$1 out=$2 hd=$STATE/hosts/h1 i e pending f n=0 base dst
-  rm -f "$hd/capture"
-  for i in $(seq 1 200); do
-    pending=0
-    for e in "$hd"/transcripts/*.events; do [ -e "$e" ] && [ ! -e "${e%.events}.meta" ] && pending=1; done
-    [ "$pending" = 0 ] && break
-    sleep 0.05
-  done
-  rm -f "$out/$name".*
-  for f in "$hd"/transcripts/*.meta; do
-    [ -e "$f" ] || continue
-    base=${f%.meta}; n=$((n + 1))
-    dst=$out/$name; [ "$n" = 1 ] || dst=$out/$name.$n
-    for ext in c2s s2c stderr; do cp "$base.$ext" "$dst.$ext" 2>/dev/null || : > "$dst.$ext"; done
-    (cd "$out" && python3 "$LAB_DIR/bin/decode.py" "${dst##*/}" > "$dst.txt" 2>&1) || echo "(decode failed)" >> "$dst.txt"
-  done
-  [ "$n" -ge 1 ] || { echo "capture-golden-modern: no session recorded for $name" >&2; exit 1; }
-  echo "captured $name: $n session(s) -> ${out#"$REPO"/}/$name.*"
-}
+BASE_PORT=${LAB_BASE_PORT:-2400}
+# shellcheck source=lib.sh
+. "$LAB_DIR/lib.sh"
+begin() { capture_begin h1; }
+finish() { capture_finish h1 "$1" "$2"; }
 
 for name in $NAMES; do
   case $name in

@@ -29,31 +29,11 @@ bb=$(C nix eval --raw -f "$DRV" bb)
 C nix-store --check-validity "$bb"   # (evaluating builtins.path added it to the client's store)
 line() { grep "^ssh://$1 " "$STATE/machines"; }
 
-begin() {  # begin HOST: clean the host's transcript dir and start recording
-  local hd=$STATE/hosts/$1
-  rm -rf "$hd/transcripts"; mkdir -p "$hd/transcripts"
-  touch "$hd/capture"
-}
-finish() {  # finish HOST NAME: stop recording, wait for sessions, copy + decode
-  local h=$1 name=$2 hd=$STATE/hosts/$1 i e pending f n=0 base dst
-  rm -f "$hd/capture"
-  for i in $(seq 1 100); do
-    pending=0
-    for e in "$hd"/transcripts/*.events; do [ -e "$e" ] && [ ! -e "${e%.events}.meta" ] && pending=1; done
-    [ "$pending" = 0 ] && break
-    sleep 0.05
-  done
-  rm -f "$OUT/$name".* "$OUT/$name".[0-9]*
-  for f in "$hd"/transcripts/*.meta; do
-    [ -e "$f" ] || continue
-    base=${f%.meta}; n=$((n + 1))
-    dst=$OUT/$name; [ "$n" = 1 ] || dst=$OUT/$name.$n
-    for ext in c2s s2c stderr; do cp "$base.$ext" "$dst.$ext" 2>/dev/null || : > "$dst.$ext"; done
-    (cd "$OUT" && python3 "$LAB_DIR/bin/decode.py" "${dst##*/}" > "$dst.txt" 2>&1) || echo "(decode failed)" >> "$dst.txt"
-  done
-  [ "$n" -ge 1 ] || { echo "capture-golden: no session recorded for $name on $h" >&2; exit 1; }
-  echo "captured $name on $h: $n session(s) -> tests/golden/serve/$name.*"
-}
+BASE_PORT=${LAB_BASE_PORT:-2400}
+# shellcheck source=lib.sh
+. "$LAB_DIR/lib.sh"
+begin() { capture_begin "$1"; }
+finish() { capture_finish "$1" "$2" "$OUT"; }
 ship_bb() { C nix copy --no-check-sigs --to "ssh://$1" "$bb" >/dev/null 2>&1; }  # inputs for builds, not recorded
 
 for name in $NAMES; do

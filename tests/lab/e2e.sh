@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of nix-relay with stock Nix 2.8 on both sides.
 #
-#   tests/lab/e2e.sh                 relay mode: client -> ssh://relay -> h1..h3
-#   E2E_DIRECT=1 tests/lab/e2e.sh    direct mode: client -> ssh://h1..h3 (no relay;
-#                                    validates the harness itself; relay-only checks SKIP)
+#   tests/lab/e2e.sh                 client -> ssh://relay -> h1..h3
 #
 # Brings up the lab (tests/lab/hosts.sh up 3 --fresh), starts the relay
 # (RELAY_BIN serve --config STATE/relay.toml, in the root mount namespace), runs
@@ -15,10 +13,9 @@
 #      E2E_SCENARIOS (names, space-separated: run a subset), E2E_KEEP=1 (leave the lab
 #      and relay running afterwards, for debugging), E2E_KEEP_STORES=1 (don't
 #      empty the lab stores at start), E2E_TIMEOUT (seconds per nix command, 300).
-# Scenarios live in scenarios/*.sh (helpers in lib.sh); those marked
-# sc_NAME_relay=1 need the relay and SKIP in direct mode. A scenario that
+# Scenarios live in scenarios/*.sh (helpers in lib.sh). A scenario that
 # cannot run (e.g. no HTTP binary cache yet) reports SKIP with its reason;
-# under CI (CI set, not "false") such a skip in relay mode is a FAIL with that
+# under CI (CI set, not "false") such a skip is a FAIL with that
 # reason (lib.sh: skips_fail), as is a part of a scenario skipped (skip_part).
 # Logs: STATE/e2e/<scenario>.log, STATE/relay.log, STATE/hosts/hN/log/.
 set -euo pipefail
@@ -33,10 +30,8 @@ NHOSTS=3
 # client namespaces: client client2 client3 (hosts.sh up makes LAB_CLIENTS of them)
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
-SCENARIOS=${E2E_SCENARIOS:-a b c d e f g j k n l hostile_auth hostile_exec hostile_channels fault_handshake fault_disk fault_restart ec2_launch ec2_sweep freeze poison}
-DIRECT=${E2E_DIRECT:-0}
+SCENARIOS=${E2E_SCENARIOS:-c j k n l hostile_auth hostile_exec hostile_channels fault_handshake fault_disk fault_restart ec2_launch ec2_sweep freeze poison}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
-[ "$DIRECT" = 1 ] && MODE=direct || MODE=relay
 LOGS=$STATE/e2e
 SEED=e2e-$(date +%s)-$$
 pass=0; failn=0; skipn=0
@@ -62,7 +57,7 @@ trap 'exit 130' INT TERM
 if [ "$(id -u)" != 0 ]; then echo "e2e: must run as root" >&2; echo "0 passed, 1 failed"; exit 1; fi
 mkdir -p "$STATE"
 rm -rf "$LOGS"; mkdir -p "$LOGS"
-echo "e2e: mode=$MODE state=$STATE seed=$SEED"
+echo "e2e: state=$STATE seed=$SEED"
 up_args=("$NHOSTS"); [ "${E2E_KEEP_STORES:-0}" = 1 ] || up_args+=(--fresh)
 if ! "$HS" up "${up_args[@]}" > "$LOGS/hosts-up.log" 2>&1; then
   cat "$LOGS/hosts-up.log"
@@ -74,21 +69,16 @@ for f in "$STATE"/hosts/h*/log/commands.log; do [ -f "$f" ] && : > "$f"; done
 # the backends have nothing in their stores: copy nothing in advance (the
 # client's builds must ship busybox and all inputs themselves)
 
-if [ "$MODE" = relay ]; then
-  BUILDERS=$(cat "$STATE/machines-relay")
-  if ! "$HS" relay start > "$LOGS/relay-start.log" 2>&1; then
-    cat "$LOGS/relay-start.log"
-    echo "FAIL setup: the relay did not start"
-    echo "0 passed, 1 failed"; exit 1
-  fi
+BUILDERS=$(cat "$STATE/machines-relay")
+if ! "$HS" relay start > "$LOGS/relay-start.log" 2>&1; then
   cat "$LOGS/relay-start.log"
-else
-  BUILDERS=@$STATE/machines
+  echo "FAIL setup: the relay did not start"
+  echo "0 passed, 1 failed"; exit 1
 fi
+cat "$LOGS/relay-start.log"
 echo "e2e: builders: $BUILDERS"
 # ---- helpers and scenarios --------------------------------------------------------
-# lib.sh: helpers. scenarios/*.sh: each defines sc_NAME (a function), sc_NAME_desc
-# and, if it needs the relay (skipped in direct mode), sc_NAME_relay=1.
+# lib.sh: helpers. scenarios/*.sh: each defines sc_NAME (a function) and sc_NAME_desc.
 # shellcheck source=lib.sh
 . "$LAB_DIR/lib.sh"
 for f in "$LAB_DIR"/scenarios/*.sh; do
@@ -97,16 +87,10 @@ for f in "$LAB_DIR"/scenarios/*.sh; do
 done
 
 # ---- run ----------------------------------------------------------------------------
-relay_only() { [ "$1" = f ] && return 0; return 1; }
-needs_relay() { local v="sc_${1}_relay"; [ "${!v:-0}" = 1 ]; }
 for s in $SCENARIOS; do
   desc_var="sc_${s}_desc"
   if ! declare -F "sc_$s" >/dev/null; then echo "FAIL $s: no such scenario"; failn=$((failn + 1)); continue; fi
   desc=${!desc_var}
-  if [ "$MODE" = direct ] && needs_relay "$s"; then
-    echo "SKIP $s: $desc (relay mode only)"; skipn=$((skipn + 1)); continue
-  fi
-  [ "$MODE" = direct ] && relay_only "$s" && desc="$desc (direct: unknown key vs h1 only; relay checks skipped)"
   log=$LOGS/$s.log
   t=$(date +%s%N)
   set +e
@@ -131,37 +115,28 @@ for s in $SCENARIOS; do
     *)
       echo "FAIL $s: $desc ($(secs "$t")): ${v#FAIL }"
       sed 's/^/    | /' "$log" | tail -15
-      [ "$MODE" = relay ] && { echo "    relay.log (last 10 lines):"; tail -10 "$STATE/relay.log" 2>/dev/null | sed 's/^/    | /'; }
+      echo "    relay.log (last 10 lines):"; tail -10 "$STATE/relay.log" 2>/dev/null | sed 's/^/    | /'
       failn=$((failn + 1));;
   esac
 done
-if [ "$MODE" = direct ] && [[ " $SCENARIOS " == *" f "* ]]; then
-  echo "SKIP f: 'ssh relay echo hi' / 'ssh -tt relay' refusals (relay mode only)"
-  skipn=$((skipn + 1))
-fi
-
 # relay still alive at the end (it must survive everything above)
-if [ "$MODE" = relay ]; then
-  if "$HS" relay status >/dev/null 2>&1; then
-    echo "PASS z: the relay is still running after all scenarios"; pass=$((pass + 1))
-  else
-    echo "FAIL z: the relay is not running any more (see $STATE/relay.log)"; failn=$((failn + 1))
-  fi
+if "$HS" relay status >/dev/null 2>&1; then
+  echo "PASS z: the relay is still running after all scenarios"; pass=$((pass + 1))
+else
+  echo "FAIL z: the relay is not running any more (see $STATE/relay.log)"; failn=$((failn + 1))
 fi
 
 # the relay drove its backends over the configured protocol, and only that
-if [ "$MODE" = relay ]; then
-  want="nix-store --serve --write"; other="nix-daemon --stdio"
-  [ "${LAB_BACKEND_PROTO:-ssh}" = ssh-ng ] && { want="nix-daemon --stdio"; other="nix-store --serve"; }
-  cmds=$(cat "$STATE"/hosts/h*/log/commands.log 2>/dev/null || true)
-  if grep -q -- "$want" <<<"$cmds" && ! grep -q -- "$other" <<<"$cmds"; then
-    echo "PASS y: backends were driven with '$want' only (${LAB_BACKEND_PROTO:-ssh}://)"; pass=$((pass + 1))
-  else
-    echo "FAIL y: backends' commands.log do not show only '$want'"; failn=$((failn + 1))
-  fi
+want="nix-store --serve --write"; other="nix-daemon --stdio"
+[ "${LAB_BACKEND_PROTO:-ssh}" = ssh-ng ] && { want="nix-daemon --stdio"; other="nix-store --serve"; }
+cmds=$(cat "$STATE"/hosts/h*/log/commands.log 2>/dev/null || true)
+if grep -q -- "$want" <<<"$cmds" && ! grep -q -- "$other" <<<"$cmds"; then
+  echo "PASS y: backends were driven with '$want' only (${LAB_BACKEND_PROTO:-ssh}://)"; pass=$((pass + 1))
+else
+  echo "FAIL y: backends' commands.log do not show only '$want'"; failn=$((failn + 1))
 fi
 
 teardown
-echo "e2e: mode=$MODE, $(secs "$T0") total, logs in $LOGS"
+echo "e2e: $(secs "$T0") total, logs in $LOGS"
 echo "$pass passed, $failn failed"
 [ "$failn" = 0 ]

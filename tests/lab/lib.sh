@@ -39,14 +39,11 @@ remote_builds() {
   local n bad
   n=$(grep -c "^building '[^']*' on '" "$BLOG" || true)
   if grep -Eq "^building '[^']*'\.\.\.$" "$BLOG"; then fail "client log shows a LOCAL build: $(grep -E "^building '[^']*'\.\.\.$" "$BLOG" | head -1)"; fi
-  if [ "$MODE" = relay ]; then
-    bad=$(grep "^building '[^']*' on '" "$BLOG" | grep -vc "on 'ssh://relay'" || true)
-    [ "$bad" = 0 ] || fail "client sent $bad build(s) somewhere else than ssh://relay"
-  fi
+  bad=$(grep "^building '[^']*' on '" "$BLOG" | grep -vc "on 'ssh://relay'" || true)
+  [ "$bad" = 0 ] || fail "client sent $bad build(s) somewhere else than ssh://relay"
   echo "$n"
 }
 relay_alive() {
-  [ "$MODE" = relay ] || return 0
   "$HS" relay status >/dev/null 2>&1 || fail "the relay is not running (crashed? see $STATE/relay.log)"
 }
 # skip REASON: the scenario cannot run here (reported as SKIP, counted neither
@@ -54,10 +51,9 @@ relay_alive() {
 skip() { echo "SKIP-REASON: $*" >&2; exit 77; }
 # note TEXT: printed under the scenario's PASS line
 note() { echo "NOTE: $*" >&2; }
-# skips_fail: under CI (CI set, not "false") in relay mode nothing may be
-# skipped: everything is set up, so a skip means something is broken. Direct
-# mode (E2E_DIRECT=1, never CI) skips the relay-only checks legitimately.
-skips_fail() { [ "$MODE" = relay ] && [ -n "${CI:-}" ] && [ "${CI:-}" != false ]; }
+# skips_fail: under CI (CI set, not "false") nothing may be skipped:
+# everything is set up, so a skip means something is broken.
+skips_fail() { [ -n "${CI:-}" ] && [ "${CI:-}" != false ]; }
 # verdict RC LOG: a scenario's result from its exit status and log: "PASS",
 # "SKIP <reason>" (exit 77 with a SKIP-REASON, unless skips_fail) or
 # "FAIL <reason>" (its last REASON line, the skip's reason, or the status)
@@ -68,7 +64,7 @@ verdict() {
   [ "$rc" != 77 ] || why=$(grep '^SKIP-REASON: ' "$log" | tail -1 | sed 's/^SKIP-REASON: //' || true)
   if [ -n "$why" ] && ! skips_fail; then echo "SKIP $why"; return 0; fi
   reason=$(grep '^REASON: ' "$log" | tail -1 | sed 's/^REASON: //' || true)
-  [ -n "$reason" ] || [ -z "$why" ] || reason="skipped under CI=$CI (relay mode: every scenario must run): $why"
+  [ -n "$reason" ] || [ -z "$why" ] || reason="skipped under CI=$CI (every scenario must run): $why"
   echo "FAIL ${reason:-exit status $rc (see $log)}"
 }
 # skip_part WHAT: a part of a scenario cannot run here: a note, or a failure
@@ -178,4 +174,33 @@ PY
 built_on() {
   tail -c +"$((OFF + 1))" "$STATE/relay.log" | grep -a "drv=\"$1\"" | grep -a ' build finished ' \
     | grep -o 'backend=h[0-9a-z]*' | sed 's/backend=//' | sort -u | tr '\n' ' '
+}
+
+# ---- golden transcript capture (capture-golden*.sh) ----------------------------
+# capture_begin HOST: clean HOST's transcript dir and start recording
+capture_begin() {
+  local hd=$STATE/hosts/$1
+  rm -rf "$hd/transcripts"; mkdir -p "$hd/transcripts"; touch "$hd/capture"
+}
+# capture_finish HOST NAME OUTDIR: stop recording, wait for the sessions to
+# end, copy each as OUTDIR/NAME[.N].{c2s,s2c,stderr} and decode it (.txt)
+capture_finish() {
+  local h=$1 name=$2 out=$3 hd=$STATE/hosts/$1 i e pending f n=0 base dst ext
+  rm -f "$hd/capture"
+  for i in $(seq 1 200); do
+    pending=0
+    for e in "$hd"/transcripts/*.events; do [ -e "$e" ] && [ ! -e "${e%.events}.meta" ] && pending=1; done
+    [ "$pending" = 0 ] && break
+    sleep 0.05
+  done
+  rm -f "$out/$name".* "$out/$name".[0-9]*
+  for f in "$hd"/transcripts/*.meta; do
+    [ -e "$f" ] || continue
+    base=${f%.meta}; n=$((n + 1))
+    dst=$out/$name; [ "$n" = 1 ] || dst=$out/$name.$n
+    for ext in c2s s2c stderr; do cp "$base.$ext" "$dst.$ext" 2>/dev/null || : > "$dst.$ext"; done
+    (cd "$out" && python3 "$LAB_DIR/bin/decode.py" "${dst##*/}" > "$dst.txt" 2>&1) || echo "(decode failed)" >> "$dst.txt"
+  done
+  [ "$n" -ge 1 ] || { echo "capture: no session recorded for $name on $h" >&2; exit 1; }
+  echo "captured $name on $h: $n session(s) -> ${out#"$REPO"/}/$name.*"
 }

@@ -27,6 +27,15 @@ m_dag() {
   for i in 0 1 2; do n=$((n + $(m_finished "lab-leaf-$i"))); done
   n=$((n + $(m_finished lab-top)))
   [ "$n" = 4 ] || fail "relay.log has $n 'build finished' lines for top and its 3 leaves, expected 4"
+  # shellcheck disable=SC2086
+  on_backends $clos
+}
+
+# on_backends PATH...: each is valid on some backend, and none on the relay's machine
+on_backends() {
+  local p
+  for p in "$@"; do [ -n "$(hosts_with "$p")" ] || fail "$p is in no backend's store"; done
+  not_on_relay_machine "$@"
 }
 
 # feature: a big-parallel derivation is built on h1 (the only host with it)
@@ -41,12 +50,19 @@ m_feature() {
 
 # multi: 4 outputs of 4 MiB: every one valid and verified on the client
 m_multi() {
-  local outs n
+  local outs n out
   outs=$(m_build multi4.all "$SEED") || fail "nix-build -A multi4.all failed: $(grep -a error "$BLOG" | tail -2)"
   n=$(echo "$outs" | wc -l)
   [ "$n" = 4 ] || fail "nix-build printed $n outputs, expected 4"
   # shellcheck disable=SC2086
   m_valid $outs
+  # every NAR feature: odd names, a symlink, the executable bit, an empty file
+  out=$(m_build many "$SEED") || fail "nix-build -A many failed: $(tail -3 "$BLOG")"
+  m_valid "$out"
+  in_ns "$NS" sh -c "test -f '$out/name with spaces & ünïcode' && test -L $out/link && test -x $out/bin/run \
+    && test -f $out/empty-file && test ! -s $out/empty-file && [ \$(ls $out/a | wc -l) = 301 ]" \
+    || fail "many: a file, link, mode or entry count differs"
+  on_backends "$out"
 }
 
 # fail: the build fails and the client sees the failing builder's last line
@@ -54,15 +70,23 @@ m_fail() {
   if m_build fail "$SEED" >/dev/null; then fail "nix-build -A fail succeeded"; fi
   grep -q 'lab-fail: about to fail on purpose' "$BLOG" || fail "the client log lacks the builder's line: $(tail -2 "$BLOG")"
   grep -qi 'error' "$BLOG" || fail "the client log has no error"
+  relay_alive
 }
 
 # big: 64 MiB, verified, exactly 64 MiB
 m_big() {
-  local out size
+  local out size ch h
   out=$(m_build big "$SEED" --arg bigMiB 64) || fail "nix-build -A big failed: $(tail -3 "$BLOG")"
   m_valid "$out"
   size=$(in_ns "$NS" stat -c %s "$out")
   [ "$size" = $((64 * 1048576)) ] || fail "big is $size bytes, expected 64 MiB"
+  # the client's narHash is the backend's, and the backend's copy verifies
+  ch=$(in_ns "$NS" nix-store -q --hash "$out")
+  for h in $(hosts_with "$out"); do
+    [ "$(in_ns "$h" nix-store -q --hash "$out")" = "$ch" ] || fail "narHash differs between $NS and $h"
+    in_ns "$h" nix-store --verify-path "$out" || fail "$h: verify-path $out failed"
+  done
+  on_backends "$out"
 }
 
 # cachehit SEED2: the DAG another client kind built (seed SEED2) comes from the

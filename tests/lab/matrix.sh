@@ -36,7 +36,6 @@ export RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 HS=$LAB_DIR/hosts.sh
 DRV=$LAB_DIR/drv
 NHOSTS=2
-MODE=relay
 TMO=${E2E_TIMEOUT:-300}
 BACKENDS=${MATRIX_BACKENDS:-2.8/ssh 2.8/ssh-ng 2.34/ssh 2.34/ssh-ng}
 CLIENTS=${MATRIX_CLIENTS:-2.8/ssh 2.8/ssh-ng 2.26/ssh 2.26/ssh-ng 2.34/ssh 2.34/ssh-ng}

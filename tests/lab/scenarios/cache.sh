@@ -2,7 +2,6 @@
 # the tee (dedup and cache hits, h and i, are tests/engine_build.rs and
 # tests/engine_cache.rs). Sourced by e2e.sh; helpers in lib.sh.
 
-sc_j_relay=1
 sc_j_desc="substitution over HTTP: right key works (nothing built), wrong key refused; narinfo signed"
 sc_j() {
   local s=$SEED-j out refs p pub wrong rc ni i
@@ -48,7 +47,6 @@ sc_j() {
   echo "  substituted $out and its $(echo "$refs" | wc -w) references from $HTTP_URL"
 }
 
-sc_k_relay=1
 sc_k_desc="untrusted client eve: refused at once without an untrusted backend; on h3u its upload and output stay private (not public, not HTTP, not for lab)"
 sc_k() {
   local s=$SEED-k f=$LOGS/k-eve.nix out src p h rc i pub u
@@ -120,7 +118,6 @@ NIX
   echo "  eve: nix path-info --store ssh://relay-eve sees both"
 }
 
-sc_l_relay=1
 sc_l_desc="relay killed -9 while teeing -A big (a partial NAR growing in tmp/, no narinfo): store consistent, tmp/ emptied on restart, rebuild works"
 # tee_growing PREV CUR: "PATH OLD NEW" of a .nar in cache/tmp that grew between two
 # samples ("PATH SIZE" lines), or nothing

@@ -165,7 +165,6 @@ assert 0 < e["spent_today"] <= e["budget_per_day"], e
 PY
 }
 
-sc_ec2_launch_relay=1
 sc_ec2_launch_desc="EC2 (moto): an aarch64 build with no static aarch64 backend launches the ARM template; the instance joins with its pinned host key, builds, and is terminated when idle"
 sc_ec2_launch() {
   local s=$SEED-ec2 id out bpid
@@ -190,7 +189,6 @@ sc_ec2_launch() {
   echo "  built $out on ec2-arm-0 (stand-in h2), then terminated on idle"
 }
 
-sc_ec2_sweep_relay=1
 sc_ec2_sweep_desc="EC2 (moto): kill -9 the relay with an instance up; nix-relay ec2 sweep --dry-run lists it, sweep terminates it; none left"
 sc_ec2_sweep() {
   local s=$SEED-ec2s id bpid listed

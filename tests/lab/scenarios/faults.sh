@@ -58,7 +58,6 @@ build2() {
     --max-jobs 0 --builders "$R2_BUILDERS" "$@" 2>"$lg"
 }
 
-sc_fault_handshake_relay=1
 sc_fault_handshake_desc="clients that never finish the SSH or protocol handshake are dropped after handshake_timeout (5 s here); a concurrent build succeeds"
 sc_fault_handshake() {
   local s=$SEED-fh port=$((BASE_PORT + 90)) bg pids="" k rc out
@@ -95,7 +94,6 @@ sc_fault_handshake() {
   kill -0 "$R2_PID" || fail "relay2 died"
 }
 
-sc_fault_disk_relay=1
 sc_fault_disk_desc="state dir on a 30 MiB tmpfs: a 60 MiB upload and a 100 MiB output fail with ENOSPC named, no partial entry, tmp/ emptied; after growing the tmpfs both succeed"
 sc_fault_disk() {
   local s=$SEED-fdisk port=$((BASE_PORT + 92)) rc out ni f=$LOGS/fdisk.input p lg
@@ -131,7 +129,6 @@ sc_fault_disk() {
   CACHE=$R2_STORE/cache store_consistent "after space returned"
 }
 
-sc_fault_restart_relay=1
 sc_fault_restart_desc="relay killed -9 under 3 running builds (ssh and ssh-ng): clients fail clearly, store consistent after restart, the builds then succeed"
 sc_fault_restart() {
   local s=$SEED-fr ng pid i ns rc bad=0 out started b p pids=""

@@ -30,7 +30,6 @@ thaw() {
 }
 freeze_cleanup() { thaw; relay2_stop; }
 
-sc_freeze_relay=1
 sc_freeze_desc="every process of a backend stopped mid-build, client sent no limits: the relay gives the backend up after backend_stall_timeout (${FREEZE_STALL} s here), the build succeeds elsewhere, status and metrics show it down"
 sc_freeze() {
   local s=$SEED-freeze bg host t0 took limit i last st

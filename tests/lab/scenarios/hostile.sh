@@ -25,7 +25,6 @@ saw_refusal() {
   return 1
 }
 
-sc_hostile_auth_relay=1
 sc_hostile_auth_desc="password, keyboard-interactive and unknown keys are refused; only publickey is offered"
 sc_hostile_auth() {
   local m rc k=$LOGS/hostile_unknown_key o
@@ -55,7 +54,6 @@ sc_hostile_auth() {
   relay_alive
 }
 
-sc_hostile_exec_relay=1
 sc_hostile_exec_desc="'bash', 'nix-store --serve; rm -rf /' and other command tricks exit 1 with a reason; nothing runs (canary)"
 sc_hostile_exec() {
   local canary=$STATE/hostile-canary cmd rc i=0 o
@@ -84,7 +82,6 @@ sc_hostile_exec() {
   relay_alive
 }
 
-sc_hostile_channels_relay=1
 sc_hostile_channels_desc="-L/-R forwarding, -A agent, -t pty, -s sftp, env and X11 requests are refused at the SSH layer"
 sc_hostile_channels() {
   local off rc o lport=$((BASE_PORT + 91)) fwd got agent

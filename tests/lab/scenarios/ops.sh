@@ -5,7 +5,6 @@
 # tests/engine_timeouts.rs.
 # Sourced by e2e.sh; helpers in lib.sh.
 
-sc_n_relay=1
 sc_n_desc="ssh-ng:// client -> relay: DAG, feature, foreign, failing and 200 MiB builds; nix copy --to/--from ssh-ng://relay"
 sc_n() {
   local s=$SEED-n ng out p h n

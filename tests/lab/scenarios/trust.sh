@@ -33,7 +33,6 @@ eve_build() {
   in_ns client3 nix-build "$1" --no-out-link --max-jobs 0 --builders "$(cat "$STATE/machines-relay-eve")" 2>"$2"
 }
 
-sc_poison_relay=1
 sc_poison_desc="eve plants a doctored copy of lab's output path and builds with it; lab's build and the HTTP cache stay honest"
 sc_poison() {
   local s=$SEED-poison target=$LOGS/poison-target.nix evil=$LOGS/poison-eve.nix drv out lab2 got pub i r
