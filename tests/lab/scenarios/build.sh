@@ -6,7 +6,7 @@
 
 sc_c_desc="-A foreign (aarch64-linux, arm64 busybox) runs arm64 code, on h2 only"
 sc_c() {
-  local out hs got
+  local out hs got h1
   "$LAB_DIR/aarch64.sh" check || fail "no real aarch64 here (tests/lab/aarch64.sh check)"
   out=$(build foreign "$SEED-c") || { tail -5 "$BLOG"; fail "nix-build -A foreign failed"; }
   client_valid "$out"
@@ -17,4 +17,10 @@ sc_c() {
   hs=$(hosts_with "$out")
   [ "$hs" = h2 ] || fail "output is valid on [$hs], expected only h2"
   not_on_relay_machine "$out"
+  # sent straight to x86_64-only h1 (as if it were aarch64) the same kind of
+  # build fails there: the routing is what makes it work
+  h1=$(grep '^ssh://h1 ' "$STATE/machines" | awk '{$2 = "aarch64-linux"; print}')
+  if build foreign "$SEED-c-x86" --builders "$h1" >/dev/null; then fail "-A foreign built on x86_64-only h1"; fi
+  grep -q "aarch64-linux" "$BLOG" || fail "h1's refusal does not name aarch64-linux: $(tail -2 "$BLOG")"
+  echo "  on h1: $(grep -m1 -i 'error\|required' "$BLOG")"
 }
