@@ -99,6 +99,10 @@ ln -sfn busybox "$bb/sh"
 # (/var/cache/nix-relay-ci/roots; NIX_RELAY_ROOTS): cheap when present.
 "$LAB/roots.sh" ensure
 
+# ---- the lab's stand-in for cache.nixos.org (tests/lab/upstream.sh) ----------
+# a signed binary cache of a generated ~1.35 GiB closure, made once outside the clone
+"$LAB/upstream.sh" ensure
+
 # ---- moto: the EC2 API double (tests/ec2_moto.rs, tests/lab/scenarios/ec2.sh) --
 # A venv of its own (Debian's python3, pinned version); the harness starts
 # `moto_server` on 127.0.0.1 with fake credentials.

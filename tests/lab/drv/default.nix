@@ -6,7 +6,7 @@
 #
 #   nix-build drv -A top --argstr seed "$RANDOM"      # 10 leaves + 1 top (a DAG)
 #   nix-build drv -A big --arg bigMiB 200             # one 200 MiB file of seeded random-ish bytes
-#   attributes: leaves top big many multi multi4 noisy slow marked fail feature foreign smoke
+#   attributes: leaves top big many multi multi4 noisy slow marked fail feature foreign consumer smoke
 #
 # `seed` is mixed into every derivation: pass a fresh one to get fresh store
 # paths (nothing already built / already copied).
@@ -129,8 +129,6 @@ in rec {
   };
 
   # Foreign system: must never build on the x86_64 client, only be routed.
-  # (The builder is still x86_64 busybox, so a backend that claims
-  # extra-platforms = aarch64-linux can "build" it.)
   # Real arm64 code: Debian's arm64 busybox (tests/lab/aarch64.sh), run by
   # qemu-user through binfmt_misc on the aarch64-linux backend.
   foreign = mk {
@@ -138,6 +136,15 @@ in rec {
     system = "aarch64-linux";
     builder = "${bbArm}/bin/sh";
     script = ''echo "machine=$(uname -m)" > $out'';
+  };
+
+  # Needs the generated upstream closure (drv/upstream.nix, ~1.35 GiB),
+  # which tests/lab/upstream.sh serves as the lab's cache.nixos.org: what a
+  # real derivation's inputs look like.
+  consumer = mk {
+    name = "consumer";
+    deps = [ (import ./upstream.nix { inherit bbDir; }).top ];
+    script = ''mkdir $out; for d in $deps; do wc -l < $d/refs > $out/inputs; done'';
   };
 
   # Four outputs of multiMiB MiB each (the lab's matrix: all valid on the client after).
