@@ -5,7 +5,8 @@
 # Backends h1..hN: ssh://root@127.0.0.1:$((LAB_BASE_PORT+N)), the lab key,
 # the host's pinned ed25519 host key, and the same systems / features /
 # max-jobs the backend's own nix.conf declares (see hosts.sh).
-# LAB_BACKEND_PROTO=ssh-ng makes the backends ssh-ng:// (nix-daemon --stdio).
+# LAB_BACKEND_PROTO=ssh-ng makes the backends ssh-ng:// (nix-daemon --stdio);
+# LAB_H<N>_RELAY_PORT makes the relay dial hN on that port instead.
 # Clients: "lab" (keys/id_lab, trusted) and "eve" (keys/id_eve, untrusted).
 # Cache: signed with $LAB_STATE/keys/relay-cache.sec (the relay creates it and
 # relay-cache.sec.pub, "nix-relay-lab-1:<base64>", for trusted-public-keys),
@@ -77,7 +78,8 @@ tmp=$OUT.tmp.$$
     echo
     echo "[[backend]]"
     echo "name = \"h$i\""
-    echo "uri = \"${LAB_BACKEND_PROTO:-ssh}://root@127.0.0.1:$((BASE_PORT + i))\""
+    port=LAB_H${i}_RELAY_PORT   # the port the relay dials for hN (a bench may put a counter there)
+    echo "uri = \"${LAB_BACKEND_PROTO:-ssh}://root@127.0.0.1:${!port:-$((BASE_PORT + i))}\""
     echo "ssh_key = \"$STATE/keys/id_lab\""
     echo "host_key = \"$(cut -d' ' -f1,2 "$hk")\""
     echo "systems = $systems"
