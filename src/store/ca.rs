@@ -8,7 +8,7 @@
 //! when every reference is public (a public entry must not need a private
 //! one); otherwise it stays in the untrusted client's private scope.
 
-use super::{Error, NarWriter, Provenance, Scope, Store};
+use super::{Error, NarWriter, Scope, Store};
 use crate::wire::nar::{NarNode, encode_nar};
 use crate::wire::path_info::ValidPathInfo;
 
@@ -36,15 +36,7 @@ impl Store {
                 }
             }
         }
-        let scope = if public {
-            Scope::Public
-        } else {
-            Scope::Private(client.to_owned())
-        };
-        let prov = Provenance::Uploaded {
-            client: client.to_owned(),
-            trusted,
-        };
+        let (scope, prov) = super::uploaded(client, trusted, public);
         writer
             .commit(info, super::Verify::Computed, &scope, &prov)
             .await

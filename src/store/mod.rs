@@ -119,6 +119,21 @@ pub enum Provenance {
     Uploaded { client: String, trusted: bool },
 }
 
+/// The scope and provenance of an upload by `client` that is public or
+/// private to it as `public` says.
+fn uploaded(client: &str, trusted: bool, public: bool) -> (Scope, Provenance) {
+    let scope = if public {
+        Scope::Public
+    } else {
+        Scope::Private(client.to_owned())
+    };
+    let prov = Provenance::Uploaded {
+        client: client.to_owned(),
+        trusted,
+    };
+    (scope, prov)
+}
+
 impl Provenance {
     fn render(&self) -> String {
         match self {
@@ -378,16 +393,7 @@ impl Store {
                 );
             }
         }
-        let scope = if trusted {
-            Scope::Public
-        } else {
-            Scope::Private(client.to_owned())
-        };
-        let prov = Provenance::Uploaded {
-            client: client.to_owned(),
-            trusted,
-        };
-        (scope, prov)
+        uploaded(client, trusted, trusted)
     }
 
     /// Closure of `roots` over references, references before referrers,
