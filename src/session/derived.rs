@@ -419,11 +419,7 @@ impl Run<'_> {
 async fn step(drv: StorePath, mut handle: BuildHandle) -> (StorePath, Progress) {
     match handle.next().await {
         Some(event) => (drv, Progress::Event(handle, event)),
-        None => {
-            let lost = "nix-relay: the build ended without a result";
-            let r = BuildResult::failure(BuildStatus::MiscFailure, lost);
-            (drv, Progress::Stored(r))
-        }
+        None => (drv, Progress::Stored(super::handle::lost())),
     }
 }
 

@@ -172,7 +172,8 @@ impl BuildHandle {
     }
 }
 
-fn lost() -> BuildResult {
+/// The result of a build whose flight ended without one.
+pub(super) fn lost() -> BuildResult {
     BuildResult::failure(
         BuildStatus::MiscFailure,
         "nix-relay: the build task ended without a result",

@@ -154,21 +154,21 @@ where
     /// A build's events to the client's stderr, as text; its result, and
     /// its outputs kept for the client to fetch.
     async fn stream(&mut self, mut build: BuildHandle) -> BuildResult {
-        loop {
-            match build.next().await {
-                Some(BuildEvent::Done { result, pending }) => {
+        while let Some(event) = build.next().await {
+            match event {
+                BuildEvent::Done { result, pending } => {
                     self.pending = pending;
                     return result;
                 }
-                Some(event) => {
+                event => {
                     if let Some(text) = event.text() {
                         // A gone client only means nobody reads its log.
                         let _ = self.log.send(text).await;
                     }
                 }
-                None => unreachable!("a build handle ends with Done"),
             }
         }
+        super::handle::lost()
     }
 
     async fn import_paths(&mut self) -> Result<(), Error> {

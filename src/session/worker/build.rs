@@ -58,20 +58,16 @@ where
         mut build: BuildHandle,
         mut acts: ClientActs,
     ) -> Result<(BuildResult, Option<Pending>, Vec<StderrMsg>), Error> {
-        loop {
-            match build.next().await {
-                Some(BuildEvent::Done { result, pending }) => {
-                    return Ok((result, pending, acts.finish()));
-                }
-                Some(event) => {
-                    let msgs = acts.event(event, &mut self.next_activity);
-                    if !msgs.is_empty() {
-                        self.reply(&msgs, None).await?;
-                    }
-                }
-                None => unreachable!("a build handle ends with Done"),
+        while let Some(event) = build.next().await {
+            if let BuildEvent::Done { result, pending } = event {
+                return Ok((result, pending, acts.finish()));
+            }
+            let msgs = acts.event(event, &mut self.next_activity);
+            if !msgs.is_empty() {
+                self.reply(&msgs, None).await?;
             }
         }
+        Ok((crate::session::handle::lost(), None, acts.finish()))
     }
 }
 
