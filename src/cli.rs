@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::front::server::{FrontEnd, serve_connection};
 use crate::scheduler::history::{self, History};
 use crate::scheduler::{ReloadSummary, Scheduler};
-use crate::session::Relay;
+use crate::session::Core;
 use crate::store::Store;
 
 #[derive(Parser)]
@@ -186,25 +186,25 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
         handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes as usize)),
     });
     let metrics = install_metrics(&config, &front.relay);
-    spawn_scheduler_tick(front.relay.scheduler.clone());
+    spawn_scheduler_tick(front.relay.scheduler().clone());
     let ec2 = match &config.ec2 {
         Some(c) => Some(
-            crate::ec2::cli::start(c, front.relay.scheduler.clone(), &config.server.state_dir)
+            crate::ec2::cli::start(c, front.relay.scheduler().clone(), &config.server.state_dir)
                 .await?,
         ),
         None => None,
     };
-    tokio::spawn(save_history_periodically(front.relay.scheduler.clone()));
+    tokio::spawn(save_history_periodically(front.relay.scheduler().clone()));
     if let Some(addr) = config.http_listen {
         spawn_http(addr, front.relay.clone(), metrics).await?;
     }
     if let Some(addr) = config.admin_listen {
-        let bound = crate::http::admin::spawn(addr, front.relay.scheduler.clone())
+        let bound = crate::http::admin::spawn(addr, front.relay.scheduler().clone())
             .await
             .with_context(|| format!("listening for admin requests on {addr}"))?;
         info!(listen = %bound, "admin endpoint listening (loopback only)");
     }
-    tokio::spawn(reload_on_sighup(path, front.relay.scheduler.clone()));
+    tokio::spawn(reload_on_sighup(path, front.relay.scheduler().clone()));
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -228,7 +228,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
             }
             _ = shutdown_signal() => {
                 info!("shutting down");
-                save_history(front.relay.scheduler.clone()).await;
+                save_history(front.relay.scheduler().clone()).await;
                 if let Some(ec2) = ec2 {
                     ec2.shutdown().await;
                 }
@@ -241,7 +241,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> Result<()> {
 /// The relay core `serve` runs: the state dir, the signing key, the
 /// store, the scheduler with its history, the backend pool and the limits
 /// (also what `testing::harness` runs, so a test relay is this one).
-pub fn open_relay(config: &Config) -> Result<Arc<Relay>> {
+pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
     std::fs::create_dir_all(&config.server.state_dir)
         .with_context(|| format!("creating state dir {}", config.server.state_dir.display()))?;
     let signer =
@@ -255,7 +255,7 @@ pub fn open_relay(config: &Config) -> Result<Arc<Relay>> {
         max_log_bytes: config.cache.max_stored_log_bytes,
     };
     let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
-    let mut relay = Relay::new(
+    let relay = Core::new(
         store,
         Scheduler::with_history(
             config.backends.clone(),
@@ -265,10 +265,10 @@ pub fn open_relay(config: &Config) -> Result<Arc<Relay>> {
         config.limits,
         config.cache.keep_going,
     );
-    relay.client_timeouts = (config.clients.iter())
+    let timeouts = (config.clients.iter())
         .map(|c| (c.name.clone(), c.timeouts))
         .collect();
-    Ok(Arc::new(relay))
+    Ok(Arc::new(relay.with_client_timeouts(timeouts)))
 }
 
 /// Every second, backends whose backoff ended get their waiting jobs.
@@ -359,7 +359,7 @@ async fn shutdown_signal() {
 /// costs the metrics, so it is logged, not fatal.
 fn install_metrics(
     config: &Config,
-    relay: &Arc<Relay>,
+    relay: &Arc<Core>,
 ) -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     let systems = config
         .backends
@@ -392,7 +392,7 @@ fn install_metrics(
         loop {
             tick.tick().await;
             h.run_upkeep();
-            crate::metrics::store_bytes(relay.store.total_bytes());
+            crate::metrics::store_bytes(relay.store().total_bytes());
         }
     });
     Some(handle)
@@ -402,10 +402,10 @@ fn install_metrics(
 /// `/status` and `/metrics`.
 async fn spawn_http(
     addr: std::net::SocketAddr,
-    relay: Arc<Relay>,
+    relay: Arc<Core>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<()> {
-    let store = relay.store.clone();
+    let store = relay.store().clone();
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening for HTTP on {addr}"))?;

@@ -153,7 +153,7 @@ mod tests {
     use crate::http::client::http_get;
     use crate::http::status::router;
     use crate::session::BuildRecord;
-    use crate::session::Relay;
+    use crate::session::Core;
     use crate::session::flight::FlightKey;
     use crate::store::Scope;
     use crate::wire::store_path::StorePath;
@@ -168,7 +168,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path(), Default::default()).unwrap();
         let sched = crate::scheduler::Scheduler::new(vec![], 10);
-        let relay = Arc::new(Relay::new(store, sched, Default::default(), false));
+        let relay = Arc::new(Core::new(store, sched, Default::default(), false));
         let bob = Scope::Private("bob".into());
         let ok = crate::metrics::Outcome::Success;
         let took = std::time::Duration::from_secs(3);
@@ -185,7 +185,7 @@ mod tests {
                 took,
             ));
         }
-        let (_a, _) = relay.flights.attach(
+        let (_a, _) = relay.flights().attach(
             FlightKey {
                 scope: bob,
                 outputs: vec![path("secret-out")],
@@ -196,7 +196,7 @@ mod tests {
             scope: Scope::Public,
             outputs: vec![path("public-out")],
         };
-        let (_b, _) = relay.flights.attach(pubkey, false);
+        let (_b, _) = relay.flights().attach(pubkey, false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/status", listener.local_addr().unwrap());
         tokio::spawn(crate::http::serve(listener, router(relay, None)));

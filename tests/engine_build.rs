@@ -162,7 +162,7 @@ async fn failing_build_reports_the_failure_and_the_fakes_log() {
         // Kept for `nix log` (the cache's log/, served over HTTP).
         let deadline = tokio::time::Instant::now() + WAIT;
         let kept = loop {
-            let kept = t.relay.store.build_log(&drv_path, None).await.unwrap();
+            let kept = t.relay.store().build_log(&drv_path, None).await.unwrap();
             if kept.is_some() || tokio::time::Instant::now() > deadline {
                 break kept.unwrap_or_default();
             }

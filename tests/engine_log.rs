@@ -78,7 +78,7 @@ async fn flood_build(
         scope: Scope::Public,
         outputs: vec![drv::out_path(&d)],
     };
-    let (watch, created) = t.relay.flights.attach(key, true);
+    let (watch, created) = t.relay.flights().attach(key, true);
     assert!(!created, "the build's flight exists");
     let mut backlog_peak = 0;
     while !building.is_finished() {

@@ -15,11 +15,11 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Waits until the pool holds `n` idle sessions of backend `name`.
 async fn wait_idle(t: &TestRelay, name: &str, n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while t.relay.pool.idle_count(name) != n {
+    while t.relay.pool().idle_count(name) != n {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{name}: {} idle sessions, not {n}",
-            t.relay.pool.idle_count(name)
+            t.relay.pool().idle_count(name)
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -51,7 +51,7 @@ fn big_parallel(name: &str) -> (StorePath, BasicDerivation) {
 /// Waits until `n` jobs wait in the scheduler's queues.
 async fn wait_queued(t: &TestRelay, n: usize) {
     let waiting = || -> usize {
-        let snap = t.relay.scheduler.snapshot();
+        let snap = t.relay.scheduler().snapshot();
         snap.queues.iter().map(|q| q.waiting_seconds.len()).sum()
     };
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -59,7 +59,7 @@ async fn wait_queued(t: &TestRelay, n: usize) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never {n} waiting: {:?}",
-            t.relay.scheduler.snapshot().queues
+            t.relay.scheduler().snapshot().queues
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -135,7 +135,7 @@ async fn with_one_slot_a_second_clients_build_runs_before_the_first_clients_queu
         a_builds.push(spawn_build(t.client(Protocol::Serve, "lab").await, w));
     }
     wait_queued(&t, 8).await;
-    let snap = t.relay.scheduler.snapshot();
+    let snap = t.relay.scheduler().snapshot();
     let w: usize = snap.queues.iter().map(|q| q.waiting_seconds.len()).sum();
     let b = drv::derivation("slow-1s", SYS, &[]);
     let b_client = built(spawn_build(t.client(Protocol::Serve, "lab2").await, &b)).await;
@@ -211,7 +211,11 @@ async fn drained_backend_finishes_its_build_takes_no_new_one_until_undrained() {
     );
     assert_eq!(rec.builds_started, [slow_drv.0], "no new build on h1");
     assert!(!only_h1.is_finished(), "the big-parallel job waits for h1");
-    assert_eq!(t.relay.scheduler.snapshot().queues.len(), 1, "it is queued");
+    assert_eq!(
+        t.relay.scheduler().snapshot().queues.len(),
+        1,
+        "it is queued"
+    );
 
     h1.set_script(Script::default());
     drain("h1", false, &admin)
@@ -287,7 +291,7 @@ fn broken_reload_changes_nothing(t: &mut TestRelay, h3b: &str) {
     assert!(all.contains("systems is empty"), "{all}");
     assert!(all.contains("max_jobs must be at least 1"), "{all}");
     assert_eq!(t.backend_admin("h3b"), "active");
-    let snap = t.relay.scheduler.snapshot();
+    let snap = t.relay.scheduler().snapshot();
     let names: Vec<_> = snap
         .backends
         .iter()

@@ -358,13 +358,13 @@ async fn temp_roots_pin_paths_against_eviction_while_the_session_lasts() {
         c.call(&Request::AddTempRoot { path: sp(DEP) }, None).await,
         Ok(Reply::Ack)
     );
-    t.relay.store.evict_to(0).unwrap();
+    t.relay.store().evict_to(0).unwrap();
     assert!(t.stored(&sp(DEP)).await.is_some(), "rooted: kept");
     assert!(t.stored(&sp(DRV)).await.is_none(), "not rooted: evicted");
     c.w.shutdown().await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), c.session).await;
     ended.expect("session ends at EOF").unwrap().unwrap();
-    t.relay.store.evict_to(0).unwrap();
+    t.relay.store().evict_to(0).unwrap();
     assert!(
         t.stored(&sp(DEP)).await.is_none(),
         "the root ended with the session"
@@ -395,7 +395,7 @@ async fn build_logs_are_stored_and_served_to_real_nix_log() {
     let mut c = Raw::open(&t, "alice", true).await;
     let log = "building golden\nhello from the builder\n".repeat(50);
     assert_eq!(c.call(&add_log, Some(log.as_bytes())).await, Ok(Reply::Ack));
-    let stored = t.relay.store.build_log(&sp(DRV), None).await.unwrap();
+    let stored = t.relay.store().build_log(&sp(DRV), None).await.unwrap();
     assert_eq!(stored.as_deref(), Some(log.as_bytes()));
     // The .drv itself, so `nix log` can read it from the cache.
     let dep = StoreOp::AddTextToStore {
@@ -413,7 +413,7 @@ async fn build_logs_are_stored_and_served_to_real_nix_log() {
     let port = listener.local_addr().unwrap().port();
     let http = tokio::spawn(serve(
         listener,
-        router(HttpState::new(t.relay.store.root())),
+        router(HttpState::new(t.relay.store().root())),
     ));
     let home = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new("nix")

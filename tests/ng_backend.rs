@@ -14,14 +14,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use nix_relay::backend::{self, BackendConn};
+use nix_relay::buildlog::{Collect, EventSink, LogEvent};
 use nix_relay::config::{Backend, BackendUri};
 use nix_relay::wire::Limits;
 use nix_relay::wire::build::{BasicDerivation, BuildOptions, BuildStatus, DerivationOutput};
 use nix_relay::wire::hash::Sha256Hash;
 use nix_relay::wire::path_info::ValidPathInfo;
 use nix_relay::wire::store_path::StorePath;
+use nix_relay::wire::worker::stderr::{ACT_BUILD, StderrMsg};
 use tokio::io::AsyncReadExt;
 
 fn repo() -> PathBuf {
@@ -146,25 +149,13 @@ fn worker_backend(store: &Path) -> Backend {
     }
 }
 
-type Log = (
-    tokio::sync::mpsc::Sender<bytes::Bytes>,
-    tokio::sync::mpsc::Receiver<bytes::Bytes>,
-);
-
-async fn connect(store: &Path) -> (BackendConn, Log) {
-    let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    let conn = backend::connect(&worker_backend(store), tx.clone(), Limits::default())
+async fn connect(store: &Path) -> (BackendConn, Arc<Collect>) {
+    let log = Arc::new(Collect::default());
+    let sink: Arc<dyn EventSink> = log.clone();
+    let conn = backend::connect(&worker_backend(store), Some(sink), Limits::default())
         .await
         .expect("connecting to nix-daemon --stdio");
-    (conn, (tx, rx))
-}
-
-fn drain(rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>) -> String {
-    let mut s = String::new();
-    while let Ok(b) = rx.try_recv() {
-        s.push_str(&String::from_utf8_lossy(&b));
-    }
-    s
+    (conn, log)
 }
 
 #[tokio::test]
@@ -194,7 +185,7 @@ async fn upload_build_query_and_fetch_over_a_real_daemon() {
     let bb = good.input_srcs[0].clone();
     let (bb_info, bb_nar) = path_info_and_nar(&src, &bb);
 
-    let (mut conn, (log, mut log_rx)) = connect(&dst).await;
+    let (mut conn, log) = connect(&dst).await;
     let c = &mut conn.client;
     assert!(matches!(c, backend::Client::Worker(_)));
     assert_eq!(c.query_valid_paths(vec![bb.clone()]).await.unwrap(), []);
@@ -203,17 +194,28 @@ async fn upload_build_query_and_fetch_over_a_real_daemon() {
         .unwrap();
     assert_eq!(c.query_valid_paths(vec![bb.clone()]).await.unwrap(), [bb]);
 
-    let opts = BuildOptions {
+    let opts = backend::Options::from(BuildOptions {
         max_silent_time: 60,
         build_timeout: 60,
         ..Default::default()
-    };
+    });
     let res = c
-        .build_derivation(&drv_path, &good, opts, &log)
+        .build_derivation(&drv_path, &good, &opts, &*log)
         .await
         .unwrap();
     assert!(res.status.is_success(), "{res:?}");
-    let text = drain(&mut log_rx);
+    let events = log.take();
+    let typed_build = events.iter().any(|e| {
+        matches!(e, LogEvent::Activity(m) if matches!(&**m,
+            StderrMsg::StartActivity { kind, .. } if *kind == ACT_BUILD))
+    });
+    assert!(
+        typed_build,
+        "the daemon's build activity, typed: {events:?}"
+    );
+    let text: String = (events.iter().filter_map(LogEvent::text))
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
+        .collect();
     eprintln!("build log:\n{text}");
     assert!(text.contains(&format!("building '{drv}'")), "{text}");
     assert!(text.contains("hello from builder\nline2\n"), "{text}");
@@ -248,11 +250,11 @@ async fn upload_build_query_and_fetch_over_a_real_daemon() {
         }
     }
     let res = c
-        .build_derivation(&bad_drv, &bad, opts, &log)
+        .build_derivation(&bad_drv, &bad, &opts, &*log)
         .await
         .unwrap();
     assert_eq!(res.status, BuildStatus::PermanentFailure, "{res:?}");
-    assert!(drain(&mut log_rx).contains("about to fail\n"));
+    assert!(log.take_text().contains("about to fail\n"));
     assert_eq!(c.query_valid_paths(out.clone()).await.unwrap(), out);
     drop(conn);
     // Store paths are read-only: make the tempdir removable.

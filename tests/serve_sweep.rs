@@ -28,7 +28,7 @@ use std::time::Duration;
 use common::{ClientStream, Payload, TRANSCRIPTS, Transcript, decode_client, decode_server, load};
 use nix_relay::error_chain;
 use nix_relay::scheduler::Scheduler;
-use nix_relay::session::{Relay, serve};
+use nix_relay::session::{Core, serve};
 use nix_relay::store::{NarInfo, Store};
 use nix_relay::wire::Limits;
 use nix_relay::wire::hash::Sha256Hash;
@@ -144,10 +144,10 @@ fn store_dir() -> tempfile::TempDir {
 }
 
 /// A relay with no backends: BuildDerivation fails at once, no network.
-fn relay(root: &Path) -> Arc<Relay> {
+fn relay(root: &Path) -> Arc<Core> {
     // Uncompressed and unsigned, so the checks below can read NARs
     // directly and replays reproduce real Nix's bytes.
-    Arc::new(Relay::new(
+    Arc::new(Core::new(
         Store::open(
             root,
             nix_relay::store::Settings {
@@ -164,7 +164,7 @@ fn relay(root: &Path) -> Arc<Relay> {
 
 /// Runs one serve session on `input`. Outer Err: panic or timeout.
 async fn session(
-    relay: Arc<Relay>,
+    relay: Arc<Core>,
     input: Vec<u8>,
     writable: bool,
 ) -> Result<(Result<(), String>, Vec<u8>), String> {
@@ -343,7 +343,7 @@ fn a_session_fed_one_corrupted_byte_ends_and_keeps_the_store_consistent() {
     });
 }
 
-async fn replay(relay: &Arc<Relay>, t: &Transcript) -> Vec<u8> {
+async fn replay(relay: &Arc<Core>, t: &Transcript) -> Vec<u8> {
     let (res, out) = session(relay.clone(), t.c2s.clone(), true).await.unwrap();
     res.unwrap_or_else(|e| panic!("{}: {e}", t.name));
     out

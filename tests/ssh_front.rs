@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix_relay::config::{Client, Limits};
 use nix_relay::front::server::{FrontEnd, config, serve_connection};
 use nix_relay::scheduler::Scheduler;
-use nix_relay::session::Relay;
+use nix_relay::session::Core;
 use nix_relay::store::Store;
 use russh::client;
 use russh::keys::ssh_key::private::Ed25519Keypair;
@@ -37,7 +37,7 @@ fn key(seed: u8) -> PrivateKey {
 /// A front end with one known client (key seed 1) and no backends.
 fn front(dir: &std::path::Path, limits: Limits) -> Arc<FrontEnd> {
     let store = Store::open(dir, Default::default()).unwrap();
-    let relay = Arc::new(Relay::new(store, Scheduler::new(vec![], 10), limits, false));
+    let relay = Arc::new(Core::new(store, Scheduler::new(vec![], 10), limits, false));
     Arc::new(FrontEnd {
         relay,
         clients: Arc::new(vec![Client {

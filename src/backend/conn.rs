@@ -8,10 +8,11 @@
 
 use tokio::io::AsyncRead;
 
+use super::Options;
 use super::{ConnReader, ConnWriter, ServeClient, WorkerClient};
-use crate::buildlog::LogSink;
+use crate::buildlog::EventSink;
 use crate::wire::Result;
-use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
+use crate::wire::build::{BasicDerivation, BuildResult};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 
@@ -57,18 +58,19 @@ impl Client {
         self.settle(r)
     }
 
-    /// Builds `drv`. A worker backend's log goes to `log` line by line;
-    /// a serve backend's log already flows there from its stderr.
+    /// Builds `drv`. A worker backend's events go to `log` as they are
+    /// read; a serve backend's log already flows there from its stderr
+    /// (the connection's switch).
     pub async fn build_derivation(
         &mut self,
         drv_path: &StorePath,
         drv: &BasicDerivation,
-        options: BuildOptions,
-        log: &LogSink,
+        options: &Options,
+        log: &dyn EventSink,
     ) -> Result<BuildResult> {
         self.set_busy(true);
         let r = match self {
-            Client::Serve(c) => c.build_derivation(drv_path, drv, options).await,
+            Client::Serve(c) => c.build_derivation(drv_path, drv, options.build).await,
             Client::Worker(c) => c.build_derivation(drv_path, drv, options, log).await,
         };
         self.settle(r)

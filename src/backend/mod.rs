@@ -8,11 +8,14 @@
 //! [`pool`] keeps idle connections warm between builds and takes back only
 //! those whose last operation completed ([`Client::is_idle`]).
 //!
-//! A connection's stderr goes through a switch: [`BackendConn::set_log`]
-//! points it at the log of the build now using the connection, so each
-//! build gets its own log, and [`BackendConn::detach_log`] lets it go once
-//! the build is over. A worker client sends SetOptions before each build
-//! and frames its uploads.
+//! A connection's stderr goes through a switch ([`LogSwitch`]):
+//! [`BackendConn::set_log`] points it at the event sink of the build now
+//! using the connection, so each build gets its own log, and
+//! [`BackendConn::detach_log`] lets it go once the build is over. Whoever
+//! reads the stderr (the SSH channel's pump, or the subprocess's reader
+//! task) publishes into that sink directly: no queue, nothing waits. A
+//! worker client sends SetOptions before each build ([`Options`]: the
+//! client's own worker settings when it sent any) and frames its uploads.
 
 mod client;
 mod conn;
@@ -20,10 +23,11 @@ pub mod pool;
 mod worker;
 
 use std::process::Stdio;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
-use crate::buildlog::LogSink;
+use crate::buildlog::{EventSink, LogSwitch};
 use crate::config::{Backend, BackendUri, Protocol};
 use crate::ssh::stall::{Watch, Watched};
 use crate::wire::serve::{self, ServeVersion};
@@ -31,7 +35,7 @@ use crate::wire::worker::WorkerVersion;
 pub use client::ServeClient;
 pub use conn::Client;
 pub use pool::{Kind, Lease, Pool, PoolLimits};
-pub use worker::WorkerClient;
+pub use worker::{Options, WorkerClient};
 
 /// The command serve backends (`ssh://`, `local`) run.
 pub const SERVE_COMMAND: &str = "nix-store --serve --write";
@@ -128,36 +132,19 @@ pub struct BackendConn {
     transport: Transport,
     /// Keepalives and the stall watch (SSH backends); see [`crate::ssh::stall`].
     watched: Option<Watched>,
-    /// The stderr queue's sending side, to see what is still queued.
-    stderr_queue: tokio::sync::mpsc::WeakSender<bytes::Bytes>,
 }
-
-/// How long [`BackendConn::detach_log`] waits for queued stderr to move on.
-const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The current target of a connection's stderr; `None` while it is idle.
-type LogSwitch = std::sync::Arc<std::sync::Mutex<Option<LogSink>>>;
 
 impl BackendConn {
     /// Sends the backend's stderr to `log` from now on (`None`: nowhere).
-    pub fn set_log(&self, log: Option<LogSink>) {
-        *self.log.lock().unwrap_or_else(|e| e.into_inner()) = log;
+    pub fn set_log(&self, log: Option<Arc<dyn EventSink>>) {
+        self.log.set(log);
     }
 
-    /// Stops sending the backend's stderr to the current log once what it
-    /// wrote so far has been passed on: stderr is queued in the order the
-    /// backend sent it, so what came before a reply is queued by the time
-    /// the reply is read. Waits at most [`DETACH_WAIT`].
-    pub async fn detach_log(&self) {
-        let deadline = tokio::time::Instant::now() + DETACH_WAIT;
-        while let Some(tx) = self.stderr_queue.upgrade() {
-            let queued = tx.max_capacity() - tx.capacity();
-            drop(tx);
-            if queued == 0 || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+    /// Stops sending the backend's stderr to the current build's log. What
+    /// the backend wrote before a reply was published before the reply
+    /// was read (an SSH channel's pump handles its messages in order and
+    /// publishes stderr as it reads it), so nothing of this build is lost.
+    pub fn detach_log(&self) {
         self.set_log(None);
     }
 
@@ -180,17 +167,6 @@ impl BackendConn {
     }
 }
 
-/// Forwards a connection's stderr to whatever its switch points at.
-async fn forward_switched(mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>, to: LogSwitch) {
-    while let Some(chunk) = rx.recv().await {
-        let target = to.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(t) = target {
-            // A gone log reader only means nobody listens any more.
-            let _ = t.send(chunk).await;
-        }
-    }
-}
-
 /// Connects to `b`, runs its command and completes the handshake, all
 /// within one `connect_timeout` (a backend that accepts SSH and then hangs
 /// costs no more than one that does not answer). The backend's stderr goes
@@ -198,7 +174,7 @@ async fn forward_switched(mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>, to:
 /// [`BackendConn::set_log`] points it elsewhere.
 pub async fn connect(
     b: &Backend,
-    log: LogSink,
+    log: Option<Arc<dyn EventSink>>,
     limits: crate::wire::Limits,
 ) -> Result<BackendConn, Error> {
     connect_watched(b, log, limits, None).await
@@ -208,7 +184,7 @@ pub async fn connect(
 /// with `watch` (see [`crate::ssh::stall`]).
 pub async fn connect_watched(
     b: &Backend,
-    log: LogSink,
+    log: Option<Arc<dyn EventSink>>,
     limits: crate::wire::Limits,
     watch: Option<Watch>,
 ) -> Result<BackendConn, Error> {
@@ -224,15 +200,12 @@ pub async fn connect_watched(
 
 async fn connect_untimed(
     b: &Backend,
-    log: LogSink,
+    log: Option<Arc<dyn EventSink>>,
     limits: crate::wire::Limits,
     watch: Option<Watch>,
 ) -> Result<BackendConn, Error> {
-    let switch: LogSwitch = std::sync::Arc::new(std::sync::Mutex::new(Some(log)));
-    let (stderr_tx, stderr_rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(forward_switched(stderr_rx, switch.clone()));
-    let stderr_queue = stderr_tx.downgrade();
-    let log = stderr_tx;
+    let switch = LogSwitch::to(log);
+    let log = switch.clone();
     let (r, w, transport, watched): (
         Box<dyn AsyncRead + Send + Sync + Unpin>,
         Box<dyn AsyncWrite + Send + Sync + Unpin>,
@@ -306,7 +279,6 @@ async fn connect_untimed(
         log: switch,
         transport,
         watched,
-        stderr_queue,
     })
 }
 
@@ -370,7 +342,7 @@ type Pipes = (
 );
 
 /// `nix-store --serve --write` or `nix-daemon --stdio` as a subprocess.
-fn spawn_local(b: &Backend, log: LogSink) -> Result<Pipes, Error> {
+fn spawn_local(b: &Backend, log: LogSwitch) -> Result<Pipes, Error> {
     let command = base_command(b.uri.protocol());
     let spawn_err = |source| Error::Spawn {
         backend: b.name.clone(),
@@ -396,17 +368,14 @@ fn spawn_local(b: &Backend, log: LogSink) -> Result<Pipes, Error> {
     Ok((Box::new(stdout), Box::new(stdin), child))
 }
 
-async fn forward_stderr(mut stderr: impl AsyncRead + Unpin, log: LogSink) {
+/// Publishes a subprocess's (or fake's) stderr to its connection's switch.
+async fn forward_stderr(mut stderr: impl AsyncRead + Unpin, log: LogSwitch) {
     use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 16 << 10];
     while let Ok(n) = stderr.read(&mut buf).await {
-        if n == 0
-            || log
-                .send(bytes::Bytes::copy_from_slice(&buf[..n]))
-                .await
-                .is_err()
-        {
+        if n == 0 {
             break;
         }
+        log.log(bytes::Bytes::copy_from_slice(&buf[..n]));
     }
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{BackendConn, Error, connect_watched};
-use crate::buildlog::LogSink;
+use crate::buildlog::EventSink;
 use crate::config::Backend;
 
 /// A session idle at least this long answers a probe before reuse.
@@ -112,7 +112,7 @@ impl Pool {
     pub async fn checkout(
         self: &Arc<Self>,
         b: &Backend,
-        log: LogSink,
+        log: Arc<dyn EventSink>,
         limits: crate::wire::Limits,
     ) -> Result<(Lease, Kind), Error> {
         let k = key(b);
@@ -129,7 +129,7 @@ impl Pool {
             conn.set_log(Some(log));
             return Ok((self.lease(k, conn), Kind::Reused));
         }
-        let conn = connect_watched(b, log, limits, Some(self.limits.watch)).await?;
+        let conn = connect_watched(b, Some(log), limits, Some(self.limits.watch)).await?;
         Ok((self.lease(k, conn), Kind::New))
     }
 

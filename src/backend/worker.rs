@@ -4,20 +4,22 @@
 //! is read to its end (activities of any op are tolerated), and a
 //! `STDERR_ERROR` becomes an `Err` carrying the daemon's message.
 //!
-//! The build log arrives in-band: build log lines (`RESULT` 101/107),
-//! `STDERR_NEXT` text and the start of build activities (`building '…'`)
-//! become lines on the log sink, so a flight's log looks like a serve
-//! backend's stderr.
+//! The build log arrives in-band and is published, as it is read, to the
+//! build's event sink ([`event_of`]): log lines (`RESULT` 101/107) and
+//! `STDERR_NEXT` text as log bytes, every other activity message typed, so
+//! a worker client can get the backend's activities as they are.
+
+use std::sync::Arc;
 
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::buildlog::{LogSink, log_pieces};
+use crate::buildlog::{EventSink, LogEvent, log_pieces};
 use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 use crate::wire::worker::framed::DEFAULT_FRAME_SIZE;
 use crate::wire::worker::stderr::{
-    ACT_BUILD, LVL_INFO, RES_BUILD_LOG_LINE, RES_POST_BUILD_LOG_LINE, write_read_reply,
+    LVL_INFO, RES_BUILD_LOG_LINE, RES_POST_BUILD_LOG_LINE, write_read_reply,
 };
 use crate::wire::worker::{
     BUILD_MODE_NORMAL, ClientOptions, Field, FramedWriter, NarUpload, Reply, Request, StderrMsg,
@@ -34,11 +36,12 @@ pub struct WorkerClient<R, W> {
     pub(super) busy: bool,
 }
 
-/// The text a STDERR message contributes to the build log, if any;
-/// `dropped` bytes of it were cut on reading (a line longer than
-/// [`MAX_LOG_MESSAGE`](crate::wire::worker::stderr::MAX_LOG_MESSAGE)),
-/// which a note says.
-pub fn log_text(msg: &StderrMsg, dropped: u64) -> Option<Vec<u8>> {
+/// What a STDERR message contributes to a build's events, if anything: a
+/// log line or `STDERR_NEXT` text as log bytes (newline-ended; `dropped`
+/// bytes of it were cut on reading, a line longer than
+/// [`MAX_LOG_MESSAGE`](crate::wire::worker::stderr::MAX_LOG_MESSAGE), which
+/// a note says), any other activity message as it is.
+pub fn event_of(msg: StderrMsg, dropped: u64) -> Option<LogEvent> {
     let line = |t: &[u8]| {
         let mut v = t.to_vec();
         if !v.ends_with(b"\n") {
@@ -48,43 +51,80 @@ pub fn log_text(msg: &StderrMsg, dropped: u64) -> Option<Vec<u8>> {
             let note = format!("nix-relay: {dropped} more bytes of this log line dropped\n");
             v.extend_from_slice(note.as_bytes());
         }
-        Some(v)
+        Some(LogEvent::Log(v.into()))
     };
     match msg {
-        StderrMsg::Next(t) => line(t),
-        StderrMsg::StartActivity { kind, text, .. } if *kind == ACT_BUILD && !text.is_empty() => {
-            line(text)
-        }
+        StderrMsg::Next(t) => line(&t),
         StderrMsg::Result { kind, fields, .. }
-            if *kind == RES_BUILD_LOG_LINE || *kind == RES_POST_BUILD_LOG_LINE =>
+            if kind == RES_BUILD_LOG_LINE || kind == RES_POST_BUILD_LOG_LINE =>
         {
             match fields.first() {
                 Some(Field::Str(s)) => line(s),
                 _ => None,
             }
         }
+        m @ (StderrMsg::StartActivity { .. }
+        | StderrMsg::StopActivity { .. }
+        | StderrMsg::Result { .. }) => Some(LogEvent::Activity(Arc::new(m))),
         _ => None,
     }
 }
 
-/// The daemon settings for one build: the serve options the client gave,
-/// daemon defaults for the rest (no substitutes, all cores).
-pub fn client_options(o: &BuildOptions) -> ClientOptions {
-    ClientOptions {
-        keep_failed: o.keep_failed,
-        verbosity: LVL_INFO,
-        max_build_jobs: 1,
-        max_silent_time: o.max_silent_time,
-        // lvlError: build output is "verbose" (sent as it comes).
-        verbose_build: 0,
-        build_cores: 0,
-        use_substitutes: false,
-        overrides: vec![
-            ("timeout".into(), o.build_timeout.to_string()),
-            ("max-build-log-size".into(), o.max_log_size.to_string()),
-        ],
-        ..ClientOptions::default()
+/// One build's options for a backend: the serve-protocol fields (what the
+/// relay itself enforces: timeouts, max-log-size), and the settings a
+/// worker client sent (SetOptions), if it is one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    pub build: BuildOptions,
+    pub worker: Option<Arc<ClientOptions>>,
+}
+
+impl From<BuildOptions> for Options {
+    fn from(build: BuildOptions) -> Self {
+        Options {
+            build,
+            worker: None,
+        }
     }
+}
+
+/// The daemon settings for one build. A worker client's own settings the
+/// relay does not decide pass through (keep-failed, keep-going, fallback,
+/// verbosity, cores); without them, the serve options' keep-failed and
+/// daemon defaults (all cores). The relay decides the rest, whatever the
+/// client sent: its timeouts and max-log-size (as overrides), the log
+/// (verbose build), one job, no substitutes. Other overrides a client sent
+/// are not passed: a relay client is no trusted user of the backend, and
+/// settings such as `post-build-hook`, `sandbox` or `builders` would
+/// reconfigure it.
+pub fn client_options(o: &Options) -> ClientOptions {
+    let b = &o.build;
+    let mut c = match o.worker.as_deref() {
+        Some(w) => ClientOptions {
+            keep_failed: w.keep_failed,
+            keep_going: w.keep_going,
+            try_fallback: w.try_fallback,
+            verbosity: w.verbosity,
+            build_cores: w.build_cores,
+            ..ClientOptions::default()
+        },
+        None => ClientOptions {
+            keep_failed: b.keep_failed,
+            verbosity: LVL_INFO,
+            build_cores: 0,
+            ..ClientOptions::default()
+        },
+    };
+    c.max_build_jobs = 1;
+    c.max_silent_time = b.max_silent_time;
+    // lvlError: build output is "verbose" (sent as it comes).
+    c.verbose_build = 0;
+    c.use_substitutes = false;
+    c.overrides = vec![
+        ("timeout".into(), b.build_timeout.to_string()),
+        ("max-build-log-size".into(), b.max_log_size.to_string()),
+    ];
+    c
 }
 
 fn daemon_error(op: &str, e: &WorkerError) -> Error {
@@ -115,9 +155,9 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         self.w.flush().await.map_err(Error::Write)
     }
 
-    /// Reads an op's STDERR stream to `STDERR_LAST`; text for the build
-    /// log goes to `log` (if any), everything else is skipped.
-    async fn finish(&mut self, op: &str, log: Option<&LogSink>) -> Result<()> {
+    /// Reads an op's STDERR stream to `STDERR_LAST`; its build events go
+    /// to `log` (if any) as they are read, everything else is skipped.
+    async fn finish(&mut self, op: &str, log: Option<&dyn EventSink>) -> Result<()> {
         let codec = self.codec();
         loop {
             let (msg, dropped) = codec.read_stderr_log_capped(&mut self.r).await?;
@@ -132,23 +172,18 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
                         "unexpected STDERR_READ during {op}"
                     )));
                 }
-                m => {
-                    let text = log_text(&m, dropped);
-                    match (log, text) {
-                        (Some(log), Some(t)) => {
-                            for piece in log_pieces(t.into()) {
-                                // The log's reader may be gone; the op goes on.
-                                if log.send(piece).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                        (None, Some(t)) => {
+                m => match (log, event_of(m, dropped)) {
+                    (Some(log), Some(LogEvent::Log(t))) => {
+                        log_pieces(t).for_each(|p| log.publish(LogEvent::Log(p)));
+                    }
+                    (Some(log), Some(event)) => log.publish(event),
+                    (None, Some(event)) => {
+                        if let Some(t) = event.text() {
                             tracing::debug!(op, text = %String::from_utf8_lossy(&t).trim_end(), "daemon message");
                         }
-                        _ => {}
                     }
-                }
+                    (_, None) => {}
+                },
             }
         }
     }
@@ -238,16 +273,16 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         }
     }
 
-    /// SetOptions with the client's build options, then BuildDerivation;
-    /// the daemon's log goes to `log` as it comes.
+    /// SetOptions with the build's options ([`client_options`]), then
+    /// BuildDerivation; the daemon's events go to `log` as they come.
     pub async fn build_derivation(
         &mut self,
         drv_path: &StorePath,
         drv: &BasicDerivation,
-        options: BuildOptions,
-        log: &LogSink,
+        options: &Options,
+        log: &dyn EventSink,
     ) -> Result<BuildResult> {
-        self.request(&Request::SetOptions(client_options(&options)))
+        self.request(&Request::SetOptions(client_options(options)))
             .await?;
         self.finish("SetOptions", Some(log)).await?;
         self.request(&Request::BuildDerivation {
@@ -261,9 +296,9 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         Ok(codec.read_build_result(&mut self.r).await?.base)
     }
 
-    /// Any request whose reply is a value: its STDERR stream (text to
+    /// Any request whose reply is a value: its STDERR stream (events to
     /// `log`), then the reply.
-    pub async fn call(&mut self, req: Request, log: Option<&LogSink>) -> Result<Reply> {
+    pub async fn call(&mut self, req: Request, log: Option<&dyn EventSink>) -> Result<Reply> {
         self.request(&req).await?;
         let op = format!("{:?}", req.op());
         self.finish(&op, log).await?;

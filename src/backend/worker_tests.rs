@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, 
 use super::*;
 use crate::wire::hash::Sha256Hash;
 use crate::wire::primitives::{put_paths, put_u64};
-use crate::wire::worker::stderr::{ACT_BUILDS, ACT_COPY_PATHS, read_read_reply};
+use crate::wire::worker::stderr::{ACT_BUILD, ACT_BUILDS, ACT_COPY_PATHS, read_read_reply};
 use crate::wire::worker::{FramedReader, Trust, WorkerBuildResult, server_handshake};
 
 type Client = WorkerClient<BufReader<ReadHalf<DuplexStream>>, WriteHalf<DuplexStream>>;
@@ -89,7 +89,10 @@ fn activity(kind: u64, text: &str) -> StderrMsg {
 
 #[test]
 fn log_lines_from_stderr_messages() {
-    let t = |m: StderrMsg| log_text(&m, 0).map(|v| String::from_utf8(v).unwrap());
+    let t = |m: StderrMsg| {
+        let text = event_of(m, 0).and_then(|e| e.text());
+        text.map(|v| String::from_utf8(v.to_vec()).unwrap())
+    };
     assert_eq!(
         t(StderrMsg::Next(b"warning: x\n".to_vec())).unwrap(),
         "warning: x\n"
@@ -115,14 +118,74 @@ fn log_lines_from_stderr_messages() {
 }
 
 #[test]
+fn activities_other_than_log_lines_stay_typed() {
+    let start = activity(ACT_COPY_PATHS, "copying");
+    let phase = StderrMsg::Result {
+        id: 1,
+        kind: crate::wire::worker::stderr::RES_SET_PHASE,
+        fields: vec![Field::Str(b"buildPhase".to_vec())],
+    };
+    for m in [start, phase, StderrMsg::StopActivity { id: 1 }] {
+        assert_eq!(
+            event_of(m.clone(), 0),
+            Some(LogEvent::Activity(Arc::new(m)))
+        );
+    }
+    let line = StderrMsg::Result {
+        id: 1,
+        kind: RES_BUILD_LOG_LINE,
+        fields: vec![Field::Str(b"x".to_vec())],
+    };
+    assert_eq!(event_of(line, 0), Some(LogEvent::Log("x\n".into())));
+}
+
+#[test]
+fn a_worker_clients_own_settings_pass_through_and_the_relays_limits_win() {
+    let client = ClientOptions {
+        keep_failed: true,
+        keep_going: true,
+        verbosity: 5,
+        max_build_jobs: 0,
+        max_silent_time: 999,
+        verbose_build: 7,
+        build_cores: 6,
+        use_substitutes: true,
+        overrides: vec![("post-build-hook".into(), "/bin/evil".into())],
+        ..ClientOptions::default()
+    };
+    let o = client_options(&Options {
+        build: BuildOptions {
+            max_silent_time: 11,
+            build_timeout: 22,
+            max_log_size: 33,
+            ..Default::default()
+        },
+        worker: Some(Arc::new(client)),
+    });
+    assert!(o.keep_failed && o.keep_going);
+    assert_eq!((o.verbosity, o.build_cores), (5, 6), "passed through");
+    assert_eq!(o.max_build_jobs, 1, "the backend builds this one job");
+    assert_eq!(o.max_silent_time, 11, "the relay's limit");
+    assert!(o.verbose_build == 0 && !o.use_substitutes);
+    assert_eq!(
+        o.overrides,
+        [
+            ("timeout".to_string(), "22".to_string()),
+            ("max-build-log-size".to_string(), "33".to_string())
+        ],
+        "no client override reaches the backend"
+    );
+}
+
+#[test]
 fn build_options_become_client_options() {
-    let o = client_options(&BuildOptions {
+    let o = client_options(&Options::from(BuildOptions {
         max_silent_time: 11,
         build_timeout: 22,
         max_log_size: 33,
         keep_failed: true,
         ..Default::default()
-    });
+    }));
     assert!(o.keep_failed && !o.use_substitutes);
     assert_eq!(
         (o.max_silent_time, o.verbosity, o.build_cores),
@@ -226,7 +289,7 @@ async fn upload_answers_stderr_read_at_1_22() {
 #[tokio::test]
 async fn build_streams_the_log_and_an_error_keeps_the_connection() {
     let (mut c, (mut sr, mut sw, v)) = pair(WorkerVersion::LATEST).await;
-    let (log, mut log_rx) = tokio::sync::mpsc::channel(64);
+    let log = crate::buildlog::Collect::default();
     let drv = empty_drv();
     let daemon = async {
         let limits = Limits::default();
@@ -273,12 +336,12 @@ async fn build_streams_the_log_and_an_error_keeps_the_connection() {
         send(&mut sw, &[StderrMsg::Last], v, &tail).await;
     };
     let client = async {
-        let opts = BuildOptions {
+        let opts = Options::from(BuildOptions {
             max_silent_time: 5,
             ..Default::default()
-        };
+        });
         let res = c
-            .build_derivation(&path("d.drv"), &drv, opts, &log)
+            .build_derivation(&path("d.drv"), &drv, &opts, &log)
             .await
             .unwrap();
         let err = c.dump_store_path(&path("x")).await.unwrap_err().to_string();
@@ -289,14 +352,7 @@ async fn build_streams_the_log_and_an_error_keeps_the_connection() {
     assert_eq!(res.error_msg, b"builder failed");
     assert!(err.contains("path is not valid"), "{err}");
     assert_eq!(infos, []);
-    let mut text = Vec::new();
-    while let Ok(b) = log_rx.try_recv() {
-        text.extend_from_slice(&b);
-    }
-    assert_eq!(
-        String::from_utf8(text).unwrap(),
-        "warning: w\nbuilding 'd'\nhi\n"
-    );
+    assert_eq!(log.take_text(), "warning: w\nbuilding 'd'\nhi\n");
 }
 
 #[tokio::test]
@@ -306,7 +362,7 @@ async fn a_log_line_longer_than_any_limit_is_cut_and_the_stream_stays_in_step() 
     // without a newline: one buildLogLine at the end of the build.
     const LINE: u64 = 80 << 20;
     let (mut c, (mut sr, mut sw, v)) = pair(WorkerVersion::LATEST).await;
-    let (log, mut log_rx) = tokio::sync::mpsc::channel(64);
+    let log = crate::buildlog::Collect::default();
     let drv = empty_drv();
     let daemon = async {
         let limits = Limits::default();
@@ -330,22 +386,15 @@ async fn a_log_line_longer_than_any_limit_is_cut_and_the_stream_stays_in_step() 
         .write(&mut res, v);
         send(&mut sw, &[StderrMsg::Last], v, &res).await;
     };
-    let client = async move {
-        let r = c
-            .build_derivation(&path("d.drv"), &drv, BuildOptions::default(), &log)
-            .await;
-        drop(log);
-        r
-    };
-    let reader = async {
-        let (mut text, mut biggest) = (Vec::new(), 0);
-        while let Some(b) = log_rx.recv().await {
-            biggest = biggest.max(b.len());
-            text.extend_from_slice(&b);
-        }
-        (text, biggest)
-    };
-    let ((), res, (text, biggest)) = tokio::join!(daemon, client, reader);
+    let (opts, drv_path) = (Options::default(), path("d.drv"));
+    let client = c.build_derivation(&drv_path, &drv, &opts, &log);
+    let ((), res) = tokio::join!(daemon, client);
+    let (mut text, mut biggest) = (Vec::new(), 0);
+    for e in log.take() {
+        let b = e.text().unwrap();
+        biggest = biggest.max(b.len());
+        text.extend_from_slice(&b);
+    }
     assert!(
         res.unwrap().status.is_success(),
         "the stream stayed in step"

@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Client;
-use crate::session::{self, ClientId, Relay};
+use crate::session::{self, ClientId, Core};
 use crate::ssh::deadline::Cuttable;
 use crate::ssh::{PIPE_BYTES, pump};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ pub use super::command::{Command, parse_command};
 
 /// Shared by every connection.
 pub struct FrontEnd {
-    pub relay: Arc<Relay>,
+    pub relay: Arc<Core>,
     pub clients: Arc<Vec<Client>>,
     pub sessions: Arc<Semaphore>,
     /// Connections that have not had a session accepted yet
@@ -79,7 +79,7 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limit = front.relay.limits.handshake_timeout;
+    let limit = front.relay.limits().handshake_timeout;
     let Ok(permit) = front.handshakes.clone().try_acquire_owned() else {
         warn!(%peer, "dropped: max_handshakes connections are already in their handshake");
         return;
@@ -180,7 +180,7 @@ impl Conn {
     /// handshake, so Nix prints the reason (`session::worker::refuse`).
     fn refuse_worker(&mut self, id: ChannelId, reason: String) {
         warn!(peer = %self.peer, client = ?self.client.as_ref().map(|c| &c.name), "refused: {reason}");
-        let limit = self.front.relay.limits.handshake_timeout;
+        let limit = self.front.relay.limits().handshake_timeout;
         if let Some(ch) = self.channels.remove(&id) {
             let (rx, tx) = ch.split();
             tokio::spawn(async move {
@@ -448,7 +448,7 @@ pub const CLIENT_GONE: &str = "the client closed its channel (disconnected)";
 
 /// Runs a session on an accepted exec channel; its end sets the exit status.
 async fn run_channel(
-    relay: Arc<Relay>,
+    relay: Arc<Core>,
     ch: Channel<Msg>,
     proto: Proto,
     client: ClientId,
@@ -503,7 +503,11 @@ async fn run_channel(
         }
         Err(e) => {
             let msg = crate::error_chain(e);
-            warn!("session failed: {msg}");
+            let class = e.class().label();
+            match e.class() {
+                session::Class::Infrastructure => warn!(class, "session failed: {msg}"),
+                _ => info!(class, "session failed: {msg}"),
+            }
             session::say(&log, format!("error: {msg}")).await;
             1
         }

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::session::Relay;
+use crate::session::Core;
 
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
@@ -25,21 +25,21 @@ pub struct Status {
     pub ec2: Option<crate::ec2::Status>,
 }
 
-pub fn collect(relay: &Relay) -> Status {
+pub fn collect(relay: &Core) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: relay.started.elapsed().as_secs(),
-        scheduler: relay.scheduler.snapshot(),
-        flights: relay.flights.snapshot(),
+        uptime_seconds: relay.started().elapsed().as_secs(),
+        scheduler: relay.scheduler().snapshot(),
+        flights: relay.flights().snapshot(),
         recent_builds: relay.recent_builds(),
-        store_bytes: relay.store.total_bytes(),
-        store_max_bytes: relay.store.settings().max_size,
+        store_bytes: relay.store().total_bytes(),
+        store_max_bytes: relay.store().settings().max_size,
         ec2: crate::ec2::status(),
     }
 }
 
 /// `/status` and, with a recorder installed, `/metrics`.
-pub fn router(relay: Arc<Relay>, metrics: Option<PrometheusHandle>) -> Router {
+pub fn router(relay: Arc<Core>, metrics: Option<PrometheusHandle>) -> Router {
     let r = Router::new().route(
         "/status",
         get(move || {

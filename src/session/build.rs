@@ -1,95 +1,127 @@
-//! One BuildDerivation: answer from the store (cache hit), attach to the
-//! same build in flight, or start one ([`fly`]): claim a slot (placed by
-//! speed, load and input locality), take a session from the backend pool,
-//! push the inputs the backend lacks, build with the client's options, and
-//! keep the session so the outputs can be streamed out afterwards; it goes
-//! back to the pool when the last output is out, unless an operation on it
-//! failed or was abandoned.
+//! One BuildDerivation ([`Core::build`]): answer from the store (cache
+//! hit), attach to the same build in flight, or start one ([`fly`]): claim
+//! a slot (placed by speed, load and input locality), take a session from
+//! the backend pool, push the inputs the backend lacks, build with the
+//! client's options, and keep the session so the outputs can be streamed
+//! out afterwards; it goes back to the pool when the last output is out,
+//! unless an operation on it failed or was abandoned. The caller gets a
+//! [`BuildHandle`]: the flight's events, then the result.
 //!
 //! Every failure becomes a failing [`BuildResult`] whose message says which
 //! step failed; the client's session goes on.
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::BuildRecord;
 pub use super::error::{BuildError, Class, JobError};
-use super::flight::{Attachment, Flight, FlightKey, Outcome};
-use super::log::{Recv, effective_max_log_size};
+use super::flight::{Flight, FlightKey, Outcome};
+pub use super::handle::{BuildEvent, BuildHandle, Pending};
+use super::log::{FlightLog, effective_max_log_size};
 pub use super::outputs::Finished;
-use super::{ClientId, Relay, say};
-use crate::backend::BackendConn;
-use crate::buildlog::LogSink;
+use super::{ClientId, Core};
+use crate::backend::{BackendConn, Options};
 use crate::error_chain as chain;
 use crate::metrics::{Direction, Outcome as BuildOutcome};
 use crate::scheduler::locality::InputSummary;
 use crate::scheduler::{Acquired, JobSpec, Scheduler, Slot};
 use crate::store::Scope;
-use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult, BuildStatus, drv_name};
+use crate::wire::build::{BasicDerivation, BuildResult, BuildStatus, drv_name};
 use crate::wire::store_path::StorePath;
 
-/// What a session keeps after a successful build: its claim on the
-/// flight, and the outputs it can stream from the backend.
-pub struct Pending {
-    pub finished: Arc<tokio::sync::Mutex<Finished>>,
-    attachment: Attachment,
-}
-
-impl Pending {
-    /// Whether `path` is one of this build's outputs.
-    pub fn holds(&self, path: &StorePath) -> bool {
-        self.attachment.flight.key.outputs.contains(path)
-    }
-}
-
-/// Builds `drv` for `client`. Never fails: errors become results.
-pub async fn run(
-    relay: &Arc<Relay>,
-    log: &LogSink,
-    client: &ClientId,
-    gone: &CancellationToken,
-    drv_path: &StorePath,
-    drv: &BasicDerivation,
-    options: BuildOptions,
-) -> (BuildResult, Option<Pending>) {
-    let span = info_span!("job", drv = drv_name(drv_path), system = %drv.platform);
-    let options = relay.timeouts(&client.name).apply(options);
-    async {
-        match prepare(relay, log, client, drv).await {
-            Ok(Prepared::Hit) => {
-                crate::metrics::cache_lookup(true);
-                (cache_hit(), None)
+impl Core {
+    /// Builds `drv` for `client`, with `options` (the client's; where it
+    /// sent no timeouts, its `[[client]]` or `[limits]` ones). Never fails:
+    /// errors become results. Until the handle ends or is dropped, the
+    /// client is attached to the build; `gone` ends the handle at once.
+    pub async fn build(
+        self: &Arc<Self>,
+        client: &ClientId,
+        drv_path: &StorePath,
+        drv: &BasicDerivation,
+        mut options: Options,
+        gone: &CancellationToken,
+    ) -> BuildHandle {
+        let span = info_span!("job", drv = drv_name(drv_path), system = %drv.platform);
+        options.build = self.timeouts(&client.name).apply(options.build);
+        async {
+            match prepare(self, client, drv).await {
+                Ok(Prepared::Hit) => {
+                    crate::metrics::cache_lookup(true);
+                    let hit = "cache hit: every output is in the relay store";
+                    BuildHandle::done(vec![hit.into()], cache_hit())
+                }
+                Ok(Prepared::Build(key, closure)) => {
+                    crate::metrics::cache_lookup(false);
+                    let job = ToBuild {
+                        key,
+                        closure,
+                        drv_path,
+                        drv,
+                    };
+                    self.attach(client, gone, job, options)
+                }
+                Err(e) => {
+                    let (msg, result) = failed(&e);
+                    BuildHandle::done(vec![msg], result)
+                }
             }
-            Ok(Prepared::Build(key, closure)) => {
-                crate::metrics::cache_lookup(false);
-                let job = ToBuild {
-                    key,
-                    closure,
-                    drv_path,
-                    drv,
-                };
-                attach_and_wait(relay, log, client, gone, job, options).await
-            }
-            Err(e) => (failed(log, &e).await, None),
         }
+        .instrument(span)
+        .await
     }
-    .instrument(span)
-    .await
+
+    /// Attaches to the flight for `job`, starting it if there is none.
+    fn attach(
+        self: &Arc<Self>,
+        client: &ClientId,
+        gone: &CancellationToken,
+        job: ToBuild<'_>,
+        options: Options,
+    ) -> BuildHandle {
+        let ToBuild {
+            key,
+            closure,
+            drv_path,
+            drv,
+        } = job;
+        let (attachment, created) = self.flights.attach(key, self.keep_going);
+        let flight = attachment.flight.clone();
+        let reader = flight.log.subscribe();
+        let mut notes = Vec::new();
+        if created {
+            let task = fly(
+                self.clone(),
+                flight,
+                client.name.clone(),
+                drv_path.clone(),
+                drv.clone(),
+                closure,
+                options,
+            );
+            tokio::spawn(task.in_current_span());
+        } else {
+            crate::metrics::dedup_attach();
+            notes.push(format!(
+                "attached to the build of '{drv_path}' already running for another client"
+            ));
+        }
+        BuildHandle::attached(notes, attachment, reader, gone.clone())
+    }
 }
 
-/// The failing result a client gets for `e`, said on its log too.
-async fn failed(log: &LogSink, e: &JobError) -> BuildResult {
+/// The failing result a client gets for `e`, and the note saying why.
+fn failed(e: &JobError) -> (String, BuildResult) {
     let msg = chain(e);
+    let class = e.class().label();
     match e.class() {
-        Class::Client => info!(class = "client", "{msg}"),
-        Class::Infrastructure => warn!(class = "infrastructure", "{msg}"),
-        Class::Cancelled => info!(class = "cancelled", "{msg}"),
+        Class::Infrastructure => warn!(class, "{msg}"),
+        Class::Client | Class::Build | Class::Cancelled => info!(class, "{msg}"),
     }
-    say(log, &msg).await;
-    BuildResult::failure(BuildStatus::MiscFailure, format!("nix-relay: {msg}"))
+    let result = BuildResult::failure(BuildStatus::MiscFailure, format!("nix-relay: {msg}"));
+    (msg, result)
 }
 
 enum Prepared {
@@ -108,8 +140,7 @@ struct ToBuild<'a> {
 
 /// Decides the build's scope from its inputs and checks for a cache hit.
 async fn prepare(
-    relay: &Relay,
-    log: &LogSink,
+    relay: &Core,
     client: &ClientId,
     drv: &BasicDerivation,
 ) -> Result<Prepared, JobError> {
@@ -133,7 +164,6 @@ async fn prepare(
             .map_err(JobError::Store)?;
     }
     if all_there {
-        say(log, "cache hit: every output is in the relay store").await;
         return Ok(Prepared::Hit);
     }
     let scope = build_scope(client, closure.private);
@@ -157,117 +187,21 @@ fn cache_hit() -> BuildResult {
     BuildResult::failure(BuildStatus::AlreadyValid, "")
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn attach_and_wait(
-    relay: &Arc<Relay>,
-    log: &LogSink,
-    client: &ClientId,
-    gone: &CancellationToken,
-    job: ToBuild<'_>,
-    options: BuildOptions,
-) -> (BuildResult, Option<Pending>) {
-    let ToBuild {
-        key,
-        closure,
-        drv_path,
-        drv,
-    } = job;
-    let (attachment, created) = relay.flights.attach(key, relay.keep_going);
-    let flight = attachment.flight.clone();
-    let mut log_rx = flight.log.subscribe();
-    let mut outcome_rx = flight.outcome.subscribe();
-    if created {
-        let task = fly(
-            relay.clone(),
-            flight.clone(),
-            client.name.clone(),
-            drv_path.clone(),
-            drv.clone(),
-            closure,
-            options,
-        );
-        tokio::spawn(task.in_current_span());
-    } else {
-        crate::metrics::dedup_attach();
-        say(
-            log,
-            format!("attached to the build of '{drv_path}' already running for another client"),
-        )
-        .await;
-    }
-    let outcome = loop {
-        if let Some(o) = outcome_rx.borrow_and_update().clone() {
-            break o;
-        }
-        tokio::select! {
-            chunk = log_rx.recv() => forward(log, chunk).await,
-            changed = outcome_rx.changed() => if changed.is_err() { break lost() },
-            _ = gone.cancelled() => return (BuildResult::failure(BuildStatus::MiscFailure, "client gone"), None),
-        }
-    };
-    while let Some(chunk) = log_rx.try_recv() {
-        forward(log, chunk).await;
-    }
-    let pending = outcome.finished.map(|finished| Pending {
-        finished,
-        attachment,
-    });
-    (outcome.result, pending)
-}
-
-fn lost() -> Outcome {
-    Outcome {
-        result: BuildResult::failure(
-            BuildStatus::MiscFailure,
-            "nix-relay: the build task ended without a result",
-        ),
-        finished: None,
-    }
-}
-
-/// Passes a chunk on; a client that fell behind the flight's backlog is
-/// told how much it missed.
-async fn forward(log: &LogSink, chunk: Recv) {
-    match chunk {
-        Recv::Chunk(c) => {
-            let _ = log.send(c).await;
-        }
-        Recv::Skipped(n) => say(log, format!("attached mid-build: {n} log bytes went by")).await,
-        Recv::Dropped(n) => {
-            say(
-                log,
-                format!("{n} bytes of log dropped (this client fell behind)"),
-            )
-            .await
-        }
-    }
-}
-
 /// The flight's own task: build, publish the outcome, then keep the
 /// backend connection until every attached session is done with it.
 async fn fly(
-    relay: Arc<Relay>,
+    relay: Arc<Core>,
     flight: Arc<Flight>,
     client: String,
     drv_path: StorePath,
     drv: BasicDerivation,
     closure: crate::store::Closure,
-    options: BuildOptions,
+    options: Options,
 ) {
-    let (log_tx, mut log_rx) = mpsc::channel::<bytes::Bytes>(64);
-    let fan_out = flight.log.clone();
-    let fanning = tokio::spawn(async move {
-        let mut kept = crate::store::logs::LogTail::default();
-        while let Some(chunk) = log_rx.recv().await {
-            kept.push(&chunk);
-            // Never waits: a slow client loses log, the build goes on.
-            fan_out.publish(chunk);
-        }
-        kept
-    });
+    let log = &flight.log;
     let scope = flight.key.scope.clone();
     let result = tokio::select! {
-        r = build(&relay, &log_tx, &client, &scope, &drv_path, &drv, closure, options) => r,
+        r = build(&relay, log, &client, &scope, &drv_path, &drv, closure, options) => r,
         _ = flight.cancel.cancelled() => {
             crate::metrics::build_finished(&drv.platform, "none", BuildOutcome::Cancelled, None);
             Err(JobError::Cancelled)
@@ -281,32 +215,24 @@ async fn fly(
                 Arc::new(tokio::sync::Mutex::new(f))
             }),
         },
-        Err(e) => Outcome {
-            result: failed(&log_tx, &e).await,
-            finished: None,
-        },
-    };
-    // Every byte the build logged reaches the backlog before the outcome
-    // does: a client that sees the outcome reads no more log, so the tail
-    // (often the lines saying why a build failed) would be lost.
-    drop(log_tx);
-    let kept = match tokio::time::timeout(LOG_DRAIN, fanning).await {
-        Ok(Ok(kept)) => Some(kept),
-        _ => {
-            warn!("the build log was not drained within {LOG_DRAIN:?}; its tail may be lost");
-            None
+        Err(e) => {
+            let (msg, result) = failed(&e);
+            log.note(msg);
+            Outcome {
+                result,
+                finished: None,
+            }
         }
     };
+    // Every event of the build is in the backlog already (publishing is
+    // synchronous): a client that sees the outcome has seen the whole log.
     let finished = outcome.finished.clone();
     let cancelled = flight.cancel.is_cancelled();
     flight.outcome.send_replace(Some(outcome));
-    if let Some(kept) = kept.filter(|_| !cancelled) {
+    if !cancelled {
         // `nix log` reads it from the cache's log/ (served over HTTP).
-        if let Err(e) = relay
-            .store
-            .put_build_log(&drv_path, &kept.finish(), &scope)
-            .await
-        {
+        let kept = log.take_kept();
+        if let Err(e) = relay.store.put_build_log(&drv_path, &kept, &scope).await {
             warn!(error = %chain(&e), "could not keep the build log");
         }
     }
@@ -317,10 +243,6 @@ async fn fly(
     relay.flights.remove(&flight);
 }
 
-/// How long a finished build's log may take to reach the flight's backlog
-/// (normally at once: every sender is gone when the build returns).
-const LOG_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Tries a build up to this many times when backends fail under it.
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -329,14 +251,14 @@ const MAX_ATTEMPTS: u32 = 3;
 /// [`MAX_ATTEMPTS`]. A build that fails on its own is not retried.
 #[allow(clippy::too_many_arguments)]
 async fn build(
-    relay: &Relay,
-    log: &LogSink,
+    relay: &Core,
+    log: &Arc<FlightLog>,
     client: &str,
     scope: &Scope,
     drv_path: &StorePath,
     drv: &BasicDerivation,
     closure: crate::store::Closure,
-    options: BuildOptions,
+    options: Options,
 ) -> Result<(BuildResult, Option<Finished>), JobError> {
     let system = drv.platform.clone();
     // What this build needs stays in the store until it is done.
@@ -357,7 +279,7 @@ async fn build(
             drv,
             inputs: &inputs,
         };
-        let r = on_backend(relay, log, slot, &job, options).await;
+        let r = on_backend(relay, log, slot, &job, &options).await;
         let outcome = match &r {
             Ok((res, _)) if res.status.is_success() => BuildOutcome::Success,
             Ok(_) => BuildOutcome::Failure,
@@ -387,7 +309,7 @@ async fn build(
                     attempt + 1
                 );
                 warn!("{msg}");
-                say(log, msg).await;
+                log.note(msg);
             }
             Err(e) => {
                 if e.is_infrastructure() {
@@ -425,7 +347,7 @@ fn job_spec(
 
 /// Marks backend `name` down (once per failure: a failed connect was
 /// reported by `on_backend` already) and closes its idle sessions.
-fn backend_failed(relay: &Relay, name: &str, e: &BuildError) {
+fn backend_failed(relay: &Core, name: &str, e: &BuildError) {
     if !matches!(e, BuildError::Connect(_)) {
         relay.scheduler.report_connect(name, false);
     }
@@ -449,7 +371,7 @@ struct Inputs {
 }
 
 /// The closure, pinned in the store while the guard lives.
-fn input_closure(relay: &Relay, closure: crate::store::Closure) -> (Inputs, crate::store::Pin) {
+fn input_closure(relay: &Core, closure: crate::store::Closure) -> (Inputs, crate::store::Pin) {
     let paths = closure.paths();
     let pin = relay.store.pin(&paths);
     let sized: Vec<_> = (closure.entries.iter())
@@ -464,17 +386,15 @@ fn input_closure(relay: &Relay, closure: crate::store::Closure) -> (Inputs, crat
     (inputs, pin)
 }
 
-async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Slot, JobError> {
+async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &FlightLog) -> Result<Slot, JobError> {
     let system = job.system.clone();
     match sched.try_acquire(job) {
         Ok(Acquired::Now(slot)) => Ok(slot),
         Ok(Acquired::Queued { position, rx }) => {
             let running = sched.running_summary(&system);
-            say(
-                log,
-                format!("waiting: position {position} for {system} ({running})"),
-            )
-            .await;
+            log.note(format!(
+                "waiting: position {position} for {system} ({running})"
+            ));
             Scheduler::wait(rx).await.map_err(JobError::Placement)
         }
         Err(e) => Err(JobError::Placement(e)),
@@ -482,11 +402,11 @@ async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &LogSink) -> Result<Sl
 }
 
 async fn on_backend(
-    relay: &Relay,
-    log: &LogSink,
+    relay: &Core,
+    log: &Arc<FlightLog>,
     slot: Slot,
     job: &Job<'_>,
-    options: BuildOptions,
+    options: &Options,
 ) -> Result<(BuildResult, Option<Finished>), BuildError> {
     let b = slot.backend().clone();
     let private = *job.scope != Scope::Public || job.inputs.closure.private;
@@ -495,15 +415,12 @@ async fn on_backend(
         // reach a trusted backend's store, nor a public build an untrusted one.
         return Err(BuildError::Trust(b.name));
     }
-    say(log, format!("building '{}' on {}", job.drv_path, b.name)).await;
-    let outer = log.clone();
+    log.note(format!("building '{}' on {}", job.drv_path, b.name));
     let activity = super::watchdog::Activity::now();
-    let max_log = effective_max_log_size(options.max_log_size, relay.limits.max_log_size);
-    let (log, log_full) = super::log::limited(log, max_log, activity.clone());
-    let log = &log;
-    let conn = relay
-        .pool
-        .checkout(&b, log.clone(), relay.limits.wire())
+    let max_log = effective_max_log_size(options.build.max_log_size, relay.limits.max_log_size);
+    let (sink, log_full) = log.attempt(max_log, activity.clone());
+    let conn = (relay.pool)
+        .checkout(&b, sink.clone(), relay.limits.wire())
         .await;
     relay.scheduler.report_connect(&b.name, conn.is_ok());
     let (mut conn, kind) = conn?;
@@ -514,27 +431,29 @@ async fn on_backend(
         .locality()
         .confirm(&b.name, &job.inputs.paths);
     let started = tokio::time::Instant::now();
+    let building = conn
+        .client
+        .build_derivation(job.drv_path, job.drv, options, &*sink);
     let result = tokio::select! {
-        r = conn.client.build_derivation(job.drv_path, job.drv, options, log) => r.map_err(BuildError::Build)?,
-        why = super::watchdog::expired(options, started, activity) => {
+        r = building => r.map_err(BuildError::Build)?,
+        why = super::watchdog::expired(options.build, started, activity) => {
             // The session is mid-build, so dropping it closes the
             // connection, which stops the backend's build.
             warn!(backend = %b.name, "{why}");
-            say(log, why.trim_start_matches("nix-relay: ")).await;
+            log.note(why.trim_start_matches("nix-relay: "));
             return Ok((BuildResult::failure(BuildStatus::TimedOut, why), None));
         }
         _ = log_full.cancelled() => {
             // As above: dropping the session stops the backend's build.
             let why = super::log::limit_message(max_log);
             warn!(backend = %b.name, "{why}");
-            say(&outer, why.trim_start_matches("nix-relay: ")).await;
+            log.note(why.trim_start_matches("nix-relay: "));
             return Ok((BuildResult::failure(BuildStatus::LogLimitExceeded, why), None));
         }
     };
     drop(slot);
-    // The build is over: the connection's stderr no longer feeds this log,
-    // so the log's senders are all gone once this function returns.
-    conn.detach_log().await;
+    // The build is over: the connection's stderr no longer feeds its log.
+    conn.detach_log();
     info!(backend = %b.name, session = kind.label(), status = ?result.status, secs = started.elapsed().as_secs_f32(), "build finished");
     if !result.status.is_success() {
         return Ok((result, None));
@@ -562,7 +481,7 @@ async fn on_backend(
 /// Uploads the input closure (references first) minus what the backend
 /// already has, which one batched QueryValidPaths tells.
 async fn push_inputs(
-    relay: &Relay,
+    relay: &Core,
     conn: &mut BackendConn,
     inputs: &Inputs,
 ) -> Result<(), BuildError> {

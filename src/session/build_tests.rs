@@ -37,15 +37,18 @@ async fn a_queued_job_is_told_its_position_and_what_runs_then_gets_the_slot() {
     let Ok(Acquired::Now(b)) = sched.try_acquire(job()) else {
         panic!("a free slot");
     };
-    let (log, mut rx) = mpsc::channel(8);
+    let log = FlightLog::new();
+    let mut reader = log.subscribe();
     let waiting = tokio::spawn({
-        let sched = sched.clone();
+        let (sched, log) = (sched.clone(), log.clone());
         async move { claim(&sched, job(), &log).await }
     });
-    let line = rx.recv().await.expect("a log line");
+    let line = reader.recv().await;
     assert_eq!(
-        String::from_utf8_lossy(&line),
-        "nix-relay: waiting: position 1 for aarch64-linux (2 running on opi01, opi02)\n"
+        line,
+        super::super::log::Recv::Event(crate::buildlog::LogEvent::Note(
+            "waiting: position 1 for aarch64-linux (2 running on opi01, opi02)".into()
+        ))
     );
     drop(b);
     let slot = waiting.await.unwrap().expect("the freed slot");
@@ -123,8 +126,7 @@ fn drv_claiming(out: &str) -> BasicDerivation {
 async fn an_untrusted_clients_build_is_private_whatever_its_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::Store::open(dir.path(), Default::default()).unwrap();
-    let relay = Relay::new(store, Scheduler::new(vec![], 10), Default::default(), false);
-    let (log, _rx) = mpsc::channel(8);
+    let relay = Core::new(store, Scheduler::new(vec![], 10), Default::default(), false);
     let drv = drv_claiming("/nix/store/00000000000000000000000000000000-trusted-output");
     let eve = ClientId {
         name: "eve".into(),
@@ -139,8 +141,8 @@ async fn an_untrusted_clients_build_is_private_whatever_its_inputs() {
         Ok(Prepared::Hit) => panic!("a cache hit"),
         Err(e) => panic!("{e}"),
     };
-    let eve_key = key(prepare(&relay, &log, &eve, &drv).await);
-    let lab_key = key(prepare(&relay, &log, &lab, &drv).await);
+    let eve_key = key(prepare(&relay, &eve, &drv).await);
+    let lab_key = key(prepare(&relay, &lab, &drv).await);
     assert_eq!(eve_key.scope, Scope::Private("eve".into()));
     assert_eq!(lab_key.scope, Scope::Public);
     assert_eq!(eve_key.outputs, lab_key.outputs);
@@ -158,7 +160,7 @@ fn untrusted_job() -> JobSpec {
 #[tokio::test]
 async fn an_untrusted_job_fails_at_once_when_no_backend_takes_untrusted_work() {
     let sched = Scheduler::new(vec![backend("opi01")], 10);
-    let (log, _rx) = mpsc::channel(8);
+    let log = FlightLog::new();
     let err = claim(&sched, untrusted_job(), &log)
         .await
         .err()

@@ -6,24 +6,29 @@
 //! checked: its output paths must be the ones its hash names, as Nix
 //! computes them), then [`plan`]ned — a pure function of the graph and the
 //! outputs already valid: which derivations to build, inputs first — and
-//! [`run`]: each derivation goes through [`super::build::run`] exactly like
-//! a hook build (routing, dedup, cache hits, retries, logs), as soon as its
+//! [`Run`]: each derivation goes through [`Core::build`] exactly like a
+//! hook build (routing, dedup, cache hits, retries, logs), as soon as its
 //! inputs are built, and its outputs are stored before anything that
-//! needs them starts.
+//! needs them starts. The session reads every build's events from its
+//! handle, in its own task.
 //!
 //! Invariant: nothing is built whose `.drv` is not in the relay store, as
 //! the client may see it, and whose outputs are not input-addressed or
 //! fixed-output (floating content-addressed derivations are refused).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientId, Relay};
-use crate::wire::build::{BuildOptions, BuildResult, BuildStatus};
+use super::handle::{BuildEvent, BuildHandle, Pending};
+use super::{Class, ClientId, Core, CoreError};
+use crate::backend::Options;
+use crate::wire::build::{BuildResult, BuildStatus};
 use crate::wire::derivation::{
     Addressing, Derivation, DerivedPath, hash_modulo, output_path, realisation,
 };
@@ -64,6 +69,15 @@ pub enum DerivedError {
     },
 }
 
+impl DerivedError {
+    pub fn class(&self) -> Class {
+        match self {
+            DerivedError::Store(..) | DerivedError::ReadNar(..) => Class::Infrastructure,
+            _ => Class::Client,
+        }
+    }
+}
+
 /// Every derivation a request reaches, read and checked once.
 pub struct Graph {
     pub drvs: HashMap<StorePath, Derivation>,
@@ -74,7 +88,7 @@ pub struct Graph {
 impl Graph {
     /// Reads `roots` and every input derivation they reach.
     pub async fn load(
-        relay: &Relay,
+        relay: &Core,
         client: &ClientId,
         roots: &[StorePath],
     ) -> Result<Graph, DerivedError> {
@@ -120,7 +134,7 @@ impl Graph {
 }
 
 pub async fn read_drv(
-    relay: &Relay,
+    relay: &Core,
     client: &ClientId,
     path: &StorePath,
 ) -> Result<Derivation, DerivedError> {
@@ -261,15 +275,15 @@ pub fn plan(
 /// Every output path of every derivation in `graph` that `client` sees
 /// as valid now.
 pub async fn valid_outputs(
-    relay: &Relay,
+    relay: &Core,
     client: &ClientId,
     graph: &Graph,
-) -> Result<HashSet<StorePath>, super::Error> {
+) -> Result<HashSet<StorePath>, CoreError> {
     let mut valid = HashSet::new();
     for drv in graph.drvs.values() {
         for o in &drv.outputs {
             if let Some(p) = StorePath::parse(&o.path).ok()
-                && super::lookup(relay, None, client, &p).await?.is_some()
+                && relay.path_info(client, None, &p).await?.is_some()
             {
                 valid.insert(p);
             }
@@ -278,108 +292,150 @@ pub async fn valid_outputs(
     Ok(valid)
 }
 
-/// What one build of a remote-store request says, for the client's log.
-#[derive(Debug)]
+/// What the builds of a remote-store request say, for the client's log.
 pub enum Event {
     Started(StorePath),
-    Log(StorePath, bytes::Bytes),
+    /// One of that derivation's build events (never its `Done`).
+    Build(StorePath, BuildEvent),
     Finished(StorePath, BuildStatus),
 }
 
-/// Builds `plan`, each derivation once its inputs are built (at most
-/// `limit` at once). A derivation whose input failed is not built
-/// (DependencyFailed); independent ones go on (keep-going).
-pub async fn run(
-    relay: &Arc<Relay>,
-    client: &ClientId,
-    gone: &CancellationToken,
-    options: BuildOptions,
-    graph: &Graph,
-    plan: &Plan,
-    events: &mpsc::Sender<Event>,
-) -> HashMap<StorePath, BuildResult> {
-    let mut results: HashMap<StorePath, BuildResult> = HashMap::new();
-    let mut running = tokio::task::JoinSet::new();
-    let mut left: Vec<StorePath> = plan.order.clone();
-    loop {
+/// One step of one derivation's build, as [`Run`] polls it.
+type Step = Pin<Box<dyn Future<Output = (StorePath, Progress)> + Send>>;
+
+enum Progress {
+    Event(BuildHandle, BuildEvent),
+    /// Built (or failed), and its outputs stored.
+    Stored(BuildResult),
+}
+
+/// A remote-store request's builds under way: each derivation as soon as
+/// its inputs are built (a derivation whose input failed is not built,
+/// DependencyFailed; independent ones go on, keep-going). The session
+/// reads their events with [`Run::next`] in its own task, straight from
+/// each build's handle.
+pub struct Run<'a> {
+    core: Arc<Core>,
+    client: ClientId,
+    gone: CancellationToken,
+    options: Options,
+    graph: &'a Graph,
+    plan: &'a Plan,
+    left: Vec<StorePath>,
+    results: HashMap<StorePath, BuildResult>,
+    running: FuturesUnordered<Step>,
+    ready: VecDeque<Event>,
+}
+
+impl Run<'_> {
+    /// The next event of any build; `None` once every build is done.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(e);
+            }
+            self.start_ready();
+            if !self.ready.is_empty() {
+                continue;
+            }
+            let (drv, progress) = self.running.next().await?;
+            match progress {
+                Progress::Event(_, BuildEvent::Done { result, pending }) => {
+                    self.running
+                        .push(Box::pin(stored(&self.core, drv, result, pending)));
+                }
+                Progress::Event(handle, event) => {
+                    self.running.push(Box::pin(step(drv.clone(), handle)));
+                    return Some(Event::Build(drv, event));
+                }
+                Progress::Stored(result) => {
+                    self.ready
+                        .push_back(Event::Finished(drv.clone(), result.status));
+                    self.results.insert(drv, result);
+                }
+            }
+        }
+    }
+
+    /// Each build's result, once [`Run::next`] said `None`.
+    pub fn results(self) -> HashMap<StorePath, BuildResult> {
+        self.results
+    }
+
+    /// Starts what waits for nothing any more; fails what waits for a
+    /// failure.
+    fn start_ready(&mut self) {
         let mut i = 0;
-        while i < left.len() {
-            let drv = &left[i];
-            let waits = &plan.waits_for[drv];
+        while i < self.left.len() {
+            let drv = &self.left[i];
+            let waits = &self.plan.waits_for[drv];
+            let results = &self.results;
             if waits
                 .iter()
                 .any(|w| results.get(w).is_some_and(|r| !r.status.is_success()))
             {
                 let msg = format!("a dependency of '{drv}' failed");
-                results.insert(
-                    drv.clone(),
-                    BuildResult::failure(BuildStatus::DependencyFailed, msg),
-                );
-                left.remove(i);
+                let failed = BuildResult::failure(BuildStatus::DependencyFailed, msg);
+                let drv = self.left.remove(i);
+                self.results.insert(drv, failed);
                 continue;
             }
             if waits.iter().all(|w| results.contains_key(w)) {
-                let drv = left.remove(i);
-                let job = one_build(relay, client, gone, options, graph, drv, events);
-                running.spawn(job);
+                let drv = self.left.remove(i);
+                self.ready.push_back(Event::Started(drv.clone()));
+                self.running.push(Box::pin(self.first_step(drv)));
                 continue;
             }
             i += 1;
         }
-        let Some(done) = running.join_next().await else {
-            break;
-        };
-        match done {
-            Ok((drv, r)) => {
-                results.insert(drv, r);
-            }
-            Err(e) => tracing::warn!("a remote-store build task ended: {e}"),
+    }
+
+    /// One derivation of the request: a hook-style build of it as a
+    /// BasicDerivation, up to its first event.
+    fn first_step(
+        &self,
+        drv_path: StorePath,
+    ) -> impl Future<Output = (StorePath, Progress)> + Send + 'static {
+        let drv = &self.graph.drvs[&drv_path];
+        let inputs: Vec<StorePath> = (drv.input_drvs.iter())
+            .flat_map(|(i, outs)| self.graph.outputs(i, Some(outs)).unwrap_or_default())
+            .map(|(_, p)| p)
+            .collect();
+        let basic = drv.to_basic(inputs);
+        let (core, client, gone, options) = (
+            self.core.clone(),
+            self.client.clone(),
+            self.gone.clone(),
+            self.options.clone(),
+        );
+        async move {
+            let handle = core.build(&client, &drv_path, &basic, options, &gone).await;
+            step(drv_path, handle).await
         }
     }
-    results
 }
 
-/// One derivation of a remote-store request: a hook-style build of it as
-/// a BasicDerivation, its outputs then stored.
-fn one_build(
-    relay: &Arc<Relay>,
-    client: &ClientId,
-    gone: &CancellationToken,
-    options: BuildOptions,
-    graph: &Graph,
-    drv_path: StorePath,
-    events: &mpsc::Sender<Event>,
-) -> impl std::future::Future<Output = (StorePath, BuildResult)> + Send + 'static {
-    let drv = &graph.drvs[&drv_path];
-    let inputs: Vec<StorePath> = (drv.input_drvs.iter())
-        .flat_map(|(i, outs)| graph.outputs(i, Some(outs)).unwrap_or_default())
-        .map(|(_, p)| p)
-        .collect();
-    let basic = drv.to_basic(inputs);
-    let (relay, client, gone, events) =
-        (relay.clone(), client.clone(), gone.clone(), events.clone());
+/// The next event of `drv`'s build.
+async fn step(drv: StorePath, mut handle: BuildHandle) -> (StorePath, Progress) {
+    match handle.next().await {
+        Some(event) => (drv, Progress::Event(handle, event)),
+        None => (drv, Progress::Stored(super::handle::lost())),
+    }
+}
+
+/// Stores `drv`'s outputs: what comes next builds on them.
+fn stored(
+    core: &Arc<Core>,
+    drv: StorePath,
+    result: BuildResult,
+    pending: Option<Pending>,
+) -> impl Future<Output = (StorePath, Progress)> + Send + 'static {
+    let core = core.clone();
     async move {
-        let _ = events.send(Event::Started(drv_path.clone())).await;
-        let (log, mut log_rx) = mpsc::channel::<bytes::Bytes>(64);
-        let tagged = events.clone();
-        let tag = drv_path.clone();
-        let forward = tokio::spawn(async move {
-            while let Some(chunk) = log_rx.recv().await {
-                let _ = tagged.send(Event::Log(tag.clone(), chunk)).await;
-            }
-        });
-        let (result, pending) =
-            super::build::run(&relay, &log, &client, &gone, &drv_path, &basic, options).await;
         if let Some(p) = pending {
-            // What comes next builds on these outputs: store them now.
-            p.finished.lock().await.settle(&relay).await;
+            p.finished.lock().await.settle(&core).await;
         }
-        drop(log);
-        let _ = forward.await;
-        let _ = events
-            .send(Event::Finished(drv_path.clone(), result.status))
-            .await;
-        (drv_path, result)
+        (drv, Progress::Stored(result))
     }
 }
 
@@ -430,10 +486,10 @@ pub struct Request {
 impl Request {
     /// Reads every `.drv` `wanted` reaches and plans the builds.
     pub async fn read(
-        relay: &Relay,
+        relay: &Core,
         client: &ClientId,
         wanted: Vec<DerivedPath>,
-    ) -> Result<Request, super::Error> {
+    ) -> Result<Request, CoreError> {
         let mut roots = Vec::new();
         let mut want_outputs = Vec::new();
         let mut valid = HashSet::new();
@@ -444,7 +500,7 @@ impl Request {
                     want_outputs.push((drv.clone(), outputs.clone()));
                 }
                 DerivedPath::Opaque(p) => {
-                    if super::lookup(relay, None, client, p).await?.is_some() {
+                    if relay.path_info(client, None, p).await?.is_some() {
                         valid.insert(p.clone());
                     }
                 }
@@ -461,26 +517,31 @@ impl Request {
         })
     }
 
-    /// Builds what the plan says; one result per wanted path, in order.
-    pub async fn build(
+    /// Starts building what the plan says (see [`Run`]).
+    pub fn run(
         &self,
-        relay: &Arc<Relay>,
+        core: &Arc<Core>,
         client: &ClientId,
         gone: &CancellationToken,
-        options: BuildOptions,
-        events: &mpsc::Sender<Event>,
-    ) -> Vec<BuildResult> {
-        let built = run(
-            relay,
-            client,
-            gone,
+        options: Options,
+    ) -> Run<'_> {
+        Run {
+            core: core.clone(),
+            client: client.clone(),
+            gone: gone.clone(),
             options,
-            &self.graph,
-            &self.plan,
-            events,
-        )
-        .await;
-        results(&self.graph, &self.wanted, &self.valid, &built)
+            graph: &self.graph,
+            plan: &self.plan,
+            left: self.plan.order.clone(),
+            results: HashMap::new(),
+            running: FuturesUnordered::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// One result per wanted path, in order, once `run` is done.
+    pub fn results(&self, run: Run<'_>) -> Vec<BuildResult> {
+        results(&self.graph, &self.wanted, &self.valid, &run.results())
     }
 
     /// QueryMissing's answer: the derivations that will be built, and the

@@ -1,8 +1,11 @@
-//! The build engine's errors: [`JobError`] for one derivation's way
-//! (what a client is told when no backend's BuildResult answers it),
-//! [`BuildError`] for one attempt on one backend. Each says which step
-//! failed and is classified ([`Class`]): whose fault it is decides
-//! whether a build is retried and how it is counted.
+//! The core's errors. [`CoreError`] is what the core's API returns to the
+//! protocol sessions (which map it to their protocol's error form); a
+//! build never fails with an error but with a failing `BuildResult`,
+//! inside which [`JobError`] is one derivation's way (what a client is
+//! told when no backend's BuildResult answers it) and [`BuildError`] one
+//! attempt on one backend. Each says which step failed and is classified
+//! ([`Class`]): whose fault it is decides whether a build is retried, how
+//! it is counted and logged.
 
 use crate::wire::store_path::StorePath;
 
@@ -16,8 +19,57 @@ pub enum Class {
     /// The backends or the relay itself failed (unreachable, gone
     /// mid-build, a store error): another backend or a later try may do.
     Infrastructure,
+    /// The build itself failed, and the backend said so with an error
+    /// rather than a failing BuildResult: another backend would fail too.
+    Build,
     /// Nobody's fault: every client waiting for the build went away.
     Cancelled,
+}
+
+impl Class {
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Client => "client",
+            Class::Infrastructure => "infrastructure",
+            Class::Build => "build",
+            Class::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why a core operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("relay store")]
+    Store(#[from] crate::store::Error),
+    /// The client's own bytes (an upload's NAR, a NAR sent to it).
+    #[error("client protocol")]
+    Wire(#[from] crate::wire::Error),
+    #[error("NAR of {path} ended {missing} bytes before the declared narSize")]
+    ShortNar { path: StorePath, missing: u64 },
+    #[error("streaming {path} from backend {backend}")]
+    Output {
+        path: StorePath,
+        backend: String,
+        #[source]
+        source: crate::wire::Error,
+    },
+    #[error("remote-store build")]
+    Derived(#[from] super::derived::DerivedError),
+}
+
+impl CoreError {
+    pub fn class(&self) -> Class {
+        use crate::store::Error as S;
+        match self {
+            CoreError::Store(S::Io { .. } | S::BadNarInfo { .. } | S::Compression(_)) => {
+                Class::Infrastructure
+            }
+            CoreError::Store(_) | CoreError::Wire(_) | CoreError::ShortNar { .. } => Class::Client,
+            CoreError::Output { .. } => Class::Infrastructure,
+            CoreError::Derived(e) => e.class(),
+        }
+    }
 }
 
 /// Why a job ended without a backend's BuildResult.
@@ -60,7 +112,10 @@ impl JobError {
                 crate::scheduler::Error::NoneEligible { .. }
                 | crate::scheduler::Error::NoUntrustedBackend { .. },
             ) => Class::Client,
-            JobError::Backend { source, .. } if !source.is_infrastructure() => Class::Client,
+            JobError::Backend { source, .. } if !source.is_infrastructure() => match source {
+                BuildError::Build(_) => Class::Build,
+                _ => Class::Client,
+            },
             JobError::Cancelled => Class::Cancelled,
             _ => Class::Infrastructure,
         }

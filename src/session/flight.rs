@@ -3,8 +3,9 @@
 //! A [`Flight`] is one backend build, keyed by (scope, output paths). The
 //! first client's request starts it in a task of its own; later clients
 //! asking for the same outputs attach to it and get the live log and the
-//! same result. Each attachment is counted: when the last one goes away
-//! before the build finished, the build is cancelled — unless
+//! same result, each through its own `BuildHandle`. Each attachment is
+//! counted: when the last one goes away before the build finished, the
+//! build is cancelled — unless
 //! `keep_going`, then it finishes and lands in the store anyway. After a
 //! success the flight stays until every attachment is gone, so attached
 //! sessions can stream outputs from the backend (the tee); then it stores
@@ -22,7 +23,7 @@ type AsyncMutex<T> = tokio::sync::Mutex<T>;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::log::{Backlog, LOG_BACKLOG_BYTES};
+use super::log::FlightLog;
 use super::outputs::Finished;
 use crate::store::Scope;
 use crate::wire::build::BuildResult;
@@ -44,9 +45,9 @@ pub struct Outcome {
 
 pub struct Flight {
     pub key: FlightKey,
-    /// The live log, at most [`LOG_BACKLOG_BYTES`] of it kept for
-    /// attached clients that fall behind.
-    pub log: Arc<Backlog>,
+    /// The build's events: the sink its backend attempts publish into,
+    /// read by every attached session (see [`FlightLog`]).
+    pub log: Arc<FlightLog>,
     pub outcome: watch::Sender<Option<Outcome>>,
     attached: AtomicUsize,
     detached: Notify,
@@ -62,7 +63,7 @@ impl Flight {
     fn new(key: FlightKey, keep_going: bool) -> Arc<Flight> {
         Arc::new(Flight {
             key,
-            log: Backlog::new(LOG_BACKLOG_BYTES),
+            log: FlightLog::new(),
             outcome: watch::channel(None).0,
             attached: AtomicUsize::new(0),
             detached: Notify::new(),

@@ -5,31 +5,32 @@
 //!   [`LineSplitter`] cuts a line longer than that into pieces for ssh-ng
 //!   clients (one `buildLogLine` each), so a line without a newline is never
 //!   buffered whole;
-//! * a flight keeps at most [`LOG_BACKLOG_BYTES`] of log for its attached
-//!   clients ([`Backlog`]); a client that falls further behind loses the
-//!   oldest part and is told how many bytes it missed, and neither the build
-//!   nor the other clients wait for it;
-//! * [`limited`] enforces max-log-size on what a backend sends (and
-//!   records the backend's activity for max-silent-time, in the same task): the
-//!   client's value if it set one and it is smaller, else
-//!   `[limits] max_log_size` ([`effective_max_log_size`]).
+//! * a flight's log ([`FlightLog`]) is one synchronous sink: every event
+//!   of its backend attempts and its own notes go, as they come, to a
+//!   [`Backlog`] of at most [`LOG_BACKLOG_BYTES`] for its attached clients
+//!   (a client that falls further behind loses the oldest part and is told
+//!   how many bytes it missed; neither the build nor the other clients
+//!   wait for it) and to the kept copy for `nix log`;
+//! * each backend attempt's sink ([`AttemptSink`]) enforces max-log-size
+//!   on what the backend sends and records its activity for
+//!   max-silent-time: the client's value if it set one and it is smaller,
+//!   else `[limits] max_log_size` ([`effective_max_log_size`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use super::backlog::{Backlog, LOG_REPLAY_BYTES, LogReader, Recv};
 use super::watchdog::Activity;
 pub use crate::buildlog::MAX_LOG_LINE;
-use crate::buildlog::{LogSink, log_pieces};
+use crate::buildlog::{EventSink, LogEvent};
+use crate::store::logs::LogTail;
 use crate::wire::worker::stderr::{Field, RES_BUILD_LOG_LINE, StderrMsg};
 
 /// Log bytes a flight keeps for attached clients that fall behind.
 pub const LOG_BACKLOG_BYTES: usize = 4 << 20;
-/// The first log bytes of a flight a client attaching mid-build gets.
-pub const LOG_REPLAY_BYTES: usize = 64 << 10;
 
 /// Turns log bytes into one `RESULT buildLogLine` per line; a line longer
 /// than [`MAX_LOG_LINE`] goes out in pieces of that size.
@@ -98,172 +99,6 @@ fn line(act: u64, text: Vec<u8>) -> StderrMsg {
     }
 }
 
-/// A flight's log for the sessions attached to it: the newest bytes, at
-/// most `max` of them, kept only while some reader has not seen them.
-pub struct Backlog {
-    ring: Mutex<Ring>,
-    /// The log's first [`LOG_REPLAY_BYTES`], for clients attaching late.
-    start: Mutex<Vec<Bytes>>,
-    more: Notify,
-    max: usize,
-}
-
-#[derive(Default)]
-struct Ring {
-    /// Each chunk with the log offset of its first byte.
-    chunks: VecDeque<(u64, Bytes)>,
-    /// Offset of the first byte kept.
-    head: u64,
-    /// Bytes published so far.
-    tail: u64,
-    bytes: usize,
-    /// Each reader's next offset.
-    readers: HashMap<u64, u64>,
-    next_reader: u64,
-}
-
-impl Ring {
-    /// Drops what every reader has seen, then the oldest beyond `max`.
-    fn trim(&mut self, max: usize) {
-        let seen = self.readers.values().copied().min().unwrap_or(self.tail);
-        while let Some((start, c)) = self.chunks.front() {
-            if start + c.len() as u64 > seen && self.bytes <= max {
-                break;
-            }
-            self.bytes -= c.len();
-            self.chunks.pop_front();
-        }
-        self.head = self.chunks.front().map_or(self.tail, |(start, _)| *start);
-    }
-}
-
-/// What a reader gets next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Recv {
-    Chunk(Bytes),
-    /// This many bytes were dropped before the reader got to them.
-    Dropped(u64),
-    /// This many bytes, after the log's start, went by before the reader
-    /// attached.
-    Skipped(u64),
-}
-
-impl Backlog {
-    pub fn new(max: usize) -> Arc<Backlog> {
-        Arc::new(Backlog {
-            ring: Mutex::new(Ring::default()),
-            start: Mutex::new(Vec::new()),
-            more: Notify::new(),
-            max,
-        })
-    }
-
-    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
-        self.ring.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Adds `chunk` (in pieces of at most [`MAX_LOG_LINE`]); never waits.
-    pub fn publish(&self, chunk: Bytes) {
-        let mut ring = self.ring();
-        let mut start = self.start.lock().unwrap_or_else(|e| e.into_inner());
-        for piece in log_pieces(chunk) {
-            let len = piece.len();
-            if ring.tail < LOG_REPLAY_BYTES as u64 {
-                let room = LOG_REPLAY_BYTES - ring.tail as usize;
-                start.push(piece.slice(..len.min(room)));
-            }
-            let start = ring.tail;
-            ring.chunks.push_back((start, piece));
-            ring.tail += len as u64;
-            ring.bytes += len;
-        }
-        ring.trim(self.max);
-        drop((ring, start));
-        self.more.notify_waiters();
-    }
-
-    /// A reader that gets the log's start (its first
-    /// [`LOG_REPLAY_BYTES`]), how much went by after that, then everything
-    /// published from now on.
-    pub fn subscribe(self: &Arc<Self>) -> LogReader {
-        let mut ring = self.ring();
-        let id = ring.next_reader;
-        ring.next_reader += 1;
-        let tail = ring.tail;
-        ring.readers.insert(id, tail);
-        let start = self.start.lock().unwrap_or_else(|e| e.into_inner());
-        let mut replay: VecDeque<Recv> = start.iter().cloned().map(Recv::Chunk).collect();
-        let replayed: u64 = start.iter().map(|c| c.len() as u64).sum();
-        if tail > replayed {
-            replay.push_back(Recv::Skipped(tail - replayed));
-        }
-        LogReader {
-            backlog: self.clone(),
-            id,
-            replay,
-        }
-    }
-
-    /// Bytes held now.
-    pub fn held(&self) -> usize {
-        self.ring().bytes
-    }
-}
-
-/// One session's place in a flight's [`Backlog`]; dropping it lets go.
-pub struct LogReader {
-    backlog: Arc<Backlog>,
-    id: u64,
-    /// What the reader gets before the live log.
-    replay: VecDeque<Recv>,
-}
-
-impl LogReader {
-    /// The next chunk or gap, or `None` when there is nothing new yet.
-    pub fn try_recv(&mut self) -> Option<Recv> {
-        if let Some(r) = self.replay.pop_front() {
-            return Some(r);
-        }
-        let b = &self.backlog;
-        let mut ring = b.ring();
-        let pos = *ring.readers.get(&self.id)?;
-        let (next, got) = if pos < ring.head {
-            (ring.head, Recv::Dropped(ring.head - pos))
-        } else if pos >= ring.tail {
-            return None;
-        } else {
-            let i = ring.chunks.partition_point(|(start, _)| *start <= pos) - 1;
-            let (start, c) = &ring.chunks[i];
-            (start + c.len() as u64, Recv::Chunk(c.clone()))
-        };
-        ring.readers.insert(self.id, next);
-        ring.trim(b.max);
-        Some(got)
-    }
-
-    /// Waits for the next chunk or gap.
-    pub async fn recv(&mut self) -> Recv {
-        let backlog = self.backlog.clone();
-        loop {
-            let more = backlog.more.notified();
-            tokio::pin!(more);
-            more.as_mut().enable();
-            if let Some(r) = self.try_recv() {
-                return r;
-            }
-            more.await;
-        }
-    }
-}
-
-impl Drop for LogReader {
-    fn drop(&mut self) {
-        let mut ring = self.backlog.ring();
-        ring.readers.remove(&self.id);
-        ring.trim(self.backlog.max);
-    }
-}
-
 /// The max-log-size a build runs under: the client's, if it set one that
 /// is smaller than the relay's.
 pub fn effective_max_log_size(client: u64, relay: u64) -> u64 {
@@ -278,28 +113,155 @@ pub fn limit_message(max: u64) -> String {
     format!("nix-relay: the build was killed after writing more than {max} bytes of log output")
 }
 
-/// The sink a backend attempt's log goes into: one task that records each
-/// chunk as `activity` (max-silent-time, `watchdog`) and forwards to `log`
-/// until more than `max` bytes came through; then it forwards nothing more
-/// and the token is cancelled (max-log-size).
-pub fn limited(log: &LogSink, max: u64, activity: Activity) -> (LogSink, CancellationToken) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(64);
-    let over = CancellationToken::new();
-    let (log, flag) = (log.clone(), over.clone());
-    tokio::spawn(async move {
-        let mut seen = 0u64;
-        while let Some(chunk) = rx.recv().await {
-            activity.touch();
-            seen = seen.saturating_add(chunk.len() as u64);
-            if seen > max {
-                flag.cancel();
-            } else {
-                // A gone client only means nobody reads the log.
-                let _ = log.send(chunk).await;
+/// A flight's log: the one sink every backend attempt publishes into
+/// (through its [`AttemptSink`]) and the flight's own notes go to. Each
+/// event goes, synchronously, to the [`Backlog`] the attached sessions read
+/// and to the kept copy (`store::logs::LogTail`, written to the cache's
+/// `log/` when the build ends).
+pub struct FlightLog {
+    backlog: Arc<Backlog>,
+    kept: Mutex<LogTail>,
+    /// Flight-wide activity ids: a retry's ids never collide with the
+    /// attempt's before it.
+    next_id: AtomicU64,
+}
+
+impl FlightLog {
+    pub fn new() -> Arc<FlightLog> {
+        Arc::new(FlightLog {
+            backlog: Backlog::new(LOG_BACKLOG_BYTES),
+            kept: Mutex::new(LogTail::default()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Adds `event` for every attached session and to the kept copy.
+    pub fn publish(&self, event: LogEvent) {
+        if let Some(text) = event.text() {
+            self.kept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(&text);
+        }
+        self.backlog.publish(event);
+    }
+
+    /// A line of the relay's own (`nix-relay: …` on a client's terminal).
+    pub fn note(&self, msg: impl std::fmt::Display) {
+        self.publish(LogEvent::Note(msg.to_string().into()));
+    }
+
+    /// A reader from the log's start (see [`Backlog::subscribe`]).
+    pub fn subscribe(&self) -> LogReader {
+        self.backlog.subscribe()
+    }
+
+    /// Bytes the backlog holds now.
+    pub fn held(&self) -> usize {
+        self.backlog.held()
+    }
+
+    /// The kept copy so far, taken (what `nix log` shows).
+    pub fn take_kept(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner())).finish()
+    }
+
+    /// The sink of one backend attempt: it records every event as
+    /// `activity` (max-silent-time, `watchdog`) and passes them on until
+    /// more than `max` log bytes came through; then it passes nothing more
+    /// and the token is cancelled (max-log-size).
+    pub fn attempt(
+        self: &Arc<Self>,
+        max: u64,
+        activity: Activity,
+    ) -> (Arc<AttemptSink>, CancellationToken) {
+        let over = CancellationToken::new();
+        let sink = AttemptSink {
+            log: self.clone(),
+            max,
+            seen: AtomicU64::new(0),
+            over: over.clone(),
+            activity,
+            ids: Mutex::new(HashMap::new()),
+        };
+        (Arc::new(sink), over)
+    }
+}
+
+/// See [`FlightLog::attempt`]. Activity ids are renumbered into the
+/// flight's (the backend's own may repeat on another attempt).
+pub struct AttemptSink {
+    log: Arc<FlightLog>,
+    max: u64,
+    seen: AtomicU64,
+    over: CancellationToken,
+    activity: Activity,
+    /// The backend's activity ids → the flight's.
+    ids: Mutex<HashMap<u64, u64>>,
+}
+
+impl EventSink for AttemptSink {
+    fn publish(&self, event: LogEvent) {
+        self.activity.touch();
+        if let LogEvent::Log(b) = &event {
+            let n = b.len() as u64;
+            if self.seen.fetch_add(n, Ordering::Relaxed).saturating_add(n) > self.max {
+                self.over.cancel();
             }
         }
-    });
-    (tx, over)
+        if self.over.is_cancelled() {
+            return;
+        }
+        match event {
+            LogEvent::Activity(m) => {
+                if let Some(m) = self.renumber(&m) {
+                    self.log.publish(LogEvent::Activity(Arc::new(m)));
+                }
+            }
+            e => self.log.publish(e),
+        }
+    }
+}
+
+impl AttemptSink {
+    /// `m` with the flight's ids; `None` for an activity never started.
+    fn renumber(&self, m: &StderrMsg) -> Option<StderrMsg> {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        Some(match m.clone() {
+            StderrMsg::StartActivity {
+                id,
+                level,
+                kind,
+                text,
+                fields,
+                parent,
+            } => {
+                let ours = self.log.next_id.fetch_add(1, Ordering::Relaxed);
+                ids.insert(id, ours);
+                let parent = (parent != 0)
+                    .then(|| ids.get(&parent).copied())
+                    .flatten()
+                    .unwrap_or(0);
+                StderrMsg::StartActivity {
+                    id: ours,
+                    level,
+                    kind,
+                    text,
+                    fields,
+                    parent,
+                }
+            }
+            StderrMsg::StopActivity { id } => StderrMsg::StopActivity {
+                id: ids.remove(&id)?,
+            },
+            StderrMsg::Result { id, kind, fields } => StderrMsg::Result {
+                id: *ids.get(&id)?,
+                kind,
+                fields,
+            },
+            _ => return None,
+        })
+    }
 }
 
 #[cfg(test)]

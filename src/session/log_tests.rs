@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::*;
 
 fn text(m: &StderrMsg) -> &[u8] {
@@ -81,8 +83,12 @@ fn a_gibibyte_without_a_newline_goes_out_in_bounded_pieces() {
     assert_eq!(pieces, TOTAL.div_ceil(MAX_LOG_LINE));
 }
 
-fn chunk(n: usize, b: u8) -> Bytes {
-    Bytes::from(vec![b; n])
+fn chunk(n: usize, b: u8) -> LogEvent {
+    LogEvent::Log(Bytes::from(vec![b; n]))
+}
+
+fn got(c: LogEvent) -> Recv {
+    Recv::Event(c)
 }
 
 #[test]
@@ -95,9 +101,9 @@ fn the_backlog_holds_at_most_its_bytes_and_a_laggard_hears_what_it_missed() {
         backlog.publish(chunk(MAX_LOG_LINE + 1000, i));
         assert!(backlog.held() <= 4 * MAX_LOG_LINE, "{}", backlog.held());
         let mut got = 0;
-        while let Some(Recv::Chunk(c)) = fast.try_recv() {
-            assert!(c.len() <= MAX_LOG_LINE);
-            got += c.len();
+        while let Some(Recv::Event(c)) = fast.try_recv() {
+            assert!(c.size() <= MAX_LOG_LINE);
+            got += c.size();
         }
         assert_eq!(got, MAX_LOG_LINE + 1000, "the fast reader misses nothing");
     }
@@ -107,8 +113,8 @@ fn the_backlog_holds_at_most_its_bytes_and_a_laggard_hears_what_it_missed() {
     };
     let mut rest = 0u64;
     while let Some(r) = slow.try_recv() {
-        let Recv::Chunk(c) = r else { panic!("{r:?}") };
-        rest += c.len() as u64;
+        let Recv::Event(c) = r else { panic!("{r:?}") };
+        rest += c.size() as u64;
     }
     assert_eq!(n + rest, total, "dropped + received = everything");
     assert!(rest <= 4 * MAX_LOG_LINE as u64);
@@ -122,12 +128,8 @@ fn the_backlog_lets_go_of_what_every_reader_has_seen() {
     let mut a = backlog.subscribe();
     let b = backlog.subscribe();
     backlog.publish(chunk(1000, 2));
-    assert_eq!(
-        a.try_recv(),
-        Some(Recv::Chunk(chunk(1000, 1))),
-        "the log's start"
-    );
-    assert_eq!(a.try_recv(), Some(Recv::Chunk(chunk(1000, 2))));
+    assert_eq!(a.try_recv(), Some(got(chunk(1000, 1))), "the log's start");
+    assert_eq!(a.try_recv(), Some(got(chunk(1000, 2))));
     assert_eq!(backlog.held(), 1000, "b has not read it yet");
     drop(b);
     assert_eq!(backlog.held(), 0);
@@ -142,7 +144,7 @@ async fn a_reader_waits_for_the_next_chunk() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!waiting.is_finished());
     backlog.publish(chunk(3, b'a'));
-    assert_eq!(waiting.await.unwrap(), Recv::Chunk(chunk(3, b'a')));
+    assert_eq!(waiting.await.unwrap(), got(chunk(3, b'a')));
 }
 
 #[test]
@@ -152,46 +154,104 @@ fn the_smaller_max_log_size_wins_and_0_means_the_relays() {
     assert_eq!(effective_max_log_size(1 << 40, 64 << 20), 64 << 20);
 }
 
-#[tokio::test]
-async fn max_log_size_stops_the_build_and_no_more_log_passes() {
-    let (out, mut out_rx) = mpsc::channel(1024);
-    let (sink, over) = limited(&out, 10_000, super::super::watchdog::Activity::now());
-    // A "build" that logs 100 times the limit; being dropped is how it is
-    // stopped.
-    let build = async {
-        for _ in 0..1000 {
-            sink.send(chunk(999, b'x')).await.unwrap();
-            tokio::task::yield_now().await;
-        }
-    };
-    let stopped = tokio::select! {
-        biased;
-        () = over.cancelled() => true,
-        () = build => false,
-    };
-    assert!(stopped, "the limit must stop the build");
-    drop((sink, out));
-    let mut passed = 0;
-    while let Some(c) = out_rx.recv().await {
-        passed += c.len();
+/// A flight log with one reader, and a way to read what reached it.
+fn flight_log() -> (Arc<FlightLog>, LogReader) {
+    let log = FlightLog::new();
+    let reader = log.subscribe();
+    (log, reader)
+}
+
+fn drain(r: &mut LogReader) -> Vec<LogEvent> {
+    std::iter::from_fn(|| r.try_recv())
+        .map(|x| match x {
+            Recv::Event(e) => e,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn max_log_size_stops_the_build_and_no_more_log_passes() {
+    let (log, mut reader) = flight_log();
+    let (sink, over) = log.attempt(10_000, Activity::now());
+    let mut sent = 0;
+    while !over.is_cancelled() {
+        sink.publish(chunk(999, b'x'));
+        sent += 1;
+        assert!(sent < 1000, "the limit must stop the build");
     }
+    sink.publish(chunk(10, b'y'));
+    let passed: usize = drain(&mut reader).iter().map(LogEvent::size).sum();
     assert_eq!(passed, 10 * 999, "what fits under the limit, nothing after");
 }
 
-#[tokio::test]
-async fn a_log_under_max_log_size_passes_whole() {
-    let (out, mut out_rx) = mpsc::channel(64);
-    let (sink, over) = limited(&out, 10_000, super::super::watchdog::Activity::now());
+#[test]
+fn a_log_under_max_log_size_passes_whole() {
+    let (log, mut reader) = flight_log();
+    let (sink, over) = log.attempt(10_000, Activity::now());
     for _ in 0..10 {
-        sink.send(chunk(1000, b'x')).await.unwrap();
+        sink.publish(chunk(1000, b'x'));
     }
-    drop((sink, out));
-    let mut passed = 0;
-    while let Some(c) = out_rx.recv().await {
-        passed += c.len();
-    }
+    let passed: usize = drain(&mut reader).iter().map(LogEvent::size).sum();
     assert_eq!(passed, 10_000);
     assert!(!over.is_cancelled(), "exactly the limit is allowed");
+}
+
+fn start(id: u64, parent: u64) -> StderrMsg {
+    StderrMsg::StartActivity {
+        id,
+        level: 3,
+        kind: 105,
+        text: Vec::new(),
+        fields: Vec::new(),
+        parent,
+    }
+}
+
+fn act(m: StderrMsg) -> LogEvent {
+    LogEvent::Activity(Arc::new(m))
+}
+
+#[test]
+fn activity_ids_are_the_flights_so_a_retry_never_reuses_one() {
+    let (log, mut reader) = flight_log();
+    let phase = |id| StderrMsg::Result {
+        id,
+        kind: 104,
+        fields: Vec::new(),
+    };
+    for _attempt in 0..2 {
+        // Every attempt's backend numbers its activities the same way.
+        let (sink, _) = log.attempt(u64::MAX, Activity::now());
+        sink.publish(act(start(7, 0)));
+        sink.publish(act(start(8, 7)));
+        sink.publish(act(phase(8)));
+        sink.publish(act(phase(99)));
+        sink.publish(act(StderrMsg::StopActivity { id: 8 }));
+        sink.publish(act(StderrMsg::StopActivity { id: 8 }));
+    }
+    let got = drain(&mut reader);
+    let want = [
+        act(start(1, 0)),
+        act(start(2, 1)),
+        act(phase(2)),
+        act(StderrMsg::StopActivity { id: 2 }),
+        act(start(3, 0)),
+        act(start(4, 3)),
+        act(phase(4)),
+        act(StderrMsg::StopActivity { id: 4 }),
+    ];
+    assert_eq!(got, want, "unknown and stopped ids are dropped");
+}
+
+#[test]
+fn the_kept_copy_is_the_text_a_serve_client_sees() {
+    let (log, _reader) = flight_log();
+    let (sink, _) = log.attempt(u64::MAX, Activity::now());
+    log.note("building 'x' on a");
+    sink.publish(LogEvent::Log(Bytes::from_static(b"hello\n")));
+    sink.publish(act(start(1, 0)));
+    assert_eq!(log.take_kept(), b"nix-relay: building 'x' on a\nhello\n");
 }
 
 #[test]
@@ -205,7 +265,7 @@ fn a_reader_attaching_mid_build_gets_the_logs_start_then_the_gap_then_live() {
     );
     backlog.publish(chunk(1000, 1));
     let mut early = backlog.subscribe();
-    assert_eq!(early.try_recv(), Some(Recv::Chunk(chunk(1000, 1))));
+    assert_eq!(early.try_recv(), Some(got(chunk(1000, 1))));
     assert_eq!(early.try_recv(), None, "nothing went by unseen");
     for i in 0..100u8 {
         backlog.publish(chunk(1000, i));
@@ -214,19 +274,15 @@ fn a_reader_attaching_mid_build_gets_the_logs_start_then_the_gap_then_live() {
     let mut replayed = Vec::new();
     let gap = loop {
         match late.try_recv() {
-            Some(Recv::Chunk(c)) => replayed.extend_from_slice(&c),
+            Some(Recv::Event(LogEvent::Log(c))) => replayed.extend_from_slice(&c),
             other => break other,
         }
     };
     assert_eq!(replayed.len(), LOG_REPLAY_BYTES, "the log's start, bounded");
-    assert_eq!(&replayed[..1000], &chunk(1000, 1)[..]);
+    assert_eq!(&replayed[..1000], &[1u8; 1000][..]);
     assert_eq!(gap, Some(Recv::Skipped(101_000 - LOG_REPLAY_BYTES as u64)));
     assert_eq!(late.try_recv(), None);
     backlog.publish(chunk(10, 7));
-    assert_eq!(
-        late.try_recv(),
-        Some(Recv::Chunk(chunk(10, 7))),
-        "then live"
-    );
+    assert_eq!(late.try_recv(), Some(got(chunk(10, 7))), "then live");
     drop((first, early));
 }

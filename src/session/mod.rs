@@ -1,23 +1,35 @@
-//! One client conversation. Sessions decode requests and call the core
-//! ([`Relay`]: store, scheduler, backends); they know nothing about SSH.
+//! One client conversation, and the core it talks to.
+//!
+//! [`Core`] is the relay's one core (store, scheduler, backend pool,
+//! flights, limits; its fields private) with a typed async API both
+//! protocol fronts call, each request arm "decode → core call → encode":
+//! queries, uploads, exports and NARs (`api`), builds ([`Core::build`] →
+//! a [`build::BuildHandle`] of typed events) and remote-store builds
+//! ([`derived`]). Its errors are one [`CoreError`], classified
+//! ([`Class`]); the fronts map it to their protocol's form.
 //!
 //! Parts: [`serve`] and [`worker`] (one conversation per protocol; a
 //! worker client's every reply is a STDERR stream, its build logs
-//! `RESULT buildLogLine` messages under one build activity); [`build`]
-//! (one BuildDerivation: cache hit, attach, or a new flight; a build lost
-//! to infrastructure is retried on another backend, up to 3 attempts, one
+//! `RESULT buildLogLine` messages under one build activity, a worker
+//! backend's other activities nested under it); [`build`] (one
+//! BuildDerivation: cache hit, attach, or a new flight; a build lost to
+//! infrastructure is retried on another backend, up to 3 attempts, one
 //! that fails on its own is not); [`flight`] (builds in flight, keyed by
-//! scope and outputs, with their attached sessions); `outputs` (the tee);
-//! `watchdog` (the client's `timeout` and `max-silent-time`, enforced by
-//! the relay too); [`log`] (the build log's bounds and max-log-size). A
-//! client that sent no limits is still protected from a wedged SSH backend:
+//! scope and outputs, with their attached sessions); `handle` (a build as
+//! one session reads it); `outputs` (the tee); `watchdog` (the client's
+//! `timeout` and `max-silent-time`, enforced by the relay too); [`log`]
+//! (the flight's event sink, its bounds and max-log-size). A client that
+//! sent no limits is still protected from a wedged SSH backend:
 //! [`crate::ssh::stall`] cuts one silent for `backend_stall_timeout`, and
 //! the build counts as lost.
 
+mod api;
+mod backlog;
 pub mod build;
 pub mod derived;
 mod error;
 pub mod flight;
+mod handle;
 pub mod log;
 mod outputs;
 pub mod serve;
@@ -26,11 +38,11 @@ pub mod worker;
 
 use std::sync::Arc;
 
+pub use self::api::{Holder, NarOut};
+pub use self::error::{Class, CoreError};
 use crate::buildlog::LogSink;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
-use crate::wire::path_info::ValidPathInfo;
-use crate::wire::store_path::StorePath;
 
 /// Who is on the other end of a session, as authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,34 +52,37 @@ pub struct ClientId {
     pub trusted: bool,
 }
 
-/// The shared core every session calls.
-pub struct Relay {
-    pub store: Store,
-    pub scheduler: Arc<Scheduler>,
+/// The relay's core: what every session calls. Its fields are private
+/// (to `session`); the accessors below are for `/status`, the HTTP cache,
+/// the command line and tests, not for the protocol fronts, which use the
+/// core's operations.
+pub struct Core {
+    store: Store,
+    scheduler: Arc<Scheduler>,
     /// Warm backend sessions, reused across builds.
-    pub pool: Arc<crate::backend::Pool>,
-    pub limits: crate::config::Limits,
-    pub flights: flight::Flights,
+    pool: Arc<crate::backend::Pool>,
+    limits: crate::config::Limits,
+    flights: flight::Flights,
     /// Finish builds every client gave up on (`[cache] keep_going`).
-    pub keep_going: bool,
-    /// `[[client]]` build timeouts, by client name (see [`Relay::timeouts`]).
-    pub client_timeouts: std::collections::HashMap<String, crate::config::Timeouts>,
+    keep_going: bool,
+    /// `[[client]]` build timeouts, by client name (see [`Core::timeouts`]).
+    client_timeouts: std::collections::HashMap<String, crate::config::Timeouts>,
     /// The last builds, newest last (for `/status`).
     recent: std::sync::Mutex<std::collections::VecDeque<BuildRecord>>,
-    pub started: std::time::Instant,
+    started: std::time::Instant,
 }
 
 /// Builds kept for `/status`.
 const RECENT_BUILDS: usize = 50;
 
-impl Relay {
+impl Core {
     pub fn new(
         store: Store,
         scheduler: Arc<Scheduler>,
         limits: crate::config::Limits,
         keep_going: bool,
     ) -> Self {
-        Relay {
+        Core {
             store,
             scheduler,
             pool: crate::backend::Pool::new(crate::backend::PoolLimits::from_limits(&limits)),
@@ -78,6 +93,39 @@ impl Relay {
             recent: Default::default(),
             started: std::time::Instant::now(),
         }
+    }
+
+    /// With `[[client]]` build timeouts, by client name.
+    pub fn with_client_timeouts(
+        mut self,
+        t: std::collections::HashMap<String, crate::config::Timeouts>,
+    ) -> Self {
+        self.client_timeouts = t;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
+    pub fn pool(&self) -> &crate::backend::Pool {
+        &self.pool
+    }
+
+    pub fn limits(&self) -> &crate::config::Limits {
+        &self.limits
+    }
+
+    pub fn flights(&self) -> &flight::Flights {
+        &self.flights
+    }
+
+    pub fn started(&self) -> std::time::Instant {
+        self.started
     }
 
     /// The build timeouts for `client` when it sends none: its own
@@ -154,81 +202,27 @@ impl BuildRecord {
     }
 }
 
+/// Why a session ended: its client's protocol, or a core operation whose
+/// failure the protocol cannot carry (see each session).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("client protocol")]
     Wire(#[from] crate::wire::Error),
-    #[error("relay store")]
-    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Core(#[from] CoreError),
     #[error("{0} needs `nix-store --serve --write`")]
     ReadOnly(&'static str),
     #[error("{0}")]
     Refused(String),
-    #[error("remote-store build")]
-    Derived(#[from] derived::DerivedError),
 }
 
-/// The finished build still holding `path` on its backend, as `client`
-/// sees it: its own last build's (`pending`), else any finished flight's.
-/// An output a session reported built is servable at once from every
-/// session (Nix 2.26 fetches a build's outputs over a second connection).
-pub struct Holder {
-    pub finished: Arc<tokio::sync::Mutex<outputs::Finished>>,
-    _claim: Option<flight::Attachment>,
-}
-
-pub fn holder(
-    relay: &Relay,
-    pending: Option<&build::Pending>,
-    client: &ClientId,
-    path: &StorePath,
-) -> Option<Holder> {
-    if let Some(p) = pending
-        && p.holds(path)
-    {
-        let finished = p.finished.clone();
-        return Some(Holder {
-            finished,
-            _claim: None,
-        });
+impl Error {
+    pub fn class(&self) -> Class {
+        match self {
+            Error::Core(e) => e.class(),
+            Error::Wire(_) | Error::ReadOnly(_) | Error::Refused(_) => Class::Client,
+        }
     }
-    let (claim, finished) = relay.flights.holding(path, &client.name)?;
-    Some(Holder {
-        finished,
-        _claim: Some(claim),
-    })
-}
-
-/// Metadata of `path` as `client` sees it: an output of a finished build
-/// still on the backend ([`holder`]), else the relay store.
-pub async fn lookup(
-    relay: &Relay,
-    pending: Option<&build::Pending>,
-    client: &ClientId,
-    path: &StorePath,
-) -> Result<Option<ValidPathInfo>, Error> {
-    if let Some(h) = holder(relay, pending, client, path)
-        && let Some(i) = h.finished.lock().await.outputs.get(path)
-    {
-        return Ok(Some(i.clone()));
-    }
-    Ok(relay.store.path_info(path, Some(&client.name)).await?)
-}
-
-/// Publishes an upload whose NAR `writer` has received, where the trust
-/// rules put it (`Store::commit_upload`: checked metadata, verified
-/// signatures, an existing public entry kept), and counts its bytes.
-pub async fn commit_upload(
-    relay: &Relay,
-    client: &ClientId,
-    writer: crate::store::NarWriter,
-    info: ValidPathInfo,
-) -> Result<crate::store::Scope, crate::store::Error> {
-    crate::metrics::nar_bytes(crate::metrics::Direction::FromClient, info.nar_size);
-    let verify = crate::store::Verify::Declared;
-    (relay.store)
-        .commit_upload(writer, info, verify, &client.name, client.trusted)
-        .await
 }
 
 /// Sends one line of the relay's own to the client's log (stderr).

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
 
-use super::{Error, Relay};
+use super::{Core, CoreError};
 use crate::backend::Lease;
 use crate::error_chain as chain;
 use crate::metrics::Direction;
@@ -30,10 +30,10 @@ impl Finished {
     /// Streams one output from the backend into the store, and to `tee`.
     pub async fn fetch<W: AsyncWrite + Unpin>(
         &mut self,
-        relay: &Relay,
+        relay: &Core,
         path: &StorePath,
         tee: Option<&mut W>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), CoreError> {
         let r = self.fetch_one(relay, path, tee).await;
         if r.is_err() {
             self.spoiled
@@ -44,29 +44,33 @@ impl Finished {
 
     async fn fetch_one<W: AsyncWrite + Unpin>(
         &mut self,
-        relay: &Relay,
+        relay: &Core,
         path: &StorePath,
         mut tee: Option<&mut W>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), CoreError> {
         let Some(info) = self.outputs.remove(path) else {
             return Err(crate::store::Error::Missing(path.clone()).into());
+        };
+        let from_backend = |source| CoreError::Output {
+            path: path.clone(),
+            backend: self.backend.clone(),
+            source,
         };
         if !self.conn.client.is_idle() {
             // An earlier transfer was abandoned halfway: the stream is
             // out of step, so nothing more can be read from it.
-            return Err(crate::wire::Error::Protocol(format!(
-                "the session to {} was left mid-transfer",
-                self.backend
-            ))
-            .into());
+            let why = "the session was left mid-transfer".to_owned();
+            return Err(from_backend(crate::wire::Error::Protocol(why)));
         }
         let tee_used = tee.is_some();
         let client = &mut self.conn.client;
-        client.dump_store_path(path).await?;
+        client.dump_store_path(path).await.map_err(from_backend)?;
         let mut writer = relay.store.begin(relay.limits.nar()).await?;
-        writer
-            .pump(client.reader(), tee.as_deref_mut(), path)
-            .await?;
+        let pumped = writer.pump(client.reader(), tee.as_deref_mut(), path).await;
+        match pumped {
+            Err(crate::store::Error::Nar { source, .. }) => return Err(from_backend(source)),
+            r => r?,
+        }
         client.nar_read();
         if let Some(t) = tee {
             t.flush().await.map_err(crate::wire::Error::Write)?;
@@ -85,7 +89,7 @@ impl Finished {
     }
 
     /// Stores every output nobody fetched yet.
-    pub async fn settle(&mut self, relay: &Relay) {
+    pub async fn settle(&mut self, relay: &Core) {
         let left: Vec<StorePath> = self.outputs.keys().cloned().collect();
         for path in left {
             match self.fetch(relay, &path, None::<&mut tokio::io::Sink>).await {

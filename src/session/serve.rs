@@ -11,26 +11,24 @@
 //! whole, and a failure that the serve protocol cannot express (it has no
 //! error channel) ends the session with the reason on the client's stderr.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncWrite};
 use tracing::debug;
 
-use super::build::{self, Pending};
-use super::{ClientId, Error, Relay};
-use crate::buildlog::LogSink;
-use crate::store::{Verify, topo_sort};
+use super::build::{BuildEvent, BuildHandle, Pending};
+use super::derived::Event;
+use super::{ClientId, Core, Error};
+use crate::buildlog::{LogEvent, LogSink};
 use crate::wire::build::{BuildOptions, BuildResult, BuildStatus};
 use crate::wire::derivation::DerivedPath;
 use crate::wire::export;
-use crate::wire::path_info::ValidPathInfo;
 use crate::wire::serve::{self, Reply, Request, ServeCodec, ServeVersion};
 use crate::wire::store_path::StorePath;
 use tokio_util::sync::CancellationToken;
 
 pub struct ServeSession<R, W> {
-    relay: Arc<Relay>,
+    core: Arc<Core>,
     r: R,
     w: W,
     log: LogSink,
@@ -45,7 +43,7 @@ pub struct ServeSession<R, W> {
 
 /// Runs one session to its end. `Ok` on a clean end of the client's input.
 pub async fn run<R, W>(
-    relay: Arc<Relay>,
+    core: Arc<Core>,
     r: R,
     w: W,
     log: LogSink,
@@ -58,7 +56,7 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     let mut s = ServeSession {
-        relay,
+        core,
         r,
         w,
         log,
@@ -77,7 +75,7 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     async fn serve(&mut self) -> Result<(), Error> {
-        let limit = self.relay.limits.handshake_timeout;
+        let limit = self.core.limits().handshake_timeout;
         self.version =
             tokio::time::timeout(limit, serve::server_handshake(&mut self.r, &mut self.w))
                 .await
@@ -100,7 +98,7 @@ where
     }
 
     fn codec(&self) -> ServeCodec {
-        ServeCodec::new(self.version, self.relay.limits.wire())
+        ServeCodec::new(self.version, self.core.limits().wire())
     }
 
     async fn reply(&mut self, reply: Reply) -> Result<(), Error> {
@@ -109,14 +107,27 @@ where
     }
 
     async fn handle(&mut self, req: Request) -> Result<(), Error> {
+        let (core, client, pending) = (&self.core, &self.client, self.pending.as_ref());
         match req {
-            Request::QueryValidPaths { paths, .. } => self.query_valid_paths(paths).await,
-            Request::QueryPathInfos { paths } => self.query_path_infos(paths).await,
-            Request::DumpStorePath { path } => self.dump_store_path(path).await,
+            Request::QueryValidPaths { paths, .. } => {
+                let valid = core.query_valid(client, pending, paths).await?;
+                self.reply(Reply::Paths(valid)).await
+            }
+            Request::QueryPathInfos { paths } => {
+                let infos = core.query_infos(client, pending, paths).await?;
+                self.reply(Reply::PathInfos(infos)).await
+            }
+            Request::DumpStorePath { path } => {
+                let nar = core.export(client, pending, &path).await?;
+                Ok(nar.send(core, &mut self.w).await?)
+            }
             Request::ImportPaths => self.import_paths().await,
             Request::ExportPaths { paths, .. } => self.export_paths(paths).await,
             Request::BuildPaths { paths, options } => self.build_paths(paths, options).await,
-            Request::QueryClosure { paths, .. } => self.query_closure(paths).await,
+            Request::QueryClosure { paths, .. } => {
+                let closure = core.closure(client, &paths).await?;
+                self.reply(Reply::Paths(closure)).await
+            }
             Request::BuildDerivation {
                 drv_path,
                 drv,
@@ -124,138 +135,57 @@ where
             } => {
                 self.need_write("BuildDerivation")?;
                 self.pending = None;
-                let (result, pending) = build::run(
-                    &self.relay,
-                    &self.log,
-                    &self.client,
-                    &self.gone,
-                    &drv_path,
-                    &drv,
-                    options,
-                )
-                .await;
-                self.pending = pending;
+                let (client, gone) = (&self.client, &self.gone);
+                let build = (self.core).build(client, &drv_path, &drv, options.into(), gone);
+                let handle = build.await;
+                let result = self.stream(handle).await;
                 self.reply(Reply::Build(result)).await
             }
-            Request::AddToStoreNar { info } => self.add_to_store_nar(info).await,
-        }
-    }
-
-    /// Metadata from the store, or from a finished build's pending outputs.
-    async fn lookup(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Error> {
-        super::lookup(&self.relay, self.pending.as_ref(), &self.client, path).await
-    }
-
-    async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
-        let mut valid = Vec::new();
-        for p in paths {
-            if self.lookup(&p).await?.is_some() {
-                valid.push(p);
+            Request::AddToStoreNar { info } => {
+                self.need_write("AddToStoreNar")?;
+                let path = info.path.clone();
+                let scope = core.upload(client, info, &mut self.r).await?;
+                debug!(%path, ?scope, "upload stored");
+                self.reply(Reply::Ack).await
             }
         }
-        self.reply(Reply::Paths(valid)).await
     }
 
-    async fn query_path_infos(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
-        let mut infos = Vec::new();
-        for p in paths {
-            if let Some(i) = self.lookup(&p).await? {
-                infos.push(i);
+    /// A build's events to the client's stderr, as text; its result, and
+    /// its outputs kept for the client to fetch.
+    async fn stream(&mut self, mut build: BuildHandle) -> BuildResult {
+        while let Some(event) = build.next().await {
+            match event {
+                BuildEvent::Done { result, pending } => {
+                    self.pending = pending;
+                    return result;
+                }
+                event => {
+                    if let Some(text) = event.text() {
+                        // A gone client only means nobody reads its log.
+                        let _ = self.log.send(text).await;
+                    }
+                }
             }
         }
-        self.reply(Reply::PathInfos(infos)).await
-    }
-
-    async fn dump_store_path(&mut self, path: StorePath) -> Result<(), Error> {
-        let client = &self.client;
-        if let Some(h) = super::holder(&self.relay, self.pending.as_ref(), client, &path) {
-            let mut finished = h.finished.lock().await;
-            if finished.outputs.contains_key(&path) {
-                finished
-                    .fetch(&self.relay, &path, Some(&mut self.w))
-                    .await?;
-                return Ok(());
-            }
-        }
-        let (info, mut nar) = self
-            .relay
-            .store
-            .open_nar(&path, Some(&self.client.name))
-            .await?;
-        crate::metrics::nar_bytes(crate::metrics::Direction::ToClient, info.nar_size);
-        tokio::io::copy_buf(&mut nar, &mut self.w)
-            .await
-            .map_err(crate::wire::Error::Write)?;
-        Ok(serve::send(&mut self.w, &[]).await?)
-    }
-
-    async fn add_to_store_nar(&mut self, info: ValidPathInfo) -> Result<(), Error> {
-        self.need_write("AddToStoreNar")?;
-        let mut writer = self.relay.store.begin(self.relay.limits.nar()).await?;
-        let mut limited = (&mut self.r).take(info.nar_size);
-        writer
-            .pump(&mut limited, None::<&mut W>, &info.path)
-            .await?;
-        if limited.limit() != 0 {
-            return Err(Error::Refused(format!(
-                "NAR of {} ended {} bytes before the declared narSize",
-                info.path,
-                limited.limit()
-            )));
-        }
-        let path = info.path.clone();
-        let scope = super::commit_upload(&self.relay, &self.client, writer, info).await?;
-        debug!(%path, ?scope, "upload stored");
-        self.reply(Reply::Ack).await
+        super::handle::lost()
     }
 
     async fn import_paths(&mut self) -> Result<(), Error> {
         self.need_write("ImportPaths")?;
-        let limits = self.relay.limits.wire();
+        let limits = self.core.limits().wire();
+        let placeholder = StorePath::parse("/nix/store/00000000000000000000000000000000-import")?;
         while export::read_next(&mut self.r).await? {
-            let mut writer = self.relay.store.begin(self.relay.limits.nar()).await?;
-            let placeholder =
-                StorePath::parse("/nix/store/00000000000000000000000000000000-import")?;
-            writer
-                .pump(&mut self.r, None::<&mut W>, &placeholder)
-                .await?;
-            let t = export::read_trailer(&mut self.r, &limits).await?;
-            let info = ValidPathInfo {
-                path: t.path,
-                deriver: t.deriver,
-                nar_hash: crate::wire::hash::Sha256Hash([0; 32]),
-                references: t.references,
-                registration_time: 0,
-                nar_size: 0,
-                ultimate: false,
-                sigs: Vec::new(),
-                ca: None,
-            };
-            let (name, trusted) = (&self.client.name, self.client.trusted);
-            (self.relay.store)
-                .commit_upload(writer, info, Verify::Computed, name, trusted)
-                .await?;
+            let nar = self.core.receive(&mut self.r, &placeholder).await?;
+            let trailer = export::read_trailer(&mut self.r, &limits).await?;
+            self.core.commit_import(&self.client, nar, trailer).await?;
         }
         self.reply(Reply::Ack).await
     }
 
     async fn export_paths(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
-        let mut refs = HashMap::new();
-        for p in &paths {
-            let info = self
-                .relay
-                .store
-                .path_info(p, Some(&self.client.name))
-                .await?
-                .ok_or_else(|| crate::store::Error::Missing(p.clone()))?;
-            refs.insert(p.clone(), info.references);
-        }
-        for p in topo_sort(&refs) {
-            let (info, mut nar) = self
-                .relay
-                .store
-                .open_nar(&p, Some(&self.client.name))
-                .await?;
+        for p in self.core.export_order(&self.client, &paths).await? {
+            let (info, mut nar) = self.core.nar(&self.client, &p).await?;
             let mut buf = Vec::new();
             export::write_next(&mut buf, true);
             serve::send(&mut self.w, &buf).await?;
@@ -276,16 +206,6 @@ where
         let mut buf = Vec::new();
         export::write_next(&mut buf, false);
         Ok(serve::send(&mut self.w, &buf).await?)
-    }
-
-    async fn query_closure(&mut self, paths: Vec<StorePath>) -> Result<(), Error> {
-        let (closure, _) = self
-            .relay
-            .store
-            .closure_sorted(&paths, Some(&self.client.name))
-            .await?;
-        let sorted: std::collections::BTreeSet<_> = closure.into_iter().collect();
-        self.reply(Reply::Paths(sorted.into_iter().collect())).await
     }
 
     /// BuildPaths: opaque paths must be valid; derivations (`drv!out`,
@@ -317,25 +237,19 @@ where
         let wanted = (paths.iter())
             .map(|p| DerivedPath::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let req = super::derived::Request::read(&self.relay, &self.client, wanted).await?;
-        let (events, mut rx) = tokio::sync::mpsc::channel(64);
-        let log = self.log.clone();
-        let forward = tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                match ev {
-                    super::derived::Event::Started(drv) => {
-                        super::say(&log, format!("building '{drv}'")).await
-                    }
-                    super::derived::Event::Log(_, chunk) => {
-                        let _ = log.send(chunk).await;
-                    }
-                    super::derived::Event::Finished(..) => {}
-                }
+        let req = super::derived::Request::read(&self.core, &self.client, wanted).await?;
+        let mut run = req.run(&self.core, &self.client, &self.gone, options.into());
+        while let Some(event) = run.next().await {
+            let text = match event {
+                Event::Started(drv) => LogEvent::Note(format!("building '{drv}'").into()).text(),
+                Event::Build(_, e) => e.text(),
+                Event::Finished(..) => None,
+            };
+            if let Some(text) = text {
+                let _ = self.log.send(text).await;
             }
-        });
-        let results = (req.build(&self.relay, &self.client, &self.gone, options, &events)).await;
-        drop(events);
-        let _ = forward.await;
+        }
+        let results = req.results(run);
         Ok(results)
     }
 }

@@ -78,9 +78,9 @@ pub async fn expired(options: BuildOptions, started: Instant, activity: Activity
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::log::limited;
+    use crate::buildlog::{EventSink, LogEvent};
+    use crate::session::log::FlightLog;
     use bytes::Bytes;
-    use tokio::sync::mpsc;
 
     fn opts(timeout: u64, silent: u64) -> BuildOptions {
         BuildOptions {
@@ -92,15 +92,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_backend_is_given_up_after_max_silent_time_and_grace() {
-        let (log, _rx) = mpsc::channel(8);
         let activity = Activity::now();
-        let (sink, _) = limited(&log, u64::MAX, activity.clone());
+        let (sink, _) = FlightLog::new().attempt(u64::MAX, activity.clone());
         let started = Instant::now();
         let watch = tokio::spawn(expired(opts(0, 30), started, activity));
         tokio::time::sleep(Duration::from_secs(35)).await;
-        sink.send(Bytes::from_static(b"still alive\n"))
-            .await
-            .unwrap();
+        sink.publish(LogEvent::Log(Bytes::from_static(b"still alive\n")));
         tokio::time::sleep(Duration::from_secs(35)).await;
         assert!(!watch.is_finished(), "output resets the silence clock");
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -111,14 +108,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_total_timeout_holds_even_with_output() {
-        let (log, _rx) = mpsc::channel(64);
         let activity = Activity::now();
-        let (sink, _) = limited(&log, u64::MAX, activity.clone());
+        let (sink, _) = FlightLog::new().attempt(u64::MAX, activity.clone());
         let started = Instant::now();
         let watch = tokio::spawn(expired(opts(20, 0), started, activity));
         for _ in 0..40 {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = sink.try_send(Bytes::from_static(b"x\n"));
+            sink.publish(LogEvent::Log(Bytes::from_static(b"x\n")));
         }
         let why = watch.await.unwrap();
         assert!(why.contains("timed out after 20 seconds"), "{why}");
@@ -126,9 +122,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_limits_means_no_watchdog() {
-        let (log, _rx) = mpsc::channel(8);
         let activity = Activity::now();
-        let (_sink, _) = limited(&log, u64::MAX, activity.clone());
         let r = tokio::time::timeout(
             Duration::from_secs(3600),
             expired(opts(0, 0), Instant::now(), activity),

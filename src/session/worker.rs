@@ -21,17 +21,18 @@ use tracing::debug;
 
 mod derived;
 
-use super::build::{self, Pending};
-use super::log::LineSplitter;
-use super::{ClientId, Error, Relay};
+mod build;
+
+use super::build::Pending;
+use super::{ClientId, Core, CoreError, Error};
+use crate::backend::Options;
 use crate::error_chain;
 use crate::wire::build::BuildOptions;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::serve::send;
 use crate::wire::store_path::StorePath;
 use crate::wire::worker::framed::FramedReader;
-use crate::wire::worker::stderr::{Field, StderrMsg, WorkerError, read_read_reply};
-use crate::wire::worker::values::WorkerBuildResult;
+use crate::wire::worker::stderr::{StderrMsg, WorkerError, read_read_reply};
 use crate::wire::worker::{
     NarUpload, Reply, Request, Trust, WorkerCodec, WorkerVersion, server_handshake,
 };
@@ -43,13 +44,14 @@ mod store_ops;
 const READ_CHUNK: u64 = 64 << 10;
 
 pub struct WorkerSession<R, W> {
-    relay: Arc<Relay>,
+    core: Arc<Core>,
     r: R,
     w: W,
     client: ClientId,
     gone: CancellationToken,
     version: WorkerVersion,
-    options: BuildOptions,
+    /// The client's SetOptions, for its builds.
+    options: Options,
     pending: Option<Pending>,
     next_activity: u64,
     /// AddTempRoot/AddPermRoot: pinned against eviction until the end.
@@ -95,14 +97,12 @@ enum OpError {
     #[error("more than {0} roots in one session")]
     TooManyRoots(usize),
     #[error(transparent)]
-    Upload(#[from] Error),
-    #[error(transparent)]
-    Store(#[from] crate::store::Error),
+    Core(#[from] CoreError),
 }
 
 /// Runs one session to its end. `Ok` on a clean end of the client's input.
 pub async fn run<R, W>(
-    relay: Arc<Relay>,
+    core: Arc<Core>,
     r: R,
     w: W,
     client: ClientId,
@@ -113,13 +113,13 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     let mut s = WorkerSession {
-        relay,
+        core,
         r,
         w,
         client,
         gone,
         version: WorkerVersion::LATEST,
-        options: BuildOptions::default(),
+        options: Options::default(),
         pending: None,
         next_activity: u64::from(std::process::id()) << 32,
         roots: Vec::new(),
@@ -133,7 +133,7 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     async fn serve(&mut self) -> Result<(), Error> {
-        let limit = self.relay.limits.handshake_timeout;
+        let limit = self.core.limits().handshake_timeout;
         let hs = handshake(&mut self.r, &mut self.w, limit).await?;
         self.version = hs.version;
         debug!(version = %format_args!("{}.{}", hs.version.major(), hs.version.minor()), "worker handshake done");
@@ -163,7 +163,7 @@ where
     }
 
     fn codec(&self) -> WorkerCodec {
-        WorkerCodec::new(self.version, self.relay.limits.wire())
+        WorkerCodec::new(self.version, self.core.limits().wire())
     }
 
     /// Writes `msgs` and, after a final `STDERR_LAST`, the reply.
@@ -180,7 +180,7 @@ where
     async fn handle(&mut self, req: Request) -> Result<Result<(), OpError>, Error> {
         match req {
             Request::SetOptions(o) => {
-                self.options = options_from(&o);
+                self.options = options_from(o);
                 self.ok(Reply::None).await
             }
             Request::IsValidPath { path } => {
@@ -188,12 +188,8 @@ where
                 self.ok(Reply::Bool(valid)).await
             }
             Request::QueryValidPaths { paths, .. } => {
-                let mut valid = Vec::new();
-                for p in paths {
-                    if self.lookup(&p).await?.is_some() {
-                        valid.push(p);
-                    }
-                }
+                let (client, pending) = (&self.client, self.pending.as_ref());
+                let valid = self.core.query_valid(client, pending, paths).await?;
                 self.ok(Reply::Paths(valid)).await
             }
             Request::QueryPathInfo { path } => self.query_path_info(path).await,
@@ -236,7 +232,7 @@ where
                 ..
             } => self.add_to_store_ca(name, cam_str, refs).await,
             Request::AddToStoreLegacy(a) => {
-                match store_ops::add_legacy(&self.relay, &self.client, &a, &mut self.r).await? {
+                match store_ops::add_legacy(&self.core, &self.client, &a, &mut self.r).await? {
                     Ok(path) => self.ok(Reply::Str(path.as_str().into())).await,
                     Err(e) => Ok(Err(e)),
                 }
@@ -244,8 +240,10 @@ where
         }
     }
 
+    /// Metadata of `path` as this client sees it (see [`Core::path_info`]).
     async fn lookup(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Error> {
-        super::lookup(&self.relay, self.pending.as_ref(), &self.client, path).await
+        let (client, pending) = (&self.client, self.pending.as_ref());
+        Ok(self.core.path_info(client, pending, path).await?)
     }
 
     async fn add_signatures(
@@ -256,13 +254,7 @@ where
         if !self.client.trusted {
             return Ok(Err(OpError::UntrustedSignatures));
         }
-        let client = Some(self.client.name.as_str());
-        if self
-            .relay
-            .store
-            .add_signatures(&path, &sigs, client)
-            .await?
-        {
+        if self.core.add_signatures(&self.client, &path, &sigs).await? {
             self.ok(Reply::Ack).await
         } else {
             Ok(Err(OpError::NotHere(path)))
@@ -284,22 +276,22 @@ where
         if self.codec().nar_upload() == NarUpload::Pulled {
             return self.add_pulled(info).await;
         }
-        let limits = self.relay.limits.wire();
+        let limits = self.core.limits().wire();
         let mut framed = BufReader::new(FramedReader::new(&mut self.r, &limits));
-        let stored = store_upload_via(&self.relay, &self.client, info, &mut framed).await;
+        let stored = self.core.upload(&self.client, info, &mut framed).await;
         // Whatever happened, the frames must be consumed to the end.
         let rest = framed.into_inner().drain().await?;
         match stored {
-            Ok(()) if rest == 0 => self.ok(Reply::None).await,
-            Ok(()) => Ok(Err(OpError::AfterNar(rest))),
+            Ok(_) if rest == 0 => self.ok(Reply::None).await,
+            Ok(_) => Ok(Err(OpError::AfterNar(rest))),
             Err(e) => Ok(Err(e.into())),
         }
     }
 
     /// 1.21–1.22: the NAR is pulled from the client with `STDERR_READ`.
     async fn add_pulled(&mut self, info: ValidPathInfo) -> Result<Result<(), OpError>, Error> {
-        let mut writer = self.relay.store.begin(self.relay.limits.nar()).await?;
-        let limits = self.relay.limits.wire();
+        let mut writer = self.core.begin_upload().await?;
+        let limits = self.core.limits().wire();
         let mut left = info.nar_size;
         while left > 0 {
             self.reply(&[StderrMsg::Read(left.min(READ_CHUNK))], None)
@@ -308,21 +300,25 @@ where
             if chunk.is_empty() || chunk.len() as u64 > left {
                 return Err(Error::Refused("client sent a wrong-sized NAR chunk".into()));
             }
-            if writer.feed(&chunk, &info.path).await? != chunk.len() {
+            let fed = writer
+                .feed(&chunk, &info.path)
+                .await
+                .map_err(CoreError::from)?;
+            if fed != chunk.len() {
                 return Ok(Err(OpError::ShortNar(info.path)));
             }
             left -= chunk.len() as u64;
         }
-        match super::commit_upload(&self.relay, &self.client, writer, info).await {
+        match self.core.commit_upload(&self.client, writer, info).await {
             Ok(_) => self.ok(Reply::None).await,
             Err(e) => Ok(Err(e.into())),
         }
     }
 
     async fn add_multiple(&mut self) -> Result<Result<(), OpError>, Error> {
-        let limits = self.relay.limits.wire();
+        let limits = self.core.limits().wire();
         let mut framed = BufReader::new(FramedReader::new(&mut self.r, &limits));
-        let stored = store_many(&self.relay, &self.client, &mut framed).await;
+        let stored = store_many(&self.core, &self.client, &mut framed).await;
         let rest = framed.into_inner().drain().await?;
         match stored {
             Ok(n) if rest == 0 => {
@@ -335,93 +331,15 @@ where
     }
 
     async fn nar_from_path(&mut self, path: StorePath) -> Result<Result<(), OpError>, Error> {
-        if let Some(h) = super::holder(&self.relay, self.pending.as_ref(), &self.client, &path) {
-            let mut finished = h.finished.lock().await;
-            if finished.outputs.contains_key(&path) {
-                self.reply(&[], Some(Reply::Nar)).await?;
-                finished
-                    .fetch(&self.relay, &path, Some(&mut self.w))
-                    .await?;
-                return Ok(Ok(()));
-            }
-        }
-        let (info, mut nar) = match self
-            .relay
-            .store
-            .open_nar(&path, Some(&self.client.name))
-            .await
-        {
-            Ok(x) => x,
-            Err(crate::store::Error::Missing(p)) => {
-                return Ok(Err(OpError::NotValid(p)));
-            }
+        let (client, pending) = (&self.client, self.pending.as_ref());
+        let nar = match self.core.export(client, pending, &path).await {
+            Ok(nar) => nar,
+            Err(e) if e.missing().is_some() => return Ok(Err(OpError::NotValid(path))),
             Err(e) => return Err(e.into()),
         };
         self.reply(&[], Some(Reply::Nar)).await?;
-        crate::metrics::nar_bytes(crate::metrics::Direction::ToClient, info.nar_size);
-        tokio::io::copy_buf(&mut nar, &mut self.w)
-            .await
-            .map_err(crate::wire::Error::Write)?;
-        Ok(Ok(send(&mut self.w, &[]).await?))
-    }
-
-    async fn build_derivation(
-        &mut self,
-        drv_path: StorePath,
-        drv: crate::wire::build::BasicDerivation,
-    ) -> Result<Result<(), OpError>, Error> {
-        self.pending = None;
-        let (log, mut log_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
-        let act = self.next_activity;
-        self.next_activity += 1;
-        let start = build_activity(act, &drv_path);
-        self.reply(&[start], None).await?;
-        let (relay, client, gone, options) = (
-            self.relay.clone(),
-            self.client.clone(),
-            self.gone.clone(),
-            self.options,
-        );
-        let fut =
-            async move { build::run(&relay, &log, &client, &gone, &drv_path, &drv, options).await };
-        tokio::pin!(fut);
-        let mut lines = LineSplitter::default();
-        let (result, pending) = loop {
-            tokio::select! {
-                done = &mut fut => break done,
-                Some(chunk) = log_rx.recv() => {
-                    let msgs = lines.push(act, &chunk);
-                    self.reply(&msgs, None).await?;
-                }
-            }
-        };
-        let mut msgs = Vec::new();
-        while let Ok(chunk) = log_rx.try_recv() {
-            msgs.extend(lines.push(act, &chunk));
-        }
-        msgs.extend(lines.finish(act));
-        msgs.push(StderrMsg::StopActivity { id: act });
-        self.pending = pending;
-        self.reply(&msgs, Some(Reply::Build(WorkerBuildResult::from(result))))
-            .await?;
+        nar.send(&self.core, &mut self.w).await?;
         Ok(Ok(()))
-    }
-}
-
-/// The activity a build's log lines go under, as a Nix daemon starts it.
-fn build_activity(id: u64, drv_path: &StorePath) -> StderrMsg {
-    StderrMsg::StartActivity {
-        id,
-        level: 3,
-        kind: crate::wire::worker::stderr::ACT_BUILD,
-        text: format!("building '{drv_path}' via nix-relay").into_bytes(),
-        fields: vec![
-            Field::Str(drv_path.as_str().into()),
-            Field::Str(Vec::new()),
-            Field::Int(1),
-            Field::Int(1),
-        ],
-        parent: 0,
     }
 }
 
@@ -466,51 +384,43 @@ fn error(msg: &str) -> StderrMsg {
     StderrMsg::Error(WorkerError::new(msg.as_bytes().to_vec()))
 }
 
-async fn store_upload_via<B: AsyncBufRead + Unpin>(
-    relay: &Relay,
-    client: &ClientId,
-    info: ValidPathInfo,
-    r: &mut B,
-) -> Result<(), Error> {
-    let mut writer = relay.store.begin(relay.limits.nar()).await?;
-    writer
-        .pump(r, None::<&mut tokio::io::Sink>, &info.path)
-        .await?;
-    super::commit_upload(relay, client, writer, info).await?;
-    Ok(())
-}
-
 /// The content of an AddMultipleToStore stream: count, then per path its
 /// info (1.16 layout) and NAR.
 async fn store_many<B: AsyncBufRead + Unpin>(
-    relay: &Relay,
+    core: &Core,
     client: &ClientId,
     r: &mut B,
-) -> Result<u64, Error> {
+) -> Result<u64, CoreError> {
     // The content's layout does not depend on the version.
-    let codec = WorkerCodec::new(WorkerVersion::LATEST, relay.limits.wire());
+    let codec = WorkerCodec::new(WorkerVersion::LATEST, core.limits().wire());
     let n = codec.read_add_multiple_count(r).await?;
     for _ in 0..n {
         let info = codec.read_upload_path_info(r).await?;
-        store_upload_via(relay, client, info, r).await?;
+        core.upload(client, info, r).await?;
     }
     Ok(n)
 }
 
-/// Serve-style build options from a worker client's SetOptions.
-fn options_from(o: &crate::wire::worker::options::ClientOptions) -> BuildOptions {
+/// A worker client's SetOptions as a build's options: the limits the
+/// relay enforces as serve-style options, and the client's own settings
+/// as they are (for a worker backend, `backend::worker::client_options`).
+fn options_from(o: crate::wire::worker::options::ClientOptions) -> Options {
     let get = |k: &str| {
         o.overrides
             .iter()
             .find(|(name, _)| name == k)
             .and_then(|(_, v)| v.parse::<u64>().ok())
     };
-    BuildOptions {
+    let build = BuildOptions {
         max_silent_time: get("max-silent-time").unwrap_or(o.max_silent_time),
         build_timeout: get("timeout").unwrap_or(0),
         max_log_size: get("max-build-log-size").unwrap_or(0),
         nr_repeats: 0,
         enforce_determinism: false,
         keep_failed: o.keep_failed,
+    };
+    Options {
+        build,
+        worker: Some(Arc::new(o)),
     }
 }

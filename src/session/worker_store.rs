@@ -21,7 +21,7 @@
 use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWrite, BufReader};
 
 use super::{OpError, WorkerSession};
-use crate::session::{ClientId, Error, Relay};
+use crate::session::{ClientId, Core, CoreError, Error};
 use crate::store::logs::LogTail;
 use crate::store::{Scope, flat_nar};
 use crate::wire::content_address::CaMethod;
@@ -39,7 +39,7 @@ type OpResult = Result<Result<(), OpError>, Error>;
 const MAX_SESSION_ROOTS: usize = 1 << 16;
 
 fn payload_err(e: std::io::Error) -> OpError {
-    OpError::Upload(crate::wire::Error::read("AddToStore payload", e).into())
+    OpError::Core(crate::wire::Error::read("AddToStore payload", e).into())
 }
 
 impl<R, W> WorkerSession<R, W>
@@ -47,17 +47,11 @@ where
     R: AsyncBufRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    fn client_name(&self) -> Option<String> {
-        Some(self.client.name.clone())
-    }
-
     pub(super) async fn store_op(&mut self, op: StoreOp) -> OpResult {
-        let client = self.client_name();
-        let client = client.as_deref();
         match op {
             StoreOp::AddTextToStore { name, text, refs } => {
                 let added =
-                    add_flat(&self.relay, &self.client, &name, CaMethod::Text, text, refs).await;
+                    add_flat(&self.core, &self.client, &name, CaMethod::Text, text, refs).await;
                 match added {
                     Ok(info) => self.ok(Reply::Str(info.path.as_str().into())).await,
                     Err(e) => Ok(Err(e)),
@@ -72,7 +66,7 @@ where
                 None => Ok(Err(OpError::NotValid(path))),
             },
             StoreOp::QueryAllValidPaths => {
-                let paths = self.relay.store.all_paths(client).await?;
+                let paths = self.core.all_paths(&self.client).await?;
                 self.ok(Reply::Paths(paths)).await
             }
             // The relay has no substituters of its own.
@@ -111,9 +105,9 @@ where
         cam: String,
         refs: Vec<StorePath>,
     ) -> OpResult {
-        let limits = self.relay.limits.wire();
+        let limits = self.core.limits().wire();
         let mut framed = BufReader::new(FramedReader::new(&mut self.r, &limits));
-        let added = add_ca(&self.relay, &self.client, &name, &cam, refs, &mut framed).await;
+        let added = add_ca(&self.core, &self.client, &name, &cam, refs, &mut framed).await;
         let rest = framed.into_inner().drain().await?;
         match added {
             Ok(info) if rest == 0 => self.ok(Reply::AddedPath(info)).await,
@@ -123,28 +117,22 @@ where
     }
 
     pub(super) async fn query_referrers(&mut self, path: StorePath) -> OpResult {
-        let client = self.client_name();
-        let v = self.relay.store.referrers(&path, client.as_deref()).await?;
+        let v = self.core.referrers(&self.client, &path).await?;
         self.ok(Reply::Paths(v)).await
     }
 
     pub(super) async fn query_valid_derivers(&mut self, path: StorePath) -> OpResult {
-        let client = self.client_name();
-        let v = (self.relay.store)
-            .valid_derivers(&path, client.as_deref())
-            .await?;
+        let v = self.core.valid_derivers(&self.client, &path).await?;
         self.ok(Reply::Paths(v)).await
     }
 
     pub(super) async fn path_from_hash_part(&mut self, hash_part: String) -> OpResult {
-        let client = self.client_name();
-        let p = (self.relay.store)
-            .path_from_hash_part(&hash_part, client.as_deref())
+        let p = self
+            .core
+            .path_from_hash_part(&self.client, &hash_part)
             .await?;
-        self.ok(Reply::Str(
-            p.map(|p| p.as_str().to_owned()).unwrap_or_default(),
-        ))
-        .await
+        let p = p.map(|p| p.as_str().to_owned()).unwrap_or_default();
+        self.ok(Reply::Str(p)).await
     }
 
     /// AddTempRoot, AddPermRoot: pins `path` until the session ends.
@@ -155,14 +143,14 @@ where
         if self.roots.len() >= MAX_SESSION_ROOTS {
             return Ok(Err(OpError::TooManyRoots(MAX_SESSION_ROOTS)));
         }
-        self.roots.push(self.relay.store.pin(&[path]));
+        self.roots.push(self.core.pin(&[path]));
         self.ok(reply).await
     }
 
     /// AddBuildLog: the framed log is read (its last `MAX_ONE_LOG` bytes
     /// kept) and stored, if the client is trusted.
     pub(super) async fn add_build_log(&mut self, drv: StorePath) -> OpResult {
-        let limits = self.relay.limits.wire();
+        let limits = self.core.limits().wire();
         let mut framed = FramedReader::new(&mut self.r, &limits);
         let mut tail = LogTail::default();
         let mut buf = vec![0u8; 64 << 10];
@@ -182,8 +170,7 @@ where
             return Ok(Err(OpError::NotTrusted("add build logs")));
         }
         let log = tail.finish();
-        self.relay
-            .store
+        (self.core)
             .put_build_log(&drv, &log, &Scope::Public)
             .await?;
         self.ok(Reply::Ack).await
@@ -194,7 +181,7 @@ where
 /// happens. NAR-hashed sha256 adds (`nix-store --add`, `builtins.path`) are
 /// stored; a flat one is refused by name.
 pub(super) async fn add_legacy<B: AsyncBufRead + Unpin>(
-    relay: &Relay,
+    core: &Core,
     client: &ClientId,
     a: &LegacyAddToStore,
     r: &mut B,
@@ -204,12 +191,9 @@ pub(super) async fn add_legacy<B: AsyncBufRead + Unpin>(
         Ok(p) => p.clone(),
         Err(_) => placeholder("upload").map_err(|e| Error::Refused(e.to_string()))?,
     };
-    let mut writer = relay.store.begin(relay.limits.nar()).await?;
     // A NAR that does not parse leaves the stream out of step: fatal.
-    writer
-        .pump(r, None::<&mut tokio::io::Sink>, &errors_as)
-        .await?;
-    let nar = writer.summary(&errors_as)?;
+    let mut writer = core.receive(r, &errors_as).await?;
+    let nar = writer.summary(&errors_as).map_err(CoreError::from)?;
     if let Err(e) = named {
         return Ok(Err(e));
     }
@@ -222,12 +206,12 @@ pub(super) async fn add_legacy<B: AsyncBufRead + Unpin>(
         Err(e) => return Ok(Err(OpError::Ca(e))),
     };
     let info = ca_info(path, method, nar.sha256, nar, Vec::new());
-    Ok(commit(relay, client, writer, info).await.map(|i| i.path))
+    Ok(commit(core, client, writer, info).await.map(|i| i.path))
 }
 
 /// The framed payload of AddToStore into the store under its computed path.
 async fn add_ca<B: AsyncBufRead + Unpin>(
-    relay: &Relay,
+    core: &Core,
     client: &ClientId,
     name: &str,
     cam: &str,
@@ -236,7 +220,7 @@ async fn add_ca<B: AsyncBufRead + Unpin>(
 ) -> Result<ValidPathInfo, OpError> {
     let method = CaMethod::parse(cam).map_err(OpError::Ca)?;
     if !method.takes_nar() {
-        let max = relay.limits.wire().max_string_bytes;
+        let max = core.limits().wire().max_string_bytes;
         let mut text = Vec::new();
         (&mut *r)
             .take(max as u64 + 1)
@@ -246,24 +230,21 @@ async fn add_ca<B: AsyncBufRead + Unpin>(
         if text.len() > max {
             return Err(OpError::FlatTooLarge(max));
         }
-        return add_flat(relay, client, name, method, text, refs).await;
+        return add_flat(core, client, name, method, text, refs).await;
     }
     let placeholder = placeholder(name)?;
-    let mut writer = relay.store.begin(relay.limits.nar()).await?;
-    writer
-        .pump(r, None::<&mut tokio::io::Sink>, &placeholder)
-        .await?;
-    let nar = writer.summary(&placeholder)?;
+    let mut writer = core.receive(r, &placeholder).await?;
+    let nar = writer.summary(&placeholder).map_err(CoreError::from)?;
     let path = method
         .store_path(name, &nar.sha256, &refs)
         .map_err(OpError::Ca)?;
     let info = ca_info(path, method, nar.sha256, nar, refs);
-    commit(relay, client, writer, info).await
+    commit(core, client, writer, info).await
 }
 
 /// A flat (or text) payload as the single-file NAR Nix stores for it.
 async fn add_flat(
-    relay: &Relay,
+    core: &Core,
     client: &ClientId,
     name: &str,
     method: CaMethod,
@@ -273,14 +254,10 @@ async fn add_flat(
     let hash = Sha256Hash::digest(&text);
     let path = method.store_path(name, &hash, &refs).map_err(OpError::Ca)?;
     let nar_bytes = flat_nar(text);
-    let mut writer = relay.store.begin(relay.limits.nar()).await?;
-    let mut r = &nar_bytes[..];
-    writer
-        .pump(&mut r, None::<&mut tokio::io::Sink>, &path)
-        .await?;
-    let nar = writer.summary(&path)?;
+    let mut writer = core.receive(&mut &nar_bytes[..], &path).await?;
+    let nar = writer.summary(&path).map_err(CoreError::from)?;
     let info = ca_info(path, method, hash, nar, refs);
-    commit(relay, client, writer, info).await
+    commit(core, client, writer, info).await
 }
 
 /// A path to name the payload by in errors before its real one is known
@@ -310,14 +287,10 @@ fn ca_info(
 }
 
 async fn commit(
-    relay: &Relay,
+    core: &Core,
     client: &ClientId,
     writer: crate::store::NarWriter,
     info: ValidPathInfo,
 ) -> Result<ValidPathInfo, OpError> {
-    crate::metrics::nar_bytes(crate::metrics::Direction::FromClient, info.nar_size);
-    tracing::debug!(path = %info.path, ca = ?info.ca, "content-addressed path added");
-    Ok((relay.store)
-        .commit_ca(writer, info, &client.name, client.trusted)
-        .await?)
+    Ok(core.commit_ca(client, writer, info).await?)
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::deadline::Cuttable;
 use super::stall::{self, Alive, Pinger, Watch, Watched};
-use super::{ChannelEnd, ChannelSource, LogSink, PIPE_BYTES, pump};
+use super::{ChannelEnd, ChannelSource, LogSwitch, PIPE_BYTES, pump};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -110,7 +110,7 @@ fn config() -> Arc<client::Config> {
 }
 
 /// Connects, authenticates and runs `command`; stderr goes to `log`.
-pub async fn exec(t: &Target<'_>, command: &str, log: Option<LogSink>) -> Result<Exec, Error> {
+pub async fn exec(t: &Target<'_>, command: &str, log: Option<LogSwitch>) -> Result<Exec, Error> {
     exec_watched(t, command, log, None).await
 }
 
@@ -119,7 +119,7 @@ pub async fn exec(t: &Target<'_>, command: &str, log: Option<LogSink>) -> Result
 pub async fn exec_watched(
     t: &Target<'_>,
     command: &str,
-    log: Option<LogSink>,
+    log: Option<LogSwitch>,
     watch: Option<Watch>,
 ) -> Result<Exec, Error> {
     let addr = format!("{}:{}", t.host, t.port);
@@ -207,7 +207,7 @@ pub struct Piped {
 pub fn pipe_channel<P: Pinger>(
     rx: impl ChannelSource + 'static,
     tx: impl AsyncWrite + Send + Sync + Unpin + 'static,
-    log: Option<LogSink>,
+    log: Option<LogSwitch>,
     watch: Option<(Arc<P>, Watch, String)>,
 ) -> Piped {
     let (stdout, pipe_in) = tokio::io::simplex(PIPE_BYTES);

@@ -16,8 +16,7 @@ use russh::ChannelMsg;
 use russh::ChannelReadHalf;
 use tokio::io::{AsyncWriteExt, SimplexStream, WriteHalf};
 
-pub use crate::buildlog::LogSink;
-use crate::buildlog::log_pieces;
+pub use crate::buildlog::LogSwitch;
 
 /// Bytes buffered between a channel and its reader. Without a bound a fast
 /// peer could fill memory while the relay waits on the other side.
@@ -42,14 +41,15 @@ impl ChannelSource for ChannelReadHalf {
     }
 }
 
-/// Drains a channel: data into `data`, stderr (extended data 1) into `log`.
+/// Drains a channel: data into `data`, stderr (extended data 1) to `log`'s
+/// current sink (synchronously: nothing waits on a log reader).
 /// Returns when the peer sends EOF or closes, or the pipe's reader is gone.
 /// Every message is a sign of life on `alive`; while the pipe is full the
 /// silence is the relay's, so the wait is held (see [`stall::Alive::hold`]).
 pub async fn pump(
     mut rx: impl ChannelSource,
     mut data: WriteHalf<SimplexStream>,
-    log: Option<LogSink>,
+    log: Option<LogSwitch>,
     alive: Option<stall::Alive>,
 ) -> ChannelEnd {
     let mut end = ChannelEnd::default();
@@ -67,10 +67,7 @@ pub async fn pump(
             }
             ChannelMsg::ExtendedData { data: d, ext: 1 } => {
                 if let Some(log) = &log {
-                    for piece in log_pieces(Bytes::copy_from_slice(&d)) {
-                        // A gone log reader only means nobody listens any more.
-                        let _ = log.send(piece).await;
-                    }
+                    log.log(Bytes::copy_from_slice(&d));
                 }
             }
             ChannelMsg::Eof => {

@@ -53,7 +53,6 @@ struct Backend {
     sshd: Arc<FakeSshd>,
     /// What the relay wrote; kept open, never read.
     _from_relay: tokio::io::DuplexStream,
-    _log: mpsc::Receiver<Bytes>,
 }
 
 impl Backend {
@@ -69,7 +68,7 @@ impl Backend {
 fn connect() -> (ServeClient<ConnReader, ConnWriter>, Backend, Watched) {
     let (to_relay, rx) = mpsc::unbounded_channel();
     let (ours, theirs) = tokio::io::duplex(1 << 20);
-    let (log, log_rx) = mpsc::channel(1024);
+    let log = crate::buildlog::LogSwitch::default();
     let sshd = Arc::new(FakeSshd::default());
     let watch = (sshd.clone(), WATCH, "fake".to_string());
     let piped = pipe_channel(FakeChannel(rx), ours, Some(log), Some(watch));
@@ -80,7 +79,6 @@ fn connect() -> (ServeClient<ConnReader, ConnWriter>, Backend, Watched) {
         to_relay,
         sshd,
         _from_relay: theirs,
-        _log: log_rx,
     };
     (client, backend, piped.watched.expect("watched"))
 }

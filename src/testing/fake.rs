@@ -69,6 +69,13 @@ pub struct Script {
     pub cut_output_after: Option<u64>,
     /// A log flood after the log lines ([`super::fake_flood`]).
     pub flood: Option<super::fake_flood::Flood>,
+    /// Phases a worker fake's build announces (`RESULT setPhase` on its
+    /// build activity), each with a nested activity started and stopped
+    /// in it.
+    pub phases: Vec<String>,
+    /// After its log lines, a build waits for [`Fake::release`] (then its
+    /// flood, then its end).
+    pub gate: bool,
 }
 
 impl Default for Script {
@@ -82,6 +89,8 @@ impl Default for Script {
             cut_upload_after: None,
             cut_output_after: None,
             flood: None,
+            phases: Vec::new(),
+            gate: false,
         }
     }
 }
@@ -115,6 +124,14 @@ impl Script {
         self.cut_output_after = Some(n);
         self
     }
+    pub fn phases(mut self, phases: &[&str]) -> Self {
+        self.phases = phases.iter().map(|p| (*p).to_owned()).collect();
+        self
+    }
+    pub fn gate(mut self) -> Self {
+        self.gate = true;
+        self
+    }
 }
 
 /// What a fake saw, for assertions.
@@ -133,6 +150,10 @@ pub struct Record {
     pub bytes_received: u64,
     /// Bytes of a log flood written to the relay.
     pub flood_bytes: u64,
+    /// The settings of each SetOptions (worker fakes).
+    pub options: Vec<crate::wire::worker::ClientOptions>,
+    /// Builds that reached the gate ([`Script::gate`]).
+    pub at_gate: u64,
 }
 
 type Stored = (ValidPathInfo, Arc<Vec<u8>>);
@@ -143,6 +164,8 @@ pub struct Fake {
     script: Mutex<Script>,
     store: Mutex<HashMap<StorePath, Stored>>,
     record: tokio::sync::watch::Sender<Record>,
+    /// Opened by [`Fake::release`].
+    gate: tokio::sync::watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,6 +179,7 @@ impl Fake {
             script: Mutex::new(script),
             store: Default::default(),
             record: tokio::sync::watch::Sender::new(Record::default()),
+            gate: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -192,6 +216,21 @@ impl Fake {
                 self.name,
                 self.record()
             ),
+        }
+    }
+
+    /// Lets every build waiting at its gate ([`Script::gate`]) go on, and
+    /// every later one pass it.
+    pub fn release(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Where a build with a gate waits for [`Fake::release`].
+    pub(super) async fn at_gate(&self, script: &Script) {
+        if script.gate {
+            self.note(|r| r.at_gate += 1);
+            let mut open = self.gate.subscribe();
+            let _ = open.wait_for(|o| *o).await;
         }
     }
 

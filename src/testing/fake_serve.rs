@@ -50,6 +50,8 @@ where
                         .await
                         .map_err(Error::Write)?;
                 }
+                stderr.flush().await.map_err(Error::Write)?;
+                fake.at_gate(&script).await;
                 if let Some(f) = script.flood {
                     super::fake_flood::serve(fake, f, &mut stderr).await?;
                 }

@@ -8,7 +8,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::fake::{Connect, Fake};
 use super::fake_serve::send_nar;
-use crate::wire::worker::stderr::{ACT_BUILD, LVL_INFO, RES_BUILD_LOG_LINE};
+use crate::wire::worker::stderr::{
+    ACT_BUILD, ACT_UNKNOWN, LVL_INFO, RES_BUILD_LOG_LINE, RES_SET_PHASE,
+};
 use crate::wire::worker::{
     Field, FramedReader, NarUpload, Reply, Request, StderrMsg, Trust, WorkerCodec, WorkerError,
     WorkerVersion, server_handshake,
@@ -34,7 +36,10 @@ where
     while let Some(req) = codec.read_request(&mut r).await? {
         let script = fake.script();
         let reply = match req {
-            Request::SetOptions(_) => Reply::None,
+            Request::SetOptions(o) => {
+                fake.note(|rec| rec.options.push(o));
+                Reply::None
+            }
             Request::QueryValidPaths { paths, .. } => Reply::Paths(fake.valid(&paths)),
             Request::QueryPathInfo { path } => Reply::PathInfo(fake.info(&path)),
             Request::AddToStoreNar { info, .. } if codec.nar_upload() == NarUpload::Framed => {
@@ -52,9 +57,11 @@ where
                 let mut guard = fake.start_build(&drv_path);
                 let text = format!("building '{drv_path}'").into_bytes();
                 send(&mut w, &codec, &[activity(text)], None).await?;
+                send(&mut w, &codec, &phases(&script.phases), None).await?;
                 for line in &script.log {
                     send(&mut w, &codec, &[log_line(line)], None).await?;
                 }
+                fake.at_gate(&script).await;
                 if let Some(f) = script.flood {
                     super::fake_flood::worker(fake, f, &mut w, v).await?;
                 }
@@ -97,6 +104,29 @@ fn activity(text: Vec<u8>) -> StderrMsg {
         fields: Vec::new(),
         parent: 0,
     }
+}
+
+/// Each phase as `RESULT setPhase` on the build activity, with a nested
+/// activity (id 2) started and stopped in it.
+fn phases(phases: &[String]) -> Vec<StderrMsg> {
+    let mut msgs = Vec::new();
+    for p in phases {
+        msgs.push(StderrMsg::Result {
+            id: 1,
+            kind: RES_SET_PHASE,
+            fields: vec![Field::Str(p.as_bytes().to_vec())],
+        });
+        msgs.push(StderrMsg::StartActivity {
+            id: 2,
+            level: LVL_INFO,
+            kind: ACT_UNKNOWN,
+            text: format!("in {p}").into_bytes(),
+            fields: Vec::new(),
+            parent: 1,
+        });
+        msgs.push(StderrMsg::StopActivity { id: 2 });
+    }
+    msgs
 }
 
 fn log_line(line: &str) -> StderrMsg {

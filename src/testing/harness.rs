@@ -27,13 +27,15 @@ use tokio::io::BufReader;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::fake::{Fake, Registration, Script, register};
+use crate::backend::Options;
 use crate::backend::{Client, ConnReader, ConnWriter, ServeClient, WorkerClient};
-use crate::buildlog::LogSink;
+use crate::buildlog::{EventSink, LogEvent, LogSink};
 use crate::config::{BackendUri, Config, Protocol};
-use crate::session::{ClientId, Relay};
-use crate::wire::build::{BasicDerivation, BuildOptions, BuildResult};
+use crate::session::{ClientId, Core};
+use crate::wire::build::{BasicDerivation, BuildResult};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
+use crate::wire::worker::stderr::StderrMsg;
 use crate::wire::{Limits, Result};
 
 /// The system the test derivations and fake backends are for.
@@ -49,7 +51,7 @@ mod ops;
 
 /// A relay core whose backends are fakes. Dropping it unregisters them.
 pub struct TestRelay {
-    pub relay: Arc<Relay>,
+    pub relay: Arc<Core>,
     fakes: HashMap<String, Arc<Fake>>,
     tick: tokio::task::JoinHandle<()>,
     _registrations: Vec<Registration>,
@@ -85,7 +87,7 @@ impl TestRelay {
             }
         }
         let relay = crate::cli::open_relay(&config).unwrap_or_else(|e| panic!("{e:#}"));
-        let tick = crate::cli::spawn_scheduler_tick(relay.scheduler.clone());
+        let tick = crate::cli::spawn_scheduler_tick(relay.scheduler().clone());
         TestRelay {
             relay,
             fakes: by_name,
@@ -102,14 +104,14 @@ impl TestRelay {
 
     /// The scheduler's view of backend `name`: `up`, `down`, `probing`, `unknown`.
     pub fn backend_state(&self, name: &str) -> &'static str {
-        let snap = self.relay.scheduler.snapshot();
+        let snap = self.relay.scheduler().snapshot();
         let b = snap.backends.iter().find(|b| b.name == name);
         b.unwrap_or_else(|| panic!("no backend {name}")).state
     }
 
     /// The relay store's info for `path` (public scope).
     pub async fn stored(&self, path: &StorePath) -> Option<ValidPathInfo> {
-        (self.relay.store.path_info(path, None).await).unwrap_or_else(|e| panic!("store: {e}"))
+        (self.relay.store().path_info(path, None).await).unwrap_or_else(|e| panic!("store: {e}"))
     }
 
     /// Waits until `path` is in the relay store; panics after `within`.
@@ -151,8 +153,7 @@ impl Drop for TestRelay {
 /// session sees its channel gone, as when an SSH client disconnects).
 pub struct TestClient {
     pub client: Client,
-    pub(super) log_tx: LogSink,
-    log: Arc<Mutex<Vec<u8>>>,
+    pub(super) log: Arc<ClientLog>,
     session: tokio::task::JoinHandle<std::result::Result<(), crate::session::Error>>,
     _gone: DropGuard,
 }
@@ -160,10 +161,11 @@ pub struct TestClient {
 const PIPE: usize = 256 << 10;
 
 impl TestClient {
-    pub async fn open(relay: &Arc<Relay>, protocol: Protocol, id: ClientId) -> TestClient {
+    pub async fn open(relay: &Arc<Core>, protocol: Protocol, id: ClientId) -> TestClient {
         let (c, s) = tokio::io::duplex(PIPE);
         let (sr, sw) = tokio::io::split(s);
-        let (log_tx, log) = collect_log();
+        let log = Arc::new(ClientLog::default());
+        let log_tx = collect_log(log.clone());
         let gone = CancellationToken::new();
         let (relay, sr) = (relay.clone(), BufReader::new(sr));
         let session = match protocol {
@@ -201,7 +203,6 @@ impl TestClient {
         };
         TestClient {
             client,
-            log_tx,
             log,
             session,
             _gone: gone.drop_guard(),
@@ -219,10 +220,9 @@ impl TestClient {
         drv_path: &StorePath,
         drv: &BasicDerivation,
     ) -> Result<BuildResult> {
-        let (client, log) = (&mut self.client, &self.log_tx);
-        client
-            .build_derivation(drv_path, drv, BuildOptions::default(), log)
-            .await
+        let (client, log) = (&mut self.client, &*self.log);
+        let options = Options::default();
+        client.build_derivation(drv_path, drv, &options, log).await
     }
 
     /// One worker-protocol request and its reply (a worker client only);
@@ -232,7 +232,7 @@ impl TestClient {
         req: crate::wire::worker::Request,
     ) -> Result<crate::wire::worker::Reply> {
         match &mut self.client {
-            Client::Worker(w) => w.call(req, Some(&self.log_tx)).await,
+            Client::Worker(w) => w.call(req, Some(&*self.log)).await,
             Client::Serve(_) => panic!("call: not a worker client"),
         }
     }
@@ -255,7 +255,13 @@ impl TestClient {
     /// Everything the session wrote to the client's log so far (serve:
     /// stderr; worker: the in-band lines).
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&self.log.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+        String::from_utf8_lossy(&lock(&self.log.text)).into_owned()
+    }
+
+    /// The activity messages (start, stop, results other than log lines)
+    /// a worker client got so far, as it got them.
+    pub fn activities(&self) -> Vec<StderrMsg> {
+        lock(&self.log.activities).clone()
     }
 
     /// Waits until the log contains `needle`; panics after `within`.
@@ -285,17 +291,37 @@ impl TestClient {
     }
 }
 
-/// A log sink whose chunks collect in a buffer.
-fn collect_log() -> (LogSink, Arc<Mutex<Vec<u8>>>) {
+/// What a test client's session told it: its log as text (serve:
+/// stderr; worker: the in-band lines, a build activity's start as its
+/// text) and, for a worker client, the activity messages.
+#[derive(Default)]
+pub(super) struct ClientLog {
+    text: Mutex<Vec<u8>>,
+    activities: Mutex<Vec<StderrMsg>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EventSink for ClientLog {
+    fn publish(&self, event: LogEvent) {
+        if let LogEvent::Activity(m) = &event {
+            lock(&self.activities).push((**m).clone());
+        }
+        if let Some(t) = event.text() {
+            lock(&self.text).extend_from_slice(&t);
+        }
+    }
+}
+
+/// A serve session's stderr queue, whose chunks collect in `log`.
+fn collect_log(log: Arc<ClientLog>) -> LogSink {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let into = buf.clone();
     tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
-            into.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(&chunk);
+            lock(&log.text).extend_from_slice(&chunk);
         }
     });
-    (tx, buf)
+    tx
 }

@@ -26,8 +26,9 @@ impl TestClient {
         drv: &BasicDerivation,
         options: BuildOptions,
     ) -> Result<BuildResult> {
-        let (client, log) = (&mut self.client, &self.log_tx);
-        client.build_derivation(drv_path, drv, options, log).await
+        let (client, log) = (&mut self.client, &*self.log);
+        let options = crate::backend::Options::from(options);
+        client.build_derivation(drv_path, drv, &options, log).await
     }
 }
 
@@ -37,7 +38,7 @@ impl TestRelay {
     /// and every narinfo (public and private) names a NAR file of its
     /// FileSize and FileHash. Returns how many narinfos there are.
     pub async fn assert_store_consistent(&self, within: Duration) -> usize {
-        let root = self.relay.store.root().to_owned();
+        let root = self.relay.store().root().to_owned();
         let tmp = root.join("tmp");
         let deadline = tokio::time::Instant::now() + within;
         loop {

@@ -6,17 +6,15 @@
 use std::collections::HashMap;
 
 use tokio::io::{AsyncBufRead, AsyncWrite};
-use tokio::sync::mpsc;
 
-use super::{OpError, WorkerSession, build_activity};
-use crate::session::Error;
-use crate::session::derived::{Event, Request as Derived};
-use crate::session::log::LineSplitter;
+use super::build::{ClientActs, build_activity};
+use super::{OpError, WorkerSession};
+use crate::session::derived::{DerivedError, Event, Request as Derived};
+use crate::session::{CoreError, Error};
 use crate::wire::build::BuildResult;
 use crate::wire::derivation::DerivedPath;
 use crate::wire::store_path::StorePath;
 use crate::wire::worker::Reply;
-use crate::wire::worker::stderr::StderrMsg;
 use crate::wire::worker::values::{QueryMissingReply, WorkerBuildResult};
 
 impl<R, W> WorkerSession<R, W>
@@ -41,7 +39,7 @@ where
             Ok(w) => w,
             Err(msg) => return Ok(Err(OpError::Unbuildable(msg))),
         };
-        let req = match Derived::read(&self.relay, &self.client, wanted).await {
+        let req = match Derived::read(&self.core, &self.client, wanted).await {
             Ok(r) => r,
             Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
         };
@@ -68,59 +66,27 @@ where
 
     /// Runs the builds, writing their activities and logs as they come.
     async fn run_builds(&mut self, req: &Derived) -> Result<Vec<BuildResult>, Error> {
-        let (events, mut rx) = mpsc::channel::<Event>(64);
-        let (relay, client, gone, options) = (
-            self.relay.clone(),
-            self.client.clone(),
-            self.gone.clone(),
-            self.options,
-        );
-        let fut = async move { req.build(&relay, &client, &gone, options, &events).await };
-        tokio::pin!(fut);
-        let mut acts: HashMap<StorePath, (u64, LineSplitter)> = HashMap::new();
-        let results = loop {
-            tokio::select! {
-                done = &mut fut => break done,
-                Some(ev) = rx.recv() => {
-                    let msgs = self.activity(&mut acts, ev);
-                    self.reply(&msgs, None).await?;
+        let options = self.options.clone();
+        let mut run = req.run(&self.core, &self.client, &self.gone, options);
+        let mut acts: HashMap<StorePath, ClientActs> = HashMap::new();
+        while let Some(event) = run.next().await {
+            let msgs = match event {
+                Event::Started(drv) => {
+                    let act = self.new_activity();
+                    acts.insert(drv.clone(), ClientActs::new(act));
+                    vec![build_activity(act, &drv)]
                 }
-            }
-        };
-        let mut msgs = Vec::new();
-        while let Ok(ev) = rx.try_recv() {
-            msgs.extend(self.activity(&mut acts, ev));
-        }
-        self.reply(&msgs, None).await?;
-        Ok(results)
-    }
-
-    fn activity(
-        &mut self,
-        acts: &mut HashMap<StorePath, (u64, LineSplitter)>,
-        ev: Event,
-    ) -> Vec<StderrMsg> {
-        match ev {
-            Event::Started(drv) => {
-                let act = self.next_activity;
-                self.next_activity += 1;
-                let start = build_activity(act, &drv);
-                acts.insert(drv, (act, LineSplitter::default()));
-                vec![start]
-            }
-            Event::Log(drv, chunk) => match acts.get_mut(&drv) {
-                Some((act, lines)) => lines.push(*act, &chunk),
-                None => Vec::new(),
-            },
-            Event::Finished(drv, _) => match acts.remove(&drv) {
-                Some((act, mut lines)) => {
-                    let mut msgs = lines.finish(act);
-                    msgs.push(StderrMsg::StopActivity { id: act });
-                    msgs
+                Event::Build(drv, e) => match acts.get_mut(&drv) {
+                    Some(a) => a.event(e, &mut self.next_activity),
+                    None => Vec::new(),
+                },
+                Event::Finished(drv, _) => {
+                    acts.remove(&drv).map_or_else(Vec::new, |mut a| a.finish())
                 }
-                None => Vec::new(),
-            },
+            };
+            self.reply(&msgs, None).await?;
         }
+        Ok(req.results(run))
     }
 
     /// QueryDerivationOutputMap: each output of the `.drv` (in the relay
@@ -129,7 +95,7 @@ where
         &mut self,
         drv: StorePath,
     ) -> Result<Result<(), OpError>, Error> {
-        let d = match crate::session::derived::read_drv(&self.relay, &self.client, &drv).await {
+        let d = match crate::session::derived::read_drv(&self.core, &self.client, &drv).await {
             Ok(d) => d,
             Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
         };
@@ -152,11 +118,9 @@ where
             Ok(w) => w,
             Err(msg) => return Ok(Err(OpError::Unbuildable(msg))),
         };
-        let (will_build, unknown) = match Derived::read(&self.relay, &self.client, wanted).await {
+        let (will_build, unknown) = match Derived::read(&self.core, &self.client, wanted).await {
             Ok(req) => req.missing(),
-            Err(Error::Derived(crate::session::derived::DerivedError::NoDrv(drv))) => {
-                (Vec::new(), vec![drv])
-            }
+            Err(CoreError::Derived(DerivedError::NoDrv(drv))) => (Vec::new(), vec![drv]),
             Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
         };
         let reply = QueryMissingReply {

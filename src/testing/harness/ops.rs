@@ -30,7 +30,7 @@ impl TestRelay {
     /// The `admin` field of backend `name` in the scheduler's status
     /// (`active`, `draining`, `removing`), or `absent`.
     pub fn backend_admin(&self, name: &str) -> &'static str {
-        let snap = self.relay.scheduler.snapshot();
+        let snap = self.relay.scheduler().snapshot();
         snap.backends
             .iter()
             .find(|b| b.name == name)
@@ -41,7 +41,7 @@ impl TestRelay {
     /// its URL, for [`crate::cli::drain`].
     pub async fn admin_url(&self) -> String {
         let any = "127.0.0.1:0".parse().expect("loopback address");
-        let addr = crate::http::admin::spawn(any, self.relay.scheduler.clone()).await;
+        let addr = crate::http::admin::spawn(any, self.relay.scheduler().clone()).await;
         format!("http://{}", addr.unwrap_or_else(|e| panic!("admin: {e}")))
     }
 
@@ -73,12 +73,12 @@ impl TestRelay {
         }
         let path = self._dir.path().join("relay.toml");
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        crate::cli::reload(&path, &self.relay.scheduler)
+        crate::cli::reload(&path, self.relay.scheduler())
     }
 
     /// The registry prefix of this relay's fakes (`relay-N`).
     fn fake_prefix(&self) -> String {
-        let backends = self.relay.scheduler.backends();
+        let backends = self.relay.scheduler().backends();
         let key = backends.iter().find_map(|b| match &b.uri {
             BackendUri::Fake { name, .. } => name.split_once('/').map(|(p, _)| p.to_owned()),
             _ => None,
