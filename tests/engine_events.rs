@@ -223,6 +223,16 @@ async fn attach_mid_build(backend: &str, joiner: Protocol) {
     t.fake("a")
         .wait_for("at the gate", WAIT, |r| r.at_gate == 1)
         .await;
+    // The fake is at its gate once it has written its log; the relay has
+    // published it once the flight holds all of it (100 lines of 1000 bytes).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while t.relay.flights().snapshot().first().map(|f| f.log_bytes) < Some(100_000) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut late = t.client(joiner, "bob").await;
     let late_build = tokio::spawn(async move { (late.build(&drv_path, &d).await, late) });
     let what = format!("{backend}, {joiner} joiner");

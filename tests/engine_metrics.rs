@@ -96,7 +96,14 @@ fn status_has_its_schema(status: &Value) {
     for f in status["flights"].as_array().unwrap() {
         need(
             f,
-            &["outputs", "private", "attached", "state", "age_seconds"],
+            &[
+                "outputs",
+                "private",
+                "attached",
+                "state",
+                "age_seconds",
+                "log_bytes",
+            ],
             "flight",
         );
     }

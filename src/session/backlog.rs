@@ -161,6 +161,11 @@ impl Backlog {
     pub fn held(&self) -> usize {
         self.ring().bytes
     }
+
+    /// Bytes published so far.
+    pub fn published(&self) -> u64 {
+        self.ring().tail
+    }
 }
 
 /// One session's place in a flight's [`Backlog`]; dropping it lets go.

@@ -99,6 +99,8 @@ pub struct FlightStatus {
     pub attached: usize,
     pub state: &'static str,
     pub age_seconds: f64,
+    /// Bytes of build log (and activities) so far.
+    pub log_bytes: u64,
 }
 
 /// A session's claim on a flight; dropping it detaches.
@@ -192,6 +194,7 @@ impl Flights {
                     "building"
                 },
                 age_seconds: f.created.elapsed().as_secs_f64(),
+                log_bytes: f.log.bytes(),
             })
             .collect()
     }

@@ -135,6 +135,11 @@ impl FlightLog {
         })
     }
 
+    /// Bytes of log and activity events published so far.
+    pub fn bytes(&self) -> u64 {
+        self.backlog.published()
+    }
+
     /// Adds `event` for every attached session and to the kept copy.
     pub fn publish(&self, event: LogEvent) {
         if let Some(text) = event.text() {
