@@ -14,7 +14,7 @@ use base64::Engine;
 use nix_relay::config::ec2::{Ec2Config, Template};
 use nix_relay::ec2::api::{self, ErrorKind, RetryPolicy};
 use nix_relay::ec2::manager::{Manager, Phase, Probe};
-use nix_relay::ec2::{Ec2Api, reconcile, sdk};
+use nix_relay::ec2::{Ec2Api, LaunchSpec, Market, query, reconcile};
 use nix_relay::scheduler::{Acquired, JobSpec, Scheduler};
 
 const BUILDER: &str =
@@ -110,7 +110,7 @@ fn config(port: u16, relay_id: &str, budget: f64) -> Ec2Config {
 }
 
 async fn api(cfg: &Ec2Config) -> Arc<dyn Ec2Api> {
-    Arc::new(sdk::connect_with_keys(cfg, "testing", "testing").await)
+    Arc::new(query::connect_with_keys(cfg, "testing", "testing").expect("the endpoint"))
 }
 
 async fn manager(cfg: &Ec2Config) -> (Manager, Arc<Scheduler>) {
@@ -341,18 +341,45 @@ async fn the_budget_cap_refuses_a_launch() {
     assert!(live(&cfg).await.is_empty());
 }
 
-/// A stand-in endpoint that throttles every call, counting them.
-fn throttling_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+/// A stand-in endpoint that throttles every call, counting them and keeping
+/// the first request as it arrived.
+fn throttling_server() -> (
+    u16,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::Mutex<String>>,
+) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = n.clone();
+    let first = Arc::new(std::sync::Mutex::new(String::new()));
+    let (count, keep) = (n.clone(), first.clone());
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut buf = [0u8; 65536];
-            let _ = s.read(&mut buf);
+            let mut got = Vec::new();
+            // the head, then the body Content-Length says
+            while let Ok(k) = s.read(&mut buf) {
+                got.extend_from_slice(&buf[..k]);
+                let text = String::from_utf8_lossy(&got).into_owned();
+                let done = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                    let len = (head.lines())
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    body.len() >= len
+                });
+                if k == 0 || done {
+                    break;
+                }
+            }
+            if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                *keep.lock().unwrap() = String::from_utf8_lossy(&got).into_owned();
+            }
             let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>r-1</RequestID></Response>";
             let _ = write!(
                 s,
@@ -361,12 +388,12 @@ fn throttling_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
             );
         }
     });
-    (port, n)
+    (port, n, first)
 }
 
 #[tokio::test]
-async fn throttling_from_the_real_sdk_is_retried_with_backoff_then_reported() {
-    let (port, calls) = throttling_server();
+async fn throttling_from_the_endpoint_is_retried_with_backoff_then_reported() {
+    let (port, calls, _) = throttling_server();
     let cfg = config(port, "relay-throttle", 100.0);
     let api = api(&cfg).await;
     let policy = RetryPolicy {
@@ -384,4 +411,117 @@ async fn throttling_from_the_real_sdk_is_retried_with_backoff_then_reported() {
         3,
         "three attempts"
     );
+}
+
+#[tokio::test]
+async fn a_call_is_a_signed_form_post_of_the_query_api() {
+    let (port, _, first) = throttling_server();
+    let cfg = config(port, "relay-wire", 100.0);
+    let _ = api(&cfg).await.describe_owned("relay-wire").await;
+    let req = first.lock().unwrap().clone();
+    let (head, body) = req.split_once("\r\n\r\n").expect("a whole request");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("post / http/1.1\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("\r\nhost: 127.0.0.1:{port}\r\n")),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\ncontent-type: application/x-www-form-urlencoded; charset=utf-8\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nx-amz-date: "), "{head}");
+    let auth = between(&head, "\r\nauthorization: ", "\r\n");
+    assert!(
+        auth.starts_with("aws4-hmac-sha256 credential=testing/"),
+        "{auth}"
+    );
+    assert!(
+        auth.contains(
+            "/us-east-1/ec2/aws4_request, signedheaders=content-type;host;x-amz-date, signature="
+        ),
+        "{auth}"
+    );
+    assert_eq!(
+        body,
+        "Action=DescribeInstances&Filter.1.Name=tag%3Aowner&Filter.1.Value.1=relay-wire&MaxResults=100&Version=2016-11-15"
+    );
+}
+
+#[tokio::test]
+async fn describe_follows_next_token_across_pages() {
+    let Some(moto) = moto() else { return };
+    let cfg = config(moto.port, "relay-pages", 100.0);
+    let client = query::connect_with_keys(&cfg, "testing", "testing")
+        .unwrap()
+        .with_page_size(5);
+    let spec = LaunchSpec {
+        name: "nix-relay relay-pages arm".into(),
+        template: "arm".into(),
+        relay_id: "relay-pages".into(),
+        instance_type: "c7g.2xlarge".into(),
+        ami: "ami-12c6146b".into(),
+        subnet: None,
+        security_group: None,
+        market: Market::OnDemand,
+        user_data: "#!/bin/sh\n".into(),
+    };
+    let mut launched = Vec::new();
+    for _ in 0..7 {
+        launched.push(client.run_instance(&spec).await.unwrap().id);
+    }
+    let mut seen: Vec<String> = client
+        .describe_owned("relay-pages")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    seen.sort();
+    launched.sort();
+    assert_eq!(seen, launched, "7 instances over pages of 5");
+    assert!(client.describe_owned("nobody").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn spot_launches_carry_the_market_options_and_errors_keep_their_code() {
+    let Some(moto) = moto() else { return };
+    let cfg = config(moto.port, "relay-spot", 100.0);
+    let client = api(&cfg).await;
+    let mut spec = LaunchSpec {
+        name: "n".into(),
+        template: "arm".into(),
+        relay_id: "relay-spot".into(),
+        instance_type: "c7g.2xlarge".into(),
+        ami: "ami-12c6146b".into(),
+        subnet: None,
+        security_group: None,
+        market: Market::Spot,
+        user_data: "#!/bin/sh\n".into(),
+    };
+    let id = client.run_instance(&spec).await.unwrap().id;
+    let desc = query(
+        moto.port,
+        &format!("Action=DescribeInstances&InstanceId.1={id}"),
+    );
+    assert!(
+        desc.contains("<instanceLifecycle>spot</instanceLifecycle>"),
+        "{desc}"
+    );
+    assert_eq!(client.vcpus("c7g.2xlarge").await.unwrap(), Some(8));
+    let e = client.vcpus("c7g.nonesuch").await.unwrap_err();
+    assert_eq!(
+        (e.code.as_str(), e.kind),
+        ("InvalidInstanceType", ErrorKind::Fatal),
+        "{e}"
+    );
+    spec.subnet = Some("subnet-nonexistent".into());
+    let e = client.run_instance(&spec).await.unwrap_err();
+    assert_eq!(
+        (e.code.as_str(), e.kind),
+        ("InvalidSubnetID.NotFound", ErrorKind::Fatal),
+        "{e}"
+    );
+    client.terminate(&[id]).await.unwrap();
+    assert!(live(&cfg).await.is_empty());
 }

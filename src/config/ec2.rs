@@ -126,8 +126,16 @@ fn is_name(s: &str) -> bool {
 
 pub fn validate(raw: RawEc2, p: &mut Vec<String>) -> Option<Ec2Config> {
     let n = p.len();
-    if raw.region.is_empty() {
-        p.push("ec2.region is empty".into());
+    let region_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if raw.region.is_empty() || !raw.region.chars().all(region_ok) {
+        p.push("ec2.region must be an AWS region name such as eu-central-1".into());
+    }
+    if let Some(e) = &raw.endpoint
+        && !(e.starts_with("http://") || e.starts_with("https://"))
+    {
+        p.push(format!(
+            "ec2.endpoint {e:?} must be an http:// or https:// URL"
+        ));
     }
     if !(raw.budget_per_day.is_finite() && raw.budget_per_day >= 0.0) {
         p.push("ec2.budget_per_day must be a number of dollars ≥ 0".into());

@@ -1,7 +1,8 @@
-//! The EC2 calls the relay makes, behind a trait: `sdk` is the real one,
+//! The EC2 calls the relay makes, behind a trait: `query` is the real one,
 //! tests use an in-memory fake (unit) and a moto server (integration).
-//! [`retry`] is the only retry layer (the SDK's own is disabled): throttling
-//! and transient errors back off exponentially, other errors fail at once.
+//! [`retry`] is the only retry layer (nothing under `query` retries):
+//! throttling and transient errors back off exponentially, other errors
+//! fail at once.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};

@@ -64,7 +64,9 @@ async fn sweep(cfg: &Ec2Config, dry_run: bool) -> Result<()> {
 
 #[cfg(feature = "ec2")]
 async fn connect(cfg: &Ec2Config) -> Result<Arc<dyn Ec2Api>> {
-    Ok(Arc::new(super::sdk::connect(cfg).await))
+    Ok(Arc::new(
+        super::query::connect(cfg).context("the EC2 endpoint")?,
+    ))
 }
 
 #[cfg(not(feature = "ec2"))]

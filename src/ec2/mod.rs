@@ -3,7 +3,8 @@
 //! nothing is left running:
 //!
 //! * `api`: the [`Ec2Api`] trait (the few EC2 calls we use) with retries;
-//!   `sdk` implements it with aws-sdk-ec2 (cargo feature `ec2`).
+//!   `query` implements it on EC2's Query API over `crate::aws` (cargo
+//!   feature `ec2`), `query_xml` decodes the replies.
 //! * `userdata`: the boot script (builder key, pinned host key, trusted
 //!   user, dead-man switch), rendered deterministically.
 //! * `manager`: launch → running → SSH reachable → backend; terminate on
@@ -23,15 +24,19 @@ pub mod cost;
 mod launch;
 pub mod ledger_file;
 pub mod manager;
-pub mod reconcile;
 #[cfg(feature = "ec2")]
-pub mod sdk;
+pub mod query;
+#[cfg(feature = "ec2")]
+mod query_xml;
+pub mod reconcile;
 pub mod userdata;
 
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 mod manager_tests;
+#[cfg(all(test, feature = "ec2"))]
+mod query_tests;
 
 pub use api::{ApiError, Ec2Api, Instance, InstanceState, LaunchSpec, Market};
 

@@ -17,7 +17,7 @@
 //! fake's stderr goes through the same forwarding as a subprocess's. Other
 //! hooks that exist only for tests, under the same feature:
 //! `BackendUri::LocalWorker`, `front::server::null_log`,
-//! `ec2::sdk::connect_with_keys`.
+//! `ec2::query::connect_with_keys`, `ec2::query::QueryApi::with_page_size`.
 
 pub mod drv;
 pub mod drv_aterm;
