@@ -152,7 +152,9 @@ fn dead_man(i: &Inputs<'_>) -> String {
          #    relay has existed for {n} s (checked every {poll} s), and at\n\
          #    max_lifetime + 15 min regardless.\n"
     );
-    s += "install -d -m 0755 -o \"$U\" /run/nix-relay\ntouch /run/nix-relay/alive\n";
+    // The stamp is the user's: its gate touches it at every session.
+    s += "install -d -m 0755 -o \"$U\" /run/nix-relay\n";
+    s += "touch /run/nix-relay/alive; chown \"$U\" /run/nix-relay/alive\n";
     s += "cat > \"$D/deadman\" <<'NIX_RELAY_EOF'\n#!/bin/sh\n";
     s += &format!("PATH={PATH}\nexport PATH\n");
     s += &format!("while sleep {poll}; do\n");

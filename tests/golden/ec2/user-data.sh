@@ -63,7 +63,7 @@ systemctl restart nix-daemon 2>/dev/null || true
 #    relay has existed for 1800 s (checked every 60 s), and at
 #    max_lifetime + 15 min regardless.
 install -d -m 0755 -o "$U" /run/nix-relay
-touch /run/nix-relay/alive
+touch /run/nix-relay/alive; chown "$U" /run/nix-relay/alive
 cat > "$D/deadman" <<'NIX_RELAY_EOF'
 #!/bin/sh
 PATH=/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/nix/var/nix/profiles/default/bin
