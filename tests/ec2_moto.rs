@@ -104,7 +104,6 @@ fn config(port: u16, relay_id: &str, budget: f64) -> Ec2Config {
         ssh_user: "nix-relay".into(),
         dead_man_switch: Duration::from_secs(1800),
         reconcile_interval: Duration::from_secs(60),
-        test_address_override: None,
         templates: vec![x86, arm()],
     }
 }

@@ -4,7 +4,6 @@
 //! Safety limits (budget, max_instances, max_lifetime, idle_grace, the
 //! dead-man switch) are required or defaulted, never unlimited.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,9 +30,6 @@ pub struct RawEc2 {
     pub dead_man_switch: Option<String>,
     /// How often the relay lists its tagged instances (adopt or terminate).
     pub reconcile_interval: Option<String>,
-    /// TEST ONLY: reach every instance at this address instead of its
-    /// private IP (the lab's stand-in for an EC2 host).
-    pub test_address_override: Option<String>,
     #[serde(default)]
     pub template: Vec<RawTemplate>,
 }
@@ -71,7 +67,6 @@ pub struct Ec2Config {
     pub ssh_user: String,
     pub dead_man_switch: Duration,
     pub reconcile_interval: Duration,
-    pub test_address_override: Option<SocketAddr>,
     pub templates: Vec<Template>,
 }
 
@@ -159,11 +154,6 @@ pub fn validate(raw: RawEc2, p: &mut Vec<String>) -> Option<Ec2Config> {
         DEFAULT_RECONCILE,
         p,
     );
-    let test_address_override = raw.test_address_override.and_then(|a| {
-        a.parse()
-            .map_err(|e| p.push(format!("ec2.test_address_override {a:?}: {e}")))
-            .ok()
-    });
     if raw.template.is_empty() {
         p.push("ec2: no [[ec2.template]]".into());
     }
@@ -191,7 +181,6 @@ pub fn validate(raw: RawEc2, p: &mut Vec<String>) -> Option<Ec2Config> {
         ssh_user,
         dead_man_switch: dead_man,
         reconcile_interval: reconcile,
-        test_address_override,
         templates,
     })
 }
@@ -293,14 +282,13 @@ idle_grace = "5m"
     }
 
     #[test]
-    fn a_bad_test_address_override_is_reported() {
-        let text = "test_address_override = \"nope\"";
-        let p = raw(text).unwrap_err();
+    fn there_is_no_address_override_an_instance_is_reached_at_its_own_address() {
+        // The lab's instances have loopback addresses of their own now.
+        let p = raw("test_address_override = \"127.0.0.1:2222\"").unwrap_err();
         assert!(
-            p.iter().any(|e| e.contains("test_address_override")),
+            p.iter()
+                .any(|e| e.contains("unknown field `test_address_override`")),
             "{p:?}"
         );
-        let c = raw("test_address_override = \"127.0.0.1:2222\"").unwrap();
-        assert_eq!(c.test_address_override.unwrap().port(), 2222);
     }
 }

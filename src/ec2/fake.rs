@@ -76,7 +76,7 @@ impl Ec2Api for Fake {
                 id: format!("i-{:08x}", all.len() + 1),
                 state: InstanceState::Pending,
                 template: Some(spec.template.clone()),
-                private_ip: Some(format!("10.0.0.{}", all.len() + 1)),
+                private_ip: Some(format!("127.0.2.{}", all.len() + 1)),
                 launched_at: None,
             };
             all.push(FakeInstance {

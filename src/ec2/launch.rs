@@ -201,7 +201,7 @@ impl Manager {
             ssh_user: &self.cfg.ssh_user,
             builder_key: &self.builder_key,
             host_key,
-            dead_man_minutes: self.cfg.dead_man_switch.as_secs().div_ceil(60),
+            dead_man_secs: self.cfg.dead_man_switch.as_secs().max(1),
             max_lifetime_minutes: tpl.max_lifetime.as_secs().div_ceil(60),
         })
     }

@@ -254,16 +254,12 @@ impl Manager {
 
     fn backend_for(&self, t: &Tracked) -> Option<Backend> {
         let tpl = self.template(&t.template)?;
-        let (host, port) = match self.cfg.test_address_override {
-            Some(a) => (a.ip().to_string(), a.port()),
-            None => (t.address.clone()?, 22),
-        };
         Some(Backend {
             name: t.backend_name(),
             uri: BackendUri::Ssh {
                 user: self.cfg.ssh_user.clone(),
-                host,
-                port,
+                host: t.address.clone()?,
+                port: 22,
                 protocol: Protocol::Serve,
             },
             ssh_key: Some(self.cfg.ssh_key.clone()),

@@ -45,7 +45,6 @@ fn config(budget: f64) -> Ec2Config {
         ssh_user: "nix-relay".into(),
         dead_man_switch: Duration::from_secs(1800),
         reconcile_interval: Duration::from_secs(60),
-        test_address_override: None,
         templates: vec![
             template("x86", "x86_64-linux", 0.1),
             template("arm", "aarch64-linux", 0.3),
@@ -162,6 +161,17 @@ async fn a_reachable_instance_joins_and_serves_the_waiting_job() {
         4,
         "max_jobs defaults to the vCPU count"
     );
+    let listed = r.fake.live()[0].inst.private_ip.clone().unwrap();
+    match &slot.backend().uri {
+        crate::config::BackendUri::Ssh {
+            user, host, port, ..
+        } => assert_eq!(
+            (user.as_str(), host.as_str(), *port),
+            ("nix-relay", listed.as_str(), 22),
+            "reached as ssh_user at the instance's own address, port 22"
+        ),
+        other => panic!("not an SSH backend: {other:?}"),
+    }
     assert_eq!(r.m.tracked().next().unwrap().phase, Phase::Joined);
 }
 

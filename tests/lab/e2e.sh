@@ -30,7 +30,7 @@ NHOSTS=3
 # client namespaces: client client2 client3 (hosts.sh up makes LAB_CLIENTS of them)
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
-SCENARIOS=${E2E_SCENARIOS:-c j k n l hostile_auth hostile_exec hostile_channels fault_handshake fault_disk fault_restart ec2_launch ec2_sweep freeze poison}
+SCENARIOS=${E2E_SCENARIOS:-c j k n l hostile_auth hostile_exec hostile_channels fault_handshake fault_disk fault_restart ec2_launch ec2_deadman ec2_nixos ec2_sweep freeze poison}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 LOGS=$STATE/e2e
 SEED=e2e-$(date +%s)-$$
