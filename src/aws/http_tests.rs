@@ -80,8 +80,13 @@ async fn a_silent_server_times_out_and_a_closed_port_is_transient() {
     let e = HttpClient::new(quick).send(&ep, get(10)).await.unwrap_err();
     assert!(matches!(e, Error::Timeout { what: "answer", .. }), "{e}");
     assert!(e.is_transient());
-    drop(l);
+    // A port bound but not listening refuses connections, and stays ours:
+    // a freed port could be taken by another test's server meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = Endpoint::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
     let e = HttpClient::new(quick).send(&ep, get(10)).await.unwrap_err();
     assert!(matches!(e, Error::Connect { .. }), "{e}");
     assert!(e.is_transient());
+    drop(l);
 }
