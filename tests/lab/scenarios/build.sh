@@ -19,7 +19,9 @@ sc_c() {
   not_on_relay_machine "$out"
   # sent straight to x86_64-only h1 (as if it were aarch64) the same kind of
   # build fails there: the routing is what makes it work
-  h1=$(grep '^ssh://h1 ' "$STATE/machines" | awk '{$2 = "aarch64-linux"; print}')
+  # (over this pass's backend protocol: check y wants only that on the backends)
+  local m=$STATE/machines; [ "${LAB_BACKEND_PROTO:-ssh}" = ssh ] || m=$STATE/machines-ng
+  h1=$(grep -E '^ssh(-ng)?://h1 ' "$m" | awk '{$2 = "aarch64-linux"; print}')
   if build foreign "$SEED-c-x86" --builders "$h1" >/dev/null; then fail "-A foreign built on x86_64-only h1"; fi
   grep -q "aarch64-linux" "$BLOG" || fail "h1's refusal does not name aarch64-linux: $(tail -2 "$BLOG")"
   echo "  on h1: $(grep -m1 -i 'error\|required' "$BLOG")"
