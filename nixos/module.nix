@@ -166,7 +166,7 @@ in
     hostKeyFile = secretFileOption "SSH host key (ssh_host_ed25519_key; null: created in the state dir on first start)";
     signingKeyFile = secretFileOption "cache signing key (Nix format name:base64, e.g. from `nix-relay keygen`; null: created in the state dir on first start)";
     builderKeyFile = secretFileOption "SSH private key the relay logs into ssh:// and ssh-ng:// backends with (used as ssh_key of every such backend that sets none)";
-    ec2CredentialsFile = secretFileOption "AWS shared credentials file for the [ec2] builders (exported as AWS_SHARED_CREDENTIALS_FILE; the SDK credential chain reads it)";
+    ec2CredentialsFile = secretFileOption "AWS shared credentials file for the [ec2] builders (exported as AWS_SHARED_CREDENTIALS_FILE, where the relay's credential chain reads it)";
   };
 
   config = mkIf cfg.enable (mkMerge [

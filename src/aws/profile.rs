@@ -76,11 +76,17 @@ fn file(env: &Env, var: &str, default: &str) -> Option<(PathBuf, bool)> {
     }
 }
 
-/// The profile's credentials; None when there is no such profile (or it
-/// holds none) and none was asked for by `AWS_PROFILE`.
-pub async fn load(env: &Env) -> Result<Option<Credentials>, Error> {
-    let explicit = env.get("AWS_PROFILE");
-    let name = explicit.unwrap_or("default");
+/// A profile as read from both files.
+struct Found {
+    /// Merged properties (the credentials file wins).
+    props: HashMap<String, String>,
+    /// Whether either file has the profile.
+    exists: bool,
+    /// The files looked at.
+    looked: Vec<String>,
+}
+
+fn properties(env: &Env, name: &str) -> Result<Found, Error> {
     let sources = [
         (file(env, "AWS_CONFIG_FILE", ".aws/config"), true),
         (
@@ -88,20 +94,35 @@ pub async fn load(env: &Env) -> Result<Option<Credentials>, Error> {
             false,
         ),
     ];
-    let mut props = HashMap::new();
-    let mut found = false;
-    let mut looked = Vec::new();
+    let mut f = Found {
+        props: HashMap::new(),
+        exists: false,
+        looked: Vec::new(),
+    };
     for (path, config) in sources {
         let Some((path, named)) = path else { continue };
-        looked.push(path.display().to_string());
+        f.looked.push(path.display().to_string());
         let Some(text) = read(&path, named)? else {
             continue;
         };
         if let Some(p) = parse(&text, config).remove(name) {
-            found = true;
-            props.extend(p); // the credentials file (read last) wins
+            f.exists = true;
+            f.props.extend(p);
         }
     }
+    Ok(f)
+}
+
+/// The profile's credentials; None when there is no such profile (or it
+/// holds none) and none was asked for by `AWS_PROFILE`.
+pub async fn load(env: &Env) -> Result<Option<Credentials>, Error> {
+    let explicit = env.get("AWS_PROFILE");
+    let name = explicit.unwrap_or("default");
+    let Found {
+        props,
+        exists,
+        looked,
+    } = properties(env, name)?;
     let source_name = format!("profile {name:?} ({})", looked.join(", "));
     let fail = |reason: String| Error::Credentials {
         source_name: source_name.clone(),
@@ -127,7 +148,7 @@ pub async fn load(env: &Env) -> Result<Option<Credentials>, Error> {
         )));
     }
     match explicit {
-        Some(_) if !found => Err(fail("no such profile".into())),
+        Some(_) if !exists => Err(fail("no such profile".into())),
         Some(_) => Err(fail("the profile holds no credentials".into())),
         None => Ok(None),
     }

@@ -57,68 +57,81 @@ fn err(reason: impl Into<String>) -> Error {
     Error::Xml(reason.into())
 }
 
+/// The tree under construction: open elements, the finished root.
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Element>,
+    root: Option<Element>,
+    elements: usize,
+}
+
+impl Builder {
+    fn open(&mut self, name: &str) -> Result<(), Error> {
+        if self.root.is_some() {
+            return Err(err("content after the root element"));
+        }
+        self.elements += 1;
+        if self.stack.len() >= MAX_DEPTH || self.elements > MAX_ELEMENTS {
+            return Err(err(format!(
+                "over {MAX_DEPTH} levels or {MAX_ELEMENTS} elements"
+            )));
+        }
+        self.stack.push(Element {
+            name: name.to_owned(),
+            ..Element::default()
+        });
+        Ok(())
+    }
+
+    /// Ends the innermost element (`name`: its end tag's, if any).
+    fn close(&mut self, name: Option<&str>) -> Result<(), Error> {
+        let done = self
+            .stack
+            .pop()
+            .ok_or_else(|| err("an end tag without a start"))?;
+        if let Some(n) = name.filter(|n| *n != done.name) {
+            return Err(err(format!("unexpected </{n}>")));
+        }
+        match self.stack.last_mut() {
+            Some(parent) => parent.children.push(done),
+            None => self.root = Some(done),
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, text: &str, what: &str) -> Result<(), Error> {
+        match self.stack.last_mut() {
+            Some(e) => e.text.push_str(text),
+            None if text.trim().is_empty() => {}
+            None => return Err(err(format!("{what} outside the root element"))),
+        }
+        Ok(())
+    }
+}
+
 /// Parses a whole document into its root element.
 pub fn parse(doc: &str) -> Result<Element, Error> {
-    let mut stack: Vec<Element> = Vec::new();
-    let mut root: Option<Element> = None;
-    let mut elements = 0usize;
+    let mut b = Builder::default();
     for token in Tokenizer::from(doc) {
         match token.map_err(|e| err(e.to_string()))? {
-            Token::ElementStart { local, .. } => {
-                if root.is_some() {
-                    return Err(err("content after the root element"));
-                }
-                elements += 1;
-                if stack.len() >= MAX_DEPTH || elements > MAX_ELEMENTS {
-                    return Err(err(format!(
-                        "over {MAX_DEPTH} levels or {MAX_ELEMENTS} elements"
-                    )));
-                }
-                stack.push(Element {
-                    name: local.as_str().to_owned(),
-                    ..Element::default()
-                });
-            }
-            Token::ElementEnd { end, .. } => {
-                let done = match end {
-                    ElementEnd::Open => continue,
-                    ElementEnd::Empty => stack.pop(),
-                    ElementEnd::Close(_, local) => {
-                        let e = stack.pop();
-                        if e.as_ref().is_none_or(|e| e.name != local.as_str()) {
-                            return Err(err(format!("unexpected </{}>", local.as_str())));
-                        }
-                        e
-                    }
-                };
-                let done = done.ok_or_else(|| err("an end tag without a start"))?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(done),
-                    None => root = Some(done),
-                }
-            }
-            Token::Text { text } => {
-                let decoded = decode(text.as_str())?;
-                match stack.last_mut() {
-                    Some(e) => e.text.push_str(&decoded),
-                    None if decoded.trim().is_empty() => {}
-                    None => return Err(err("text outside the root element")),
-                }
-            }
-            Token::Cdata { text, .. } => match stack.last_mut() {
-                Some(e) => e.text.push_str(text.as_str()),
-                None => return Err(err("CDATA outside the root element")),
+            Token::ElementStart { local, .. } => b.open(local.as_str())?,
+            Token::ElementEnd { end, .. } => match end {
+                ElementEnd::Open => {}
+                ElementEnd::Empty => b.close(None)?,
+                ElementEnd::Close(_, local) => b.close(Some(local.as_str()))?,
             },
+            Token::Text { text } => b.text(&decode(text.as_str())?, "text")?,
+            Token::Cdata { text, .. } => b.text(text.as_str(), "CDATA")?,
             Token::DtdStart { .. } | Token::EmptyDtd { .. } | Token::EntityDeclaration { .. } => {
                 return Err(err("a DTD (AWS replies have none)"));
             }
             _ => {}
         }
     }
-    if !stack.is_empty() {
+    if !b.stack.is_empty() {
         return Err(err("the document ends inside an element"));
     }
-    root.ok_or_else(|| err("no root element"))
+    b.root.ok_or_else(|| err("no root element"))
 }
 
 /// Decodes `&lt; &gt; &amp; &quot; &apos;` and `&#N;` / `&#xH;`.
