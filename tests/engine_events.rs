@@ -208,6 +208,15 @@ fn long_log(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Polls `done` until it holds; fails with `what` after [`WAIT`].
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn attach_mid_build(backend: &str, joiner: Protocol) {
     let lines = long_log(100);
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
@@ -225,25 +234,13 @@ async fn attach_mid_build(backend: &str, joiner: Protocol) {
         .await;
     // The fake is at its gate once it has written its log; the relay has
     // published it once the flight holds all of it (100 lines of 1000 bytes).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while t.relay.flights().snapshot().first().map(|f| f.log_bytes) < Some(100_000) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the log never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let log_bytes = || t.relay.flights().snapshot().first().map(|f| f.log_bytes);
+    until("the log never arrived", || log_bytes() >= Some(100_000)).await;
     let mut late = t.client(joiner, "bob").await;
     let late_build = tokio::spawn(async move { (late.build(&drv_path, &d).await, late) });
     let what = format!("{backend}, {joiner} joiner");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while t.relay.flights().snapshot().first().map(|f| f.attached) != Some(2) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: never attached"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let attached = || t.relay.flights().snapshot().first().map(|f| f.attached);
+    until(&format!("{what}: never attached"), || attached() == Some(2)).await;
     t.fake("a").release();
     let (r, first) = first_build.await.unwrap();
     assert_eq!(r.unwrap().status, BuildStatus::Built, "{what}");
@@ -323,11 +320,8 @@ async fn a_worker_client_that_falls_behind_is_told_how_much_log_it_lost() {
     };
     w.write_all(&codec.encode_request(&req)).await.unwrap();
     w.flush().await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while t.relay.flights().snapshot().first().map(|f| f.attached) != Some(2) {
-        assert!(tokio::time::Instant::now() < deadline, "never attached");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let attached = || t.relay.flights().snapshot().first().map(|f| f.attached);
+    until("never attached", || attached() == Some(2)).await;
     t.fake("a").release();
     let (res, first) = first_build.await.unwrap();
     assert_eq!(res.unwrap().status, BuildStatus::Built);
