@@ -193,6 +193,9 @@ pub enum Direction {
     ToBackend,
     /// The relay fetched outputs from a backend.
     FromBackend,
+    /// A backend substituted a build's inputs from its own caches (the
+    /// relay pushed nothing for them): their NAR size.
+    BackendSubstituted,
 }
 
 pub fn nar_bytes(dir: Direction, n: u64) {
@@ -201,6 +204,7 @@ pub fn nar_bytes(dir: Direction, n: u64) {
         Direction::ToClient => "to_client",
         Direction::ToBackend => "to_backend",
         Direction::FromBackend => "from_backend",
+        Direction::BackendSubstituted => "backend_substituted",
     };
     counter!("nix_relay_nar_bytes_total", "direction" => d).increment(n);
 }

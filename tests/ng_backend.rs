@@ -188,11 +188,17 @@ async fn upload_build_query_and_fetch_over_a_real_daemon() {
     let (mut conn, log) = connect(&dst).await;
     let c = &mut conn.client;
     assert!(matches!(c, backend::Client::Worker(_)));
-    assert_eq!(c.query_valid_paths(vec![bb.clone()]).await.unwrap(), []);
+    assert_eq!(
+        c.query_valid_paths(vec![bb.clone()], false).await.unwrap(),
+        []
+    );
     c.add_to_store_nar(&bb_info, &mut &bb_nar[..])
         .await
         .unwrap();
-    assert_eq!(c.query_valid_paths(vec![bb.clone()]).await.unwrap(), [bb]);
+    assert_eq!(
+        c.query_valid_paths(vec![bb.clone()], false).await.unwrap(),
+        [bb]
+    );
 
     let opts = backend::Options::from(BuildOptions {
         max_silent_time: 60,
@@ -255,7 +261,7 @@ async fn upload_build_query_and_fetch_over_a_real_daemon() {
         .unwrap();
     assert_eq!(res.status, BuildStatus::PermanentFailure, "{res:?}");
     assert!(log.take_text().contains("about to fail\n"));
-    assert_eq!(c.query_valid_paths(out.clone()).await.unwrap(), out);
+    assert_eq!(c.query_valid_paths(out.clone(), false).await.unwrap(), out);
     drop(conn);
     // Store paths are read-only: make the tempdir removable.
     let _ = Command::new("chmod")

@@ -38,10 +38,16 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, 
         serve::send(&mut self.w, &buf).await
     }
 
-    pub async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<Vec<StorePath>> {
+    /// The paths among `paths` the backend has; with `substitute`, after
+    /// `nix-store --serve` substituted what its caches have.
+    pub async fn query_valid_paths(
+        &mut self,
+        paths: Vec<StorePath>,
+        substitute: bool,
+    ) -> Result<Vec<StorePath>> {
         self.request(&Request::QueryValidPaths {
             lock: false,
-            substitute: false,
+            substitute,
             paths,
         })
         .await?;

@@ -24,12 +24,17 @@ pub enum Client {
 }
 
 impl Client {
-    /// The paths among `paths` the backend has.
-    pub async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<Vec<StorePath>> {
+    /// The paths among `paths` the backend has; with `substitute`, after
+    /// it substituted what its own caches have.
+    pub async fn query_valid_paths(
+        &mut self,
+        paths: Vec<StorePath>,
+        substitute: bool,
+    ) -> Result<Vec<StorePath>> {
         self.set_busy(true);
         let r = match self {
-            Client::Serve(c) => c.query_valid_paths(paths).await,
-            Client::Worker(c) => c.query_valid_paths(paths).await,
+            Client::Serve(c) => c.query_valid_paths(paths, substitute).await,
+            Client::Worker(c) => c.query_valid_paths(paths, substitute).await,
         };
         self.settle(r)
     }

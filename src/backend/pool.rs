@@ -232,7 +232,7 @@ fn publish(idle: &HashMap<Key, Vec<Idle>>, name: &str) {
 
 /// Answers an empty QueryValidPaths within the connect timeout.
 async fn probe(conn: &mut BackendConn, b: &Backend) -> bool {
-    let q = conn.client.query_valid_paths(Vec::new());
+    let q = conn.client.query_valid_paths(Vec::new(), false);
     matches!(tokio::time::timeout(b.connect_timeout, q).await, Ok(Ok(v)) if v.is_empty())
 }
 

@@ -86,13 +86,19 @@ async fn a_session_handed_back_serves_the_next_build_without_a_new_connection() 
     let (p, b) = (pool(2), backend(dir.path(), "b1"));
     let (mut lease, kind) = checkout(&p, &b).await;
     assert_eq!(kind, Kind::New);
-    assert_eq!(lease.client.query_valid_paths(vec![]).await.unwrap(), []);
+    assert_eq!(
+        lease.client.query_valid_paths(vec![], false).await.unwrap(),
+        []
+    );
     drop(lease);
     assert_eq!(p.idle_count("b1"), 1);
     let (mut lease, kind) = checkout(&p, &b).await;
     assert_eq!(kind, Kind::Reused);
     assert_eq!(p.idle_count("b1"), 0, "checked out, not idle");
-    assert_eq!(lease.client.query_valid_paths(vec![]).await.unwrap(), []);
+    assert_eq!(
+        lease.client.query_valid_paths(vec![], false).await.unwrap(),
+        []
+    );
 }
 
 #[tokio::test]
@@ -219,11 +225,17 @@ async fn a_worker_protocol_session_is_reused_the_same_way() {
     let (mut lease, kind) = checkout(&p, &b).await;
     assert_eq!(kind, Kind::New);
     assert!(matches!(lease.client, Client::Worker(_)));
-    assert_eq!(lease.client.query_valid_paths(vec![]).await.unwrap(), []);
+    assert_eq!(
+        lease.client.query_valid_paths(vec![], false).await.unwrap(),
+        []
+    );
     drop(lease);
     let (mut lease, kind) = checkout(&p, &b).await;
     assert_eq!(kind, Kind::Reused);
-    assert_eq!(lease.client.query_valid_paths(vec![]).await.unwrap(), []);
+    assert_eq!(
+        lease.client.query_valid_paths(vec![], false).await.unwrap(),
+        []
+    );
 }
 
 /// An sshd that answers keepalives, or one that no longer does.

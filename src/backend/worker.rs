@@ -72,11 +72,17 @@ pub fn event_of(msg: StderrMsg, dropped: u64) -> Option<LogEvent> {
 
 /// One build's options for a backend: the serve-protocol fields (what the
 /// relay itself enforces: timeouts, max-log-size), and the settings a
-/// worker client sent (SetOptions), if it is one.
+/// worker client sent (SetOptions), if it is one; and whether the client
+/// lets the backend substitute the build's inputs from its caches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     pub build: BuildOptions,
     pub worker: Option<Arc<ClientOptions>>,
+    /// The client allows substitution (serve: QueryValidPaths' substitute
+    /// flag, from `builders-use-substitutes`; a worker remote-store build:
+    /// its `use-substitutes`). The backend then gets inputs a cache it
+    /// trusts has from there, and the relay pushes only the rest.
+    pub substitute: bool,
 }
 
 impl From<BuildOptions> for Options {
@@ -84,6 +90,7 @@ impl From<BuildOptions> for Options {
         Options {
             build,
             worker: None,
+            substitute: false,
         }
     }
 }
@@ -93,7 +100,8 @@ impl From<BuildOptions> for Options {
 /// verbosity, cores); without them, the serve options' keep-failed and
 /// daemon defaults (all cores). The relay decides the rest, whatever the
 /// client sent: its timeouts and max-log-size (as overrides), the log
-/// (verbose build), one job, no substitutes. Other overrides a client sent
+/// (verbose build), one job, substitutes only if the client allows them
+/// ([`Options::substitute`]). Other overrides a client sent
 /// are not passed: a relay client is no trusted user of the backend, and
 /// settings such as `post-build-hook`, `sandbox` or `builders` would
 /// reconfigure it.
@@ -119,7 +127,7 @@ pub fn client_options(o: &Options) -> ClientOptions {
     c.max_silent_time = b.max_silent_time;
     // lvlError: build output is "verbose" (sent as it comes).
     c.verbose_build = 0;
-    c.use_substitutes = false;
+    c.use_substitutes = o.substitute;
     c.overrides = vec![
         ("timeout".into(), b.build_timeout.to_string()),
         ("max-build-log-size".into(), b.max_log_size.to_string()),
@@ -188,12 +196,15 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         }
     }
 
-    pub async fn query_valid_paths(&mut self, paths: Vec<StorePath>) -> Result<Vec<StorePath>> {
-        self.request(&Request::QueryValidPaths {
-            paths,
-            substitute: false,
-        })
-        .await?;
+    /// The paths among `paths` the daemon has; with `substitute`, after
+    /// it substituted what its caches have (its own `substituters`).
+    pub async fn query_valid_paths(
+        &mut self,
+        paths: Vec<StorePath>,
+        substitute: bool,
+    ) -> Result<Vec<StorePath>> {
+        self.request(&Request::QueryValidPaths { paths, substitute })
+            .await?;
         self.finish("QueryValidPaths", None).await?;
         self.codec().read_paths(&mut self.r).await
     }

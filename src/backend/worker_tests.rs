@@ -161,6 +161,7 @@ fn a_worker_clients_own_settings_pass_through_and_the_relays_limits_win() {
             ..Default::default()
         },
         worker: Some(Arc::new(client)),
+        substitute: false,
     });
     assert!(o.keep_failed && o.keep_going);
     assert_eq!((o.verbosity, o.build_cores), (5, 6), "passed through");
@@ -251,7 +252,7 @@ async fn framed_upload_and_activities_at_1_34() {
         c.add_to_store_nar(&info(&nar), &mut &nar[..])
             .await
             .unwrap();
-        c.query_valid_paths(vec![path("up"), path("other")])
+        c.query_valid_paths(vec![path("up"), path("other")], false)
             .await
             .unwrap()
     };

@@ -10,6 +10,7 @@
 //! Every failure becomes a failing [`BuildResult`] whose message says which
 //! step failed; the client's session goes on.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -425,7 +426,7 @@ async fn on_backend(
     relay.scheduler.report_connect(&b.name, conn.is_ok());
     let (mut conn, kind) = conn?;
     crate::metrics::backend_session(&b.name, kind.label());
-    push_inputs(relay, &mut conn, job.inputs).await?;
+    push_inputs(relay, &mut conn, job.inputs, options.substitute, log).await?;
     relay
         .scheduler
         .locality()
@@ -479,34 +480,81 @@ async fn on_backend(
 }
 
 /// Uploads the input closure (references first) minus what the backend
-/// already has, which one batched QueryValidPaths tells.
+/// already has, which one batched QueryValidPaths tells. With `substitute`
+/// (the client allows it), a second QueryValidPaths of the rest lets the
+/// backend substitute from its own caches first (the relay's HTTP cache
+/// among them, if the backend lists it), so only what no cache has is
+/// pushed over SSH.
 async fn push_inputs(
     relay: &Core,
     conn: &mut BackendConn,
     inputs: &Inputs,
+    substitute: bool,
+    log: &FlightLog,
 ) -> Result<(), BuildError> {
-    let valid: std::collections::HashSet<StorePath> = conn
-        .client
-        .query_valid_paths(inputs.paths.clone())
+    let client = &mut conn.client;
+    let query = client.query_valid_paths(inputs.paths.clone(), false);
+    let mut valid: HashSet<StorePath> = query
         .await
         .map_err(BuildError::Inputs)?
         .into_iter()
         .collect();
+    let absent = |valid: &HashSet<StorePath>| -> Vec<_> {
+        (inputs.closure.entries.iter())
+            .filter(|(_, n)| !valid.contains(&n.store_path))
+            .collect()
+    };
+    if substitute && !absent(&valid).is_empty() {
+        let ask = absent(&valid)
+            .iter()
+            .map(|(_, n)| n.store_path.clone())
+            .collect();
+        let got = client
+            .query_valid_paths(ask, true)
+            .await
+            .map_err(BuildError::Inputs)?;
+        let got: HashSet<StorePath> = got.into_iter().collect();
+        let bytes = (inputs.closure.entries.iter())
+            .filter(|(_, n)| got.contains(&n.store_path))
+            .map(|(_, n)| n.nar_size)
+            .sum::<u64>();
+        crate::metrics::nar_bytes(Direction::BackendSubstituted, bytes);
+        if !got.is_empty() {
+            log.note(format!(
+                "the backend substituted {} input(s), {}, from its caches",
+                got.len(),
+                mib(bytes)
+            ));
+        }
+        valid.extend(got);
+    }
+    let missing = absent(&valid);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let missing = (inputs.closure.entries.iter()).filter(|(_, n)| !valid.contains(&n.store_path));
+    let pushed: u64 = missing.iter().map(|(_, n)| n.nar_size).sum();
+    if substitute && !missing.is_empty() {
+        log.note(format!(
+            "pushing {} input(s) no cache of the backend has, {}",
+            missing.len(),
+            mib(pushed)
+        ));
+    }
     for (scope, narinfo) in missing {
         let mut nar = relay.store.open_nar_of(scope, narinfo).await?;
         let mut info = crate::store::to_path_info(narinfo);
         info.registration_time = now;
-        conn.client
+        client
             .add_to_store_nar(&info, &mut nar)
             .await
             .map_err(BuildError::Inputs)?;
         crate::metrics::nar_bytes(Direction::ToBackend, info.nar_size);
     }
     Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub struct ServeSession<R, W> {
     pending: Option<Pending>,
     /// Fires when the client's channel is gone.
     gone: CancellationToken,
+    /// The substitute flag of the client's last QueryValidPaths (Nix sets
+    /// it from `builders-use-substitutes` when it copies a build's inputs).
+    substitute: bool,
 }
 
 /// Runs one session to its end. `Ok` on a clean end of the client's input.
@@ -65,6 +68,7 @@ where
         version: ServeVersion::LATEST,
         pending: None,
         gone,
+        substitute: false,
     };
     s.serve().await
 }
@@ -109,7 +113,10 @@ where
     async fn handle(&mut self, req: Request) -> Result<(), Error> {
         let (core, client, pending) = (&self.core, &self.client, self.pending.as_ref());
         match req {
-            Request::QueryValidPaths { paths, .. } => {
+            Request::QueryValidPaths {
+                paths, substitute, ..
+            } => {
+                self.substitute = substitute;
                 let valid = core.query_valid(client, pending, paths).await?;
                 self.reply(Reply::Paths(valid)).await
             }
@@ -136,7 +143,9 @@ where
                 self.need_write("BuildDerivation")?;
                 self.pending = None;
                 let (client, gone) = (&self.client, &self.gone);
-                let build = (self.core).build(client, &drv_path, &drv, options.into(), gone);
+                let mut options: crate::backend::Options = options.into();
+                options.substitute = self.substitute;
+                let build = (self.core).build(client, &drv_path, &drv, options, gone);
                 let handle = build.await;
                 let result = self.stream(handle).await;
                 self.reply(Reply::Build(result)).await

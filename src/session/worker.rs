@@ -52,6 +52,9 @@ pub struct WorkerSession<R, W> {
     version: WorkerVersion,
     /// The client's SetOptions, for its builds.
     options: Options,
+    /// The substitute flag of the client's last QueryValidPaths (a build
+    /// hook's, from `builders-use-substitutes`), for a BuildDerivation.
+    substitute: bool,
     pending: Option<Pending>,
     next_activity: u64,
     /// AddTempRoot/AddPermRoot: pinned against eviction until the end.
@@ -120,6 +123,7 @@ where
         gone,
         version: WorkerVersion::LATEST,
         options: Options::default(),
+        substitute: false,
         pending: None,
         next_activity: u64::from(std::process::id()) << 32,
         roots: Vec::new(),
@@ -187,7 +191,8 @@ where
                 let valid = self.lookup(&path).await?.is_some();
                 self.ok(Reply::Bool(valid)).await
             }
-            Request::QueryValidPaths { paths, .. } => {
+            Request::QueryValidPaths { paths, substitute } => {
+                self.substitute = substitute;
                 let (client, pending) = (&self.client, self.pending.as_ref());
                 let valid = self.core.query_valid(client, pending, paths).await?;
                 self.ok(Reply::Paths(valid)).await
@@ -419,8 +424,11 @@ fn options_from(o: crate::wire::worker::options::ClientOptions) -> Options {
         enforce_determinism: false,
         keep_failed: o.keep_failed,
     };
+    // A remote-store build (BuildPaths) substitutes as the client's
+    // `use-substitutes` says; a hook's BuildDerivation overrides it.
     Options {
         build,
+        substitute: o.use_substitutes,
         worker: Some(Arc::new(o)),
     }
 }

@@ -154,6 +154,8 @@ pub struct Record {
     pub options: Vec<crate::wire::worker::ClientOptions>,
     /// Builds that reached the gate ([`Script::gate`]).
     pub at_gate: u64,
+    /// Paths it substituted from its cache ([`Fake::cache`]).
+    pub substituted: Vec<StorePath>,
 }
 
 type Stored = (ValidPathInfo, Arc<Vec<u8>>);
@@ -163,6 +165,8 @@ pub struct Fake {
     name: String,
     script: Mutex<Script>,
     store: Mutex<HashMap<StorePath, Stored>>,
+    /// What its substituters have ([`Fake::cache`]).
+    cache: Mutex<HashMap<StorePath, Stored>>,
     record: tokio::sync::watch::Sender<Record>,
     /// Opened by [`Fake::release`].
     gate: tokio::sync::watch::Sender<bool>,
@@ -178,6 +182,7 @@ impl Fake {
             name: name.to_owned(),
             script: Mutex::new(script),
             store: Default::default(),
+            cache: Default::default(),
             record: tokio::sync::watch::Sender::new(Record::default()),
             gate: tokio::sync::watch::Sender::new(false),
         })
@@ -246,6 +251,28 @@ impl Fake {
 
     pub(super) fn note(&self, f: impl FnOnce(&mut Record)) {
         self.record.send_modify(f);
+    }
+
+    /// Puts a path in the fake's substituters: a QueryValidPaths with the
+    /// substitute flag then substitutes it, as `nix-store --serve` and
+    /// `nix-daemon` do.
+    pub fn cache(&self, info: ValidPathInfo, nar: Vec<u8>) {
+        lock(&self.cache).insert(info.path.clone(), (info, Arc::new(nar)));
+    }
+
+    /// QueryValidPaths: with `substitute`, what the cache has is
+    /// substituted first.
+    pub(super) fn query_valid(&self, paths: &[StorePath], substitute: bool) -> Vec<StorePath> {
+        if substitute {
+            for p in paths {
+                let hit = lock(&self.cache).get(p).cloned();
+                if let Some(entry) = hit.filter(|_| !self.has(p)) {
+                    lock(&self.store).insert(p.clone(), entry);
+                    self.note(|r| r.substituted.push(p.clone()));
+                }
+            }
+        }
+        self.valid(paths)
     }
 
     pub(super) fn valid(&self, paths: &[StorePath]) -> Vec<StorePath> {

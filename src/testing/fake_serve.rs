@@ -26,7 +26,9 @@ where
     while let Some(req) = codec.read_request(&mut r).await? {
         let script = fake.script();
         let reply = match req {
-            Request::QueryValidPaths { paths, .. } => Reply::Paths(fake.valid(&paths)),
+            Request::QueryValidPaths {
+                paths, substitute, ..
+            } => Reply::Paths(fake.query_valid(&paths, substitute)),
             Request::QueryPathInfos { paths } => {
                 Reply::PathInfos(paths.iter().filter_map(|p| fake.info(p)).collect())
             }

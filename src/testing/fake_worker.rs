@@ -40,7 +40,9 @@ where
                 fake.note(|rec| rec.options.push(o));
                 Reply::None
             }
-            Request::QueryValidPaths { paths, .. } => Reply::Paths(fake.valid(&paths)),
+            Request::QueryValidPaths {
+                paths, substitute, ..
+            } => Reply::Paths(fake.query_valid(&paths, substitute)),
             Request::QueryPathInfo { path } => Reply::PathInfo(fake.info(&path)),
             Request::AddToStoreNar { info, .. } if codec.nar_upload() == NarUpload::Framed => {
                 let mut framed = FramedReader::new(&mut r, &codec.limits);

@@ -30,7 +30,7 @@ NHOSTS=3
 # client namespaces: client client2 client3 (hosts.sh up makes LAB_CLIENTS of them)
 export LAB_CLIENTS=3
 TMO=${E2E_TIMEOUT:-300}
-SCENARIOS=${E2E_SCENARIOS:-c j k n l hostile_auth hostile_exec hostile_channels fault_handshake fault_disk fault_restart ec2_launch ec2_deadman ec2_nixos ec2_sweep freeze poison}
+SCENARIOS=${E2E_SCENARIOS:-c j k n l sub hostile_auth hostile_exec hostile_channels fault_handshake fault_disk fault_restart ec2_launch ec2_deadman ec2_nixos ec2_sweep freeze poison}
 RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 LOGS=$STATE/e2e
 SEED=e2e-$(date +%s)-$$
@@ -45,6 +45,7 @@ teardown_done=0
 teardown() {
   [ "$teardown_done" = 1 ] && return 0
   teardown_done=1
+  "$LAB_DIR/upstream.sh" stop || true
   if [ "${E2E_KEEP:-0}" = 1 ]; then
     echo "e2e: E2E_KEEP=1: lab left running (stop with: $HS down)" >&2
   else
@@ -70,6 +71,14 @@ for f in "$STATE"/hosts/h*/log/commands.log; do [ -f "$f" ] && : > "$f"; done
 # client's builds must ship busybox and all inputs themselves)
 
 BUILDERS=$(cat "$STATE/machines-relay")
+# the lab's stand-in for cache.nixos.org (scenario sub), the relay's upstream
+UP=$LAB_DIR/upstream.sh
+rm -f "$STATE/upstream"
+if "$UP" serve $((BASE_PORT + 99)) > "$LOGS/upstream.log" 2>&1; then
+  printf '%s\n%s\n' "http://127.0.0.1:$((BASE_PORT + 99))" "$("$UP" key)" > "$STATE/upstream"
+else
+  echo "e2e: no upstream cache: $(tail -1 "$LOGS/upstream.log")"
+fi
 if ! "$HS" relay start > "$LOGS/relay-start.log" 2>&1; then
   cat "$LOGS/relay-start.log"
   echo "FAIL setup: the relay did not start"

@@ -104,6 +104,10 @@ finished_since() {
 http_code() {
   curl -s -o "${2:-/dev/null}" -w '%{http_code}' --max-time 10 "$HTTP_URL$1" 2>/dev/null || true
 }
+# prom NAME{LABELS}: the value of one sample on the relay's /metrics (0 if absent)
+prom() {
+  curl -s --max-time 10 "$HTTP_URL/metrics" | awk -v k="$1" '$1 == k { v = $2 } END { printf "%d\n", v + 0 }'
+}
 # http_up_or_skip: SKIP the scenario when the relay's HTTP binary cache does not answer
 http_up_or_skip() {
   local c; c=$(http_code /nix-cache-info)

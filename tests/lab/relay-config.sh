@@ -10,7 +10,9 @@
 # Clients: "lab" (keys/id_lab, trusted) and "eve" (keys/id_eve, untrusted).
 # Cache: signed with $LAB_STATE/keys/relay-cache.sec (the relay creates it and
 # relay-cache.sec.pub, "nix-relay-lab-1:<base64>", for trusted-public-keys),
-# zstd NARs; HTTP binary cache on 127.0.0.1:$((LAB_BASE_PORT+80)).
+# zstd NARs; HTTP binary cache on 127.0.0.1:$((LAB_BASE_PORT+80)); with
+# $STATE/upstream (URL and key of tests/lab/upstream.sh's cache), that cache
+# as its upstream, its key trusted.
 set -euo pipefail
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STATE=${LAB_STATE:-/tmp/nix-relay-lab}
@@ -65,6 +67,12 @@ tmp=$OUT.tmp.$$
   echo "key_name = \"nix-relay-lab-1\""
   echo "compression = \"zstd\""
   echo "keep_going = false"
+  # the lab's stand-in for cache.nixos.org, when e2e.sh serves it
+  # ($STATE/upstream: its URL, then its public key)
+  if [ -f "$STATE/upstream" ]; then
+    echo "upstream = [\"$(sed -n 1p "$STATE/upstream")\"]"
+    echo "trusted_public_keys = [\"$(sed -n 2p "$STATE/upstream")\"]"
+  fi
   echo
   echo "[http]"
   echo "listen = \"127.0.0.1:$((BASE_PORT + 80))\""

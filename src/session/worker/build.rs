@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use tokio::io::{AsyncBufRead, AsyncWrite};
 
 use super::{Error, OpError, WorkerSession};
+use crate::backend::Options;
 use crate::session::build::{BuildEvent, BuildHandle, Pending};
 use crate::session::log::LineSplitter;
 use crate::wire::build::{BasicDerivation, BuildResult};
@@ -41,7 +42,11 @@ where
         self.pending = None;
         let act = self.new_activity();
         self.reply(&[build_activity(act, &drv_path)], None).await?;
-        let (client, gone, options) = (&self.client, &self.gone, self.options.clone());
+        let (client, gone) = (&self.client, &self.gone);
+        let options = Options {
+            substitute: self.substitute,
+            ..self.options.clone()
+        };
         let build = self.core.build(client, &drv_path, &drv, options, gone);
         let handle = build.await;
         let (result, pending, tail) = self.stream(handle, ClientActs::new(act)).await?;

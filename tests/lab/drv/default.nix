@@ -6,7 +6,7 @@
 #
 #   nix-build drv -A top --argstr seed "$RANDOM"      # 10 leaves + 1 top (a DAG)
 #   nix-build drv -A big --arg bigMiB 200             # one 200 MiB file of seeded random-ish bytes
-#   attributes: leaves top big many multi multi4 noisy slow marked fail feature foreign consumer smoke
+#   attributes: leaves top big many multi multi4 noisy slow marked fail feature foreign consumer consumerPart smoke
 #
 # `seed` is mixed into every derivation: pass a fresh one to get fresh store
 # paths (nothing already built / already copied).
@@ -145,6 +145,14 @@ in rec {
     name = "consumer";
     deps = [ (import ./upstream.nix { inherit bbDir; }).top ];
     script = ''mkdir $out; for d in $deps; do wc -l < $d/refs > $out/inputs; done'';
+  };
+
+  # Depends on one path of the upstream closure: 33 paths, ~212 MiB, one of
+  # them large (tests/lab/scenarios/substitute.sh).
+  consumerPart = mk {
+    name = "consumer-part";
+    deps = [ (builtins.elemAt (import ./upstream.nix { inherit bbDir; }).paths 236) ];
+    script = ''mkdir $out; for d in $deps; do cat $d/done > $out/ok; wc -l < $d/refs > $out/inputs; done'';
   };
 
   # Four outputs of multiMiB MiB each (the lab's matrix: all valid on the client after).

@@ -1,0 +1,89 @@
+//! Builders substitute: when the client allows it (the substitute flag of
+//! its QueryValidPaths, which Nix sets from `builders-use-substitutes`),
+//! the backend gets the inputs its own caches have from there, and the
+//! relay pushes only the rest over SSH. When the client does not, the
+//! relay pushes everything, and a worker backend is told not to
+//! substitute.
+
+use std::time::Duration;
+
+use nix_relay::config::Protocol;
+use nix_relay::testing::drv;
+use nix_relay::testing::fake::Script;
+use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
+use nix_relay::wire::build::BuildStatus;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Two sources on the relay, one of them also in the backend's cache; a
+/// derivation using both, built with the client's `substitute` flag.
+async fn build_with(client: Protocol, backend_uri: &str, substitute: bool) {
+    let conf = fake_backend("a", backend_uri, "max_jobs = 2\n");
+    let t = TestRelay::start(&conf, &[("a", Script::default())]).await;
+    let (cached, cached_nar) = drv::source("in-a-cache", &[7u8; 4096], &[]);
+    let (local, local_nar) = drv::source("only-on-the-laptop", b"local", &[]);
+    t.fake("a").cache(cached.clone(), cached_nar.clone());
+    let inputs = [cached.path.clone(), local.path.clone()];
+    let (drv_path, d) = drv::derivation("uses-both", SYSTEM, &inputs);
+
+    let mut c = t.client(client, "alice").await;
+    c.upload(&cached, &cached_nar).await.unwrap();
+    c.upload(&local, &local_nar).await.unwrap();
+    let valid = c.client.query_valid_paths(inputs.to_vec(), substitute);
+    assert_eq!(valid.await.unwrap().len(), 2, "both uploaded");
+    let res = c.build(&drv_path, &d).await.unwrap();
+    assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
+
+    let rec = t
+        .fake("a")
+        .wait_for("built", WAIT, |r| !r.builds_finished.is_empty())
+        .await;
+    if substitute {
+        assert_eq!(
+            rec.substituted,
+            std::slice::from_ref(&cached.path),
+            "from its cache"
+        );
+        assert_eq!(
+            rec.uploaded,
+            std::slice::from_ref(&local.path),
+            "only the rest pushed"
+        );
+        c.wait_log("the backend substituted 1 input(s)", WAIT).await;
+    } else {
+        assert!(
+            rec.substituted.is_empty(),
+            "not allowed: {:?}",
+            rec.substituted
+        );
+        assert_eq!(rec.uploaded.len(), 2, "everything pushed");
+        assert!(!c.log().contains("substituted"), "log:\n{}", c.log());
+    }
+    if let Some(o) = rec.options.last() {
+        assert_eq!(
+            o.use_substitutes, substitute,
+            "the worker backend's setting"
+        );
+    }
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_client_allowing_substitutes_has_the_serve_backend_substitute() {
+    build_with(Protocol::Serve, "fake://a", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_client_allowing_substitutes_has_the_worker_backend_substitute() {
+    build_with(Protocol::Worker, "fake-ng://a", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_client_not_allowing_substitutes_gets_everything_pushed() {
+    build_with(Protocol::Serve, "fake://a", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_client_not_allowing_substitutes_gets_a_non_substituting_backend() {
+    build_with(Protocol::Worker, "fake-ng://a", false).await;
+}
