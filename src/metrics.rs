@@ -198,7 +198,34 @@ pub enum Direction {
     BackendSubstituted,
 }
 
+/// NAR bytes moved since the relay started, by direction: `/status`'s
+/// `traffic` (the same sums as `nix_relay_nar_bytes_total`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    pub from_client: u64,
+    pub to_client: u64,
+    pub to_backend: u64,
+    pub from_backend: u64,
+    pub backend_substituted: u64,
+}
+
+static TRAFFIC: [std::sync::atomic::AtomicU64; 5] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 5];
+
+/// The [`Traffic`] so far.
+pub fn traffic() -> Traffic {
+    let get = |d: Direction| TRAFFIC[d as usize].load(std::sync::atomic::Ordering::Relaxed);
+    Traffic {
+        from_client: get(Direction::FromClient),
+        to_client: get(Direction::ToClient),
+        to_backend: get(Direction::ToBackend),
+        from_backend: get(Direction::FromBackend),
+        backend_substituted: get(Direction::BackendSubstituted),
+    }
+}
+
 pub fn nar_bytes(dir: Direction, n: u64) {
+    TRAFFIC[dir as usize].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     let d = match dir {
         Direction::FromClient => "from_client",
         Direction::ToClient => "to_client",

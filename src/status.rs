@@ -107,7 +107,25 @@ pub fn render(status: &Value, width: usize) -> String {
     render_ec2(&mut o, &status["ec2"], width);
     let mib = status["store_bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
     let _ = writeln!(o, "\nstore: {mib:.1} MiB");
+    render_traffic(&mut o, &status["traffic"]);
     o
+}
+
+/// NAR bytes by direction since the relay started (nothing if absent).
+fn render_traffic(o: &mut String, t: &Value) {
+    if !t.is_object() {
+        return;
+    }
+    let m = |k: &str| t[k].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+    let _ = writeln!(
+        o,
+        "NARs (MiB): from clients {:.1}, to clients {:.1}, pushed to backends {:.1}, from backends {:.1}, backends substituted {:.1}",
+        m("from_client"),
+        m("to_client"),
+        m("to_backend"),
+        m("from_backend"),
+        m("backend_substituted"),
+    );
 }
 
 /// The EC2 part of the table: today's spend against the budget and the
@@ -229,9 +247,12 @@ mod tests {
                  "max_jobs": 2, "speed_factor": 1.0, "systems": ["x86_64-linux"]}
             ],
             "queues": [{"system": "x86_64-linux", "features": ["kvm"], "waiting_seconds": [3.0]}],
-            "flights": [], "recent_builds": [], "store_bytes": 0
+            "flights": [], "recent_builds": [], "store_bytes": 0,
+            "traffic": {"from_client": 1048576, "to_backend": 0, "backend_substituted": 222298112}
         });
         let out = render(&status, 100);
+        assert!(out.contains("from clients 1.0,"), "{out}");
+        assert!(out.contains("backends substituted 212.0"), "{out}");
         assert!(out.contains("h1           up draining"), "{out}");
         assert!(out.contains("h2           up  "), "{out}");
         assert!(out.contains("x86_64-linux [kvm]"), "{out}");

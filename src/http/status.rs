@@ -21,6 +21,8 @@ pub struct Status {
     pub recent_builds: Vec<crate::session::BuildRecord>,
     pub store_bytes: u64,
     pub store_max_bytes: Option<u64>,
+    /// NAR bytes by direction since the relay started.
+    pub traffic: crate::metrics::Traffic,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ec2: Option<crate::ec2::Status>,
 }
@@ -34,6 +36,7 @@ pub fn collect(relay: &Core) -> Status {
         recent_builds: relay.recent_builds(),
         store_bytes: relay.store().total_bytes(),
         store_max_bytes: relay.store().settings().max_size,
+        traffic: crate::metrics::traffic(),
         ec2: crate::ec2::status(),
     }
 }
