@@ -100,9 +100,38 @@ in
       default = 20 * GiB;
       description = "nix.settings.max-free: stop such a collection once this much is free (bytes).";
     };
+
+    cacheUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "http://ser5.internal:5000";
+      description = ''
+        The relay's binary cache (its settings.http.listen), added to
+        nix.settings.substituters: when a client allows substitutes
+        (builders-use-substitutes), this builder gets a build's inputs the
+        relay holds, or fetches from its upstream caches, over HTTP instead
+        of the relay's SSH push. null: not used.
+      '';
+    };
+
+    cachePublicKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "ser5-nix-relay-1:9ZAh...";
+      description = "The relay's cache signing public key (name:base64), added to nix.settings.trusted-public-keys.";
+    };
   };
 
   config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.cacheUrl == null || cfg.cachePublicKey != null;
+        message = "services.nix-relay-builder.cachePublicKey must be set when cacheUrl is (Nix only substitutes signed paths).";
+      }
+    ];
+    nix.settings.substituters = lib.optional (cfg.cacheUrl != null) cfg.cacheUrl;
+    nix.settings.trusted-public-keys = lib.optional (cfg.cacheUrl != null) cfg.cachePublicKey;
+
     users.users.${cfg.user} = {
       isSystemUser = true;
       group = cfg.user;

@@ -310,6 +310,12 @@ let
     (throws "builder: protocol is ssh or ssh-ng"
       (builder { enable = true; relayPublicKey = "k"; protocol = "local"; }).config.services.nix-relay-builder.protocol)
     (eq "builder: trusted user" b.nix.settings.trusted-users [ "root" "nix-builder" ])
+    (eq "builder: no cacheUrl, no substituter added" b.nix.settings.substituters [ ])
+    (eq "builder: the relay's cache as a substituter"
+      (with (builder { enable = true; relayPublicKey = "k"; cacheUrl = "http://r:5000"; cachePublicKey = "r-1:AAAA"; }).out.nix.settings; [ substituters trusted-public-keys ])
+      [ [ "http://r:5000" ] [ "r-1:AAAA" ] ])
+    (fails "builder: cacheUrl needs cachePublicKey"
+      (builder { enable = true; relayPublicKey = "k"; cacheUrl = "http://r:5000"; }).failed "cachePublicKey must be set")
     (eq "builder: openssh" b.services.openssh.enable true)
     (eq "builder: gc" b.nix.gc { automatic = true; dates = "weekly"; options = "--delete-older-than 14d"; })
     (eq "builder: min-free / max-free" [ b.nix.settings.min-free b.nix.settings.max-free ] [ (5 * 1073741824) (20 * 1073741824) ])
