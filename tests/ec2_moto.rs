@@ -507,8 +507,9 @@ async fn spot_launches_carry_the_market_options_and_errors_keep_their_code() {
         desc.contains("<instanceLifecycle>spot</instanceLifecycle>"),
         "{desc}"
     );
-    assert_eq!(client.vcpus("c7g.2xlarge").await.unwrap(), Some(8));
-    let e = client.vcpus("c7g.nonesuch").await.unwrap_err();
+    let t = client.instance_type("c7g.2xlarge").await.unwrap().unwrap();
+    assert_eq!((t.vcpus, t.architectures), (Some(8), vec!["arm64".into()]));
+    let e = client.instance_type("c7g.nonesuch").await.unwrap_err();
     assert_eq!(
         (e.code.as_str(), e.kind),
         ("InvalidInstanceType", ErrorKind::Fatal),
@@ -523,4 +524,50 @@ async fn spot_launches_carry_the_market_options_and_errors_keep_their_code() {
     );
     client.terminate(&[id]).await.unwrap();
     assert!(live(&cfg).await.is_empty());
+}
+
+/// A manager for `cfg` against moto, started: Err is what refuses the relay.
+async fn start_only(cfg: &Ec2Config) -> Result<(), nix_relay::ec2::Error> {
+    let probe: Probe = Arc::new(|_| Box::pin(async { true }));
+    let sched = Scheduler::new(vec![], 100);
+    let mut m = Manager::new(
+        api(cfg).await,
+        cfg.clone(),
+        sched,
+        BUILDER.into(),
+        probe,
+        SystemTime::now(),
+    );
+    m.start().await
+}
+
+#[tokio::test]
+async fn describe_instance_types_architectures_must_match_the_templates_systems() {
+    let Some(moto) = moto() else { return };
+    let mut cfg = config(moto.port, "relay-arch", 100.0);
+    let x86 = client_type(&cfg, "c7i.2xlarge").await;
+    assert_eq!(x86.architectures, ["x86_64"], "moto's table");
+    cfg.templates[0].systems = vec!["x86_64-linux".into(), "i686-linux".into()];
+    start_only(&cfg)
+        .await
+        .expect("c7i builds x86_64 and i686, c7g aarch64");
+    cfg.templates[1].instance_type = "c7i.2xlarge".into();
+    let msg = start_only(&cfg).await.unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "EC2 template arm: instance type c7i.2xlarge supports x86_64 (DescribeInstanceTypes), \
+         which cannot build aarch64-linux (needs arm64); the template's systems: aarch64-linux"
+    );
+    cfg.templates[1].instance_type = "t4g.micro".into();
+    cfg.templates[0].instance_type = "t4g.micro".into();
+    let msg = start_only(&cfg).await.unwrap_err().to_string();
+    assert!(
+        msg.starts_with("EC2 template x86: instance type t4g.micro supports arm64"),
+        "{msg}"
+    );
+}
+
+async fn client_type(cfg: &Ec2Config, name: &str) -> nix_relay::ec2::TypeInfo {
+    let t = api(cfg).await.instance_type(name).await.unwrap();
+    t.unwrap_or_else(|| panic!("moto lists {name}"))
 }

@@ -136,22 +136,23 @@ impl Manager {
         }
     }
 
-    /// Resolves each template's slots (max_jobs, else its vCPU count) and
-    /// tells the scheduler which jobs elastic capacity can serve.
+    /// Checks each template's instance type against its systems
+    /// (`arch::check`), resolves its slots (max_jobs, else the type's vCPU
+    /// count) and tells the scheduler which jobs elastic capacity can serve.
     pub async fn start(&mut self) -> Result<(), Error> {
         for t in &self.cfg.templates {
-            let n = match t.max_jobs {
-                Some(n) => n,
-                None => {
-                    let api = self.api.clone();
-                    let it = t.instance_type.clone();
-                    super::api::retry("DescribeInstanceTypes", super::api::RETRY, || {
-                        let (api, it) = (api.clone(), it.clone());
-                        async move { api.vcpus(&it).await }
-                    })
-                    .await?
-                    .ok_or_else(|| Error::NoVcpus(t.instance_type.clone()))?
-                }
+            let api = self.api.clone();
+            let it = t.instance_type.clone();
+            let info = super::api::retry("DescribeInstanceTypes", super::api::RETRY, || {
+                let (api, it) = (api.clone(), it.clone());
+                async move { api.instance_type(&it).await }
+            })
+            .await?
+            .ok_or_else(|| Error::UnknownType(t.instance_type.clone()))?;
+            super::arch::check(t, &info)?;
+            let n = match (t.max_jobs, info.vcpus) {
+                (Some(n), _) | (None, Some(n)) => n,
+                (None, None) => return Err(Error::NoVcpus(t.instance_type.clone())),
             };
             self.slots.insert(t.name.clone(), n.max(1));
         }

@@ -20,7 +20,10 @@ fn template(name: &str, system: &str, price: f64) -> Template {
         name: name.into(),
         systems: vec![system.into()],
         supported_features: vec![],
-        instance_type: format!("{name}.large"),
+        instance_type: match system {
+            "aarch64-linux" => "c7g.large".into(),
+            _ => "c7i.large".into(),
+        },
         ami: "ami-1".into(),
         subnet: Some("subnet-1".into()),
         security_group: Some("sg-1".into()),
@@ -135,7 +138,7 @@ async fn an_aarch64_job_launches_the_arm_template_tagged_and_with_its_user_data(
     let spec = &live[0].spec;
     assert_eq!(spec.template, "arm");
     assert_eq!(spec.relay_id, "relay-t");
-    assert_eq!(spec.instance_type, "arm.large");
+    assert_eq!(spec.instance_type, "c7g.large");
     assert_eq!(spec.market, Market::OnDemand);
     let (builder, host) = super::userdata::extract(&spec.user_data).unwrap();
     assert_eq!(builder, BUILDER);
@@ -331,6 +334,32 @@ async fn a_fatal_error_is_not_retried() {
     );
     r.m.tick().await;
     assert_eq!(r.fake.live().len(), 1, "the next tick works again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_x86_type_in_an_aarch64_template_refuses_the_start() {
+    let mut cfg = config(100.0);
+    cfg.templates[1].instance_type = "c7i.large".into();
+    let sched = Scheduler::new(vec![], 100);
+    let probe: Probe = Arc::new(|_| Box::pin(async { true }));
+    let fake = Arc::new(Fake::new(4));
+    let mut m = Manager::new(
+        fake,
+        cfg,
+        sched,
+        BUILDER.into(),
+        probe,
+        SystemTime::UNIX_EPOCH,
+    );
+    let msg = m.start().await.unwrap_err().to_string();
+    for part in [
+        "template arm",
+        "c7i.large",
+        "supports x86_64",
+        "aarch64-linux",
+    ] {
+        assert!(msg.contains(part), "{part} missing from: {msg}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
