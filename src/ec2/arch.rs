@@ -84,6 +84,7 @@ mod tests {
             security_group: None,
             spot: false,
             price_per_hour: 1.0,
+            on_demand_price_per_hour: None,
             boot_estimate: std::time::Duration::from_secs(60),
             idle_grace: std::time::Duration::from_secs(60),
             max_lifetime: std::time::Duration::from_secs(3600),

@@ -52,6 +52,11 @@ pub struct Tracked {
     pub phase: Phase,
     pub state: InstanceState,
     pub address: Option<String>,
+    /// Spot or on-demand, as launched.
+    pub market: super::Market,
+    /// What it costs an hour: the template's price, or its on-demand price
+    /// after a spot fallback.
+    pub price_per_hour: f64,
     /// Since when no build ran on it (None: busy).
     pub idle_since: Option<Instant>,
     pub(super) accrued_to: Instant,
@@ -247,10 +252,8 @@ impl Manager {
     }
 
     pub(super) fn accrue_one(&mut self, t: &Tracked, now: Instant) {
-        let price = self.template(&t.template).map_or(0.0, |x| x.price_per_hour);
         let day = self.clock.day(now);
-        self.ledger
-            .accrue(&t.template, now - t.accrued_to, price, day);
+        (self.ledger).accrue(&t.template, now - t.accrued_to, t.price_per_hour, day);
     }
 
     fn backend_for(&self, t: &Tracked) -> Option<Backend> {

@@ -29,6 +29,7 @@ fn template(name: &str, system: &str, price: f64) -> Template {
         security_group: Some("sg-1".into()),
         spot: false,
         price_per_hour: price,
+        on_demand_price_per_hour: None,
         boot_estimate: Duration::from_secs(120),
         idle_grace: Duration::from_secs(300),
         max_lifetime: Duration::from_secs(4 * 3600),
@@ -363,9 +364,10 @@ async fn an_x86_type_in_an_aarch64_template_refuses_the_start() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn no_spot_capacity_falls_back_to_on_demand() {
+async fn no_spot_capacity_falls_back_to_on_demand_charged_at_the_on_demand_price() {
     let mut cfg = config(100.0);
     cfg.templates[1].spot = true;
+    cfg.templates[1].on_demand_price_per_hour = Some(0.9);
     let mut r = rig(cfg).await;
     let _rx = queue(&r.sched, "aarch64-linux");
     *r.fake.no_spot.lock().unwrap() = true;
@@ -379,6 +381,39 @@ async fn no_spot_capacity_falls_back_to_on_demand() {
         2,
         "spot, then on-demand"
     );
+    let t = r.m.tracked().next().unwrap();
+    assert_eq!((t.market, t.price_per_hour), (Market::OnDemand, 0.9));
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    r.m.tick().await;
+    let c = &r.m.ledger().per_template()["arm"];
+    assert!((c.dollars - 0.9).abs() < 0.01, "an hour on-demand: {c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spot_instance_is_charged_at_the_spot_price() {
+    let mut cfg = config(100.0);
+    cfg.templates[1].spot = true;
+    cfg.templates[1].on_demand_price_per_hour = Some(0.9);
+    let mut r = rig(cfg).await;
+    let _rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    assert_eq!(r.fake.live()[0].spec.market, Market::Spot);
+    let t = r.m.tracked().next().unwrap();
+    assert_eq!((t.market, t.price_per_hour), (Market::Spot, 0.3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spot_template_launches_only_if_its_on_demand_fallback_fits_the_budget() {
+    // 4 h max_lifetime: spot 0.3 $/h needs 1.2 $, on-demand 0.9 $/h 3.6 $.
+    let mut cfg = config(2.0);
+    cfg.templates[1].spot = true;
+    cfg.templates[1].on_demand_price_per_hour = Some(0.9);
+    let mut r = rig(cfg).await;
+    let rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    assert!(r.fake.live().is_empty(), "a fallback could not be paid");
+    let refused = rx.await.unwrap().err().expect("withheld: the job fails");
+    assert!(refused.to_string().contains("aarch64-linux"), "{refused}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -66,6 +66,8 @@ pub enum Error {
     },
     #[error("instance type {0}: DescribeInstanceTypes reported no vCPU count")]
     NoVcpus(String),
+    #[error("no EC2 template named {0}")]
+    NoTemplate(String),
     #[error("instance type {0}: DescribeInstanceTypes does not list it")]
     UnknownType(String),
     #[error(transparent)]

@@ -9,7 +9,8 @@
 //! up or booting for a fitting template are used first; one instance serves
 //! as many jobs as it has slots. Then the cheapest fitting template with
 //! room under its `max_instances` is launched, if the day's budget covers
-//! its worst case (price × max_lifetime) on top of what is spent and what
+//! its worst case (worst price × max_lifetime; a spot template's worst is
+//! its on-demand fallback) on top of what is spent and what
 //! the running instances could still cost.
 
 use std::time::Duration;
@@ -31,7 +32,11 @@ pub struct TemplateView<'a> {
     pub name: &'a str,
     pub systems: &'a [String],
     pub supported_features: &'a [String],
+    /// Dollars an hour as first asked for (orders the templates).
     pub price_per_hour: f64,
+    /// The dearest it can cost (a spot template's on-demand fallback): what
+    /// the budget reserves.
+    pub worst_price_per_hour: f64,
     pub boot_estimate: Duration,
     pub max_lifetime: Duration,
     pub max_instances: u32,
@@ -66,7 +71,7 @@ pub struct Plan {
 }
 
 pub fn worst_case_cost(t: &TemplateView<'_>) -> f64 {
-    t.price_per_hour * t.max_lifetime.as_secs_f64() / 3600.0
+    t.worst_price_per_hour * t.max_lifetime.as_secs_f64() / 3600.0
 }
 
 fn fits(g: &WaitingGroup, t: &TemplateView<'_>) -> bool {

@@ -11,6 +11,7 @@ struct T {
     systems: Vec<String>,
     features: Vec<String>,
     price: f64,
+    worst: f64,
     max_instances: u32,
     slots: u32,
 }
@@ -21,6 +22,7 @@ fn t(name: &'static str, system: &str, price: f64) -> T {
         systems: s(&[system]),
         features: vec![],
         price,
+        worst: price,
         max_instances: 2,
         slots: 4,
     }
@@ -33,6 +35,7 @@ fn views(ts: &[T]) -> Vec<TemplateView<'_>> {
             systems: &t.systems,
             supported_features: &t.features,
             price_per_hour: t.price,
+            worst_price_per_hour: t.worst,
             boot_estimate: Duration::from_secs(180),
             max_lifetime: Duration::from_secs(3600),
             max_instances: t.max_instances,
@@ -209,6 +212,27 @@ fn the_budget_counts_launches_planned_in_the_same_decision() {
     );
     assert_eq!(plan.launch, ["arm"]);
     assert_eq!(plan.refused_for_budget, ["arm"]);
+}
+
+#[test]
+fn a_spot_templates_budget_reserves_its_on_demand_fallback_but_its_spot_price_orders_it() {
+    let mut spot = t("spot", "aarch64-linux", 0.2);
+    spot.worst = 0.6;
+    let ts = [spot, t("steady", "aarch64-linux", 0.4)];
+    let g = [group("aarch64-linux", 1, 0, false)];
+    let plan = decide(&g, &views(&ts), &[], RICH);
+    assert_eq!(plan.launch, ["spot"], "cheapest as first asked for");
+    let budget = Budget {
+        per_day: 0.5,
+        spent: 0.0,
+        committed: 0.0,
+    };
+    let plan = decide(&g, &views(&ts[..1]), &[], budget);
+    assert!(
+        plan.launch.is_empty(),
+        "0.2 $ fits, a 0.6 $ fallback would not"
+    );
+    assert_eq!(plan.refused_for_budget, ["spot"]);
 }
 
 #[test]
