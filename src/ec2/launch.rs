@@ -12,12 +12,12 @@ use super::manager::{Manager, Phase, Tracked};
 use super::{Error, Instance, LaunchSpec, Market, userdata};
 use crate::config::ec2::Template;
 use crate::scheduler::elastic::{self, Budget, InstanceView, TemplateView, WaitingGroup};
+use crate::scheduler::notice::LaunchNotice;
 use crate::scheduler::{ElasticSpec, Scheduler};
 
 /// One instance launched.
 #[derive(Debug, Clone)]
 pub(super) struct Launched {
-    pub id: String,
     pub market: Market,
     /// The spot refusal's error code, when this is an on-demand fallback.
     pub fallback: Option<String>,
@@ -100,19 +100,57 @@ impl Manager {
         for name in &plan.refused_for_budget {
             crate::metrics::ec2_launch(name, "refused_budget");
         }
-        for name in plan.launch {
-            match self.launch(&name).await {
-                // On disk before anything else: a crash now still counts it.
+        let mut told: Vec<LaunchNotice> = Vec::new();
+        for want in plan.launch {
+            match self.launch(&want.template).await {
                 Ok(l) => {
-                    tracing::debug!(instance = %l.id, market = ?l.market, fallback = ?l.fallback, "launch recorded");
-                    self.persist().await
+                    // On disk before anything else: a crash now still counts it.
+                    self.persist().await;
+                    self.count_notice(&mut told, want, &l);
                 }
                 Err(e) => {
+                    let name = &want.template;
                     tracing::error!(template = %name, error = %crate::error_chain(&e), "launching an EC2 instance failed");
-                    crate::metrics::ec2_launch(&name, "failed");
+                    crate::metrics::ec2_launch(name, "failed");
                 }
             }
         }
+        for n in told {
+            self.sched.announce_launch(n);
+        }
+    }
+
+    /// Adds launch `l` (for `want`'s jobs) to the notices for waiting jobs:
+    /// one per group, template and market.
+    fn count_notice(&self, told: &mut Vec<LaunchNotice>, want: elastic::Launch, l: &Launched) {
+        let Some(tpl) = self.template(&want.template) else {
+            return;
+        };
+        let market = match (l.market, &l.fallback) {
+            (Market::Spot, _) => "spot".to_owned(),
+            (Market::OnDemand, None) => "on-demand".to_owned(),
+            (Market::OnDemand, Some(code)) => format!("on-demand (no spot capacity: {code})"),
+        };
+        let same = |n: &&mut LaunchNotice| {
+            n.template == want.template
+                && n.system == want.system
+                && n.required_features == want.required_features
+                && n.market == market
+        };
+        if let Some(n) = told.iter_mut().find(same) {
+            n.instances += 1;
+            return;
+        }
+        told.push(LaunchNotice {
+            system: want.system,
+            required_features: want.required_features,
+            template: want.template,
+            instance_type: tpl.instance_type.clone(),
+            market,
+            instances: 1,
+            reason: want.reason,
+            boot_estimate: tpl.boot_estimate,
+        });
     }
 
     /// Templates the budget cannot launch and that have no live instance
@@ -205,11 +243,7 @@ impl Manager {
         crate::metrics::ec2_launch(&tpl.name, "launched");
         let now = Instant::now();
         let index = self.free_index(&tpl.name);
-        let launched = Launched {
-            id: inst.id.clone(),
-            market,
-            fallback,
-        };
+        let launched = Launched { market, fallback };
         self.tracked.insert(
             inst.id.clone(),
             Tracked {

@@ -390,6 +390,35 @@ async fn no_spot_capacity_falls_back_to_on_demand_charged_at_the_on_demand_price
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_jobs_a_launch_is_for_are_told_template_type_market_reason_and_estimate() {
+    let mut cfg = config(100.0);
+    cfg.templates[1].spot = true;
+    let mut r = rig(cfg).await;
+    let mut told = r.sched.launch_notices(&job("aarch64-linux"));
+    let mut x86 = r.sched.launch_notices(&job("x86_64-linux"));
+    let _rx = queue(&r.sched, "aarch64-linux");
+    let _rx2 = queue(&r.sched, "aarch64-linux");
+    *r.fake.no_spot.lock().unwrap() = true;
+    r.m.tick().await;
+    let n = told.next().await.unwrap();
+    assert_eq!(
+        n.text(),
+        "launching an EC2 instance (template arm, c7g.large, on-demand (no spot capacity: \
+         InsufficientInstanceCapacity)) for this build: no static backend serves aarch64-linux; \
+         boot estimate 120 s"
+    );
+    drop(r);
+    assert!(
+        told.next().await.is_none(),
+        "one notice for the group's one launch"
+    );
+    assert!(
+        x86.next().await.is_none(),
+        "nothing launched for x86_64-linux"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_spot_instance_is_charged_at_the_spot_price() {
     let mut cfg = config(100.0);
     cfg.templates[1].spot = true;

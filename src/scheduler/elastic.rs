@@ -62,10 +62,28 @@ pub struct Budget {
     pub committed: f64,
 }
 
+/// Why a group of waiting jobs asked for an instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reason {
+    /// No current static backend could ever serve them.
+    NoStaticBackend,
+    /// The oldest waited `waited`, longer than the template's boot estimate.
+    WaitedLonger { waited: Duration },
+}
+
+/// One instance to launch, and the waiting jobs it is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub template: String,
+    pub system: String,
+    pub required_features: Vec<String>,
+    pub reason: Reason,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
-    /// Template names to launch, one entry per instance.
-    pub launch: Vec<String>,
+    /// One entry per instance.
+    pub launch: Vec<Launch>,
     /// Templates a launch was wanted for but the budget refused.
     pub refused_for_budget: Vec<String>,
 }
@@ -133,7 +151,18 @@ pub fn decide(
             }
             committed += cost;
             counts[i] += 1;
-            plan.launch.push(t.name.to_owned());
+            plan.launch.push(Launch {
+                template: t.name.to_owned(),
+                system: g.system.clone(),
+                required_features: g.required_features.clone(),
+                reason: if g.static_can_serve {
+                    Reason::WaitedLonger {
+                        waited: g.oldest_wait,
+                    }
+                } else {
+                    Reason::NoStaticBackend
+                },
+            });
             let slots = t.slots.max(1);
             let used = need.min(slots);
             need -= used;
