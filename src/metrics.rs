@@ -293,7 +293,8 @@ pub fn register_zeroes(backends: &[(String, u32)]) {
 // rendered as text by `ec2_cost_text` (this recorder's counters are integers).
 // Labels: `template` (a configured template name),
 // `state` (`booting`, `joined`), `reason` (why an instance ended), `outcome`
-// (of a launch), `op` (an EC2 API operation). Never an instance id.
+// (of a launch), `op` (an EC2 API operation), `code` (an EC2 no-spot-capacity
+// error code). Never an instance id.
 
 fn describe_ec2() {
     use metrics::{describe_counter, describe_gauge};
@@ -312,6 +313,10 @@ fn describe_ec2() {
     describe_counter!(
         "nix_relay_ec2_terminations_total",
         "Instances ended, by template and reason (idle, max_lifetime, budget, unreachable, untracked, vanished, shutdown)"
+    );
+    describe_counter!(
+        "nix_relay_ec2_spot_fallbacks_total",
+        "Spot launches refused for capacity and launched on-demand instead, by template and EC2 error code"
     );
     describe_counter!(
         "nix_relay_ec2_api_retries_total",
@@ -335,6 +340,13 @@ pub fn ec2_launch(template: &str, outcome: &'static str) {
 
 pub fn ec2_terminated(template: &str, reason: &'static str) {
     counter!("nix_relay_ec2_terminations_total", "template" => template.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// A spot launch refused for capacity (`code`: the EC2 error code, a closed
+/// set) that was retried on-demand.
+pub fn ec2_spot_fallback(template: &str, code: &'static str) {
+    counter!("nix_relay_ec2_spot_fallbacks_total", "template" => template.to_owned(), "code" => code)
         .increment(1);
 }
 

@@ -17,6 +17,10 @@ use nix_relay::ec2::manager::{Manager, Phase, Probe};
 use nix_relay::ec2::{Ec2Api, LaunchSpec, Market, query, reconcile};
 use nix_relay::scheduler::{Acquired, JobSpec, Scheduler};
 
+#[path = "ec2_moto/proxy.rs"]
+mod proxy;
+use proxy::throttling_server;
+
 const BUILDER: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGsl9bcFHoLUq3ANWXnbW6LpSeLX/vfMeDfPmkl2aNB1";
 
@@ -81,6 +85,7 @@ fn arm() -> Template {
         security_group: None,
         spot: false,
         price_per_hour: 0.29,
+        on_demand_price_per_hour: None,
         boot_estimate: Duration::from_secs(120),
         idle_grace: Duration::from_secs(1),
         max_lifetime: Duration::from_secs(3600),
@@ -340,56 +345,6 @@ async fn the_budget_cap_refuses_a_launch() {
     assert!(live(&cfg).await.is_empty());
 }
 
-/// A stand-in endpoint that throttles every call, counting them and keeping
-/// the first request as it arrived.
-fn throttling_server() -> (
-    u16,
-    Arc<std::sync::atomic::AtomicUsize>,
-    Arc<std::sync::Mutex<String>>,
-) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let first = Arc::new(std::sync::Mutex::new(String::new()));
-    let (count, keep) = (n.clone(), first.clone());
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut buf = [0u8; 65536];
-            let mut got = Vec::new();
-            // the head, then the body Content-Length says
-            while let Ok(k) = s.read(&mut buf) {
-                got.extend_from_slice(&buf[..k]);
-                let text = String::from_utf8_lossy(&got).into_owned();
-                let done = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
-                    let len = (head.lines())
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().to_owned())
-                        })
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    body.len() >= len
-                });
-                if k == 0 || done {
-                    break;
-                }
-            }
-            if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                *keep.lock().unwrap() = String::from_utf8_lossy(&got).into_owned();
-            }
-            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>r-1</RequestID></Response>";
-            let _ = write!(
-                s,
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    (port, n, first)
-}
-
 #[tokio::test]
 async fn throttling_from_the_endpoint_is_retried_with_backoff_then_reported() {
     let (port, calls, _) = throttling_server();
@@ -507,8 +462,9 @@ async fn spot_launches_carry_the_market_options_and_errors_keep_their_code() {
         desc.contains("<instanceLifecycle>spot</instanceLifecycle>"),
         "{desc}"
     );
-    assert_eq!(client.vcpus("c7g.2xlarge").await.unwrap(), Some(8));
-    let e = client.vcpus("c7g.nonesuch").await.unwrap_err();
+    let t = client.instance_type("c7g.2xlarge").await.unwrap().unwrap();
+    assert_eq!((t.vcpus, t.architectures), (Some(8), vec!["arm64".into()]));
+    let e = client.instance_type("c7g.nonesuch").await.unwrap_err();
     assert_eq!(
         (e.code.as_str(), e.kind),
         ("InvalidInstanceType", ErrorKind::Fatal),
@@ -523,4 +479,104 @@ async fn spot_launches_carry_the_market_options_and_errors_keep_their_code() {
     );
     client.terminate(&[id]).await.unwrap();
     assert!(live(&cfg).await.is_empty());
+}
+
+/// A manager for `cfg` against moto, started: Err is what refuses the relay.
+async fn start_only(cfg: &Ec2Config) -> Result<(), nix_relay::ec2::Error> {
+    let probe: Probe = Arc::new(|_| Box::pin(async { true }));
+    let sched = Scheduler::new(vec![], 100);
+    let mut m = Manager::new(
+        api(cfg).await,
+        cfg.clone(),
+        sched,
+        BUILDER.into(),
+        probe,
+        SystemTime::now(),
+    );
+    m.start().await
+}
+
+#[tokio::test]
+async fn describe_instance_types_architectures_must_match_the_templates_systems() {
+    let Some(moto) = moto() else { return };
+    let mut cfg = config(moto.port, "relay-arch", 100.0);
+    let x86 = client_type(&cfg, "c7i.2xlarge").await;
+    assert_eq!(x86.architectures, ["x86_64"], "moto's table");
+    cfg.templates[0].systems = vec!["x86_64-linux".into(), "i686-linux".into()];
+    start_only(&cfg)
+        .await
+        .expect("c7i builds x86_64 and i686, c7g aarch64");
+    cfg.templates[1].instance_type = "c7i.2xlarge".into();
+    let msg = start_only(&cfg).await.unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "EC2 template arm: instance type c7i.2xlarge supports x86_64 (DescribeInstanceTypes), \
+         which cannot build aarch64-linux (needs arm64); the template's systems: aarch64-linux"
+    );
+    cfg.templates[1].instance_type = "t4g.micro".into();
+    cfg.templates[0].instance_type = "t4g.micro".into();
+    let msg = start_only(&cfg).await.unwrap_err().to_string();
+    assert!(
+        msg.starts_with("EC2 template x86: instance type t4g.micro supports arm64"),
+        "{msg}"
+    );
+}
+
+async fn client_type(cfg: &Ec2Config, name: &str) -> nix_relay::ec2::TypeInfo {
+    let t = api(cfg).await.instance_type(name).await.unwrap();
+    t.unwrap_or_else(|| panic!("moto lists {name}"))
+}
+
+#[tokio::test]
+async fn a_spot_launch_reaches_moto_and_no_spot_capacity_falls_back_to_on_demand() {
+    let Some(moto) = moto() else { return };
+    let proxy = proxy::spot_proxy(moto.port);
+    let mut cfg = config(proxy.port, "relay-fallback", 100.0);
+    cfg.templates[1].spot = true;
+    cfg.templates[1].on_demand_price_per_hour = Some(0.58);
+    let (mut m, sched) = manager(&cfg).await;
+    let _rx = queue_arm(&sched);
+    m.tick().await;
+    let runs: Vec<String> = (proxy.bodies.lock().unwrap().iter())
+        .filter(|b| b.contains("Action=RunInstances"))
+        .cloned()
+        .collect();
+    let heads: Vec<&str> = runs.iter().map(|b| &b[..b.len().min(140)]).collect();
+    assert_eq!(runs.len(), 2, "spot refused, then on-demand: {heads:?}");
+    assert!(runs[0].contains("InstanceMarketOptions.MarketType=spot"));
+    assert!(!runs[1].contains("InstanceMarketOptions"), "{}", runs[1]);
+    let up = live(&cfg).await;
+    assert_eq!(up.len(), 1);
+    let desc = query(
+        moto.port,
+        &format!("Action=DescribeInstances&InstanceId.1={}", up[0].id),
+    );
+    assert!(!desc.contains("<instanceLifecycle>spot"), "{desc}");
+    let t = m.tracked().next().unwrap();
+    assert_eq!((t.market, t.price_per_hour), (Market::OnDemand, 0.58));
+
+    m.shutdown().await;
+
+    // With capacity, the same template launches a spot instance.
+    proxy
+        .refuse_spot
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let cfg = Ec2Config {
+        relay_id: "relay-spot-ok".into(),
+        ..cfg
+    };
+    let (mut m, sched) = manager(&cfg).await;
+    let _rx = queue_arm(&sched);
+    m.tick().await;
+    let t = m.tracked().next().expect("launched");
+    assert_eq!((t.market, t.price_per_hour), (Market::Spot, 0.29));
+    let desc = query(
+        moto.port,
+        &format!("Action=DescribeInstances&InstanceId.1={}", t.id),
+    );
+    assert!(
+        desc.contains("<instanceLifecycle>spot</instanceLifecycle>"),
+        "{desc}"
+    );
+    m.shutdown().await;
 }

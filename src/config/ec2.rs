@@ -48,6 +48,8 @@ pub struct RawTemplate {
     #[serde(default)]
     pub spot: bool,
     pub price_per_hour: f64,
+    /// With `spot`: what an on-demand fallback costs (default price_per_hour).
+    pub on_demand_price_per_hour: Option<f64>,
     pub boot_estimate: Option<String>,
     pub idle_grace: Option<String>,
     pub max_lifetime: Option<String>,
@@ -81,13 +83,34 @@ pub struct Template {
     pub security_group: Option<String>,
     /// Ask for spot capacity first, fall back to on-demand.
     pub spot: bool,
+    /// Dollars an hour of an instance as first asked for (the spot price
+    /// with `spot`).
     pub price_per_hour: f64,
+    /// With `spot`: dollars an hour of an on-demand fallback.
+    pub on_demand_price_per_hour: Option<f64>,
     pub boot_estimate: Duration,
     pub idle_grace: Duration,
     pub max_lifetime: Duration,
     pub max_instances: u32,
     pub speed_factor: f64,
     pub max_jobs: Option<u32>,
+}
+
+impl Template {
+    /// Dollars an hour of an on-demand instance of this template.
+    pub fn on_demand_price(&self) -> f64 {
+        self.on_demand_price_per_hour.unwrap_or(self.price_per_hour)
+    }
+
+    /// The dearest an instance of it can be: a spot template may fall back
+    /// to on-demand, so the budget reserves the higher of the two.
+    pub fn worst_price(&self) -> f64 {
+        if self.spot {
+            self.price_per_hour.max(self.on_demand_price())
+        } else {
+            self.price_per_hour
+        }
+    }
 }
 
 pub const DEFAULT_SSH_USER: &str = "nix-relay";
@@ -201,6 +224,15 @@ fn validate_template(i: usize, t: RawTemplate, p: &mut Vec<String>) -> Template 
     if !(t.price_per_hour.is_finite() && t.price_per_hour > 0.0) {
         p.push(format!("{at}: price_per_hour must be a positive number"));
     }
+    match t.on_demand_price_per_hour {
+        Some(_) if !t.spot => p.push(format!(
+            "{at}: on_demand_price_per_hour is for spot templates (set spot = true, or use price_per_hour)"
+        )),
+        Some(x) if !(x.is_finite() && x > 0.0) => p.push(format!(
+            "{at}: on_demand_price_per_hour must be a positive number"
+        )),
+        _ => {}
+    }
     let speed_factor = t.speed_factor.unwrap_or(1.0);
     if !(speed_factor.is_finite() && speed_factor > 0.0) {
         p.push(format!("{at}: speed_factor must be a positive number"));
@@ -231,6 +263,7 @@ fn validate_template(i: usize, t: RawTemplate, p: &mut Vec<String>) -> Template 
         security_group: t.security_group,
         spot: t.spot,
         price_per_hour: t.price_per_hour,
+        on_demand_price_per_hour: t.on_demand_price_per_hour,
         max_instances,
         speed_factor,
         max_jobs: t.max_jobs,
@@ -242,6 +275,15 @@ mod tests {
     use super::*;
 
     fn raw(extra: &str) -> Result<Ec2Config, Vec<String>> {
+        parse(extra, "")
+    }
+
+    /// With `extra` lines in the template.
+    fn raw_template(extra: &str) -> Result<Ec2Config, Vec<String>> {
+        parse("", extra)
+    }
+
+    fn parse(extra: &str, in_template: &str) -> Result<Ec2Config, Vec<String>> {
         let text = format!(
             r#"
 region = "eu-west-1"
@@ -256,6 +298,7 @@ instance_type = "c7g.2xlarge"
 ami = "ami-1"
 price_per_hour = 0.29
 idle_grace = "5m"
+{in_template}
 "#
         );
         let raw: RawEc2 = toml::from_str(&text).map_err(|e| vec![e.to_string()])?;
@@ -279,6 +322,23 @@ idle_grace = "5m"
     fn a_dead_man_switch_shorter_than_idle_grace_is_refused() {
         let p = raw("dead_man_switch = \"2m\"").unwrap_err();
         assert!(p[0].contains("idle_grace must be shorter"), "{p:?}");
+    }
+
+    #[test]
+    fn a_spot_template_reserves_its_dearer_on_demand_price() {
+        let plain = raw("").unwrap();
+        assert_eq!(plain.templates[0].worst_price(), 0.29);
+        assert_eq!(plain.templates[0].on_demand_price(), 0.29);
+        let spot = raw_template("spot = true\non_demand_price_per_hour = 0.58").unwrap();
+        let t = &spot.templates[0];
+        assert_eq!(
+            (t.price_per_hour, t.on_demand_price(), t.worst_price()),
+            (0.29, 0.58, 0.58)
+        );
+        let p = raw_template("on_demand_price_per_hour = 0.58").unwrap_err();
+        assert!(p[0].contains("is for spot templates"), "{p:?}");
+        let p = raw_template("spot = true\non_demand_price_per_hour = -1.0").unwrap_err();
+        assert!(p[0].contains("must be a positive number"), "{p:?}");
     }
 
     #[test]

@@ -51,6 +51,15 @@ pub struct Instance {
     pub launched_at: Option<SystemTime>,
 }
 
+/// What DescribeInstanceTypes says of one instance type.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TypeInfo {
+    /// `VCpuInfo.DefaultVCpus`.
+    pub vcpus: Option<u32>,
+    /// `ProcessorInfo.SupportedArchitectures`: i386, x86_64, arm64, …
+    pub architectures: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Market {
     Spot,
@@ -129,8 +138,8 @@ pub trait Ec2Api: Send + Sync {
     fn describe_owned<'a>(&'a self, relay_id: &'a str) -> Fut<'a, Vec<Instance>>;
     /// TerminateInstances.
     fn terminate<'a>(&'a self, ids: &'a [String]) -> Fut<'a, ()>;
-    /// DescribeInstanceTypes: the default vCPU count, if reported.
-    fn vcpus<'a>(&'a self, instance_type: &'a str) -> Fut<'a, Option<u32>>;
+    /// DescribeInstanceTypes of one type (None: the reply lists no type).
+    fn instance_type<'a>(&'a self, instance_type: &'a str) -> Fut<'a, Option<TypeInfo>>;
 }
 
 /// How often and how patiently a call is retried.

@@ -1,11 +1,12 @@
 //! An in-memory EC2 for unit tests in paused time: RunInstances answers
 //! `pending`, the next describe says `running` (like moto), scripted errors are returned
-//! first, and every call is recorded.
+//! first, and every call is recorded. DescribeInstanceTypes answers `vcpus`
+//! and the architecture the type's name implies (c7g: arm64, c7i: x86_64).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::api::{ApiError, Ec2Api, Instance, InstanceState, LaunchSpec};
+use super::api::{ApiError, Ec2Api, Instance, InstanceState, LaunchSpec, TypeInfo};
 
 type Fut<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ApiError>> + Send + 'a>>;
@@ -58,6 +59,19 @@ impl Fake {
                 i.inst.state = InstanceState::Terminated;
             }
         }
+    }
+}
+
+/// The architecture AWS's naming gives a type: a `g` among the family's
+/// attributes (c7g, m6gd, c7gn, t4g) is Graviton, arm64; the rest x86_64.
+fn architecture_by_name(instance_type: &str) -> &'static str {
+    let family = instance_type.split('.').next().unwrap_or("");
+    let attributes = family.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+    let attributes = attributes.trim_start_matches(|c: char| c.is_ascii_digit());
+    if attributes.contains('g') {
+        "arm64"
+    } else {
+        "x86_64"
     }
 }
 
@@ -115,10 +129,13 @@ impl Ec2Api for Fake {
         })
     }
 
-    fn vcpus<'a>(&'a self, _instance_type: &'a str) -> Fut<'a, Option<u32>> {
+    fn instance_type<'a>(&'a self, instance_type: &'a str) -> Fut<'a, Option<TypeInfo>> {
         Box::pin(async move {
             self.enter("DescribeInstanceTypes")?;
-            Ok(Some(self.vcpus))
+            Ok(Some(TypeInfo {
+                vcpus: Some(self.vcpus),
+                architectures: vec![architecture_by_name(instance_type).into()],
+            }))
         })
     }
 }

@@ -12,7 +12,29 @@ use super::manager::{Manager, Phase, Tracked};
 use super::{Error, Instance, LaunchSpec, Market, userdata};
 use crate::config::ec2::Template;
 use crate::scheduler::elastic::{self, Budget, InstanceView, TemplateView, WaitingGroup};
+use crate::scheduler::notice::LaunchNotice;
 use crate::scheduler::{ElasticSpec, Scheduler};
+
+/// One instance launched.
+#[derive(Debug, Clone)]
+pub(super) struct Launched {
+    pub market: Market,
+    /// The spot refusal's error code, when this is an on-demand fallback.
+    pub fallback: Option<String>,
+}
+
+/// The metric label of a no-spot-capacity error code (the codes
+/// `ApiError::from_code` classifies as `NoSpot`: a closed set).
+fn spot_code(code: &str) -> &'static str {
+    match code {
+        "InsufficientInstanceCapacity" => "InsufficientInstanceCapacity",
+        "SpotMaxPriceTooLow" => "SpotMaxPriceTooLow",
+        "MaxSpotInstanceCountExceeded" => "MaxSpotInstanceCountExceeded",
+        "InsufficientCapacity" => "InsufficientCapacity",
+        "UnfulfillableCapacity" => "UnfulfillableCapacity",
+        _ => "other",
+    }
+}
 
 /// The scheduler's waiting jobs as the launch decision sees them.
 pub(crate) fn waiting_groups(sched: &Scheduler) -> Vec<WaitingGroup> {
@@ -33,7 +55,7 @@ impl Manager {
             .filter_map(|t| {
                 let tpl = self.template(&t.template)?;
                 let left = tpl.max_lifetime.saturating_sub(now - t.launched);
-                Some(tpl.price_per_hour * left.as_secs_f64() / 3600.0)
+                Some(t.price_per_hour * left.as_secs_f64() / 3600.0)
             })
             .sum();
         Budget {
@@ -52,6 +74,7 @@ impl Manager {
                 systems: &t.systems,
                 supported_features: &t.supported_features,
                 price_per_hour: t.price_per_hour,
+                worst_price_per_hour: t.worst_price(),
                 boot_estimate: t.boot_estimate,
                 max_lifetime: t.max_lifetime,
                 max_instances: t.max_instances,
@@ -77,16 +100,57 @@ impl Manager {
         for name in &plan.refused_for_budget {
             crate::metrics::ec2_launch(name, "refused_budget");
         }
-        for name in plan.launch {
-            match self.launch(&name).await {
-                // On disk before anything else: a crash now still counts it.
-                Ok(()) => self.persist().await,
+        let mut told: Vec<LaunchNotice> = Vec::new();
+        for want in plan.launch {
+            match self.launch(&want.template).await {
+                Ok(l) => {
+                    // On disk before anything else: a crash now still counts it.
+                    self.persist().await;
+                    self.count_notice(&mut told, want, &l);
+                }
                 Err(e) => {
+                    let name = &want.template;
                     tracing::error!(template = %name, error = %crate::error_chain(&e), "launching an EC2 instance failed");
-                    crate::metrics::ec2_launch(&name, "failed");
+                    crate::metrics::ec2_launch(name, "failed");
                 }
             }
         }
+        for n in told {
+            self.sched.announce_launch(n);
+        }
+    }
+
+    /// Adds launch `l` (for `want`'s jobs) to the notices for waiting jobs:
+    /// one per group, template and market.
+    fn count_notice(&self, told: &mut Vec<LaunchNotice>, want: elastic::Launch, l: &Launched) {
+        let Some(tpl) = self.template(&want.template) else {
+            return;
+        };
+        let market = match (l.market, &l.fallback) {
+            (Market::Spot, _) => "spot".to_owned(),
+            (Market::OnDemand, None) => "on-demand".to_owned(),
+            (Market::OnDemand, Some(code)) => format!("on-demand (no spot capacity: {code})"),
+        };
+        let same = |n: &&mut LaunchNotice| {
+            n.template == want.template
+                && n.system == want.system
+                && n.required_features == want.required_features
+                && n.market == market
+        };
+        if let Some(n) = told.iter_mut().find(same) {
+            n.instances += 1;
+            return;
+        }
+        told.push(LaunchNotice {
+            system: want.system,
+            required_features: want.required_features,
+            template: want.template,
+            instance_type: tpl.instance_type.clone(),
+            market,
+            instances: 1,
+            reason: want.reason,
+            boot_estimate: tpl.boot_estimate,
+        });
     }
 
     /// Templates the budget cannot launch and that have no live instance
@@ -98,7 +162,7 @@ impl Manager {
         let blocked: BTreeSet<String> = (self.cfg.templates.iter())
             .filter(|t| {
                 let live = self.tracked.values().any(|x| x.template == t.name);
-                let worst = t.price_per_hour * t.max_lifetime.as_secs_f64() / 3600.0;
+                let worst = t.worst_price() * t.max_lifetime.as_secs_f64() / 3600.0;
                 !live && b.spent + b.committed + worst > b.per_day
             })
             .map(|t| t.name.clone())
@@ -143,10 +207,12 @@ impl Manager {
         }
     }
 
-    /// Launches one instance of template `name` and tracks it.
-    async fn launch(&mut self, name: &str) -> Result<(), Error> {
+    /// Launches one instance of template `name` and tracks it: spot first
+    /// if the template asks, on-demand (at its on-demand price) when EC2
+    /// has no spot capacity for it.
+    async fn launch(&mut self, name: &str) -> Result<Launched, Error> {
         let Some(tpl) = self.template(name).cloned() else {
-            return Ok(());
+            return Err(Error::NoTemplate(name.to_owned()));
         };
         let host_key = userdata::new_host_key().map_err(Error::Random)?;
         let script = self.user_data(&tpl, &host_key)?;
@@ -155,18 +221,29 @@ impl Manager {
         } else {
             Market::OnDemand
         };
+        let mut market = first;
+        let mut fallback = None;
         let mut inst = self.run(&self.spec(&tpl, script.clone(), first)).await;
-        if first == Market::Spot
-            && matches!(&inst, Err(Error::Api { source, .. }) if source.kind == ErrorKind::NoSpot)
+        if let Err(Error::Api { source, .. }) = &inst
+            && first == Market::Spot
+            && source.kind == ErrorKind::NoSpot
         {
-            tracing::warn!(template = %tpl.name, "no spot capacity; launching on-demand");
-            inst = self.run(&self.spec(&tpl, script, Market::OnDemand)).await;
+            tracing::warn!(template = %tpl.name, code = %source.code, message = %source.message, "no spot capacity; launching on-demand");
+            crate::metrics::ec2_spot_fallback(&tpl.name, spot_code(&source.code));
+            fallback = Some(source.code.clone());
+            market = Market::OnDemand;
+            inst = self.run(&self.spec(&tpl, script, market)).await;
         }
         let inst = inst?;
-        tracing::info!(instance = %inst.id, template = %tpl.name, "launched EC2 instance");
+        let price_per_hour = match market {
+            Market::Spot => tpl.price_per_hour,
+            Market::OnDemand => tpl.on_demand_price(),
+        };
+        tracing::info!(instance = %inst.id, template = %tpl.name, ?market, price_per_hour, "launched EC2 instance");
         crate::metrics::ec2_launch(&tpl.name, "launched");
         let now = Instant::now();
         let index = self.free_index(&tpl.name);
+        let launched = Launched { market, fallback };
         self.tracked.insert(
             inst.id.clone(),
             Tracked {
@@ -178,11 +255,13 @@ impl Manager {
                 phase: Phase::Booting,
                 state: inst.state,
                 address: inst.private_ip,
+                market,
+                price_per_hour,
                 idle_since: None,
                 accrued_to: now,
             },
         );
-        Ok(())
+        Ok(launched)
     }
 
     async fn run(&self, spec: &LaunchSpec) -> Result<Instance, Error> {

@@ -184,7 +184,7 @@ impl super::manager::Manager {
             .map(|t| OpenInstance {
                 id: t.id.clone(),
                 template: t.template.clone(),
-                price_per_hour: self.template(&t.template).map_or(0.0, |x| x.price_per_hour),
+                price_per_hour: t.price_per_hour,
                 accrued_to_unix: unix(self.clock.wall(t.accrued_to)),
             })
             .collect();

@@ -52,6 +52,11 @@ pub struct Tracked {
     pub phase: Phase,
     pub state: InstanceState,
     pub address: Option<String>,
+    /// Spot or on-demand, as launched.
+    pub market: super::Market,
+    /// What it costs an hour: the template's price, or its on-demand price
+    /// after a spot fallback.
+    pub price_per_hour: f64,
     /// Since when no build ran on it (None: busy).
     pub idle_since: Option<Instant>,
     pub(super) accrued_to: Instant,
@@ -136,22 +141,23 @@ impl Manager {
         }
     }
 
-    /// Resolves each template's slots (max_jobs, else its vCPU count) and
-    /// tells the scheduler which jobs elastic capacity can serve.
+    /// Checks each template's instance type against its systems
+    /// (`arch::check`), resolves its slots (max_jobs, else the type's vCPU
+    /// count) and tells the scheduler which jobs elastic capacity can serve.
     pub async fn start(&mut self) -> Result<(), Error> {
         for t in &self.cfg.templates {
-            let n = match t.max_jobs {
-                Some(n) => n,
-                None => {
-                    let api = self.api.clone();
-                    let it = t.instance_type.clone();
-                    super::api::retry("DescribeInstanceTypes", super::api::RETRY, || {
-                        let (api, it) = (api.clone(), it.clone());
-                        async move { api.vcpus(&it).await }
-                    })
-                    .await?
-                    .ok_or_else(|| Error::NoVcpus(t.instance_type.clone()))?
-                }
+            let api = self.api.clone();
+            let it = t.instance_type.clone();
+            let info = super::api::retry("DescribeInstanceTypes", super::api::RETRY, || {
+                let (api, it) = (api.clone(), it.clone());
+                async move { api.instance_type(&it).await }
+            })
+            .await?
+            .ok_or_else(|| Error::UnknownType(t.instance_type.clone()))?;
+            super::arch::check(t, &info)?;
+            let n = match (t.max_jobs, info.vcpus) {
+                (Some(n), _) | (None, Some(n)) => n,
+                (None, None) => return Err(Error::NoVcpus(t.instance_type.clone())),
             };
             self.slots.insert(t.name.clone(), n.max(1));
         }
@@ -246,10 +252,8 @@ impl Manager {
     }
 
     pub(super) fn accrue_one(&mut self, t: &Tracked, now: Instant) {
-        let price = self.template(&t.template).map_or(0.0, |x| x.price_per_hour);
         let day = self.clock.day(now);
-        self.ledger
-            .accrue(&t.template, now - t.accrued_to, price, day);
+        (self.ledger).accrue(&t.template, now - t.accrued_to, t.price_per_hour, day);
     }
 
     fn backend_for(&self, t: &Tracked) -> Option<Backend> {

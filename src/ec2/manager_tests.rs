@@ -20,12 +20,16 @@ fn template(name: &str, system: &str, price: f64) -> Template {
         name: name.into(),
         systems: vec![system.into()],
         supported_features: vec![],
-        instance_type: format!("{name}.large"),
+        instance_type: match system {
+            "aarch64-linux" => "c7g.large".into(),
+            _ => "c7i.large".into(),
+        },
         ami: "ami-1".into(),
         subnet: Some("subnet-1".into()),
         security_group: Some("sg-1".into()),
         spot: false,
         price_per_hour: price,
+        on_demand_price_per_hour: None,
         boot_estimate: Duration::from_secs(120),
         idle_grace: Duration::from_secs(300),
         max_lifetime: Duration::from_secs(4 * 3600),
@@ -135,7 +139,7 @@ async fn an_aarch64_job_launches_the_arm_template_tagged_and_with_its_user_data(
     let spec = &live[0].spec;
     assert_eq!(spec.template, "arm");
     assert_eq!(spec.relay_id, "relay-t");
-    assert_eq!(spec.instance_type, "arm.large");
+    assert_eq!(spec.instance_type, "c7g.large");
     assert_eq!(spec.market, Market::OnDemand);
     let (builder, host) = super::userdata::extract(&spec.user_data).unwrap();
     assert_eq!(builder, BUILDER);
@@ -334,9 +338,36 @@ async fn a_fatal_error_is_not_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn no_spot_capacity_falls_back_to_on_demand() {
+async fn an_x86_type_in_an_aarch64_template_refuses_the_start() {
+    let mut cfg = config(100.0);
+    cfg.templates[1].instance_type = "c7i.large".into();
+    let sched = Scheduler::new(vec![], 100);
+    let probe: Probe = Arc::new(|_| Box::pin(async { true }));
+    let fake = Arc::new(Fake::new(4));
+    let mut m = Manager::new(
+        fake,
+        cfg,
+        sched,
+        BUILDER.into(),
+        probe,
+        SystemTime::UNIX_EPOCH,
+    );
+    let msg = m.start().await.unwrap_err().to_string();
+    for part in [
+        "template arm",
+        "c7i.large",
+        "supports x86_64",
+        "aarch64-linux",
+    ] {
+        assert!(msg.contains(part), "{part} missing from: {msg}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_spot_capacity_falls_back_to_on_demand_charged_at_the_on_demand_price() {
     let mut cfg = config(100.0);
     cfg.templates[1].spot = true;
+    cfg.templates[1].on_demand_price_per_hour = Some(0.9);
     let mut r = rig(cfg).await;
     let _rx = queue(&r.sched, "aarch64-linux");
     *r.fake.no_spot.lock().unwrap() = true;
@@ -350,6 +381,68 @@ async fn no_spot_capacity_falls_back_to_on_demand() {
         2,
         "spot, then on-demand"
     );
+    let t = r.m.tracked().next().unwrap();
+    assert_eq!((t.market, t.price_per_hour), (Market::OnDemand, 0.9));
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    r.m.tick().await;
+    let c = &r.m.ledger().per_template()["arm"];
+    assert!((c.dollars - 0.9).abs() < 0.01, "an hour on-demand: {c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_jobs_a_launch_is_for_are_told_template_type_market_reason_and_estimate() {
+    let mut cfg = config(100.0);
+    cfg.templates[1].spot = true;
+    let mut r = rig(cfg).await;
+    let mut told = r.sched.launch_notices(&job("aarch64-linux"));
+    let mut x86 = r.sched.launch_notices(&job("x86_64-linux"));
+    let _rx = queue(&r.sched, "aarch64-linux");
+    let _rx2 = queue(&r.sched, "aarch64-linux");
+    *r.fake.no_spot.lock().unwrap() = true;
+    r.m.tick().await;
+    let n = told.next().await.unwrap();
+    assert_eq!(
+        n.text(),
+        "launching an EC2 instance (template arm, c7g.large, on-demand (no spot capacity: \
+         InsufficientInstanceCapacity)) for this build: no static backend serves aarch64-linux; \
+         boot estimate 120 s"
+    );
+    drop(r);
+    assert!(
+        told.next().await.is_none(),
+        "one notice for the group's one launch"
+    );
+    assert!(
+        x86.next().await.is_none(),
+        "nothing launched for x86_64-linux"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spot_instance_is_charged_at_the_spot_price() {
+    let mut cfg = config(100.0);
+    cfg.templates[1].spot = true;
+    cfg.templates[1].on_demand_price_per_hour = Some(0.9);
+    let mut r = rig(cfg).await;
+    let _rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    assert_eq!(r.fake.live()[0].spec.market, Market::Spot);
+    let t = r.m.tracked().next().unwrap();
+    assert_eq!((t.market, t.price_per_hour), (Market::Spot, 0.3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spot_template_launches_only_if_its_on_demand_fallback_fits_the_budget() {
+    // 4 h max_lifetime: spot 0.3 $/h needs 1.2 $, on-demand 0.9 $/h 3.6 $.
+    let mut cfg = config(2.0);
+    cfg.templates[1].spot = true;
+    cfg.templates[1].on_demand_price_per_hour = Some(0.9);
+    let mut r = rig(cfg).await;
+    let rx = queue(&r.sched, "aarch64-linux");
+    r.m.tick().await;
+    assert!(r.fake.live().is_empty(), "a fallback could not be paid");
+    let refused = rx.await.unwrap().err().expect("withheld: the job fails");
+    assert!(refused.to_string().contains("aarch64-linux"), "{refused}");
 }
 
 #[tokio::test(start_paused = true)]

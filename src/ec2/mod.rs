@@ -19,6 +19,7 @@
 //! is either tracked by the manager or terminated by the next reconcile.
 
 pub mod api;
+pub mod arch;
 pub mod cli;
 pub mod cost;
 mod launch;
@@ -38,7 +39,7 @@ mod manager_tests;
 #[cfg(all(test, feature = "ec2"))]
 mod query_tests;
 
-pub use api::{ApiError, Ec2Api, Instance, InstanceState, LaunchSpec, Market};
+pub use api::{ApiError, Ec2Api, Instance, InstanceState, LaunchSpec, Market, TypeInfo};
 
 /// Tag keys on every instance the relay launches.
 pub const TAG_OWNER: &str = "owner";
@@ -65,6 +66,12 @@ pub enum Error {
     },
     #[error("instance type {0}: DescribeInstanceTypes reported no vCPU count")]
     NoVcpus(String),
+    #[error("no EC2 template named {0}")]
+    NoTemplate(String),
+    #[error("instance type {0}: DescribeInstanceTypes does not list it")]
+    UnknownType(String),
+    #[error(transparent)]
+    Architecture(Box<arch::Mismatch>),
     #[error("nix-relay was built without the `ec2` feature; [ec2] cannot be used")]
     NotBuilt,
     #[error("reading the EC2 spend ledger {path}")]

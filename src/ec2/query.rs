@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use base64::Engine;
 use bytes::Bytes;
 
-use super::api::{ApiError, Ec2Api, ErrorKind, Instance, LaunchSpec, Market};
+use super::api::{ApiError, Ec2Api, ErrorKind, Instance, LaunchSpec, Market, TypeInfo};
 use super::query_xml;
 use super::{TAG_NAME, TAG_OWNER, TAG_TEMPLATE};
 use crate::aws::http::{Call, Endpoint, HttpClient, MAX_REPLY_BYTES, SERVICE_TIMEOUTS};
@@ -283,11 +283,11 @@ impl Ec2Api for QueryApi {
         })
     }
 
-    fn vcpus<'a>(&'a self, instance_type: &'a str) -> Fut<'a, Option<u32>> {
+    fn instance_type<'a>(&'a self, instance_type: &'a str) -> Fut<'a, Option<TypeInfo>> {
         Box::pin(async move {
             let params = vec![p("InstanceType.1", instance_type)];
             let root = self.call("DescribeInstanceTypes", params).await?;
-            Ok(query_xml::vcpus(&root))
+            Ok(query_xml::instance_type(&root))
         })
     }
 }

@@ -5,7 +5,7 @@
 use crate::aws::xml::Element;
 
 use super::TAG_TEMPLATE;
-use super::api::{Instance, InstanceState};
+use super::api::{Instance, InstanceState, TypeInfo};
 
 /// One `instancesSet` item; None without an `instanceId`.
 pub fn instance(item: &Element) -> Option<Instance> {
@@ -36,10 +36,16 @@ pub fn describe_instances(root: &Element) -> (Vec<Instance>, Option<String>) {
     (instances, root.text_at(&["nextToken"]).map(str::to_owned))
 }
 
-/// DescribeInstanceTypes (one type asked): its default vCPU count.
-pub fn vcpus(root: &Element) -> Option<u32> {
+/// DescribeInstanceTypes (one type asked): its default vCPU count and
+/// supported architectures; None without an `instanceTypeSet` item.
+pub fn instance_type(root: &Element) -> Option<TypeInfo> {
     let t = root.items(&["instanceTypeSet"]).next()?;
-    t.text_at(&["vCpuInfo", "defaultVCpus"])?.parse().ok()
+    Some(TypeInfo {
+        vcpus: (t.text_at(&["vCpuInfo", "defaultVCpus"])).and_then(|v| v.parse().ok()),
+        architectures: (t.items(&["processorInfo", "supportedArchitectures"]))
+            .filter_map(|a| a.text_at(&[]).map(str::to_owned))
+            .collect(),
+    })
 }
 
 /// An error reply's (code, message): `<Response><Errors><Error>` (EC2),
@@ -121,10 +127,19 @@ mod tests {
     }
 
     #[test]
-    fn vcpus_of_the_type() {
-        assert_eq!(vcpus(&fixture("moto-describe-instance-types.xml")), Some(8));
-        assert_eq!(vcpus(&fixture("aws-describe-instance-types.xml")), Some(16));
-        assert_eq!(vcpus(&parse("<R><instanceTypeSet/></R>").unwrap()), None);
+    fn vcpus_and_architectures_of_the_type() {
+        let moto = instance_type(&fixture("moto-describe-instance-types.xml")).unwrap();
+        assert_eq!(
+            (moto.vcpus, moto.architectures),
+            (Some(8), vec!["arm64".into()])
+        );
+        let aws = instance_type(&fixture("aws-describe-instance-types.xml")).unwrap();
+        assert_eq!(aws.vcpus, Some(16));
+        assert_eq!(aws.architectures, ["arm64"]);
+        assert_eq!(
+            instance_type(&parse("<R><instanceTypeSet/></R>").unwrap()),
+            None
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! up or booting for a fitting template are used first; one instance serves
 //! as many jobs as it has slots. Then the cheapest fitting template with
 //! room under its `max_instances` is launched, if the day's budget covers
-//! its worst case (price × max_lifetime) on top of what is spent and what
+//! its worst case (worst price × max_lifetime; a spot template's worst is
+//! its on-demand fallback) on top of what is spent and what
 //! the running instances could still cost.
 
 use std::time::Duration;
@@ -31,7 +32,11 @@ pub struct TemplateView<'a> {
     pub name: &'a str,
     pub systems: &'a [String],
     pub supported_features: &'a [String],
+    /// Dollars an hour as first asked for (orders the templates).
     pub price_per_hour: f64,
+    /// The dearest it can cost (a spot template's on-demand fallback): what
+    /// the budget reserves.
+    pub worst_price_per_hour: f64,
     pub boot_estimate: Duration,
     pub max_lifetime: Duration,
     pub max_instances: u32,
@@ -57,16 +62,34 @@ pub struct Budget {
     pub committed: f64,
 }
 
+/// Why a group of waiting jobs asked for an instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reason {
+    /// No current static backend could ever serve them.
+    NoStaticBackend,
+    /// The oldest waited `waited`, longer than the template's boot estimate.
+    WaitedLonger { waited: Duration },
+}
+
+/// One instance to launch, and the waiting jobs it is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub template: String,
+    pub system: String,
+    pub required_features: Vec<String>,
+    pub reason: Reason,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
-    /// Template names to launch, one entry per instance.
-    pub launch: Vec<String>,
+    /// One entry per instance.
+    pub launch: Vec<Launch>,
     /// Templates a launch was wanted for but the budget refused.
     pub refused_for_budget: Vec<String>,
 }
 
 pub fn worst_case_cost(t: &TemplateView<'_>) -> f64 {
-    t.price_per_hour * t.max_lifetime.as_secs_f64() / 3600.0
+    t.worst_price_per_hour * t.max_lifetime.as_secs_f64() / 3600.0
 }
 
 fn fits(g: &WaitingGroup, t: &TemplateView<'_>) -> bool {
@@ -128,7 +151,18 @@ pub fn decide(
             }
             committed += cost;
             counts[i] += 1;
-            plan.launch.push(t.name.to_owned());
+            plan.launch.push(Launch {
+                template: t.name.to_owned(),
+                system: g.system.clone(),
+                required_features: g.required_features.clone(),
+                reason: if g.static_can_serve {
+                    Reason::WaitedLonger {
+                        waited: g.oldest_wait,
+                    }
+                } else {
+                    Reason::NoStaticBackend
+                },
+            });
             let slots = t.slots.max(1);
             let used = need.min(slots);
             need -= used;

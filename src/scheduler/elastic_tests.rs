@@ -11,6 +11,7 @@ struct T {
     systems: Vec<String>,
     features: Vec<String>,
     price: f64,
+    worst: f64,
     max_instances: u32,
     slots: u32,
 }
@@ -21,9 +22,14 @@ fn t(name: &'static str, system: &str, price: f64) -> T {
         systems: s(&[system]),
         features: vec![],
         price,
+        worst: price,
         max_instances: 2,
         slots: 4,
     }
+}
+
+fn names(p: &Plan) -> Vec<&str> {
+    p.launch.iter().map(|l| l.template.as_str()).collect()
 }
 
 fn views(ts: &[T]) -> Vec<TemplateView<'_>> {
@@ -33,6 +39,7 @@ fn views(ts: &[T]) -> Vec<TemplateView<'_>> {
             systems: &t.systems,
             supported_features: &t.features,
             price_per_hour: t.price,
+            worst_price_per_hour: t.worst,
             boot_estimate: Duration::from_secs(180),
             max_lifetime: Duration::from_secs(3600),
             max_instances: t.max_instances,
@@ -69,7 +76,12 @@ fn an_aarch64_job_nobody_can_serve_launches_the_arm_template() {
         &[],
         RICH,
     );
-    assert_eq!(plan.launch, ["arm"]);
+    assert_eq!(names(&plan), ["arm"]);
+    let l = &plan.launch[0];
+    assert_eq!(
+        (l.system.as_str(), l.reason),
+        ("aarch64-linux", Reason::NoStaticBackend)
+    );
 }
 
 #[test]
@@ -88,7 +100,9 @@ fn servable_jobs_launch_only_after_waiting_longer_than_the_boot_estimate() {
         &[],
         RICH,
     );
-    assert_eq!(long.launch, ["x86"]);
+    assert_eq!(names(&long), ["x86"]);
+    let waited = Duration::from_secs(181);
+    assert_eq!(long.launch[0].reason, Reason::WaitedLonger { waited });
 }
 
 #[test]
@@ -106,11 +120,11 @@ fn the_cheapest_fitting_template_wins() {
         &[],
         RICH,
     );
-    assert_eq!(plain.launch, ["cheap"]);
+    assert_eq!(names(&plain), ["cheap"]);
     let mut kvm = group("x86_64-linux", 1, 0, false);
     kvm.required_features = s(&["kvm"]);
     let plan = decide(&[kvm], &views(&ts), &[], RICH);
-    assert_eq!(plan.launch, ["big"], "only big supports kvm");
+    assert_eq!(names(&plan), ["big"], "only big supports kvm");
 }
 
 #[test]
@@ -122,14 +136,14 @@ fn one_instance_serves_as_many_jobs_as_it_has_slots() {
         &[],
         RICH,
     );
-    assert_eq!(plan.launch, ["arm"]);
+    assert_eq!(names(&plan), ["arm"]);
     let plan = decide(
         &[group("aarch64-linux", 5, 0, false)],
         &views(&ts),
         &[],
         RICH,
     );
-    assert_eq!(plan.launch, ["arm", "arm"]);
+    assert_eq!(names(&plan), ["arm", "arm"]);
 }
 
 #[test]
@@ -161,7 +175,7 @@ fn never_more_than_max_instances() {
         &up,
         RICH,
     );
-    assert_eq!(plan.launch, ["arm"], "max_instances is 2, one is up");
+    assert_eq!(names(&plan), ["arm"], "max_instances is 2, one is up");
 }
 
 #[test]
@@ -190,7 +204,7 @@ fn the_budget_refuses_a_launch_whose_worst_case_does_not_fit() {
         &[],
         enough,
     );
-    assert_eq!(plan.launch, ["arm"]);
+    assert_eq!(names(&plan), ["arm"]);
 }
 
 #[test]
@@ -207,8 +221,29 @@ fn the_budget_counts_launches_planned_in_the_same_decision() {
         &[],
         budget,
     );
-    assert_eq!(plan.launch, ["arm"]);
+    assert_eq!(names(&plan), ["arm"]);
     assert_eq!(plan.refused_for_budget, ["arm"]);
+}
+
+#[test]
+fn a_spot_templates_budget_reserves_its_on_demand_fallback_but_its_spot_price_orders_it() {
+    let mut spot = t("spot", "aarch64-linux", 0.2);
+    spot.worst = 0.6;
+    let ts = [spot, t("steady", "aarch64-linux", 0.4)];
+    let g = [group("aarch64-linux", 1, 0, false)];
+    let plan = decide(&g, &views(&ts), &[], RICH);
+    assert_eq!(names(&plan), ["spot"], "cheapest as first asked for");
+    let budget = Budget {
+        per_day: 0.5,
+        spent: 0.0,
+        committed: 0.0,
+    };
+    let plan = decide(&g, &views(&ts[..1]), &[], budget);
+    assert!(
+        plan.launch.is_empty(),
+        "0.2 $ fits, a 0.6 $ fallback would not"
+    );
+    assert_eq!(plan.refused_for_budget, ["spot"]);
 }
 
 #[test]

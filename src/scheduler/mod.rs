@@ -26,6 +26,7 @@
 pub mod elastic;
 pub mod history;
 pub mod locality;
+pub mod notice;
 pub mod policy;
 mod queue;
 mod set;
@@ -139,6 +140,8 @@ pub struct Scheduler {
     state: Mutex<State>,
     locality: Arc<locality::Locality>,
     history: Arc<history::History>,
+    /// Launches of elastic capacity, for the jobs waiting for it (`notice`).
+    launches: tokio::sync::broadcast::Sender<Arc<notice::LaunchNotice>>,
 }
 
 /// A claimed build slot. Dropping it releases the slot.
@@ -204,6 +207,7 @@ impl Scheduler {
             state: Mutex::new(state),
             locality,
             history,
+            launches: tokio::sync::broadcast::channel(notice::NOTICE_BACKLOG).0,
         })
     }
 

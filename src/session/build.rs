@@ -27,6 +27,7 @@ use crate::backend::{BackendConn, Options};
 use crate::error_chain as chain;
 use crate::metrics::{Direction, Outcome as BuildOutcome};
 use crate::scheduler::locality::InputSummary;
+use crate::scheduler::notice::Notices;
 use crate::scheduler::{Acquired, JobSpec, Scheduler, Slot};
 use crate::store::Scope;
 use crate::wire::build::{BasicDerivation, BuildResult, BuildStatus, drv_name};
@@ -389,6 +390,7 @@ fn input_closure(relay: &Core, closure: crate::store::Closure) -> (Inputs, crate
 
 async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &FlightLog) -> Result<Slot, JobError> {
     let system = job.system.clone();
+    let notices = sched.launch_notices(&job);
     match sched.try_acquire(job) {
         Ok(Acquired::Now(slot)) => Ok(slot),
         Ok(Acquired::Queued { position, rx }) => {
@@ -396,9 +398,31 @@ async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &FlightLog) -> Result<
             log.note(format!(
                 "waiting: position {position} for {system} ({running})"
             ));
-            Scheduler::wait(rx).await.map_err(JobError::Placement)
+            wait_for_slot(rx, notices, log).await
         }
         Err(e) => Err(JobError::Placement(e)),
+    }
+}
+
+/// Waits for a queued job's slot, telling its log of each instance
+/// launched for it (`scheduler::notice`).
+async fn wait_for_slot(
+    rx: tokio::sync::oneshot::Receiver<Result<Slot, crate::scheduler::Error>>,
+    mut notices: Notices,
+    log: &FlightLog,
+) -> Result<Slot, JobError> {
+    let slot = Scheduler::wait(rx);
+    tokio::pin!(slot);
+    loop {
+        tokio::select! {
+            // A launch told before the wait's outcome (a refusal right after it).
+            biased;
+            Some(n) = notices.next() => {
+                info!(template = %n.template, "an EC2 launch for a waiting build");
+                log.note(n.text());
+            }
+            r = &mut slot => return r.map_err(JobError::Placement),
+        }
     }
 }
 

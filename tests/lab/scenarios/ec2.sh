@@ -9,7 +9,8 @@
 # loopback: the relay reaches it there, as it would reach a private IP.
 #
 # ec2_launch  (image debian) an aarch64 build with no static aarch64 backend
-#             launches an instance, which joins with the host key its user
+#             launches a spot instance (the client's log says so, why, and
+#             the boot estimate), which joins with the host key its user
 #             data installed, builds behind the forced-command gate as the
 #             trusted user it created, and is terminated through the API when
 #             idle (the dead-man switch, armed, never fires)
@@ -72,10 +73,11 @@ waitfor() {
   return 1
 }
 
-# ec2_setup SCENARIO IMAGE IDLE_GRACE: moto with the lab's network and
+# ec2_setup SCENARIO IMAGE IDLE_GRACE [SPOT]: moto with the lab's network and
 # images, the booter, the relay on an EC2 config whose template boots IMAGE
+# (a spot template if SPOT is true)
 ec2_setup() {
-  local ami
+  local ami spot=${4:-false}
   [ -x "$MOTO" ] || fail "$MOTO missing (tests/setup.sh installs moto)"
   EC2_RELAY_ID=lab-$SEED-$1
   EC2_SCENARIO=$1
@@ -119,6 +121,7 @@ instance_type = "c7g.large"
 ami = "$ami"
 subnet = "$EC2_SUBNET"
 security_group = "$EC2_SG"
+spot = $spot
 price_per_hour = 0.08
 boot_estimate = "30s"
 idle_grace = "$3"
@@ -239,6 +242,20 @@ ec2_dead_man() {
   echo "  relay killed; the switch powered $id off $(( at - KILLED )) s later, $(( at - alive )) s after the last session (switch ${EC2_DEAD_MAN} s); moto: terminated"
 }
 
+# ec2_told MARKET: the waiting client's log said an instance was launched
+# for its build, with the template, why and the boot estimate
+ec2_told() {
+  local want="nix-relay: launching an EC2 instance (template arm, c7g.large, $1) for this build: no static backend serves aarch64-linux; boot estimate 30 s"
+  grep -qF "$want" "$BLOG" || fail "the client's log does not say '$want': $(grep nix-relay: "$BLOG" | head -5)"
+  echo "  the client was told: ${want#nix-relay: }"
+}
+# ec2_spot ID: moto has ID as a spot instance (the market options reached it)
+ec2_spot() {
+  ec2_api DescribeInstances "InstanceId.1=$1" | grep -q '<instanceLifecycle>spot</instanceLifecycle>' ||
+    fail "$1 is not a spot instance in moto"
+  echo "  $1 is a spot instance in moto"
+}
+
 ec2_observed() {  # the EC2 metrics and /status after one instance came and went
   local prom=$LOGS/ec2_launch.prom st=$LOGS/ec2_launch.status.json
   curl -sf --max-time 10 "$HTTP_URL/metrics" >"$prom" || fail "GET /metrics failed"
@@ -258,7 +275,7 @@ assert 0 < e["spent_today"] <= e["budget_per_day"], e
 PY
 }
 
-# ec2_build SCENARIO IMAGE IDLE_GRACE: setup, then an aarch64 build that
+# ec2_build SCENARIO IMAGE IDLE_GRACE [SPOT]: setup, then an aarch64 build that
 # launches an instance of IMAGE; sets ID, IP, OUT
 ec2_build() {
   local bpid
@@ -272,12 +289,14 @@ ec2_build() {
   OUT=$(cat "$EC2_RUN/out")
 }
 
-sc_ec2_launch_desc="EC2 (moto, instance booted from its user data on a Debian image): an aarch64 build launches the ARM template; the instance joins with the host key its user data installed, builds behind the gate, and is terminated through the API when idle (the switch never fires)"
+sc_ec2_launch_desc="EC2 (moto, instance booted from its user data on a Debian image): an aarch64 build launches the ARM template as a spot instance, the waiting client is told why and the boot estimate; the instance joins with the host key its user data installed, builds behind the gate, and is terminated through the API when idle (the switch never fires)"
 sc_ec2_launch() {
   local power
   trap ec2_teardown EXIT
   # (idle_grace leaves time for the checks before the idle termination)
-  ec2_build ec2_launch debian 15s
+  ec2_build ec2_launch debian 15s true
+  ec2_told spot
+  ec2_spot "$ID"
   ec2_built_there "$ID" "$OUT"
   ec2_gate "$ID" "$IP"
   ec2_wait_ids terminated 60 >/dev/null || fail "the idle instance was not terminated"
@@ -297,6 +316,7 @@ sc_ec2_deadman() {
   trap ec2_teardown EXIT
   ec2_build ec2_deadman debian 20s
   ec2_kill_relay
+  ec2_told on-demand
   ec2_built_there "$ID" "$OUT"
   ec2_dead_man "$ID"
 }
