@@ -144,6 +144,11 @@ async fn prepare(
     client: &ClientId,
     drv: &BasicDerivation,
 ) -> Result<Prepared, JobError> {
+    if let Some(u) = &relay.upstream {
+        // Inputs only an upstream has are fetched now, so the closure
+        // below is complete and the push finds them in the store.
+        (u.complete(&drv.input_srcs, Some(&client.name)).await).map_err(JobError::Upstream)?;
+    }
     let closure = relay
         .store
         .closure(&drv.input_srcs, Some(&client.name))

@@ -109,8 +109,10 @@ where
     async fn handle(&mut self, req: Request) -> Result<(), Error> {
         let (core, client, pending) = (&self.core, &self.client, self.pending.as_ref());
         match req {
-            Request::QueryValidPaths { paths, .. } => {
-                let valid = core.query_valid(client, pending, paths).await?;
+            Request::QueryValidPaths {
+                paths, substitute, ..
+            } => {
+                let valid = core.query_valid(client, pending, paths, substitute).await?;
                 self.reply(Reply::Paths(valid)).await
             }
             Request::QueryPathInfos { paths } => {
