@@ -186,3 +186,21 @@ async fn the_http_cache_pulls_through_once_and_misses_quickly() {
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn a_derivation_whose_output_upstream_has_is_a_cache_hit() {
+    let cache = TestCache::start(Compression::Zstd).await;
+    let (drv_path, d) = drv::derivation("prebuilt", SYSTEM, &[]);
+    let out = drv::out_path(&d);
+    let info = cache.add_at(&out, b"built by hydra", &[]).await;
+    let t = relay_with(&cache, "fake://a").await;
+    let mut c = t.client(Protocol::Serve, "alice").await;
+    let res = c.build(&drv_path, &d).await.unwrap();
+    assert_eq!(res.status, BuildStatus::AlreadyValid, "log:\n{}", c.log());
+    assert!(
+        t.fake("a").record().builds_started.is_empty(),
+        "no backend build"
+    );
+    let nar = c.fetch(&out).await.unwrap();
+    assert_eq!(Sha256Hash::digest(&nar), info.nar_hash);
+}

@@ -168,11 +168,36 @@ async fn prepare(
             .await
             .map_err(JobError::Store)?;
     }
+    if !all_there && let Some(u) = &relay.upstream {
+        all_there = substitute_outputs(u, relay, client, &outputs).await;
+    }
     if all_there {
         return Ok(Prepared::Hit);
     }
     let scope = build_scope(client, closure.private);
     Ok(Prepared::Build(FlightKey { scope, outputs }, closure))
+}
+
+/// Fetches the outputs missing from the store if an upstream has every one
+/// of them: true if all are in the store now. A failure is logged (by the
+/// fetch) and the derivation is built instead.
+async fn substitute_outputs(
+    u: &Arc<crate::upstream::Upstream>,
+    relay: &Core,
+    client: &ClientId,
+    outputs: &[StorePath],
+) -> bool {
+    let mut missing = Vec::new();
+    for o in outputs {
+        if !matches!(relay.store.contains(o, Some(&client.name)).await, Ok(true)) {
+            missing.push(o.clone());
+        }
+    }
+    if u.lookup_many(&missing).await.len() != missing.len() {
+        return false;
+    }
+    let fetched = futures_util::future::join_all(missing.iter().map(|o| u.fetch(o))).await;
+    fetched.into_iter().all(|r| matches!(r, Ok(true)))
 }
 
 /// A build is public only when a trusted client asks for it and every

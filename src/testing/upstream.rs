@@ -81,7 +81,19 @@ impl TestCache {
     /// Publishes a source path `name` holding `contents` (see
     /// [`super::drv::source`]), signed; returns its info.
     pub async fn add(&self, name: &str, contents: &[u8], refs: &[StorePath]) -> ValidPathInfo {
-        let (info, nar) = super::drv::source(name, contents, refs);
+        let (info, _) = super::drv::source(name, contents, refs);
+        self.add_at(&info.path, contents, refs).await
+    }
+
+    /// Publishes `path` as a regular file holding `contents`, signed.
+    pub async fn add_at(
+        &self,
+        path: &StorePath,
+        contents: &[u8],
+        refs: &[StorePath],
+    ) -> ValidPathInfo {
+        let (mut info, nar) = super::drv::source("x", contents, refs);
+        info.path = path.clone();
         let mut w = self.store.begin(NarLimits::default()).await.expect("begin");
         let none = None::<&mut tokio::io::Sink>;
         w.pump(&mut &nar[..], none, &info.path).await.expect("pump");
