@@ -255,6 +255,11 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
         max_log_bytes: config.cache.max_stored_log_bytes,
     };
     let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
+    let upstream =
+        crate::upstream::Upstream::new(&config.cache.upstream, store.clone(), config.limits.nar());
+    if let Some(u) = &upstream {
+        info!(upstream = ?u.urls(), "substituting from upstream caches");
+    }
     let relay = Core::new(
         store,
         Scheduler::with_history(
@@ -268,7 +273,9 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
     let timeouts = (config.clients.iter())
         .map(|c| (c.name.clone(), c.timeouts))
         .collect();
-    Ok(Arc::new(relay.with_client_timeouts(timeouts)))
+    Ok(Arc::new(
+        relay.with_client_timeouts(timeouts).with_upstream(upstream),
+    ))
 }
 
 /// Every second, backends whose backoff ended get their waiting jobs.
@@ -413,6 +420,7 @@ async fn spawn_http(
     let state = crate::http::HttpState {
         root: store.root().to_owned(),
         on_narinfo_hit: Some(Arc::new(move |hash: &str| touch.touch_public(hash))),
+        upstream: relay.upstream().cloned(),
     };
     let router = crate::http::status::router(relay, metrics).merge(crate::http::router(state));
     info!(listen = %addr, "binary cache listening (HTTP)");

@@ -19,6 +19,7 @@ pub mod http;
 pub mod keys;
 pub mod machines;
 pub mod metrics;
+pub mod outbound;
 pub mod scheduler;
 pub mod session;
 pub mod ssh;
@@ -26,6 +27,7 @@ pub mod status;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod upstream;
 
 /// The Nix wire layer, its own crate (`wire/`): `crate::wire::…` as before.
 pub use nix_relay_wire as wire;

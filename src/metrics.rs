@@ -29,6 +29,7 @@ pub fn install(systems: BTreeSet<String>) -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?;
     describe();
     describe_ec2();
+    describe_upstream();
     Ok(handle)
 }
 
@@ -383,6 +384,40 @@ pub fn ec2_cost_text<'a>(cost: impl IntoIterator<Item = (&'a str, Ec2Cost)> + Cl
         }
     }
     out
+}
+
+// --- Upstream binary caches (`crate::upstream`). Labels: `result` of a
+// narinfo lookup (`hit`, `miss`, `untrusted`, `error`), `reason` a fetch
+// failed (`network`, `mismatch`, `nar`, `too_large`, `store`, `reference`). Never a path or URL.
+
+fn describe_upstream() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "nix_relay_upstream_narinfo_total",
+        "Narinfo requests to upstream caches, by result (hit, miss, untrusted, error)"
+    );
+    describe_counter!(
+        "nix_relay_upstream_nar_bytes_total",
+        "NAR bytes (uncompressed) fetched from upstream caches into the store"
+    );
+    describe_counter!(
+        "nix_relay_upstream_fetch_failures_total",
+        "Upstream fetches that failed, by reason (network, mismatch, nar, too_large, store, reference)"
+    );
+}
+
+/// One narinfo request to an upstream: `hit`, `miss`, `untrusted`, `error`.
+pub fn upstream_narinfo(result: &'static str) {
+    counter!("nix_relay_upstream_narinfo_total", "result" => result).increment(1);
+}
+
+pub fn upstream_nar_bytes(n: u64) {
+    counter!("nix_relay_upstream_nar_bytes_total").increment(n);
+}
+
+/// A fetch failed: `network`, `mismatch`, `nar`, `too_large`, `store`, `reference`.
+pub fn upstream_fetch_failed(reason: &'static str) {
+    counter!("nix_relay_upstream_fetch_failures_total", "reason" => reason).increment(1);
 }
 
 #[cfg(test)]

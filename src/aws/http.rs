@@ -198,25 +198,9 @@ impl HttpClient {
     }
 }
 
-/// rustls on aws-lc-rs with the system's roots (`SSL_CERT_FILE` and
-/// `SSL_CERT_DIR` are honoured).
+/// The shared TLS setup (`outbound::tls_config`: the system's roots).
 fn tls_config() -> Result<rustls::ClientConfig, Error> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        let why = (found.errors.iter().map(|e| e.to_string()))
-            .chain(["none found (install ca-certificates, or set SSL_CERT_FILE)".into()])
-            .collect::<Vec<_>>();
-        return Err(Error::TlsRoots(why.join("; ")));
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::TlsRoots(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+    crate::outbound::tls_config().map_err(Error::TlsRoots)
 }
 
 fn request(ep: &Endpoint, call: &Call<'_>) -> Result<::http::Request<Full<Bytes>>, Error> {

@@ -115,6 +115,7 @@ pub fn embedded(home: Option<&Path>) -> Config {
             keep_going: false,
             max_size: None,
             max_stored_log_bytes: None,
+            upstream: Default::default(),
         },
         http_listen: Some(HTTP_LISTEN.parse().expect("constant address")),
         ec2: None,

@@ -5,6 +5,7 @@
 pub mod defaults;
 pub mod ec2;
 mod raw;
+mod upstream;
 mod validate;
 
 use std::net::SocketAddr;
@@ -47,6 +48,36 @@ pub struct Cache {
     /// Stored build logs, compressed, at most this many bytes in all
     /// (oldest removed first); None = `store::logs::DEFAULT_MAX_LOG_BYTES`.
     pub max_stored_log_bytes: Option<u64>,
+    /// Binary caches substituted from (`[cache] upstream…`).
+    pub upstream: Upstream,
+}
+
+/// `[cache] upstream = [urls]` and its timeouts: the binary caches the relay
+/// substitutes from (see `crate::upstream`). No URL: it substitutes nothing.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Asked in this order.
+    pub urls: Vec<crate::outbound::BaseUrl>,
+    /// TCP connect (and TLS) to an upstream.
+    pub connect_timeout: Duration,
+    /// A narinfo request whole; a NAR request until its headers.
+    pub timeout: Duration,
+    /// A NAR body silent this long fails the fetch.
+    pub stall_timeout: Duration,
+    /// How long "upstream does not have it" is remembered.
+    pub negative_ttl: Duration,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            urls: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

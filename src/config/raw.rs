@@ -28,6 +28,13 @@ pub struct RawCache {
     pub keep_going: Option<bool>,
     pub max_size: Option<SizeValue>,
     pub max_stored_log_bytes: Option<SizeValue>,
+    /// Binary caches the relay substitutes from, in order.
+    #[serde(default)]
+    pub upstream: Vec<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub upstream_stall_timeout: Option<String>,
+    pub upstream_negative_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -150,7 +150,8 @@ fn validate_admin_listen(l: &str, p: &mut Vec<String>) -> Option<SocketAddr> {
     }
 }
 
-fn validate_cache(c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>) -> Cache {
+fn validate_cache(mut c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>) -> Cache {
+    let upstream = super::upstream::validate(&mut c, p);
     let compression = c.compression.as_deref().unwrap_or("zstd");
     let compression = Compression::parse(compression).unwrap_or_else(|| {
         p.push(format!(
@@ -164,6 +165,9 @@ fn validate_cache(c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>)
             Ok(k) => trusted.push(k),
             Err(e) => p.push(format!("cache.trusted_public_keys[{i}]: {e}")),
         }
+    }
+    if !upstream.urls.is_empty() && trusted.is_empty() && c.trusted_public_keys.is_empty() {
+        p.push("cache.upstream needs cache.trusted_public_keys: only paths signed by a trusted key are fetched".into());
     }
     let max_size = match c.max_size.map(size_of) {
         Some(Ok(n)) => Some(n),
@@ -192,6 +196,7 @@ fn validate_cache(c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>)
         keep_going: c.keep_going.unwrap_or(false),
         max_size,
         max_stored_log_bytes,
+        upstream,
     }
 }
 

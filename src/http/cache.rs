@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! GET|HEAD /nix-cache-info          <root>/nix-cache-info, or DEFAULT_CACHE_INFO
-//! GET|HEAD /<32 nix32>.narinfo      <root>/<hash>.narinfo
+//! GET|HEAD /<32 nix32>.narinfo      <root>/<hash>.narinfo (else from upstream, see HttpState)
 //! GET|HEAD /nar/<52 nix32>.nar[.zst|.xz]   <root>/nar/<file>, streamed
 //! GET|HEAD /log/<drv base name>     <root>/log/<base>.zst, decompressed (`nix log`)
 //! GET|HEAD /healthz                 "ok\n"
@@ -69,6 +69,10 @@ pub struct HttpState {
     /// status 200), e.g. for LRU bookkeeping or metrics. Runs on the request
     /// task: keep it quick and non-blocking.
     pub on_narinfo_hit: Option<NarinfoHook>,
+    /// Pull-through: a narinfo missing here is fetched from upstream
+    /// (verified, stored in the public scope, once however many ask) and
+    /// then served; absent upstream, or upstream failing, a 404.
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
 impl HttpState {
@@ -77,6 +81,7 @@ impl HttpState {
         HttpState {
             root: root.into(),
             on_narinfo_hit: None,
+            upstream: None,
         }
     }
 }
@@ -86,6 +91,7 @@ impl std::fmt::Debug for HttpState {
         f.debug_struct("HttpState")
             .field("root", &self.root)
             .field("on_narinfo_hit", &self.on_narinfo_hit.is_some())
+            .field("upstream", &self.upstream)
             .finish()
     }
 }
@@ -145,13 +151,26 @@ async fn narinfo(
     let Some(hash) = narinfo_hash(&file) else {
         return not_found();
     };
-    let response = serve_file(&state.root.join(format!("{hash}.narinfo")), NARINFO_TYPE).await;
+    let file = state.root.join(format!("{hash}.narinfo"));
+    let mut response = serve_file(&file, NARINFO_TYPE).await;
+    if response.status() == StatusCode::NOT_FOUND
+        && let Some(upstream) = &state.upstream
+        && pull_through(upstream, hash).await
+    {
+        response = serve_file(&file, NARINFO_TYPE).await;
+    }
     if response.status() == StatusCode::OK
         && let Some(hook) = &state.on_narinfo_hit
     {
         hook(hash);
     }
     response
+}
+
+/// Fetches the path of hash part `hash` from upstream into the store;
+/// true if it is there now (a failure is logged by the fetch).
+async fn pull_through(upstream: &Arc<crate::upstream::Upstream>, hash: &str) -> bool {
+    upstream.fetch_hash(hash).await.unwrap_or(false)
 }
 
 async fn nar(

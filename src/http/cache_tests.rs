@@ -123,6 +123,7 @@ async fn start_with(setup: impl FnOnce(&Path)) -> Server {
         on_narinfo_hit: Some(Arc::new(move |h: &str| {
             sink.lock().unwrap().push(h.to_owned())
         })),
+        upstream: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -7,7 +7,8 @@
 //! * [`admin`] — drain and undrain on the loopback-only `[admin] listen`;
 //! * [`client`] — plain HTTP/1.1 for `nix-relay status` / `drain` / `undrain`.
 //!
-//! Invariant: nothing else in the crate speaks HTTP.
+//! Invariant: nothing else in the crate serves HTTP (outbound requests are
+//! `crate::outbound`'s).
 
 pub mod admin;
 pub mod cache;

@@ -115,20 +115,61 @@ impl Core {
         Ok(self.store.path_info(path, Some(&client.name)).await?)
     }
 
-    /// The paths among `paths` that `client` sees as valid.
+    /// The paths among `paths` that `client` sees as valid; with
+    /// `substitute` (the client's flag), also those an upstream cache has
+    /// (fetched when a build or a client needs them), in one batched lookup.
     pub async fn query_valid(
         &self,
         client: &ClientId,
         pending: Option<&Pending>,
         paths: Vec<StorePath>,
+        substitute: bool,
     ) -> Result<Vec<StorePath>, CoreError> {
         let mut valid = Vec::new();
+        let mut absent = Vec::new();
         for p in paths {
             if self.path_info(client, pending, &p).await?.is_some() {
                 valid.push(p);
+            } else {
+                absent.push(p);
             }
         }
+        if substitute && let Some(u) = &self.upstream {
+            let found = u.lookup_many(&absent).await;
+            valid.extend(absent.into_iter().filter(|p| found.contains_key(p)));
+        }
         Ok(valid)
+    }
+
+    /// The paths among `paths` that `client` does not see in the store but
+    /// an upstream cache has, with what the upstream says of them.
+    pub async fn substitutable(
+        &self,
+        client: &ClientId,
+        paths: &[StorePath],
+    ) -> Result<Vec<(StorePath, Arc<crate::upstream::Found>)>, CoreError> {
+        let Some(u) = &self.upstream else {
+            return Ok(Vec::new());
+        };
+        let mut absent = Vec::new();
+        for p in paths {
+            if !self.store.contains(p, Some(&client.name)).await? {
+                absent.push(p.clone());
+            }
+        }
+        let mut found = u.lookup_many(&absent).await;
+        Ok((absent.into_iter())
+            .filter_map(|p| found.remove(&p).map(|f| (p, f)))
+            .collect())
+    }
+
+    /// Fetches `path` from upstream into the store (public) if it is not
+    /// there: true if it is there now.
+    pub async fn substitute(&self, path: &StorePath) -> Result<bool, CoreError> {
+        match &self.upstream {
+            Some(u) => Ok(u.fetch(path).await?),
+            None => Ok(false),
+        }
     }
 
     /// The infos of the paths among `paths` that `client` sees as valid.
@@ -173,13 +214,20 @@ impl Core {
         Ok(topo_sort(&refs))
     }
 
-    /// The stored NAR of `path`, as `client` sees it, and its metadata.
+    /// The stored NAR of `path`, as `client` sees it, and its metadata; a
+    /// path only upstream has is fetched first.
     pub async fn nar(
         &self,
         client: &ClientId,
         path: &StorePath,
     ) -> Result<(ValidPathInfo, NarReader), CoreError> {
-        let (info, nar) = self.store.open_nar(path, Some(&client.name)).await?;
+        let opened = self.store.open_nar(path, Some(&client.name)).await;
+        let (info, nar) = match opened {
+            Err(crate::store::Error::Missing(_)) if self.substitute(path).await? => {
+                self.store.open_nar(path, Some(&client.name)).await?
+            }
+            r => r?,
+        };
         Ok((crate::store::to_path_info(&info), nar))
     }
 

@@ -10,7 +10,6 @@
 //! Every failure becomes a failing [`BuildResult`] whose message says which
 //! step failed; the client's session goes on.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -22,10 +21,11 @@ use super::flight::{Flight, FlightKey, Outcome};
 pub use super::handle::{BuildEvent, BuildHandle, Pending};
 use super::log::{FlightLog, effective_max_log_size};
 pub use super::outputs::Finished;
+use super::push::{Inputs, input_closure};
 use super::{ClientId, Core};
-use crate::backend::{BackendConn, Options};
+use crate::backend::Options;
 use crate::error_chain as chain;
-use crate::metrics::{Direction, Outcome as BuildOutcome};
+use crate::metrics::Outcome as BuildOutcome;
 use crate::scheduler::locality::InputSummary;
 use crate::scheduler::notice::Notices;
 use crate::scheduler::{Acquired, JobSpec, Scheduler, Slot};
@@ -146,6 +146,11 @@ async fn prepare(
     client: &ClientId,
     drv: &BasicDerivation,
 ) -> Result<Prepared, JobError> {
+    if let Some(u) = &relay.upstream {
+        // Inputs only an upstream has are fetched now, so the closure
+        // below is complete and the push finds them in the store.
+        (u.complete(&drv.input_srcs, Some(&client.name)).await).map_err(JobError::Upstream)?;
+    }
     let closure = relay
         .store
         .closure(&drv.input_srcs, Some(&client.name))
@@ -165,11 +170,36 @@ async fn prepare(
             .await
             .map_err(JobError::Store)?;
     }
+    if !all_there && let Some(u) = &relay.upstream {
+        all_there = substitute_outputs(u, relay, client, &outputs).await;
+    }
     if all_there {
         return Ok(Prepared::Hit);
     }
     let scope = build_scope(client, closure.private);
     Ok(Prepared::Build(FlightKey { scope, outputs }, closure))
+}
+
+/// Fetches the outputs missing from the store if an upstream has every one
+/// of them: true if all are in the store now. A failure is logged (by the
+/// fetch) and the derivation is built instead.
+async fn substitute_outputs(
+    u: &Arc<crate::upstream::Upstream>,
+    relay: &Core,
+    client: &ClientId,
+    outputs: &[StorePath],
+) -> bool {
+    let mut missing = Vec::new();
+    for o in outputs {
+        if !matches!(relay.store.contains(o, Some(&client.name)).await, Ok(true)) {
+            missing.push(o.clone());
+        }
+    }
+    if u.lookup_many(&missing).await.len() != missing.len() {
+        return false;
+    }
+    let fetched = futures_util::future::join_all(missing.iter().map(|o| u.fetch(o))).await;
+    fetched.into_iter().all(|r| matches!(r, Ok(true)))
 }
 
 /// A build is public only when a trusted client asks for it and every
@@ -364,30 +394,6 @@ struct Job<'a> {
     inputs: &'a Inputs,
 }
 
-/// A build's input closure, references first, and its summary for placement.
-struct Inputs {
-    closure: crate::store::Closure,
-    /// The closure's paths, in the same order.
-    paths: Vec<StorePath>,
-    summary: InputSummary,
-}
-
-/// The closure, pinned in the store while the guard lives.
-fn input_closure(relay: &Core, closure: crate::store::Closure) -> (Inputs, crate::store::Pin) {
-    let paths = closure.paths();
-    let pin = relay.store.pin(&paths);
-    let sized: Vec<_> = (closure.entries.iter())
-        .map(|(_, n)| (n.store_path.clone(), n.nar_size))
-        .collect();
-    let summary = InputSummary::new(sized);
-    let inputs = Inputs {
-        closure,
-        paths,
-        summary,
-    };
-    (inputs, pin)
-}
-
 async fn claim(sched: &Arc<Scheduler>, job: JobSpec, log: &FlightLog) -> Result<Slot, JobError> {
     let system = job.system.clone();
     let notices = sched.launch_notices(&job);
@@ -450,7 +456,7 @@ async fn on_backend(
     relay.scheduler.report_connect(&b.name, conn.is_ok());
     let (mut conn, kind) = conn?;
     crate::metrics::backend_session(&b.name, kind.label());
-    push_inputs(relay, &mut conn, job.inputs, options.substitute, log).await?;
+    super::push::push_inputs(relay, &mut conn, job.inputs, options.substitute, log).await?;
     relay
         .scheduler
         .locality()
@@ -501,84 +507,6 @@ async fn on_backend(
         spoiled: Default::default(),
     };
     Ok((result, Some(finished)))
-}
-
-/// Uploads the input closure (references first) minus what the backend
-/// already has, which one batched QueryValidPaths tells. With `substitute`
-/// (the client allows it), a second QueryValidPaths of the rest lets the
-/// backend substitute from its own caches first (the relay's HTTP cache
-/// among them, if the backend lists it), so only what no cache has is
-/// pushed over SSH.
-async fn push_inputs(
-    relay: &Core,
-    conn: &mut BackendConn,
-    inputs: &Inputs,
-    substitute: bool,
-    log: &FlightLog,
-) -> Result<(), BuildError> {
-    let client = &mut conn.client;
-    let query = client.query_valid_paths(inputs.paths.clone(), false);
-    let mut valid: HashSet<StorePath> = query
-        .await
-        .map_err(BuildError::Inputs)?
-        .into_iter()
-        .collect();
-    let absent = |valid: &HashSet<StorePath>| -> Vec<_> {
-        (inputs.closure.entries.iter())
-            .filter(|(_, n)| !valid.contains(&n.store_path))
-            .collect()
-    };
-    if substitute && !absent(&valid).is_empty() {
-        let ask = absent(&valid)
-            .iter()
-            .map(|(_, n)| n.store_path.clone())
-            .collect();
-        let got = client
-            .query_valid_paths(ask, true)
-            .await
-            .map_err(BuildError::Inputs)?;
-        let got: HashSet<StorePath> = got.into_iter().collect();
-        let bytes = (inputs.closure.entries.iter())
-            .filter(|(_, n)| got.contains(&n.store_path))
-            .map(|(_, n)| n.nar_size)
-            .sum::<u64>();
-        crate::metrics::nar_bytes(Direction::BackendSubstituted, bytes);
-        if !got.is_empty() {
-            log.note(format!(
-                "the backend substituted {} input(s), {}, from its caches",
-                got.len(),
-                mib(bytes)
-            ));
-        }
-        valid.extend(got);
-    }
-    let missing = absent(&valid);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let pushed: u64 = missing.iter().map(|(_, n)| n.nar_size).sum();
-    if substitute && !missing.is_empty() {
-        log.note(format!(
-            "pushing {} input(s) no cache of the backend has, {}",
-            missing.len(),
-            mib(pushed)
-        ));
-    }
-    for (scope, narinfo) in missing {
-        let mut nar = relay.store.open_nar_of(scope, narinfo).await?;
-        let mut info = crate::store::to_path_info(narinfo);
-        info.registration_time = now;
-        client
-            .add_to_store_nar(&info, &mut nar)
-            .await
-            .map_err(BuildError::Inputs)?;
-        crate::metrics::nar_bytes(Direction::ToBackend, info.nar_size);
-    }
-    Ok(())
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ pub enum CoreError {
     },
     #[error("remote-store build")]
     Derived(#[from] super::derived::DerivedError),
+    #[error("substituting from upstream")]
+    Upstream(#[from] std::sync::Arc<crate::upstream::Error>),
 }
 
 impl CoreError {
@@ -68,6 +70,7 @@ impl CoreError {
             CoreError::Store(_) | CoreError::Wire(_) | CoreError::ShortNar { .. } => Class::Client,
             CoreError::Output { .. } => Class::Infrastructure,
             CoreError::Derived(e) => e.class(),
+            CoreError::Upstream(_) => Class::Infrastructure,
         }
     }
 }
@@ -75,12 +78,16 @@ impl CoreError {
 /// Why a job ended without a backend's BuildResult.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("input {0} is not in the relay store (the client did not upload it)")]
+    #[error(
+        "input {0} is not in the relay store (the client did not upload it, and no upstream cache has it)"
+    )]
     MissingInput(StorePath),
     #[error("reading the relay store")]
     Store(#[source] crate::store::Error),
     #[error("reading the derivation")]
     Derivation(#[source] crate::wire::Error),
+    #[error("fetching inputs from upstream")]
+    Upstream(#[source] std::sync::Arc<crate::upstream::Error>),
     #[error(
         "content-addressed derivations with floating outputs (__contentAddressed) are not supported by nix-relay: build them on the client or on a builder directly"
     )]

@@ -32,6 +32,7 @@ pub mod flight;
 mod handle;
 pub mod log;
 mod outputs;
+mod push;
 pub mod serve;
 mod watchdog;
 pub mod worker;
@@ -70,6 +71,8 @@ pub struct Core {
     /// The last builds, newest last (for `/status`).
     recent: std::sync::Mutex<std::collections::VecDeque<BuildRecord>>,
     started: std::time::Instant,
+    /// Binary caches the relay substitutes from (`[cache] upstream`).
+    upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
 /// Builds kept for `/status`.
@@ -92,7 +95,18 @@ impl Core {
             client_timeouts: Default::default(),
             recent: Default::default(),
             started: std::time::Instant::now(),
+            upstream: None,
         }
+    }
+
+    /// Substituting from `upstream` (None: from nothing).
+    pub fn with_upstream(mut self, upstream: Option<Arc<crate::upstream::Upstream>>) -> Self {
+        self.upstream = upstream;
+        self
+    }
+
+    pub fn upstream(&self) -> Option<&Arc<crate::upstream::Upstream>> {
+        self.upstream.as_ref()
     }
 
     /// With `[[client]]` build timeouts, by client name.

@@ -117,7 +117,7 @@ where
                 paths, substitute, ..
             } => {
                 self.substitute = substitute;
-                let valid = core.query_valid(client, pending, paths).await?;
+                let valid = core.query_valid(client, pending, paths, substitute).await?;
                 self.reply(Reply::Paths(valid)).await
             }
             Request::QueryPathInfos { paths } => {

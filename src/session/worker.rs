@@ -194,11 +194,15 @@ where
             Request::QueryValidPaths { paths, substitute } => {
                 self.substitute = substitute;
                 let (client, pending) = (&self.client, self.pending.as_ref());
-                let valid = self.core.query_valid(client, pending, paths).await?;
+                let valid = (self.core.query_valid(client, pending, paths, substitute)).await?;
                 self.ok(Reply::Paths(valid)).await
             }
             Request::QueryPathInfo { path } => self.query_path_info(path).await,
-            Request::QuerySubstitutablePaths { .. } => self.ok(Reply::Paths(Vec::new())).await,
+            Request::QuerySubstitutablePaths { paths } => {
+                let found = self.core.substitutable(&self.client, &paths).await?;
+                self.ok(Reply::Paths(found.into_iter().map(|(p, _)| p).collect()))
+                    .await
+            }
             Request::QueryReferrers { path } => self.query_referrers(path).await,
             Request::QueryValidDerivers { path } => self.query_valid_derivers(path).await,
             Request::QueryPathFromHashPart { hash_part } => {

@@ -69,7 +69,8 @@ where
                 let paths = self.core.all_paths(&self.client).await?;
                 self.ok(Reply::Paths(paths)).await
             }
-            // The relay has no substituters of its own.
+            // Substitutes' path infos are not answered (QuerySubstitutablePaths
+            // and QueryMissing are): none.
             StoreOp::QuerySubstitutablePathInfo { .. }
             | StoreOp::QuerySubstitutablePathInfos { .. } => self.ok(Reply::NoInfos).await,
             StoreOp::CollectGarbage(gc) => self.collect_garbage(gc).await,

@@ -11,6 +11,7 @@
 //!   relay's own protocol clients.
 //! * [`drv`]: store paths, sources and derivations for tests.
 //! * [`knobs`]: shorter production timings for a test binary.
+//! * [`upstream`]: a signed binary cache on loopback, as an upstream.
 //!
 //! `backend::connect` reaches a fake through the registry as an in-process
 //! transport whose drop ends the fake's side as an SSH drop would; a serve
@@ -28,3 +29,4 @@ mod fake_worker;
 pub mod harness;
 pub mod harness_faults;
 pub mod knobs;
+pub mod upstream;

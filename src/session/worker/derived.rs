@@ -107,9 +107,9 @@ where
         self.ok(Reply::OutputMap(map)).await
     }
 
-    /// QueryMissing: what building `paths` would build, and what is
-    /// neither valid nor buildable. The relay substitutes nothing, so
-    /// nothing is to download.
+    /// QueryMissing: what building `paths` would build, what the relay
+    /// would fetch from upstream (with its download and NAR sizes), and
+    /// what is none of these.
     pub(super) async fn query_missing(
         &mut self,
         paths: Vec<String>,
@@ -118,17 +118,20 @@ where
             Ok(w) => w,
             Err(msg) => return Ok(Err(OpError::Unbuildable(msg))),
         };
-        let (will_build, unknown) = match Derived::read(&self.core, &self.client, wanted).await {
+        let (will_build, mut unknown) = match Derived::read(&self.core, &self.client, wanted).await
+        {
             Ok(req) => req.missing(),
             Err(CoreError::Derived(DerivedError::NoDrv(drv))) => (Vec::new(), vec![drv]),
             Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
         };
+        let upstream = self.core.substitutable(&self.client, &unknown).await?;
+        unknown.retain(|p| !upstream.iter().any(|(u, _)| u == p));
         let reply = QueryMissingReply {
             will_build,
-            will_substitute: Vec::new(),
+            download_size: upstream.iter().map(|(_, f)| f.download_size()).sum(),
+            nar_size: upstream.iter().map(|(_, f)| f.narinfo.nar_size).sum(),
+            will_substitute: upstream.into_iter().map(|(p, _)| p).collect(),
             unknown,
-            download_size: 0,
-            nar_size: 0,
         };
         self.ok(Reply::Missing(reply)).await
     }

@@ -1,0 +1,118 @@
+//! Inputs to a backend: what it lacks of a build's input closure, after
+//! it substituted what its own caches have (when the client allows it),
+//! pushed over its session, references first.
+
+use std::collections::HashSet;
+
+use super::Core;
+use super::error::BuildError;
+use super::log::FlightLog;
+use crate::backend::BackendConn;
+use crate::metrics::Direction;
+use crate::scheduler::locality::InputSummary;
+use crate::wire::store_path::StorePath;
+
+/// A build's input closure, references first, and its summary for placement.
+pub(super) struct Inputs {
+    pub(super) closure: crate::store::Closure,
+    /// The closure's paths, in the same order.
+    pub(super) paths: Vec<StorePath>,
+    pub(super) summary: InputSummary,
+}
+
+/// The closure, pinned in the store while the guard lives.
+pub(super) fn input_closure(
+    relay: &Core,
+    closure: crate::store::Closure,
+) -> (Inputs, crate::store::Pin) {
+    let paths = closure.paths();
+    let pin = relay.store.pin(&paths);
+    let sized: Vec<_> = (closure.entries.iter())
+        .map(|(_, n)| (n.store_path.clone(), n.nar_size))
+        .collect();
+    let summary = InputSummary::new(sized);
+    let inputs = Inputs {
+        closure,
+        paths,
+        summary,
+    };
+    (inputs, pin)
+}
+
+/// Uploads the input closure (references first) minus what the backend
+/// already has, which one batched QueryValidPaths tells. With `substitute`
+/// (the client allows it), a second QueryValidPaths of the rest lets the
+/// backend substitute from its own caches first (the relay's HTTP cache
+/// among them, if the backend lists it), so only what no cache has is
+/// pushed over SSH.
+pub(super) async fn push_inputs(
+    relay: &Core,
+    conn: &mut BackendConn,
+    inputs: &Inputs,
+    substitute: bool,
+    log: &FlightLog,
+) -> Result<(), BuildError> {
+    let client = &mut conn.client;
+    let query = client.query_valid_paths(inputs.paths.clone(), false);
+    let mut valid: HashSet<StorePath> = query
+        .await
+        .map_err(BuildError::Inputs)?
+        .into_iter()
+        .collect();
+    let absent = |valid: &HashSet<StorePath>| -> Vec<_> {
+        (inputs.closure.entries.iter())
+            .filter(|(_, n)| !valid.contains(&n.store_path))
+            .collect()
+    };
+    if substitute && !absent(&valid).is_empty() {
+        let ask = absent(&valid)
+            .iter()
+            .map(|(_, n)| n.store_path.clone())
+            .collect();
+        let got = client
+            .query_valid_paths(ask, true)
+            .await
+            .map_err(BuildError::Inputs)?;
+        let got: HashSet<StorePath> = got.into_iter().collect();
+        let bytes = (inputs.closure.entries.iter())
+            .filter(|(_, n)| got.contains(&n.store_path))
+            .map(|(_, n)| n.nar_size)
+            .sum::<u64>();
+        crate::metrics::nar_bytes(Direction::BackendSubstituted, bytes);
+        if !got.is_empty() {
+            log.note(format!(
+                "the backend substituted {} input(s), {}, from its caches",
+                got.len(),
+                mib(bytes)
+            ));
+        }
+        valid.extend(got);
+    }
+    let missing = absent(&valid);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let pushed: u64 = missing.iter().map(|(_, n)| n.nar_size).sum();
+    if substitute && !missing.is_empty() {
+        log.note(format!(
+            "pushing {} input(s) no cache of the backend has, {}",
+            missing.len(),
+            mib(pushed)
+        ));
+    }
+    for (scope, narinfo) in missing {
+        let mut nar = relay.store.open_nar_of(scope, narinfo).await?;
+        let mut info = crate::store::to_path_info(narinfo);
+        info.registration_time = now;
+        client
+            .add_to_store_nar(&info, &mut nar)
+            .await
+            .map_err(BuildError::Inputs)?;
+        crate::metrics::nar_bytes(Direction::ToBackend, info.nar_size);
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}

@@ -1,0 +1,206 @@
+//! The relay substitutes from an upstream binary cache, in-process (feature
+//! `testing`; issue 16, items 3 and 4): a signed cache on loopback
+//! (`testing::upstream::TestCache`), the real core with fake backends.
+//! Clients' queries count what upstream has (when they allow substitution),
+//! a build's input that only upstream has is fetched and pushed, a client
+//! gets the NAR of such a path, and the HTTP cache pulls through.
+
+use nix_relay::config::Protocol;
+use nix_relay::http::cache::{HttpState, router, serve};
+use nix_relay::http::client::http_request;
+use nix_relay::store::Compression;
+use nix_relay::testing::drv;
+use nix_relay::testing::fake::Script;
+use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
+use nix_relay::testing::upstream::{TestCache, cache_key};
+use nix_relay::wire::build::BuildStatus;
+use nix_relay::wire::hash::Sha256Hash;
+use nix_relay::wire::worker::{Reply, Request};
+
+async fn relay_with(cache: &TestCache, uri: &str) -> TestRelay {
+    let config = format!(
+        "{}\n[cache]\nupstream = [\"{}\"]\ntrusted_public_keys = [\"{}\"]\n",
+        fake_backend("a", uri, ""),
+        cache.url,
+        cache_key().public()
+    );
+    TestRelay::start(&config, &[("a", Script::default())]).await
+}
+
+#[tokio::test]
+async fn query_valid_paths_counts_upstream_only_when_the_client_substitutes() {
+    let cache = TestCache::start(Compression::Zstd).await;
+    let up = cache.add("up", b"upstream only", &[]).await;
+    let t = relay_with(&cache, "fake-ng://a").await;
+    let mut c = t.client(Protocol::Worker, "alice").await;
+    for (substitute, want) in [(false, vec![]), (true, vec![up.path.clone()])] {
+        let paths = vec![up.path.clone()];
+        let reply = c.call(Request::QueryValidPaths { paths, substitute }).await;
+        assert_eq!(
+            reply.unwrap(),
+            Reply::Paths(want),
+            "substitute {substitute}"
+        );
+    }
+    let paths = vec![up.path.clone()];
+    let reply = c.call(Request::QuerySubstitutablePaths { paths }).await;
+    assert_eq!(reply.unwrap(), Reply::Paths(vec![up.path.clone()]));
+    let paths = vec![up.path.to_string()];
+    let Reply::Missing(m) = c.call(Request::QueryMissing { paths }).await.unwrap() else {
+        panic!("not a QueryMissing reply");
+    };
+    assert_eq!(
+        (m.will_substitute, m.unknown),
+        (vec![up.path.clone()], vec![])
+    );
+    assert_eq!(m.nar_size, up.nar_size);
+    assert!(t.stored(&up.path).await.is_none(), "queries fetch nothing");
+    // The serve protocol's flag reaches the same core call.
+    let core = &t.relay;
+    let alice = nix_relay::session::ClientId {
+        name: "alice".into(),
+        trusted: true,
+    };
+    let paths = vec![up.path.clone()];
+    assert!(
+        core.query_valid(&alice, None, paths.clone(), false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        core.query_valid(&alice, None, paths, true)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// The input is only upstream (its reference too): the relay fetches both
+/// and pushes them to the backend, which builds.
+async fn a_build_input_only_upstream_is_fetched_and_pushed(uri: &str, protocol: Protocol) {
+    let cache = TestCache::start(Compression::Xz).await;
+    let dep = cache.add("dep", b"dep", &[]).await;
+    let input = cache
+        .add("input", b"input", std::slice::from_ref(&dep.path))
+        .await;
+    let t = relay_with(&cache, uri).await;
+    let (drv_path, d) = drv::derivation("consumer", SYSTEM, std::slice::from_ref(&input.path));
+    let mut c = t.client(protocol, "alice").await;
+    let res = c.build(&drv_path, &d).await.unwrap();
+    assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
+    for p in [&dep.path, &input.path] {
+        assert!(t.fake("a").has(p), "{p} pushed to the backend");
+        assert!(t.stored(p).await.is_some(), "{p} in the relay store");
+    }
+}
+
+#[tokio::test]
+async fn a_build_input_only_upstream_is_fetched_and_pushed_serve() {
+    a_build_input_only_upstream_is_fetched_and_pushed("fake://a", Protocol::Serve).await;
+}
+
+#[tokio::test]
+async fn a_build_input_only_upstream_is_fetched_and_pushed_worker() {
+    a_build_input_only_upstream_is_fetched_and_pushed("fake-ng://a", Protocol::Worker).await;
+}
+
+#[tokio::test]
+async fn an_input_nowhere_still_fails_clearly() {
+    let cache = TestCache::start(Compression::Zstd).await;
+    let t = relay_with(&cache, "fake://a").await;
+    let (missing, _) = drv::source("missing", b"nowhere", &[]);
+    let (drv_path, d) = drv::derivation("orphan", SYSTEM, std::slice::from_ref(&missing.path));
+    let mut c = t.client(Protocol::Serve, "alice").await;
+    let res = c.build(&drv_path, &d).await.unwrap();
+    assert_eq!(res.status, BuildStatus::MiscFailure);
+    let msg = String::from_utf8_lossy(&res.error_msg);
+    let want = format!("input {} is not in the relay store", missing.path);
+    assert!(msg.contains(&want), "{msg}");
+    assert!(msg.contains("no upstream cache has it"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_client_gets_the_nar_of_a_path_only_upstream_has() {
+    let cache = TestCache::start(Compression::Zstd).await;
+    let up = cache.add("wanted", b"fetched for a client", &[]).await;
+    let t = relay_with(&cache, "fake://a").await;
+    let mut c = t.client(Protocol::Serve, "alice").await;
+    let nar = c.fetch(&up.path).await.unwrap();
+    assert_eq!(Sha256Hash::digest(&nar), up.nar_hash);
+}
+
+#[tokio::test]
+async fn the_http_cache_pulls_through_once_and_misses_quickly() {
+    let cache = TestCache::start(Compression::Xz).await;
+    let dep = cache.add("dep", b"dep", &[]).await;
+    let up = cache
+        .add(
+            "served",
+            b"served by the relay",
+            std::slice::from_ref(&dep.path),
+        )
+        .await;
+    let t = relay_with(&cache, "fake://a").await;
+    let mut state = HttpState::new(t.relay.store().root());
+    state.upstream = t.relay.upstream().cloned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(serve(listener, router(state)));
+
+    let url = format!("{base}/{}.narinfo", up.path.hash_part());
+    let (status, body) = http_request("GET", &url).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let info = nix_relay::store::NarInfo::parse(&body).unwrap();
+    assert_eq!(
+        (info.store_path, info.nar_hash),
+        (up.path.clone(), up.nar_hash)
+    );
+    assert!(info.sigs.iter().any(|s| s.starts_with("upstream-test-1:")));
+    let (status, _) = http_request("GET", &format!("{base}/{}", info.url))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = http_request("GET", &url).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        cache.requests("/nar/"),
+        2,
+        "the path and its reference, once each"
+    );
+    assert!(
+        t.stored(&dep.path).await.is_some(),
+        "its reference is stored too"
+    );
+
+    let absent = drv::store_path("absent", "absent");
+    let miss = format!("{base}/{}.narinfo", absent.hash_part());
+    for _ in 0..2 {
+        assert_eq!(http_request("GET", &miss).await.unwrap().0, 404);
+    }
+    assert_eq!(
+        cache.requests(&format!("/{}", absent.hash_part())),
+        1,
+        "a miss is remembered"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_derivation_whose_output_upstream_has_is_a_cache_hit() {
+    let cache = TestCache::start(Compression::Zstd).await;
+    let (drv_path, d) = drv::derivation("prebuilt", SYSTEM, &[]);
+    let out = drv::out_path(&d);
+    let info = cache.add_at(&out, b"built by hydra", &[]).await;
+    let t = relay_with(&cache, "fake://a").await;
+    let mut c = t.client(Protocol::Serve, "alice").await;
+    let res = c.build(&drv_path, &d).await.unwrap();
+    assert_eq!(res.status, BuildStatus::AlreadyValid, "log:\n{}", c.log());
+    assert!(
+        t.fake("a").record().builds_started.is_empty(),
+        "no backend build"
+    );
+    let nar = c.fetch(&out).await.unwrap();
+    assert_eq!(Sha256Hash::digest(&nar), info.nar_hash);
+}
