@@ -61,6 +61,9 @@ mib() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (a - b) / 1048576 }'; }
 run() {  # run MODE BUILDER-LINE [SEED]
   local t0 t1 before after
   "$HS" reset client >/dev/null; "$HS" reset h1 >/dev/null
+  # a fresh h1 is a new machine: no pooled session to the old one (the
+  # relay's store stays)
+  "$HS" relay stop >/dev/null; LAB_H1_RELAY_PORT=$P_H1 "$HS" relay start >/dev/null
   sleep 1; before=$(counts); t0=$EPOCHREALTIME
   timeout "$TMO" "$HS" exec client env NIX_SSHOPTS="-F $STATE/bench_ssh_config" \
     nix-build "$REPO/tests/lab/drv" -A consumer --argstr seed "${3:-0}" --no-out-link --max-jobs 0 --builders "$2" \

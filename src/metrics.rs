@@ -208,7 +208,11 @@ pub struct Traffic {
     pub to_backend: u64,
     pub from_backend: u64,
     pub backend_substituted: u64,
+    /// Fetched from upstream caches into the store.
+    pub upstream: u64,
 }
+
+static UPSTREAM_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 static TRAFFIC: [std::sync::atomic::AtomicU64; 5] =
     [const { std::sync::atomic::AtomicU64::new(0) }; 5];
@@ -222,6 +226,7 @@ pub fn traffic() -> Traffic {
         to_backend: get(Direction::ToBackend),
         from_backend: get(Direction::FromBackend),
         backend_substituted: get(Direction::BackendSubstituted),
+        upstream: UPSTREAM_BYTES.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -412,6 +417,7 @@ pub fn upstream_narinfo(result: &'static str) {
 }
 
 pub fn upstream_nar_bytes(n: u64) {
+    UPSTREAM_BYTES.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     counter!("nix_relay_upstream_nar_bytes_total").increment(n);
 }
 

@@ -119,12 +119,13 @@ fn render_traffic(o: &mut String, t: &Value) {
     let m = |k: &str| t[k].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
     let _ = writeln!(
         o,
-        "NARs (MiB): from clients {:.1}, to clients {:.1}, pushed to backends {:.1}, from backends {:.1}, backends substituted {:.1}",
+        "NARs (MiB): from clients {:.1}, to clients {:.1}, pushed to backends {:.1}, from backends {:.1}, backends substituted {:.1}, from upstream {:.1}",
         m("from_client"),
         m("to_client"),
         m("to_backend"),
         m("from_backend"),
         m("backend_substituted"),
+        m("upstream"),
     );
 }
 

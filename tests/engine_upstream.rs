@@ -2,7 +2,8 @@
 //! `testing`; issue 16, items 3 and 4): a signed cache on loopback
 //! (`testing::upstream::TestCache`), the real core with fake backends.
 //! Clients' queries count what upstream has (when they allow substitution),
-//! a build's input that only upstream has is fetched and pushed, a client
+//! a build's input that only upstream has is fetched and pushed (unless
+//! the backend substitutes it itself: then it is never fetched), a client
 //! gets the NAR of such a path, and the HTTP cache pulls through.
 
 use nix_relay::config::Protocol;
@@ -104,6 +105,45 @@ async fn a_build_input_only_upstream_is_fetched_and_pushed_serve() {
 #[tokio::test]
 async fn a_build_input_only_upstream_is_fetched_and_pushed_worker() {
     a_build_input_only_upstream_is_fetched_and_pushed("fake-ng://a", Protocol::Worker).await;
+}
+
+/// The client allows substitutes and the backend's own cache has the
+/// upstream-only input: the backend substitutes it, and the relay never
+/// downloads its NAR (it stays upstream, looked up only).
+async fn an_upstream_input_the_backend_substitutes_is_not_fetched(uri: &str, protocol: Protocol) {
+    let cache = TestCache::start(Compression::Zstd).await;
+    let input = cache.add("in-both-caches", b"shared input", &[]).await;
+    let t = relay_with(&cache, uri).await;
+    let (_, nar) = drv::source("in-both-caches", b"shared input", &[]);
+    t.fake("a").cache(input.clone(), nar);
+    let (drv_path, d) = drv::derivation("sub", SYSTEM, std::slice::from_ref(&input.path));
+    let mut c = t.client(protocol, "alice").await;
+    let valid = c.client.query_valid_paths(vec![input.path.clone()], true);
+    assert_eq!(
+        valid.await.unwrap(),
+        std::slice::from_ref(&input.path),
+        "valid: upstream has it"
+    );
+    let res = c.build(&drv_path, &d).await.unwrap();
+    assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
+    let substituted = t.fake("a").record().substituted;
+    assert_eq!(substituted, std::slice::from_ref(&input.path));
+    assert!(t.fake("a").record().uploaded.is_empty(), "nothing pushed");
+    assert_eq!(cache.requests("/nar/"), 0, "the relay downloaded no NAR");
+    assert!(
+        t.stored(&input.path).await.is_none(),
+        "not fetched into the relay"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_input_the_serve_backend_substitutes_is_not_fetched() {
+    an_upstream_input_the_backend_substitutes_is_not_fetched("fake://a", Protocol::Serve).await;
+}
+
+#[tokio::test]
+async fn an_upstream_input_the_worker_backend_substitutes_is_not_fetched() {
+    an_upstream_input_the_backend_substitutes_is_not_fetched("fake-ng://a", Protocol::Worker).await;
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 #                              fake backends; the workspace: nix-relay and wire/)
 #   6. scheduler_sim --quick   (print-only simulator bench: makespan, decision latency)
 #   7. tests/fuzz.sh           (every fuzz target for FUZZ_SECONDS, default 60; skipped by --quick)
+#   7b. benches/substitute.sh (print-only: first build from caches, direct vs relay)
 #   8. tests/lab/e2e.sh        (end-to-end with stock Nix 2.8 via the relay; skipped by --quick)
 #   9. tests/lab/matrix.sh     (Nix 2.8/2.26/2.34 clients x 2.8/2.34 backends, both
 #                              protocols each side; skipped by --quick)
@@ -70,6 +71,9 @@ if [ "$quick" = 1 ]; then
   exit 0
 fi
 step fuzz bash tests/fuzz.sh
+# print-only: the first build of a 1.35 GiB-closure derivation, direct vs via
+# the relay (builders substitute, the relay's pull-through cache; issue 16)
+step bench-substitute bash benches/substitute.sh
 if [ -z "${RELAY_BIN:-}" ]; then
   export RELAY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay"
 fi

@@ -129,13 +129,13 @@ fn failed(e: &JobError) -> (String, BuildResult) {
 enum Prepared {
     Hit,
     /// To build: the flight's key and the input closure (read once here).
-    Build(FlightKey, crate::store::Closure),
+    Build(FlightKey, crate::upstream::Reach),
 }
 
 /// A derivation to build, as [`prepare`] found it.
 struct ToBuild<'a> {
     key: FlightKey,
-    closure: crate::store::Closure,
+    closure: crate::upstream::Reach,
     drv_path: &'a StorePath,
     drv: &'a BasicDerivation,
 }
@@ -146,15 +146,16 @@ async fn prepare(
     client: &ClientId,
     drv: &BasicDerivation,
 ) -> Result<Prepared, JobError> {
-    if let Some(u) = &relay.upstream {
-        // Inputs only an upstream has are fetched now, so the closure
-        // below is complete and the push finds them in the store.
-        (u.complete(&drv.input_srcs, Some(&client.name)).await).map_err(JobError::Upstream)?;
-    }
-    let closure = relay
-        .store
-        .closure(&drv.input_srcs, Some(&client.name))
-        .await?;
+    // Inputs only an upstream has stay there for now: the backend may
+    // substitute them itself; the push fetches what it still lacks.
+    let (roots, client_name) = (&drv.input_srcs, Some(client.name.as_str()));
+    let closure = match &relay.upstream {
+        Some(u) => u.closure(roots, client_name).await?,
+        None => crate::upstream::Reach {
+            closure: relay.store.closure(roots, client_name).await?,
+            remote: Default::default(),
+        },
+    };
     // A floating output has no path yet: nothing to key a flight or a
     // cache hit on.
     if drv.outputs.iter().any(|o| o.path.is_empty()) {
@@ -176,7 +177,7 @@ async fn prepare(
     if all_there {
         return Ok(Prepared::Hit);
     }
-    let scope = build_scope(client, closure.private);
+    let scope = build_scope(client, closure.closure.private);
     Ok(Prepared::Build(FlightKey { scope, outputs }, closure))
 }
 
@@ -227,7 +228,7 @@ async fn fly(
     client: String,
     drv_path: StorePath,
     drv: BasicDerivation,
-    closure: crate::store::Closure,
+    closure: crate::upstream::Reach,
     options: Options,
 ) {
     let log = &flight.log;
@@ -289,7 +290,7 @@ async fn build(
     scope: &Scope,
     drv_path: &StorePath,
     drv: &BasicDerivation,
-    closure: crate::store::Closure,
+    closure: crate::upstream::Reach,
     options: Options,
 ) -> Result<(BuildResult, Option<Finished>), JobError> {
     let system = drv.platform.clone();

@@ -147,7 +147,7 @@ impl BuildError {
         match self {
             BuildError::Connect(_) => true,
             BuildError::Inputs(e) | BuildError::Build(e) | BuildError::Outputs(e) => wire(e),
-            BuildError::Store(_) | BuildError::Trust(_) => false,
+            BuildError::Store(_) | BuildError::Trust(_) | BuildError::Fetch(_) => false,
         }
     }
 }
@@ -160,6 +160,8 @@ pub enum BuildError {
     Store(#[from] crate::store::Error),
     #[error("copying inputs")]
     Inputs(#[source] crate::wire::Error),
+    #[error("fetching an input from upstream to push it")]
+    Fetch(#[source] std::sync::Arc<crate::upstream::Error>),
     #[error("BuildDerivation")]
     Build(#[source] crate::wire::Error),
     #[error("querying outputs")]

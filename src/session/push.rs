@@ -10,11 +10,14 @@ use super::log::FlightLog;
 use crate::backend::BackendConn;
 use crate::metrics::Direction;
 use crate::scheduler::locality::InputSummary;
+use crate::store::NarInfo;
 use crate::wire::store_path::StorePath;
 
 /// A build's input closure, references first, and its summary for placement.
 pub(super) struct Inputs {
     pub(super) closure: crate::store::Closure,
+    /// Paths of `closure` only an upstream has (not in the store yet).
+    pub(super) remote: HashSet<StorePath>,
     /// The closure's paths, in the same order.
     pub(super) paths: Vec<StorePath>,
     pub(super) summary: InputSummary,
@@ -23,8 +26,9 @@ pub(super) struct Inputs {
 /// The closure, pinned in the store while the guard lives.
 pub(super) fn input_closure(
     relay: &Core,
-    closure: crate::store::Closure,
+    reach: crate::upstream::Reach,
 ) -> (Inputs, crate::store::Pin) {
+    let crate::upstream::Reach { closure, remote } = reach;
     let paths = closure.paths();
     let pin = relay.store.pin(&paths);
     let sized: Vec<_> = (closure.entries.iter())
@@ -33,6 +37,7 @@ pub(super) fn input_closure(
     let summary = InputSummary::new(sized);
     let inputs = Inputs {
         closure,
+        remote,
         paths,
         summary,
     };
@@ -101,6 +106,13 @@ pub(super) async fn push_inputs(
         ));
     }
     for (scope, narinfo) in missing {
+        let fetched;
+        let narinfo = if inputs.remote.contains(&narinfo.store_path) {
+            fetched = fetch_for_push(relay, &narinfo.store_path).await?;
+            &fetched
+        } else {
+            narinfo
+        };
         let mut nar = relay.store.open_nar_of(scope, narinfo).await?;
         let mut info = crate::store::to_path_info(narinfo);
         info.registration_time = now;
@@ -115,4 +127,20 @@ pub(super) async fn push_inputs(
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+/// An input only an upstream had, which the backend did not substitute:
+/// fetched into the store now (public, verified), and its stored narinfo.
+async fn fetch_for_push(relay: &Core, path: &StorePath) -> Result<NarInfo, BuildError> {
+    let fetched = match &relay.upstream {
+        Some(u) => u.fetch(path).await.map_err(BuildError::Fetch)?,
+        None => false,
+    };
+    if !fetched {
+        return Err(BuildError::Store(crate::store::Error::Missing(
+            path.clone(),
+        )));
+    }
+    let found = relay.store.narinfo(path, None).await?;
+    found.ok_or_else(|| BuildError::Store(crate::store::Error::Missing(path.clone())))
 }

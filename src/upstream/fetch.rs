@@ -41,36 +41,6 @@ impl Upstream {
         }
     }
 
-    /// Fetches what `client` would miss of the closure of `roots`: each
-    /// path neither in the store (as `client` sees it) nor reachable from
-    /// one that is, with its own closure. A path no upstream has is left
-    /// missing (the caller's closure read names it).
-    pub async fn complete(
-        self: &Arc<Self>,
-        roots: &[StorePath],
-        client: Option<&str>,
-    ) -> Result<(), Arc<Error>> {
-        let mut seen = std::collections::HashSet::new();
-        let mut todo = roots.to_vec();
-        let mut missing = Vec::new();
-        while let Some(p) = todo.pop() {
-            if !seen.insert(p.clone()) {
-                continue;
-            }
-            match self
-                .store
-                .narinfo(&p, client)
-                .await
-                .map_err(|e| store_err(&p, e))?
-            {
-                Some(n) => todo.extend(n.references.into_iter().filter(|r| *r != p)),
-                None => missing.push(p),
-            }
-        }
-        let fetched = futures_util::future::join_all(missing.iter().map(|p| self.fetch(p))).await;
-        fetched.into_iter().try_for_each(|r| r.map(drop))
-    }
-
     async fn in_store(&self, path: &StorePath) -> Result<bool, Arc<Error>> {
         let found = self.store.narinfo(path, None).await;
         Ok(found.map_err(|e| store_err(path, e))?.is_some())

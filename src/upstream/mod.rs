@@ -25,6 +25,7 @@
 //! NAR headers, NAR stall) and size (narinfo [`MAX_NARINFO_BYTES`], NAR
 //! `max_nar_size`).
 
+mod closure;
 mod fetch;
 mod lookup;
 
@@ -40,12 +41,13 @@ use crate::store::{NarInfo, Store};
 use crate::wire::nar::NarLimits;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
+pub use closure::Reach;
 
 /// Narinfo requests in flight at once (a QueryValidPaths of 300 paths is
 /// 300 / 16 round trips deep, not 300).
 pub const LOOKUPS_IN_FLIGHT: usize = 16;
 /// NAR downloads in flight at once.
-pub const FETCHES_IN_FLIGHT: usize = 4;
+pub const FETCHES_IN_FLIGHT: usize = 16;
 /// The largest narinfo read.
 pub const MAX_NARINFO_BYTES: u64 = 1 << 20;
 /// Lookup answers remembered; above, expired ones are dropped, then all.
