@@ -27,16 +27,20 @@ impl Upstream {
             return Ok(true);
         }
         match self.lookup(path).await {
-            Some(found) => self.fetch_found(found).await,
+            Some(found) => self.fetch_found(found, true).await,
             None => Ok(false),
         }
     }
 
-    /// As [`Upstream::fetch`], for the path whose hash part is `hash`
-    /// (the HTTP cache's pull-through).
+    /// The HTTP cache's pull-through: as [`Upstream::fetch`] for the path
+    /// whose hash part is `hash`, but that path alone, not its references
+    /// first: a substituter asks for each reference itself, so the
+    /// narinfo of the top of a closure is not held back until the whole
+    /// closure is fetched (the relay's fetches and the substituter's
+    /// downloads overlap).
     pub async fn fetch_hash(self: &Arc<Self>, hash: &str) -> Outcome {
         match self.lookup_hash(hash).await {
-            Some(found) => self.fetch_found(found).await,
+            Some(found) => self.fetch_found(found, false).await,
             None => Ok(false),
         }
     }
@@ -52,7 +56,7 @@ impl Upstream {
 
     /// Joins the fetch of `found`'s path in flight, or starts it in a task
     /// of its own.
-    async fn fetch_found(self: &Arc<Self>, found: Arc<Found>) -> Outcome {
+    async fn fetch_found(self: &Arc<Self>, found: Arc<Found>, refs_first: bool) -> Outcome {
         let path = found.narinfo.store_path.clone();
         let hash = path.hash_part().to_owned();
         let mut rx = {
@@ -65,7 +69,8 @@ impl Upstream {
                     flights.insert(hash.clone(), tx.clone());
                     let this = self.clone();
                     tokio::spawn(async move {
-                        let outcome = this.fetch_now(&found).await.map_err(Arc::new);
+                        let outcome = this.fetch_now(&found, refs_first).await;
+                        let outcome = outcome.map_err(Arc::new);
                         if let Err(e) = &outcome {
                             tracing::warn!("{}", crate::error_chain(e));
                             this.forget(&hash);
@@ -85,8 +90,8 @@ impl Upstream {
         }
     }
 
-    /// References first, then the NAR.
-    async fn fetch_now(self: &Arc<Self>, found: &Found) -> Result<bool, Error> {
+    /// References first (if `refs_first`), then the NAR.
+    async fn fetch_now(self: &Arc<Self>, found: &Found, refs_first: bool) -> Result<bool, Error> {
         let path = &found.narinfo.store_path;
         if self
             .in_store(path)
@@ -96,7 +101,7 @@ impl Upstream {
             return Ok(true);
         }
         let refs: Vec<StorePath> = (found.narinfo.references.iter())
-            .filter(|r| *r != path)
+            .filter(|r| refs_first && *r != path)
             .cloned()
             .collect();
         let each = refs.iter().map(|r| self.clone().fetch_boxed(r.clone()));
