@@ -112,8 +112,8 @@ async fn an_upload_killed_midway_leaves_no_entry_and_the_next_start_aborts_it() 
     assert!(!b.exists("nar/stuck.nar").await.unwrap(), "no NAR");
     assert_eq!(b.list_uploads().await.unwrap().len(), 1);
     // A younger upload is left alone (another relay may be writing it)…
-    let hour = Duration::from_secs(3600 * 24 * 365 * 100);
-    assert_eq!(mirror::abort_stale(&b, hour).await.unwrap(), 0);
+    let century = Duration::from_secs(3600 * 24 * 365 * 100);
+    assert_eq!(mirror::abort_stale(&b, century).await.unwrap(), 0);
     // …an older one is aborted (moto dates every upload in 2010).
     let aborted = mirror::abort_stale(&b, nix_relay::s3::STALE_UPLOAD_AGE).await;
     assert_eq!(aborted.unwrap(), 1);
