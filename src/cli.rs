@@ -255,8 +255,16 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
         max_log_bytes: config.cache.max_stored_log_bytes,
     };
     let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
-    let upstream =
-        crate::upstream::Upstream::new(&config.cache.upstream, store.clone(), config.limits.nar());
+    let bucket = config.cache.s3.clone().map(|loc| {
+        info!(store = %loc, "mirroring the cache to S3");
+        crate::s3::open(loc, store.clone())
+    });
+    let upstream = crate::upstream::Upstream::with_bucket(
+        &config.cache.upstream,
+        store.clone(),
+        config.limits.nar(),
+        bucket,
+    );
     if let Some(u) = &upstream {
         info!(upstream = ?u.urls(), "substituting from upstream caches");
     }

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod machines;
 pub mod metrics;
 pub mod outbound;
+pub mod s3;
 pub mod scheduler;
 pub mod session;
 pub mod ssh;

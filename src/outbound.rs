@@ -167,15 +167,27 @@ impl Client {
     /// GETs `<base>/<rel>` and returns once the reply's headers are in
     /// (bound that with a timeout: this bounds only the connect).
     pub async fn get(&self, base: &BaseUrl, rel: &str) -> Result<Reply, Error> {
+        self.get_with(base, rel, &[]).await
+    }
+
+    /// As [`Client::get`], with these headers too (an S3 signature).
+    pub async fn get_with(
+        &self,
+        base: &BaseUrl,
+        rel: &str,
+        headers: &[(String, String)],
+    ) -> Result<Reply, Error> {
         let target = format!("{}/{}", base.path, rel.trim_start_matches('/'));
-        let req = ::http::Request::get(target.as_str())
+        let mut req = ::http::Request::get(target.as_str())
             .header(::http::header::HOST, base.authority())
-            .header(::http::header::USER_AGENT, "nix-relay")
-            .body(Empty::<Bytes>::new())
-            .map_err(|_| Error::Url {
-                url: format!("{base}{target}"),
-                reason: "not a valid request target",
-            })?;
+            .header(::http::header::USER_AGENT, "nix-relay");
+        for (n, v) in headers {
+            req = req.header(n.as_str(), v.as_str());
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|_| Error::Url {
+            url: format!("{base}{target}"),
+            reason: "not a valid request target",
+        })?;
         let host = base.host.clone();
         let tcp = self.connect(base).await?;
         if !base.https {

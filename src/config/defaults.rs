@@ -116,6 +116,7 @@ pub fn embedded(home: Option<&Path>) -> Config {
             max_size: None,
             max_stored_log_bytes: None,
             upstream: Default::default(),
+            s3: None,
         },
         http_listen: Some(HTTP_LISTEN.parse().expect("constant address")),
         ec2: None,

@@ -50,6 +50,9 @@ pub struct Cache {
     pub max_stored_log_bytes: Option<u64>,
     /// Binary caches substituted from (`[cache] upstream…`).
     pub upstream: Upstream,
+    /// The shared, durable copy in an S3 bucket (`[cache] store`); None =
+    /// the local directory only.
+    pub s3: Option<crate::s3::Location>,
 }
 
 /// `[cache] upstream = [urls]` and its timeouts: the binary caches the relay

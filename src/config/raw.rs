@@ -35,6 +35,8 @@ pub struct RawCache {
     pub upstream_timeout: Option<String>,
     pub upstream_stall_timeout: Option<String>,
     pub upstream_negative_ttl: Option<String>,
+    /// The shared copy of the cache: `s3://bucket?region=…&endpoint=…`.
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

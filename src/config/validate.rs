@@ -152,6 +152,14 @@ fn validate_admin_listen(l: &str, p: &mut Vec<String>) -> Option<SocketAddr> {
 
 fn validate_cache(mut c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>) -> Cache {
     let upstream = super::upstream::validate(&mut c, p);
+    let s3 = match c.store.take().map(|u| crate::s3::Location::parse(&u)) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            p.push(format!("cache.store: {e}"));
+            None
+        }
+        None => None,
+    };
     let compression = c.compression.as_deref().unwrap_or("zstd");
     let compression = Compression::parse(compression).unwrap_or_else(|| {
         p.push(format!(
@@ -197,6 +205,7 @@ fn validate_cache(mut c: RawCache, state_dir: &std::path::Path, p: &mut Vec<Stri
         max_size,
         max_stored_log_bytes,
         upstream,
+        s3,
     }
 }
 

@@ -30,6 +30,7 @@
 
 mod ca;
 mod evict;
+mod hook;
 mod index;
 pub mod logs;
 pub mod metadata;
@@ -49,6 +50,7 @@ use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 pub use ca::flat_nar;
 pub use evict::Pin;
+pub use hook::OnCommit;
 pub use narinfo::NarInfo;
 use signing::{PublicKey, SecretKey};
 pub use writer::{Compression, NarWriter, Verify};
@@ -167,6 +169,7 @@ pub struct Store {
     root: PathBuf,
     settings: Arc<Settings>,
     usage: Arc<evict::Usage>,
+    hook: hook::Hook,
 }
 
 /// A NAR being read back, decompressed.
@@ -197,6 +200,7 @@ impl Store {
             root: root.to_owned(),
             settings: Arc::new(settings),
             usage: Default::default(),
+            hook: Default::default(),
         };
         store.measure().map_err(io_err("measuring", root))?;
         Ok(store)

@@ -346,6 +346,7 @@ impl NarWriter {
                 narinfo.render().as_bytes(),
             )
             .await?;
+        store.committed(scope, hash);
         Ok(info)
     }
 

@@ -151,8 +151,8 @@ impl Upstream {
             source,
         };
         let timeout = self.cfg.timeout;
-        let reply = match tokio::time::timeout(timeout, self.client.get(base, &n.url)).await {
-            Ok(r) => r.map_err(net)?,
+        let reply = match tokio::time::timeout(timeout, self.get(found.cache, &n.url)).await {
+            Ok(r) => r?,
             Err(_) => {
                 return Err(net(crate::outbound::Error::Timeout {
                     host: base.host.clone(),

@@ -112,7 +112,7 @@ impl Upstream {
         };
         let limit = self.cfg.timeout;
         let request = async {
-            let reply = (self.client.get(base, &format!("{hash}.narinfo")).await).map_err(net)?;
+            let reply = self.get(i, &format!("{hash}.narinfo")).await?;
             match reply.status {
                 200 => Ok(Some(
                     (reply.bytes(MAX_NARINFO_BYTES, limit).await).map_err(net)?,
@@ -167,7 +167,10 @@ impl Upstream {
         }
         let fp = crate::store::fingerprint(&crate::store::to_path_info(&narinfo));
         let trusted = &self.store.settings().trusted_keys;
-        let Some(key) = (trusted.iter())
+        let own = (self.caches[i].s3.is_some())
+            .then(|| self.store.settings().signer.as_ref().map(|k| k.public()))
+            .flatten();
+        let Some(key) = (trusted.iter().chain(own.as_ref()))
             .find(|k| narinfo.sigs.iter().any(|s| k.verifies(&fp, s)))
             .map(|k| k.name().to_owned())
         else {

@@ -92,6 +92,8 @@ pub enum Error {
     },
     #[error("the fetch of {0} ended without a result")]
     Lost(String),
+    #[error("reading the S3 bucket")]
+    S3(#[source] crate::s3::Error),
 }
 
 /// A path an upstream has, signed by a trusted key.
@@ -120,7 +122,14 @@ impl Found {
 struct Cache {
     url: BaseUrl,
     down_until: Mutex<Option<Instant>>,
+    /// The relay's own bucket (`[cache] store = "s3://…"`): read with
+    /// signed GETs, its entries trusted with the relay's own key too.
+    s3: Option<Arc<crate::s3::Bucket>>,
 }
+
+/// How long a bucket's "absent" is remembered at most: another relay may
+/// upload the path any time.
+pub const BUCKET_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
 /// A remembered lookup answer.
 struct Known {
@@ -146,6 +155,8 @@ pub struct Upstream {
     nars: Semaphore,
     /// Fetches in flight, by hash part: their result, once there.
     flights: Mutex<HashMap<String, Arc<watch::Sender<Option<Outcome>>>>>,
+    /// The mirror to the bucket, if one is configured.
+    mirror: Option<crate::s3::Mirror>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -167,27 +178,67 @@ impl Upstream {
         store: Store,
         nar_limits: NarLimits,
     ) -> Option<Arc<Upstream>> {
-        if cfg.urls.is_empty() {
+        Upstream::with_bucket(cfg, store, nar_limits, None)
+    }
+
+    /// As [`Upstream::new`], with the relay's bucket (and its mirror) as
+    /// the first source.
+    pub fn with_bucket(
+        cfg: &crate::config::Upstream,
+        store: Store,
+        nar_limits: NarLimits,
+        bucket: Option<(Arc<crate::s3::Bucket>, crate::s3::Mirror)>,
+    ) -> Option<Arc<Upstream>> {
+        if cfg.urls.is_empty() && bucket.is_none() {
             return None;
         }
-        let caches = (cfg.urls.iter())
-            .map(|url| Cache {
+        let (s3, mirror) = bucket.map_or((None, None), |(b, m)| (Some(b), Some(m)));
+        let mut cfg = cfg.clone();
+        if s3.is_some() {
+            cfg.negative_ttl = cfg.negative_ttl.min(BUCKET_NEGATIVE_TTL);
+        }
+        let own = s3.iter().map(|b| Cache {
+            url: b.location().base_url(),
+            down_until: Mutex::new(None),
+            s3: Some(b.clone()),
+        });
+        let caches = own
+            .chain(cfg.urls.iter().map(|url| Cache {
                 url: url.clone(),
                 down_until: Mutex::new(None),
-            })
+                s3: None,
+            }))
             .collect();
         Some(Arc::new(Upstream {
             caches,
             store,
             client: crate::outbound::Client::new(cfg.connect_timeout),
-            cfg: cfg.clone(),
+            cfg,
             nar_limits,
             known: Default::default(),
             asking: Default::default(),
             lookups: Semaphore::new(LOOKUPS_IN_FLIGHT),
             nars: Semaphore::new(FETCHES_IN_FLIGHT),
             flights: Default::default(),
+            mirror,
         }))
+    }
+
+    /// The mirror to the relay's bucket, if any.
+    pub fn mirror(&self) -> Option<&crate::s3::Mirror> {
+        self.mirror.as_ref()
+    }
+
+    /// GETs `rel` from upstream `i` (signed if it is the bucket).
+    async fn get(&self, i: usize, rel: &str) -> Result<crate::outbound::Reply, Error> {
+        let cache = &self.caches[i];
+        match &cache.s3 {
+            Some(b) => b.get(rel).await.map_err(Error::S3),
+            None => (self.client.get(&cache.url, rel).await).map_err(|source| Error::Network {
+                url: format!("{}/{rel}", cache.url),
+                source,
+            }),
+        }
     }
 
     /// The upstream URLs, in order.

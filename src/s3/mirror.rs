@@ -1,0 +1,256 @@
+//! The upload queue: entries the local store committed go to the bucket,
+//! NAR first, provenance, narinfo last; and the start-up cleanup (stale
+//! multipart uploads aborted, public entries the bucket lacks queued).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use super::{Bucket, Error, PART_SIZE, QUEUE_LEN, UPLOAD_TIMEOUT};
+use crate::store::{NarInfo, Store};
+
+/// An entry to upload: its scope directory ("" or `private/<dir>`) and hash.
+type Entry = (String, String);
+
+/// The mirror of a store in a bucket; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Mirror {
+    tx: mpsc::Sender<Entry>,
+    /// Entries queued or uploading.
+    pending: Arc<watch::Sender<usize>>,
+}
+
+impl Mirror {
+    /// Hooks to `store`'s commits and starts the upload task, which first
+    /// does the start-up cleanup: multipart uploads older than `stale_age`
+    /// aborted, `nix-cache-info` written if absent, public entries the
+    /// bucket lacks queued. Needs a Tokio runtime.
+    pub fn start(bucket: Arc<Bucket>, store: Store, stale_age: Duration) -> Mirror {
+        let (tx, rx) = mpsc::channel(QUEUE_LEN);
+        // The start-up cleanup counts as one pending entry.
+        let mirror = Mirror {
+            tx,
+            pending: Arc::new(watch::Sender::new(1)),
+        };
+        let m = mirror.clone();
+        store.set_on_commit(Arc::new(move |dir: &str, hash: &str| {
+            m.enqueue(dir, hash);
+        }));
+        let m = mirror.clone();
+        tokio::spawn(async move {
+            m.clean_up(&bucket, &store, stale_age).await;
+            m.pending.send_modify(|n| *n = n.saturating_sub(1));
+            run(bucket, store.root().to_owned(), rx, m.pending.clone()).await;
+        });
+        mirror
+    }
+
+    async fn clean_up(&self, bucket: &Bucket, store: &Store, stale_age: Duration) {
+        if let Err(e) = abort_stale(bucket, stale_age).await {
+            tracing::warn!("S3 start-up: {}", crate::error_chain(&e));
+        }
+        let info = store.root().join("nix-cache-info");
+        if let Err(e) = put_info(bucket, &info).await {
+            tracing::warn!("S3 start-up: {}", crate::error_chain(&e));
+        }
+        match missing_public(bucket, store).await {
+            Ok(hashes) => hashes.iter().for_each(|h| self.enqueue("", h)),
+            Err(e) => tracing::warn!("S3 start-up repair: {}", crate::error_chain(&e)),
+        }
+    }
+
+    fn enqueue(&self, dir: &str, hash: &str) {
+        self.pending.send_modify(|n| *n += 1);
+        if self.tx.try_send((dir.to_owned(), hash.to_owned())).is_err() {
+            self.pending.send_modify(|n| *n -= 1);
+            tracing::warn!(
+                hash,
+                "S3 upload queue full: the entry waits for the next start's repair"
+            );
+        }
+    }
+
+    /// Waits until every entry queued so far is uploaded (or failed).
+    pub async fn flushed(&self) {
+        let mut rx = self.pending.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+async fn run(
+    bucket: Arc<Bucket>,
+    root: std::path::PathBuf,
+    mut rx: mpsc::Receiver<Entry>,
+    pending: Arc<watch::Sender<usize>>,
+) {
+    while let Some((dir, hash)) = rx.recv().await {
+        let up = upload_entry(&bucket, &root, &dir, &hash);
+        match tokio::time::timeout(UPLOAD_TIMEOUT, up).await {
+            Ok(Ok(true)) => tracing::debug!(hash, dir, "uploaded to S3"),
+            Ok(Ok(false)) => tracing::debug!(hash, dir, "gone before its S3 upload"),
+            Ok(Err(e)) => tracing::warn!("S3 upload of {hash}: {}", crate::error_chain(&e)),
+            Err(_) => tracing::warn!(hash, "S3 upload took over {UPLOAD_TIMEOUT:?}"),
+        }
+        pending.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+fn key_of(dir: &str, rel: &str) -> String {
+    if dir.is_empty() {
+        rel.to_owned()
+    } else {
+        format!("{dir}/{rel}")
+    }
+}
+
+fn local<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Local {
+        step,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Uploads one committed entry: NAR (unless the bucket has that file
+/// already), provenance, narinfo last. Ok(false) if it left the local
+/// store before (evicted).
+pub async fn upload_entry(
+    bucket: &Bucket,
+    root: &Path,
+    dir: &str,
+    hash: &str,
+) -> Result<bool, Error> {
+    let base = root.join(dir);
+    let ni_path = base.join(format!("{hash}.narinfo"));
+    let text = match tokio::fs::read_to_string(&ni_path).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(local("reading", &ni_path)(e)),
+    };
+    let Ok(info) = NarInfo::parse(&text) else {
+        return Err(local("parsing", &ni_path)(std::io::Error::other(
+            "bad narinfo",
+        )));
+    };
+    let nar_key = key_of(dir, &info.url);
+    if !bucket.exists(&nar_key).await? {
+        match upload_file(bucket, &nar_key, &base.join(&info.url)).await {
+            Err(Error::Local { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(false);
+            }
+            r => r?,
+        }
+    }
+    let prov = base.join("meta").join(format!("{hash}.prov"));
+    if let Ok(p) = tokio::fs::read(&prov).await {
+        bucket
+            .put(&key_of(dir, &format!("meta/{hash}.prov")), p.into())
+            .await?;
+    }
+    bucket
+        .put(&key_of(dir, &format!("{hash}.narinfo")), text.into())
+        .await?;
+    Ok(true)
+}
+
+/// Fills `buf` from `r` up to [`PART_SIZE`] bytes (less only at the end).
+async fn read_part(r: &mut tokio::fs::File, path: &Path) -> Result<Bytes, Error> {
+    let mut buf = BytesMut::with_capacity(PART_SIZE);
+    while buf.len() < PART_SIZE {
+        let n = r.read_buf(&mut buf).await.map_err(local("reading", path))?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Uploads the file at `path` to `key`: one PutObject if it fits in a
+/// part, else a multipart upload (one part in memory at a time), aborted
+/// if a step fails. Nothing is visible at `key` until the end.
+pub async fn upload_file(bucket: &Bucket, key: &str, path: &Path) -> Result<(), Error> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(local("opening", path))?;
+    let first = read_part(&mut f, path).await?;
+    if first.len() < PART_SIZE {
+        return bucket.put(key, first).await;
+    }
+    let id = bucket.create_multipart(key).await?;
+    let parts = async {
+        let mut parts = vec![(1, bucket.upload_part(key, &id, 1, first).await?)];
+        loop {
+            let part = read_part(&mut f, path).await?;
+            if part.is_empty() {
+                return Ok::<_, Error>(parts);
+            }
+            let n = parts.len() as u32 + 1;
+            parts.push((n, bucket.upload_part(key, &id, n, part).await?));
+        }
+    };
+    let done = match parts.await {
+        Ok(parts) => bucket.complete(key, &id, &parts).await,
+        Err(e) => Err(e),
+    };
+    if done.is_err()
+        && let Err(e) = bucket.abort(key, &id).await
+    {
+        tracing::warn!("{}", crate::error_chain(&e));
+    }
+    done
+}
+
+/// Aborts incomplete multipart uploads initiated over `age` ago (or at an
+/// unknown time): a dead relay's. How many.
+pub async fn abort_stale(bucket: &Bucket, age: Duration) -> Result<usize, Error> {
+    let now = SystemTime::now();
+    let mut n = 0;
+    for u in bucket.list_uploads().await? {
+        let old = u
+            .initiated
+            .is_none_or(|t| now.duration_since(t).is_ok_and(|d| d >= age));
+        if old {
+            bucket.abort(&u.key, &u.id).await?;
+            tracing::info!(key = u.key, "aborted a stale S3 multipart upload");
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+async fn put_info(bucket: &Bucket, info: &Path) -> Result<(), Error> {
+    let body = tokio::fs::read(info)
+        .await
+        .map_err(local("reading", info))?;
+    bucket
+        .put_if_absent("nix-cache-info", body.into())
+        .await
+        .map(drop)
+}
+
+/// The hash parts of the local public entries the bucket has no narinfo for.
+async fn missing_public(bucket: &Bucket, store: &Store) -> Result<Vec<String>, Error> {
+    let keys = bucket.list_keys("").await?;
+    let there: std::collections::HashSet<&str> = (keys.iter())
+        .filter_map(|k| k.strip_suffix(".narinfo"))
+        .filter(|k| !k.contains('/'))
+        .collect();
+    let root = store.root();
+    let mut rd = tokio::fs::read_dir(root)
+        .await
+        .map_err(local("listing", root))?;
+    let mut out = Vec::new();
+    while let Some(e) = rd.next_entry().await.map_err(local("listing", root))? {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(h) = name.strip_suffix(".narinfo")
+            && !there.contains(h)
+        {
+            out.push(h.to_owned());
+        }
+    }
+    Ok(out)
+}
