@@ -87,3 +87,45 @@ async fn a_serve_client_not_allowing_substitutes_gets_everything_pushed() {
 async fn a_worker_client_not_allowing_substitutes_gets_a_non_substituting_backend() {
     build_with(Protocol::Worker, "fake-ng://a", false).await;
 }
+
+/// `nix-store --serve` turns substitution off for good once it ran a
+/// build, so a pooled serve session that built something cannot
+/// substitute: the relay asks on a fresh session instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_session_that_built_before_still_gets_its_backend_to_substitute() {
+    let conf = fake_backend("a", "fake://a", "max_jobs = 1\n");
+    let t = TestRelay::start(&conf, &[("a", Script::default())]).await;
+    let (first, first_nar) = drv::source("first-input", b"first", &[]);
+    let (d1_path, d1) = drv::derivation("first", SYSTEM, std::slice::from_ref(&first.path));
+    let mut c = t.client(Protocol::Serve, "alice").await;
+    c.upload(&first, &first_nar).await.unwrap();
+    assert_eq!(
+        c.build(&d1_path, &d1).await.unwrap().status,
+        BuildStatus::Built
+    );
+    let (cached, cached_nar) = drv::source("cached-later", &[3u8; 2048], &[]);
+    t.fake("a").cache(cached.clone(), cached_nar.clone());
+    c.upload(&cached, &cached_nar).await.unwrap();
+    let (d2_path, d2) = drv::derivation("second", SYSTEM, std::slice::from_ref(&cached.path));
+    let valid = c.client.query_valid_paths(vec![cached.path.clone()], true);
+    assert_eq!(valid.await.unwrap().len(), 1);
+    let res = c.build(&d2_path, &d2).await.unwrap();
+    assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
+    let rec = t.fake("a").record();
+    assert_eq!(
+        rec.substituted,
+        std::slice::from_ref(&cached.path),
+        "substituted"
+    );
+    assert!(
+        !rec.uploaded.contains(&cached.path),
+        "not pushed: {:?}",
+        rec.uploaded
+    );
+    assert!(
+        rec.connections >= 2,
+        "a fresh session asked: {}",
+        rec.connections
+    );
+    c.close().await.unwrap();
+}

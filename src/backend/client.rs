@@ -16,6 +16,10 @@ pub struct ServeClient<R, W> {
     limits: Limits,
     /// An operation started and has not been read to its end.
     pub(super) busy: bool,
+    /// A build ran on this session: `nix-store --serve` then has
+    /// `use-substitutes` off for the rest of its life (its BuildDerivation
+    /// sets it so), and a substitute flag does nothing.
+    pub(super) built: bool,
 }
 
 impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, W> {
@@ -26,6 +30,7 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, 
             version,
             limits,
             busy: false,
+            built: false,
         }
     }
 
@@ -89,6 +94,7 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> ServeClient<R, 
         drv: &BasicDerivation,
         options: BuildOptions,
     ) -> Result<BuildResult> {
+        self.built = true;
         self.request(&Request::BuildDerivation {
             drv_path: drv_path.clone(),
             drv: drv.clone(),

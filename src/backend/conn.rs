@@ -104,6 +104,15 @@ impl Client {
         self.set_busy(false);
     }
 
+    /// Whether a substitute flag still works on this session: not on a
+    /// `nix-store --serve` that ran a build (see `ServeClient::built`).
+    pub fn substitutes(&self) -> bool {
+        match self {
+            Client::Serve(c) => !c.built,
+            Client::Worker(_) => true,
+        }
+    }
+
     /// No operation is half done: the connection is at a request boundary
     /// and may serve another build.
     pub fn is_idle(&self) -> bool {

@@ -457,7 +457,9 @@ async fn on_backend(
     relay.scheduler.report_connect(&b.name, conn.is_ok());
     let (mut conn, kind) = conn?;
     crate::metrics::backend_session(&b.name, kind.label());
-    super::push::push_inputs(relay, &mut conn, job.inputs, options.substitute, log).await?;
+    let push =
+        super::push::push_inputs(relay, (&b, &mut conn), job.inputs, options.substitute, log);
+    push.await?;
     relay
         .scheduler
         .locality()

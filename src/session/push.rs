@@ -8,6 +8,7 @@ use super::Core;
 use super::error::BuildError;
 use super::log::FlightLog;
 use crate::backend::BackendConn;
+use crate::config::Backend;
 use crate::metrics::Direction;
 use crate::scheduler::locality::InputSummary;
 use crate::store::NarInfo;
@@ -52,7 +53,7 @@ pub(super) fn input_closure(
 /// pushed over SSH.
 pub(super) async fn push_inputs(
     relay: &Core,
-    conn: &mut BackendConn,
+    (b, conn): (&Backend, &mut BackendConn),
     inputs: &Inputs,
     substitute: bool,
     log: &FlightLog,
@@ -74,11 +75,12 @@ pub(super) async fn push_inputs(
             .iter()
             .map(|(_, n)| n.store_path.clone())
             .collect();
-        let got = client
-            .query_valid_paths(ask, true)
-            .await
-            .map_err(BuildError::Inputs)?;
-        let got: HashSet<StorePath> = got.into_iter().collect();
+        let got = if client.substitutes() {
+            client.query_valid_paths(ask, true).await
+        } else {
+            substitute_on_fresh_session(relay, b, ask).await?
+        };
+        let got: HashSet<StorePath> = got.map_err(BuildError::Inputs)?.into_iter().collect();
         let bytes = (inputs.closure.entries.iter())
             .filter(|(_, n)| got.contains(&n.store_path))
             .map(|(_, n)| n.nar_size)
@@ -143,4 +145,17 @@ async fn fetch_for_push(relay: &Core, path: &StorePath) -> Result<NarInfo, Build
     }
     let found = relay.store.narinfo(path, None).await?;
     found.ok_or_else(|| BuildError::Store(crate::store::Error::Missing(path.clone())))
+}
+
+/// QueryValidPaths with the substitute flag on a session of its own: a
+/// `nix-store --serve` session that ran a build no longer substitutes
+/// (`Client::substitutes`). Its stderr (a failed substitution's warning)
+/// goes nowhere; what it did not substitute is pushed.
+async fn substitute_on_fresh_session(
+    relay: &Core,
+    b: &Backend,
+    ask: Vec<StorePath>,
+) -> Result<Result<Vec<StorePath>, crate::wire::Error>, BuildError> {
+    let mut fresh = crate::backend::connect(b, None, relay.limits.wire()).await?;
+    Ok(fresh.client.query_valid_paths(ask, true).await)
 }

@@ -23,12 +23,15 @@ where
     let version = serve::server_handshake(&mut r, &mut w).await?;
     fake.note(|rec| rec.handshakes += 1);
     let codec = ServeCodec::new(version, Limits::default());
+    // As `nix-store --serve`: a BuildDerivation turns use-substitutes off
+    // for the rest of the process.
+    let mut built = false;
     while let Some(req) = codec.read_request(&mut r).await? {
         let script = fake.script();
         let reply = match req {
             Request::QueryValidPaths {
                 paths, substitute, ..
-            } => Reply::Paths(fake.query_valid(&paths, substitute)),
+            } => Reply::Paths(fake.query_valid(&paths, substitute && !built)),
             Request::QueryPathInfos { paths } => {
                 Reply::PathInfos(paths.iter().filter_map(|p| fake.info(p)).collect())
             }
@@ -44,6 +47,7 @@ where
                 continue;
             }
             Request::BuildDerivation { drv_path, drv, .. } => {
+                built = true;
                 let mut guard = fake.start_build(&drv_path);
                 for line in &script.log {
                     let line = format!("{line}\n");

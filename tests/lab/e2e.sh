@@ -79,6 +79,16 @@ if "$UP" serve $((BASE_PORT + 99)) > "$LOGS/upstream.log" 2>&1; then
 else
   echo "e2e: no upstream cache: $(tail -1 "$LOGS/upstream.log")"
 fi
+# each backend's only substituter: the relay's HTTP cache (used only when a
+# client allows substitutes: scenario sub). Set before the relay starts: its
+# prober opens backend sessions at once, and a running nix-store --serve
+# keeps the nix.conf it started with. So the cache key is made here when the
+# relay has not made it yet.
+RK=$STATE/keys/relay-cache.sec
+[ -f "$RK" ] && [ -f "$RK.pub" ] || nix-store --generate-binary-cache-key nix-relay-lab-1 "$RK" "$RK.pub"
+for f in "$STATE"/hosts/h*/etc-nix/nix.conf; do
+  printf 'substituters = http://127.0.0.1:%s\ntrusted-public-keys = %s\n' $((BASE_PORT + 80)) "$(cat "$RK.pub")" >> "$f"
+done
 if ! "$HS" relay start > "$LOGS/relay-start.log" 2>&1; then
   cat "$LOGS/relay-start.log"
   echo "FAIL setup: the relay did not start"
