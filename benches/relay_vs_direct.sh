@@ -10,7 +10,9 @@
 #   sudo BENCH_PROTO=both benches/relay_vs_direct.sh
 #
 # Prints a table and three goal lines (small-build ratio, throughput ratio,
-# relay peak RSS) per protocol; with BENCH_PROTO=both also a line comparing
+# relay peak RSS) per protocol; with BENCH_RAW=1 (the default) one line of
+# the copy-out goal, relay copy-out >= 0.95 x raw two-hop OpenSSH, PASS or
+# MISS per protocol (print-only); with BENCH_PROTO=both also a line comparing
 # ssh-ng via the relay with ssh via the relay. With BENCH_MUX=1 (the default)
 # each protocol has a third small-build mode, relay-mux / ng-relay-mux: via
 # the relay with the client's SSH connections multiplexed (ControlMaster
@@ -212,6 +214,7 @@ if [ "$PROTO" != ssh ]; then
   echo "  modes:   $MODES (BENCH_PROTO=$PROTO)"
 fi
 echo "  machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(nix --version), $(ssh -V 2>&1 | cut -d, -f1)"
+echo "  load:    $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) at the start: other work shares these CPUs"
 echo "  client:  NIX_SSHOPTS=\"$SSHOPTS\""
 echo "  state:   $STATE (logs: $LOGS)   seed prefix: $RUN_ID"
 echo
@@ -408,6 +411,20 @@ for p in $PROTOS; do
   first=0
   report "$p"
 done
+# the copy-out goal of issue 16 item 7: the relay's copy-out throughput
+# (median) against raw OpenSSH through two hops (the same four crypto passes)
+if [ "$RAW" = 1 ]; then
+  echo
+  line="copy-out at the two-hop ceiling (goal: relay copy-out >= 0.95 x raw 2-hop OpenSSH, $RAW_2 MiB/s):"
+  for p in $PROTOS; do
+    read -r _ rm <<< "$(proto_modes "$p")"
+    r=$(ratio "$(tp "$rm")" "$RAW_2")
+    v=$(awk -v r="$r" 'BEGIN { if (r == "n/a") print "n/a"; else if (r + 0 >= 0.95) print "PASS"; else print "MISS" }')
+    line="$line $p:// $(tp "$rm") MiB/s = $r $v;"
+  done
+  echo "${line%;}"
+  echo "  load when the run ended: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
+fi
 if [ "$PROTO" = both ]; then
   echo
   echo "ssh-ng via relay vs ssh via relay: small-build ratio $(ratio "$(col_median 1 small-ng-relay)" "$(col_median 1 small-relay)")," \

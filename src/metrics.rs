@@ -426,6 +426,20 @@ pub fn upstream_fetch_failed(reason: &'static str) {
     counter!("nix_relay_upstream_fetch_failures_total", "reason" => reason).increment(1);
 }
 
+/// Time one NAR's reader (the tee to a client, an upload) waited because
+/// its store side (hash, compression, file) was a whole queue behind;
+/// recorded only for NARs that waited.
+pub fn nar_store_waited(d: Duration) {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        metrics::describe_histogram!(
+            "nix_relay_nar_store_wait_seconds",
+            "Per NAR that waited: time its reader (tee, upload) waited for its store side"
+        );
+    });
+    histogram!("nix_relay_nar_store_wait_seconds").record(d.as_secs_f64());
+}
+
 #[cfg(test)]
 mod tests {
     use super::Ec2Cost;

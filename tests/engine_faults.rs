@@ -1,7 +1,7 @@
 //! The build engine's fault paths in-process (feature `testing`): retry on
 //! another backend when one is unreachable or dies mid-build, and
-//! cancellation of the backend build when its client goes away, a cut
-//! output download; the relay store stays consistent throughout.
+//! cancellation of the backend build when its client goes away, a cut or
+//! garbled output download; the relay store stays consistent throughout.
 
 use std::time::Duration;
 
@@ -223,4 +223,53 @@ async fn garbage_after_the_handshake_ends_the_session_with_an_error_and_spares_o
     assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
     assert_eq!(t.fake("a").record().builds_finished.len(), 1);
     assert_eq!(t.backend_state("a"), "up");
+}
+
+/// A backend whose output NAR is not what it declared: a garbled
+/// `contents` byte (the NAR parses, its hash is wrong) or a garbled magic
+/// (it does not parse). Either way the relay stores nothing and the client
+/// cannot take the bytes for the path: it gets an error, or (the hash is
+/// only known once every byte went out) bytes whose hash is not the
+/// declared one, which Nix checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_output_from_the_backend_is_not_stored_and_the_client_cannot_take_it() {
+    let big = NarNode::Regular {
+        executable: false,
+        contents: vec![5u8; 1 << 20],
+    };
+    let nar_len = encode_nar(&big).len() as u64;
+    for (what, at) in [("contents", nar_len - 100), ("magic", 10)] {
+        for (client, scheme) in PAIRS {
+            let bad = Script::default()
+                .output("out", big.clone())
+                .garble_output_at(at);
+            let t = TestRelay::start(&one_backend(&format!("{scheme}://a")), &[("a", bad)]).await;
+            let (drv_path, d) = drv::derivation(&format!("garbled-{what}"), SYS, &[]);
+            let out = drv::out_path(&d);
+            let mut c = t.client(client, "alice").await;
+            let res = c.build(&drv_path, &d).await.unwrap();
+            assert_eq!(res.status, BuildStatus::Built, "log:\n{}", c.log());
+            let declared = t.fake("a").info(&out).unwrap().nar_hash;
+            let fetched = tokio::time::timeout(WAIT, c.fetch(&out)).await;
+            match fetched.expect("the client hung") {
+                Err(e) => eprintln!(
+                    "{what} {client}/{scheme}: the client got: {}",
+                    error_chain(&e)
+                ),
+                Ok(nar) => {
+                    assert_eq!(what, "contents", "a NAR that does not parse went out whole");
+                    assert_ne!(
+                        Sha256Hash::digest(&nar),
+                        declared,
+                        "{what} {client}/{scheme}"
+                    );
+                }
+            }
+            assert!(
+                t.stored(&out).await.is_none(),
+                "{what} {client}/{scheme}: stored"
+            );
+            assert_eq!(t.assert_store_consistent(WAIT).await, 0);
+        }
+    }
 }

@@ -194,7 +194,7 @@ pub(super) async fn add_legacy<B: AsyncBufRead + Unpin>(
     };
     // A NAR that does not parse leaves the stream out of step: fatal.
     let mut writer = core.receive(r, &errors_as).await?;
-    let nar = writer.summary(&errors_as).map_err(CoreError::from)?;
+    let nar = writer.summary(&errors_as).await.map_err(CoreError::from)?;
     if let Err(e) = named {
         return Ok(Err(e));
     }
@@ -235,7 +235,10 @@ async fn add_ca<B: AsyncBufRead + Unpin>(
     }
     let placeholder = placeholder(name)?;
     let mut writer = core.receive(r, &placeholder).await?;
-    let nar = writer.summary(&placeholder).map_err(CoreError::from)?;
+    let nar = writer
+        .summary(&placeholder)
+        .await
+        .map_err(CoreError::from)?;
     let path = method
         .store_path(name, &nar.sha256, &refs)
         .map_err(OpError::Ca)?;
@@ -256,7 +259,7 @@ async fn add_flat(
     let path = method.store_path(name, &hash, &refs).map_err(OpError::Ca)?;
     let nar_bytes = flat_nar(text);
     let mut writer = core.receive(&mut &nar_bytes[..], &path).await?;
-    let nar = writer.summary(&path).map_err(CoreError::from)?;
+    let nar = writer.summary(&path).await.map_err(CoreError::from)?;
     let info = ca_info(path, method, hash, nar, refs);
     commit(core, client, writer, info).await
 }

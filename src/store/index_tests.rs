@@ -148,7 +148,7 @@ async fn ca_paths_of_untrusted_clients_are_public_only_over_public_references() 
         w.pump(&mut r, None::<&mut tokio::io::Sink>, &p)
             .await
             .unwrap();
-        let s = w.summary(&p).unwrap();
+        let s = w.summary(&p).await.unwrap();
         let info = ValidPathInfo {
             path: p.clone(),
             deriver: None,

@@ -22,8 +22,10 @@
 //! way. A crash leaves at most an orphan file, never a narinfo without its
 //! NAR. Memory use is bounded: NARs are streamed in fixed-size chunks.
 //!
-//! Parts: [`NarWriter`] parses, hashes, compresses and writes a NAR in one
-//! pass (the same pass can tee it to a client); [`signing`] reads and
+//! Parts: [`NarWriter`] tokenizes a NAR as it is read (and can tee it to
+//! a client, each chunk to the client first) and queues it to its store
+//! side, `spool` (its own thread behind a bounded queue: the NAR hash,
+//! computed once, compression, the file, fsync); [`signing`] reads and
 //! writes Nix's `name:base64` keys and signs public entries; `evict` keeps
 //! the store under `max_size` (LRU, with pins for running builds);
 //! [`metadata`] checks every field before it goes into a narinfo.
@@ -36,6 +38,7 @@ pub mod logs;
 pub mod metadata;
 pub mod narinfo;
 pub mod signing;
+mod spool;
 mod writer;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -170,6 +173,8 @@ pub struct Store {
     settings: Arc<Settings>,
     usage: Arc<evict::Usage>,
     hook: hook::Hook,
+    /// Holds the store side of every write back (unit tests only).
+    gate: spool::Gate,
 }
 
 /// A NAR being read back, decompressed.
@@ -201,6 +206,7 @@ impl Store {
             settings: Arc::new(settings),
             usage: Default::default(),
             hook: Default::default(),
+            gate: spool::Gate::default(),
         };
         store.measure().map_err(io_err("measuring", root))?;
         Ok(store)
@@ -534,6 +540,8 @@ pub fn to_path_info(n: &NarInfo) -> ValidPathInfo {
     }
 }
 
+#[cfg(test)]
+mod tee_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

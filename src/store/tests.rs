@@ -4,7 +4,7 @@ use super::*;
 use crate::wire::hash::Sha256Hash;
 use crate::wire::nar::{NarNode, encode_nar};
 
-fn path(name: &str) -> StorePath {
+pub(super) fn path(name: &str) -> StorePath {
     StorePath::parse(&format!(
         "/nix/store/{}-{name}",
         "a".repeat(32).replace('a', "1")
@@ -18,14 +18,14 @@ fn path_n(n: usize, name: &str) -> StorePath {
     StorePath::parse(&format!("/nix/store/{h}-{name}")).unwrap()
 }
 
-fn file_nar(contents: &[u8]) -> Vec<u8> {
+pub(super) fn file_nar(contents: &[u8]) -> Vec<u8> {
     encode_nar(&NarNode::Regular {
         executable: false,
         contents: contents.to_vec(),
     })
 }
 
-fn info_for(p: &StorePath, nar: &[u8], refs: &[StorePath]) -> ValidPathInfo {
+pub(super) fn info_for(p: &StorePath, nar: &[u8], refs: &[StorePath]) -> ValidPathInfo {
     ValidPathInfo {
         path: p.clone(),
         deriver: None,
@@ -39,7 +39,7 @@ fn info_for(p: &StorePath, nar: &[u8], refs: &[StorePath]) -> ValidPathInfo {
     }
 }
 
-fn uploaded() -> Provenance {
+pub(super) fn uploaded() -> Provenance {
     Provenance::Uploaded {
         client: "t".into(),
         trusted: true,
@@ -174,7 +174,7 @@ fn topo_sort_survives_claimed_reference_cycles() {
     assert_eq!(sorted.len(), 2);
 }
 
-async fn read_back(store: &Store, p: &StorePath, client: Option<&str>) -> Vec<u8> {
+pub(super) async fn read_back(store: &Store, p: &StorePath, client: Option<&str>) -> Vec<u8> {
     let (_, mut r) = store.open_nar(p, client).await.unwrap();
     let mut back = Vec::new();
     tokio::io::AsyncReadExt::read_to_end(&mut r, &mut back)

@@ -1,19 +1,17 @@
-//! Streaming a NAR into the store: parse, hash, compress and write in one
-//! pass, then verify, fsync and rename. See the module doc of `store`.
+//! Streaming a NAR into the store: the reader's side tokenizes (the NAR's
+//! end and format rules) and, with a tee, writes each chunk to the client
+//! first; the store side ([`super::spool`], its own thread behind a bounded
+//! queue) hashes, compresses and writes. Then verify, fsync and rename.
+//! See the module doc of `store`.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
-use async_compression::Level;
 use async_compression::tokio::bufread::{XzDecoder, ZstdDecoder};
-use async_compression::tokio::write::{XzEncoder, ZstdEncoder};
-use sha2::Digest;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
+use super::spool::{Spool, Spooled};
 use super::{Error, NarInfo, NarReader, Provenance, Scope, Store, fingerprint, io_err};
-use crate::wire::hash::Sha256Hash;
 use crate::wire::nar::{NarLimits, NarParser, NarSummary};
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
@@ -23,8 +21,9 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// How NAR files are compressed on disk (and served over HTTP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
-    /// zstd at its fastest level: the relay compresses while it streams an
-    /// output to the client, so speed matters more than the last percent.
+    /// zstd at its fastest ordinary level (1): the store side compresses
+    /// while an output streams to the client, so speed matters more than
+    /// the last percent.
     #[default]
     Zstd,
     Xz,
@@ -58,74 +57,6 @@ impl Compression {
     }
 }
 
-/// Counts and hashes what passes through: the compressed file's
-/// FileHash and FileSize.
-struct Hashing<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-    size: u64,
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            this.hasher.update(&buf[..n]);
-            this.size += n as u64;
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-type FileSink = Hashing<BufWriter<tokio::fs::File>>;
-
-enum Sink {
-    Plain(FileSink),
-    Zstd(ZstdEncoder<FileSink>),
-    Xz(XzEncoder<FileSink>),
-}
-
-impl Sink {
-    async fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
-        match self {
-            Sink::Plain(w) => w.write_all(b).await,
-            Sink::Zstd(w) => w.write_all(b).await,
-            Sink::Xz(w) => w.write_all(b).await,
-        }
-    }
-
-    /// Ends the compressed stream and returns the file sink.
-    async fn finish(self) -> std::io::Result<FileSink> {
-        let mut inner = match self {
-            Sink::Plain(mut w) => {
-                w.flush().await?;
-                w
-            }
-            Sink::Zstd(mut w) => {
-                w.shutdown().await?;
-                w.into_inner()
-            }
-            Sink::Xz(mut w) => {
-                w.shutdown().await?;
-                w.into_inner()
-            }
-        };
-        inner.flush().await?;
-        Ok(inner)
-    }
-}
-
 pub(super) fn decompressor(
     name: &str,
     raw: BufReader<tokio::fs::File>,
@@ -151,10 +82,11 @@ pub enum Verify {
 pub struct NarWriter {
     store: Store,
     tmp: PathBuf,
-    sink: Option<Sink>,
+    /// Tokenizes only: the store side hashes.
     parser: NarParser,
-    /// Set by [`NarWriter::summary`]: the parser has finished.
-    summary: Option<NarSummary>,
+    spool: Spool,
+    /// Set by [`NarWriter::summary`]: the store side has finished.
+    spooled: Option<Spooled>,
 }
 
 impl NarWriter {
@@ -163,22 +95,19 @@ impl NarWriter {
         let f = tokio::fs::File::create(&tmp)
             .await
             .map_err(io_err("creating", &tmp))?;
-        let file = Hashing {
-            inner: BufWriter::with_capacity(256 << 10, f),
-            hasher: sha2::Sha256::new(),
-            size: 0,
-        };
-        let sink = match store.settings.compression {
-            Compression::None => Sink::Plain(file),
-            Compression::Zstd => Sink::Zstd(ZstdEncoder::with_quality(file, Level::Fastest)),
-            Compression::Xz => Sink::Xz(XzEncoder::with_quality(file, Level::Default)),
-        };
+        let f = f.into_std().await;
+        let spool = Spool::start(
+            f,
+            tmp.clone(),
+            store.settings.compression,
+            store.gate.clone(),
+        );
         Ok(NarWriter {
             store,
             tmp,
-            sink: Some(sink),
-            parser: NarParser::new(limits),
-            summary: None,
+            parser: NarParser::unhashed(limits),
+            spool,
+            spooled: None,
         })
     }
 
@@ -186,22 +115,25 @@ impl NarWriter {
         self.parser.is_done()
     }
 
-    /// Parses a prefix of `buf` and appends it to the file; returns its length.
+    /// Parses a prefix of `buf` and queues it for the file; returns its length.
     pub async fn feed(&mut self, buf: &[u8], path: &StorePath) -> Result<usize, Error> {
-        let n = self.parser.feed(buf).map_err(|source| Error::Nar {
-            path: path.clone(),
-            source,
-        })?;
-        if let Some(sink) = self.sink.as_mut() {
-            sink.write_all(&buf[..n])
-                .await
-                .map_err(io_err("writing", &self.tmp))?;
-        }
+        let n = self.tokenize(buf, path)?;
+        self.spool.send(&buf[..n]).await?;
         Ok(n)
     }
 
+    /// The prefix of `buf` that belongs to the NAR, checked.
+    fn tokenize(&mut self, buf: &[u8], path: &StorePath) -> Result<usize, Error> {
+        self.parser.feed(buf).map_err(|source| Error::Nar {
+            path: path.clone(),
+            source,
+        })
+    }
+
     /// Streams one NAR from `r` into the store file, copying the same bytes
-    /// to `tee` if given. Stops exactly at the end of the NAR.
+    /// to `tee` if given: each chunk goes to `tee` first, then to the store
+    /// side's queue (waiting only while it is full). Stops exactly at the
+    /// end of the NAR.
     pub async fn pump<R, W>(
         &mut self,
         r: &mut R,
@@ -224,30 +156,40 @@ impl NarWriter {
             if buf.is_empty() {
                 return Err(nar_err(crate::wire::Error::UnexpectedEof { field: "NAR" }));
             }
-            let n = self.feed(buf, path).await?;
+            let n = self.tokenize(buf, path)?;
             if let Some(t) = tee.as_mut() {
                 t.write_all(&buf[..n])
                     .await
                     .map_err(|e| nar_err(crate::wire::Error::Write(e)))?;
             }
+            self.spool.send(&buf[..n]).await?;
             r.consume(n);
         }
         Ok(())
     }
 
     /// The hash and size of the complete NAR, before [`NarWriter::commit`]
-    /// (a content-addressed path is computed from them). Fails if the NAR
+    /// (a content-addressed path is computed from them): waits for the
+    /// store side to finish the file (written, fsynced). Fails if the NAR
     /// is incomplete; nothing may be fed after.
-    pub fn summary(&mut self, path: &StorePath) -> Result<NarSummary, Error> {
-        if let Some(s) = &self.summary {
-            return Ok(*s);
+    pub async fn summary(&mut self, path: &StorePath) -> Result<NarSummary, Error> {
+        Ok(self.finish_spool(path).await?.nar)
+    }
+
+    async fn finish_spool(&mut self, path: &StorePath) -> Result<Spooled, Error> {
+        if let Some(s) = self.spooled {
+            return Ok(s);
         }
-        let parser = std::mem::replace(&mut self.parser, NarParser::new(NarLimits::default()));
-        let s = parser.finish().map_err(|source| Error::Nar {
+        let size = self.parser.end().map_err(|source| Error::Nar {
             path: path.clone(),
             source,
         })?;
-        self.summary = Some(s);
+        let s = self.spool.finish().await?;
+        if s.nar.size != size {
+            let why = format!("the store side got {} of {size} NAR bytes", s.nar.size);
+            return Err(io_err("writing", &self.tmp)(std::io::Error::other(why)));
+        }
+        self.spooled = Some(s);
         Ok(s)
     }
 
@@ -260,7 +202,8 @@ impl NarWriter {
         scope: &Scope,
         provenance: &Provenance,
     ) -> Result<ValidPathInfo, Error> {
-        let summary = self.summary(&info.path)?;
+        let spooled = self.finish_spool(&info.path).await?;
+        let summary = spooled.nar;
         if verify == Verify::Declared
             && (summary.sha256 != info.nar_hash || summary.size != info.nar_size)
         {
@@ -292,7 +235,7 @@ impl NarWriter {
         info.sigs = (sigs.into_iter())
             .filter(|s| self.store.sig_verifies(&info, s))
             .collect();
-        let (file_hash, file_size) = self.finish_file().await?;
+        let (file_hash, file_size) = (spooled.file_hash, spooled.file_size);
         let dir = self.store.scope_dir(scope);
         for sub in ["nar", "meta"] {
             let d = dir.join(sub);
@@ -348,20 +291,6 @@ impl NarWriter {
             .await?;
         store.committed(scope, hash);
         Ok(info)
-    }
-
-    async fn finish_file(&mut self) -> Result<(Sha256Hash, u64), Error> {
-        let sink = self.sink.take().ok_or_else(|| {
-            io_err("finishing", &self.tmp)(std::io::Error::other("NAR file already finished"))
-        })?;
-        let file = sink.finish().await.map_err(io_err("writing", &self.tmp))?;
-        let hash = Sha256Hash(file.hasher.finalize().into());
-        file.inner
-            .get_ref()
-            .sync_all()
-            .await
-            .map_err(io_err("syncing", &self.tmp))?;
-        Ok((hash, file.size))
     }
 }
 

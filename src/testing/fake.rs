@@ -67,6 +67,9 @@ pub struct Script {
     pub cut_upload_after: Option<u64>,
     /// Close the connection after sending this many bytes of an output NAR.
     pub cut_output_after: Option<u64>,
+    /// Flip the bits of the output NAR's byte at this offset as it is
+    /// sent (the path info still describes the real NAR).
+    pub garble_output_at: Option<u64>,
     /// A log flood after the log lines ([`super::fake_flood`]).
     pub flood: Option<super::fake_flood::Flood>,
     /// Phases a worker fake's build announces (`RESULT setPhase` on its
@@ -88,6 +91,7 @@ impl Default for Script {
             outputs: HashMap::new(),
             cut_upload_after: None,
             cut_output_after: None,
+            garble_output_at: None,
             flood: None,
             phases: Vec::new(),
             gate: false,
@@ -122,6 +126,10 @@ impl Script {
     }
     pub fn cut_output_after(mut self, n: u64) -> Self {
         self.cut_output_after = Some(n);
+        self
+    }
+    pub fn garble_output_at(mut self, offset: u64) -> Self {
+        self.garble_output_at = Some(offset);
         self
     }
     pub fn phases(mut self, phases: &[&str]) -> Self {

@@ -98,16 +98,23 @@ pub(super) async fn receive<R: AsyncRead + Unpin>(
     Ok(nar)
 }
 
-/// Sends `path`'s NAR, or its first `cut_output_after` bytes and hangs up.
+/// Sends `path`'s NAR (a byte garbled at `garble_output_at`), or its first
+/// `cut_output_after` bytes and hangs up.
 pub(super) async fn send_nar<W: AsyncWrite + Unpin>(
     fake: &Fake,
     script: &Script,
     w: &mut W,
     path: &StorePath,
 ) -> Result<bool> {
-    let Some(nar) = fake.nar(path) else {
+    let Some(mut nar) = fake.nar(path) else {
         return Err(Error::Protocol(format!("fake: {path} is not valid")));
     };
+    if let Some(b) = (script.garble_output_at)
+        .and_then(|at| usize::try_from(at).ok())
+        .and_then(|at| std::sync::Arc::make_mut(&mut nar).get_mut(at))
+    {
+        *b ^= 0xff;
+    }
     let n = script
         .cut_output_after
         .map_or(nar.len(), |c| nar.len().min(c as usize));

@@ -165,12 +165,25 @@ pub struct NarParser {
     /// Directory entries seen so far, in the whole NAR.
     entries: u64,
     consumed: u64,
-    hasher: sha2::Sha256,
+    /// `None`: [`NarParser::unhashed`], the caller hashes the bytes.
+    hasher: Option<sha2::Sha256>,
     failed: Option<Fail>,
 }
 
 impl NarParser {
+    /// A parser that also hashes every byte it consumes ([`NarParser::finish`]).
     pub fn new(limits: NarLimits) -> Self {
+        NarParser {
+            hasher: Some(sha2::Sha256::new()),
+            ..NarParser::unhashed(limits)
+        }
+    }
+
+    /// A parser that only tokenizes and counts: framing and the format's
+    /// rules, for a caller that hashes the same bytes elsewhere (the
+    /// store's writer hashes off the tee's path). [`NarParser::end`] gives
+    /// the size; [`NarParser::finish`] refuses.
+    pub fn unhashed(limits: NarLimits) -> Self {
         NarParser {
             limits,
             expect: Expect::Magic,
@@ -184,7 +197,7 @@ impl NarParser {
             dirs: Vec::new(),
             entries: 0,
             consumed: 0,
-            hasher: sha2::Sha256::new(),
+            hasher: None,
             failed: None,
         }
     }
@@ -207,7 +220,9 @@ impl NarParser {
             let chunk = &buf[pos..end];
             match self.step(chunk) {
                 Ok(n) => {
-                    self.hasher.update(&chunk[..n]);
+                    if let Some(h) = &mut self.hasher {
+                        h.update(&chunk[..n]);
+                    }
                     self.consumed += n as u64;
                     pos += n;
                 }
@@ -226,8 +241,23 @@ impl NarParser {
         self.consumed
     }
 
-    /// Size and sha256 of the complete NAR; an error if it is not complete.
+    /// Size and sha256 of the complete NAR; an error if it is not complete
+    /// (or the parser is [`NarParser::unhashed`]).
     pub fn finish(self) -> Result<NarSummary, Error> {
+        let size = self.end()?;
+        let Some(hasher) = self.hasher else {
+            return Err(Error::Protocol(
+                "NAR parser: finish() on an unhashed parser".into(),
+            ));
+        };
+        Ok(NarSummary {
+            size,
+            sha256: Sha256Hash(hasher.finalize().into()),
+        })
+    }
+
+    /// Size of the complete NAR; an error if it is not complete.
+    pub fn end(&self) -> Result<u64, Error> {
         if let Some(f) = &self.failed {
             return Err(f.to_error());
         }
@@ -237,10 +267,7 @@ impl NarParser {
                 reason: format!("truncated NAR: expected {}", self.expect.describe()),
             });
         }
-        Ok(NarSummary {
-            size: self.consumed,
-            sha256: Sha256Hash(self.hasher.finalize().into()),
-        })
+        Ok(self.consumed)
     }
 
     fn fail(&mut self, offset: u64, reason: String) -> Error {

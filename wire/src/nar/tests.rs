@@ -116,6 +116,29 @@ fn trailing_bytes_are_not_consumed() {
 }
 
 #[test]
+fn an_unhashed_parser_frames_and_counts_like_a_hashing_one_and_refuses_finish() {
+    let mut stream = golden_nar().to_vec();
+    stream.extend_from_slice(b"next message");
+    let mut p = NarParser::unhashed(NarLimits::default());
+    assert!(p.end().is_err(), "nothing fed yet");
+    let mut pos = 0;
+    for piece in stream.chunks(7) {
+        pos += p.feed(piece).unwrap();
+    }
+    assert_eq!(pos as u64, GOLDEN_NAR_SIZE);
+    assert_eq!(p.end().unwrap(), GOLDEN_NAR_SIZE);
+    let err = p.finish().unwrap_err();
+    assert!(err.to_string().contains("unhashed"), "{err}");
+    let mut bad = golden_nar().to_vec();
+    bad[9] ^= 0xff;
+    assert!(
+        NarParser::unhashed(NarLimits::default())
+            .feed(&bad)
+            .is_err()
+    );
+}
+
+#[test]
 fn every_truncation_is_an_error_at_finish() {
     let nar = golden_nar();
     for cut in 0..nar.len() {
