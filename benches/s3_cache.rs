@@ -207,6 +207,9 @@ async fn run(args: Args) {
     let b = relay_on(&m, Some(key.public().to_string())).await;
     let (url_a, url_b) = (serve(&a).await, serve(&b).await);
     let client = Client::new(Duration::from_secs(10));
+    // One request to each server first: no first-request set-up measured.
+    get(&client, &url_a, "nix-cache-info").await;
+    get(&client, &url_b, "nix-cache-info").await;
     let disk = narinfos(&client, &url_a, &small).await;
     let cold = narinfos(&client, &url_b, &small).await;
     let warm = narinfos(&client, &url_b, &small).await;
