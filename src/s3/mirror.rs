@@ -300,3 +300,32 @@ async fn missing_public(bucket: &Bucket, store: &Store) -> Result<Vec<String>, E
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Error, failed_step};
+
+    #[test]
+    fn a_failed_upload_is_counted_at_the_step_of_its_key() {
+        let status = |key: &str| Error::Status {
+            op: "PutObject",
+            key: key.into(),
+            status: 500,
+            message: String::new(),
+        };
+        assert_eq!(failed_step(&status("nar/abc.nar.zst")), "nar");
+        assert_eq!(failed_step(&status("private/c/meta/abc.prov")), "prov");
+        assert_eq!(failed_step(&status("private/c/abc.narinfo")), "narinfo");
+        let local = Error::Local {
+            step: "reading",
+            path: "/x".into(),
+            source: std::io::Error::other("x"),
+        };
+        assert_eq!(failed_step(&local), "local");
+        let timeout = Error::Timeout {
+            key: "abc.narinfo".into(),
+            limit: super::UPLOAD_TIMEOUT,
+        };
+        assert_eq!(failed_step(&timeout), "timeout");
+    }
+}
