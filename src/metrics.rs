@@ -30,6 +30,7 @@ pub fn install(systems: BTreeSet<String>) -> Result<PrometheusHandle, String> {
     describe();
     describe_ec2();
     describe_upstream();
+    describe_s3();
     Ok(handle)
 }
 
@@ -438,6 +439,54 @@ pub fn nar_store_waited(d: Duration) {
         );
     });
     histogram!("nix_relay_nar_store_wait_seconds").record(d.as_secs_f64());
+}
+
+// --- The cache's bucket (`crate::s3`). Labels: `step` an upload failed at
+// (`local`, `nar`, `prov`, `narinfo`, `timeout`, `queue_full`), `result` of a
+// narinfo read from the bucket (`hit`, `miss`, `untrusted`, `error`).
+
+fn describe_s3() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "nix_relay_s3_uploads_total",
+        "Store entries uploaded to the bucket (narinfo written)"
+    );
+    describe_counter!(
+        "nix_relay_s3_upload_bytes_total",
+        "Bytes uploaded to the bucket (NARs, provenance, narinfos)"
+    );
+    describe_counter!(
+        "nix_relay_s3_upload_failures_total",
+        "Entry uploads that failed, by step (local, nar, prov, narinfo, timeout, queue_full)"
+    );
+    describe_gauge!(
+        "nix_relay_s3_queue_depth",
+        "Entries queued for upload or uploading"
+    );
+    describe_counter!(
+        "nix_relay_s3_reads_total",
+        "Narinfo reads from the bucket, by result (hit, miss, untrusted, error)"
+    );
+}
+
+/// One entry uploaded, `bytes` of it sent.
+pub fn s3_uploaded(bytes: u64) {
+    counter!("nix_relay_s3_uploads_total").increment(1);
+    counter!("nix_relay_s3_upload_bytes_total").increment(bytes);
+}
+
+/// An upload failed at `step`: `local`, `nar`, `prov`, `narinfo`, `timeout`, `queue_full`.
+pub fn s3_upload_failed(step: &'static str) {
+    counter!("nix_relay_s3_upload_failures_total", "step" => step).increment(1);
+}
+
+pub fn s3_queue_depth(n: usize) {
+    gauge!("nix_relay_s3_queue_depth").set(n as f64);
+}
+
+/// A narinfo read from the bucket: `hit`, `miss`, `untrusted`, `error`.
+pub fn s3_read(result: &'static str) {
+    counter!("nix_relay_s3_reads_total", "result" => result).increment(1);
 }
 
 #[cfg(test)]

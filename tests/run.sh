@@ -11,6 +11,7 @@
 #   6. scheduler_sim --quick   (print-only simulator bench: makespan, decision latency)
 #   7. tests/fuzz.sh           (every fuzz target for FUZZ_SECONDS, default 60; skipped by --quick)
 #   7b. benches/substitute.sh (print-only: first build from caches, direct vs relay)
+#   7c. benches/s3_cache.rs   (print-only: narinfo latency and NAR MiB/s, cache on S3 (moto) vs disk)
 #   8. tests/lab/e2e.sh        (end-to-end with stock Nix 2.8 via the relay; skipped by --quick)
 #   9. tests/lab/matrix.sh     (Nix 2.8/2.26/2.34 clients x 2.8/2.34 backends, both
 #                              protocols each side; skipped by --quick)
@@ -74,6 +75,8 @@ step fuzz bash tests/fuzz.sh
 # print-only: the first build of a 1.35 GiB-closure derivation, direct vs via
 # the relay (builders substitute, the relay's pull-through cache; issue 16)
 step bench-substitute bash benches/substitute.sh
+# print-only: narinfo p50/p99 and NAR MiB/s, cache on S3 (moto) vs on disk (issue 18)
+step bench-s3 cargo test --bench s3_cache --features nix-relay/testing
 if [ -z "${RELAY_BIN:-}" ]; then
   export RELAY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay"
 fi

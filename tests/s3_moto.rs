@@ -43,7 +43,8 @@ async fn objects_conditional_puts_and_multipart_uploads() {
     let big = pattern(2 * PART_SIZE + 12345);
     let file = dir.path().join("big");
     std::fs::write(&file, &big).unwrap();
-    mirror::upload_file(&b, "nar/big.nar", &file).await.unwrap();
+    let sent = mirror::upload_file(&b, "nar/big.nar", &file).await.unwrap();
+    assert_eq!(sent, big.len() as u64, "bytes sent");
     let max = big.len() as u64;
     let back = b.get_bytes("nar/big.nar", max).await.unwrap().unwrap();
     assert!(back == big, "multipart round trip");
@@ -121,6 +122,15 @@ async fn an_upload_killed_midway_leaves_no_entry_and_the_next_start_aborts_it() 
     drop(writer.join().unwrap());
 }
 
+/// The value of the sample `key` (`name` or `name{labels}`) in Prometheus
+/// text, 0 when absent.
+fn sample(text: &str, key: &str) -> f64 {
+    (text.lines())
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(k, _)| *k == key)
+        .map_or(0.0, |(_, v)| v.parse().unwrap())
+}
+
 async fn relay_on(m: &moto::Moto, bucket: &str, trust: Option<String>) -> TestRelay {
     let trust = trust.map_or(String::new(), |k| {
         format!("trusted_public_keys = [\"{k}\"]\n")
@@ -144,6 +154,9 @@ fn mirror_of(t: &TestRelay) -> &nix_relay::s3::Mirror {
 #[tokio::test]
 async fn an_output_built_through_one_relay_is_a_cache_hit_through_another() {
     let Some(m) = moto::moto() else { return };
+    // The only test here whose relays upload and read: the recorder is
+    // process-global, the other tests move none of the s3 metrics.
+    let metrics = nix_relay::metrics::install([SYSTEM.to_owned()].into()).unwrap();
     nix_relay::s3::use_test_credentials("testing", "testing");
     let bucket: Arc<Bucket> = m.bucket("shared").await;
     let a = relay_on(&m, "shared", None).await;
@@ -168,6 +181,11 @@ async fn an_output_built_through_one_relay_is_a_cache_hit_through_another() {
     assert!(keys.contains(&format!("{hash}.narinfo")), "{keys:?}");
     assert!(bucket.exists(&format!("meta/{hash}.prov")).await.unwrap());
     assert!(bucket.exists("nix-cache-info").await.unwrap());
+    let text = metrics.render();
+    assert_eq!(sample(&text, "nix_relay_s3_uploads_total"), 1.0, "{text}");
+    let nar_size = a.stored(&out).await.unwrap().nar_size as f64;
+    assert!(sample(&text, "nix_relay_s3_upload_bytes_total") > nar_size);
+    assert_eq!(sample(&text, "nix_relay_s3_queue_depth"), 0.0);
 
     let signer = a.relay.store().settings().signer.clone().unwrap();
     let b = relay_on(&m, "shared", Some(signer.public().to_string())).await;
@@ -179,5 +197,8 @@ async fn an_output_built_through_one_relay_is_a_cache_hit_through_another() {
         "no backend build on B"
     );
     assert!(b.stored(&out).await.is_some(), "pulled into B's store");
+    let text = metrics.render();
+    let hits = sample(&text, "nix_relay_s3_reads_total{result=\"hit\"}");
+    assert!(hits >= 1.0, "B read the narinfo from the bucket:\n{text}");
     assert_eq!(cb.fetch(&out).await.unwrap(), a_nar);
 }

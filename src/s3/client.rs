@@ -159,6 +159,17 @@ impl Bucket {
         }
     }
 
+    /// PutBucketPolicy: `policy` (JSON) replaces the bucket's policy
+    /// (tests and first setup, e.g. anonymous reads for a Nix without S3
+    /// credentials).
+    pub async fn put_policy(&self, policy: &str) -> Result<(), Error> {
+        let query = [q("policy", "")];
+        let body = Bytes::from(policy.to_owned());
+        (self.call_ok("PutBucketPolicy", ("PUT", ""), &query, vec![], body))
+            .await
+            .map(drop)
+    }
+
     /// PutObject.
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), Error> {
         (self

@@ -36,6 +36,7 @@ impl Mirror {
             tx,
             pending: Arc::new(watch::Sender::new(1)),
         };
+        crate::metrics::s3_queue_depth(1);
         let m = mirror.clone();
         store.set_on_commit(Arc::new(move |dir: &str, hash: &str| {
             m.enqueue(dir, hash);
@@ -43,7 +44,7 @@ impl Mirror {
         let m = mirror.clone();
         tokio::spawn(async move {
             m.clean_up(&bucket, &store, stale_age).await;
-            m.pending.send_modify(|n| *n = n.saturating_sub(1));
+            done_one(&m.pending);
             run(bucket, store.root().to_owned(), rx, m.pending.clone()).await;
         });
         mirror
@@ -65,8 +66,10 @@ impl Mirror {
 
     fn enqueue(&self, dir: &str, hash: &str) {
         self.pending.send_modify(|n| *n += 1);
+        crate::metrics::s3_queue_depth(*self.pending.borrow());
         if self.tx.try_send((dir.to_owned(), hash.to_owned())).is_err() {
-            self.pending.send_modify(|n| *n -= 1);
+            done_one(&self.pending);
+            crate::metrics::s3_upload_failed("queue_full");
             tracing::warn!(
                 hash,
                 "S3 upload queue full: the entry waits for the next start's repair"
@@ -81,6 +84,33 @@ impl Mirror {
     }
 }
 
+/// One pending entry done (uploaded, failed, or not queued).
+fn done_one(pending: &watch::Sender<usize>) {
+    pending.send_modify(|n| *n = n.saturating_sub(1));
+    crate::metrics::s3_queue_depth(*pending.borrow());
+}
+
+/// The step a failed upload stopped at, for the failure metric.
+fn failed_step(e: &Error) -> &'static str {
+    match e {
+        Error::Local { .. } => "local",
+        Error::Timeout { .. } => "timeout",
+        Error::Call { key, .. }
+        | Error::Stream { key, .. }
+        | Error::Status { key, .. }
+        | Error::Reply { key, .. } => {
+            if key.ends_with(".narinfo") {
+                "narinfo"
+            } else if key.ends_with(".prov") {
+                "prov"
+            } else {
+                "nar"
+            }
+        }
+        Error::Url { .. } => "local",
+    }
+}
+
 async fn run(
     bucket: Arc<Bucket>,
     root: std::path::PathBuf,
@@ -90,12 +120,21 @@ async fn run(
     while let Some((dir, hash)) = rx.recv().await {
         let up = upload_entry(&bucket, &root, &dir, &hash);
         match tokio::time::timeout(UPLOAD_TIMEOUT, up).await {
-            Ok(Ok(true)) => tracing::debug!(hash, dir, "uploaded to S3"),
-            Ok(Ok(false)) => tracing::debug!(hash, dir, "gone before its S3 upload"),
-            Ok(Err(e)) => tracing::warn!("S3 upload of {hash}: {}", crate::error_chain(&e)),
-            Err(_) => tracing::warn!(hash, "S3 upload took over {UPLOAD_TIMEOUT:?}"),
+            Ok(Ok(Some(bytes))) => {
+                crate::metrics::s3_uploaded(bytes);
+                tracing::debug!(hash, dir, bytes, "uploaded to S3");
+            }
+            Ok(Ok(None)) => tracing::debug!(hash, dir, "gone before its S3 upload"),
+            Ok(Err(e)) => {
+                crate::metrics::s3_upload_failed(failed_step(&e));
+                tracing::warn!("S3 upload of {hash}: {}", crate::error_chain(&e));
+            }
+            Err(_) => {
+                crate::metrics::s3_upload_failed("timeout");
+                tracing::warn!(hash, "S3 upload took over {UPLOAD_TIMEOUT:?}");
+            }
         }
-        pending.send_modify(|n| *n = n.saturating_sub(1));
+        done_one(&pending);
     }
 }
 
@@ -116,19 +155,19 @@ fn local<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) 
 }
 
 /// Uploads one committed entry: NAR (unless the bucket has that file
-/// already), provenance, narinfo last. Ok(false) if it left the local
-/// store before (evicted).
+/// already), provenance, narinfo last: the bytes sent, or None if it left
+/// the local store before (evicted).
 pub async fn upload_entry(
     bucket: &Bucket,
     root: &Path,
     dir: &str,
     hash: &str,
-) -> Result<bool, Error> {
+) -> Result<Option<u64>, Error> {
     let base = root.join(dir);
     let ni_path = base.join(format!("{hash}.narinfo"));
     let text = match tokio::fs::read_to_string(&ni_path).await {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(local("reading", &ni_path)(e)),
     };
     let Ok(info) = NarInfo::parse(&text) else {
@@ -137,16 +176,19 @@ pub async fn upload_entry(
         )));
     };
     let nar_key = key_of(dir, &info.url);
+    let mut sent = 0;
     if !bucket.exists(&nar_key).await? {
         match upload_file(bucket, &nar_key, &base.join(&info.url)).await {
             Err(Error::Local { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(false);
+                return Ok(None);
             }
-            r => r?,
+            r => sent += r?,
         }
     }
     let prov = base.join("meta").join(format!("{hash}.prov"));
+    sent += text.len() as u64;
     if let Ok(p) = tokio::fs::read(&prov).await {
+        sent += p.len() as u64;
         bucket
             .put(&key_of(dir, &format!("meta/{hash}.prov")), p.into())
             .await?;
@@ -154,7 +196,7 @@ pub async fn upload_entry(
     bucket
         .put(&key_of(dir, &format!("{hash}.narinfo")), text.into())
         .await?;
-    Ok(true)
+    Ok(Some(sent))
 }
 
 /// Fills `buf` from `r` up to [`PART_SIZE`] bytes (less only at the end).
@@ -171,16 +213,19 @@ async fn read_part(r: &mut tokio::fs::File, path: &Path) -> Result<Bytes, Error>
 
 /// Uploads the file at `path` to `key`: one PutObject if it fits in a
 /// part, else a multipart upload (one part in memory at a time), aborted
-/// if a step fails. Nothing is visible at `key` until the end.
-pub async fn upload_file(bucket: &Bucket, key: &str, path: &Path) -> Result<(), Error> {
+/// if a step fails. Nothing is visible at `key` until the end. The bytes
+/// sent.
+pub async fn upload_file(bucket: &Bucket, key: &str, path: &Path) -> Result<u64, Error> {
     let mut f = tokio::fs::File::open(path)
         .await
         .map_err(local("opening", path))?;
     let first = read_part(&mut f, path).await?;
     if first.len() < PART_SIZE {
-        return bucket.put(key, first).await;
+        let n = first.len() as u64;
+        return bucket.put(key, first).await.map(|()| n);
     }
     let id = bucket.create_multipart(key).await?;
+    let mut sent = first.len() as u64;
     let parts = async {
         let mut parts = vec![(1, bucket.upload_part(key, &id, 1, first).await?)];
         loop {
@@ -188,12 +233,13 @@ pub async fn upload_file(bucket: &Bucket, key: &str, path: &Path) -> Result<(), 
             if part.is_empty() {
                 return Ok::<_, Error>(parts);
             }
+            sent += part.len() as u64;
             let n = parts.len() as u32 + 1;
             parts.push((n, bucket.upload_part(key, &id, n, part).await?));
         }
     };
     let done = match parts.await {
-        Ok(parts) => bucket.complete(key, &id, &parts).await,
+        Ok(parts) => bucket.complete(key, &id, &parts).await.map(|()| sent),
         Err(e) => Err(e),
     };
     if done.is_err()
@@ -253,4 +299,33 @@ async fn missing_public(bucket: &Bucket, store: &Store) -> Result<Vec<String>, E
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Error, failed_step};
+
+    #[test]
+    fn a_failed_upload_is_counted_at_the_step_of_its_key() {
+        let status = |key: &str| Error::Status {
+            op: "PutObject",
+            key: key.into(),
+            status: 500,
+            message: String::new(),
+        };
+        assert_eq!(failed_step(&status("nar/abc.nar.zst")), "nar");
+        assert_eq!(failed_step(&status("private/c/meta/abc.prov")), "prov");
+        assert_eq!(failed_step(&status("private/c/abc.narinfo")), "narinfo");
+        let local = Error::Local {
+            step: "reading",
+            path: "/x".into(),
+            source: std::io::Error::other("x"),
+        };
+        assert_eq!(failed_step(&local), "local");
+        let timeout = Error::Timeout {
+            key: "abc.narinfo".into(),
+            limit: super::UPLOAD_TIMEOUT,
+        };
+        assert_eq!(failed_step(&timeout), "timeout");
+    }
 }

@@ -86,7 +86,7 @@ impl Upstream {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    crate::metrics::upstream_narinfo("error");
+                    self.count(i, "error");
                     let secs = DOWN_FOR.as_secs();
                     tracing::warn!("{}; skipping it for {secs}s", crate::error_chain(&e));
                     cache.mark_down();
@@ -99,6 +99,15 @@ impl Upstream {
             self.remember(hash, None);
         }
         None
+    }
+
+    /// Counts a narinfo lookup's `result` at upstream `i` (and as a bucket
+    /// read if `i` is the bucket).
+    fn count(&self, i: usize, result: &'static str) {
+        crate::metrics::upstream_narinfo(result);
+        if self.caches[i].s3.is_some() {
+            crate::metrics::s3_read(result);
+        }
     }
 
     /// One upstream's trusted narinfo for `hash`; Ok(None) if it has none
@@ -135,11 +144,11 @@ impl Upstream {
             Ok(r) => r?,
         };
         let Some(body) = body else {
-            crate::metrics::upstream_narinfo("miss");
+            self.count(i, "miss");
             return Ok(None);
         };
         let found = self.trust(i, hash, &url, &body);
-        crate::metrics::upstream_narinfo(if found.is_some() { "hit" } else { "untrusted" });
+        self.count(i, if found.is_some() { "hit" } else { "untrusted" });
         Ok(found)
     }
 
