@@ -88,21 +88,34 @@ async fn a_worker_client_not_allowing_substitutes_gets_a_non_substituting_backen
     build_with(Protocol::Worker, "fake-ng://a", false).await;
 }
 
-/// `nix-store --serve` turns substitution off for good once it ran a
-/// build, so a pooled serve session that built something cannot
-/// substitute: the relay asks on a fresh session instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_serve_session_that_built_before_still_gets_its_backend_to_substitute() {
-    let conf = fake_backend("a", "fake://a", "max_jobs = 1\n");
+/// A pooled session that built before still substitutes: `nix-store
+/// --serve` turns substitution off for good once it ran a build (the relay
+/// asks on a fresh session instead), and a daemon keeps the last build's
+/// SetOptions (the relay sends this build's first).
+async fn a_session_that_built_before_still_substitutes(uri: &str, protocol: Protocol) {
+    let conf = fake_backend("a", uri, "max_jobs = 1\n");
     let t = TestRelay::start(&conf, &[("a", Script::default())]).await;
     let (first, first_nar) = drv::source("first-input", b"first", &[]);
     let (d1_path, d1) = drv::derivation("first", SYSTEM, std::slice::from_ref(&first.path));
-    let mut c = t.client(Protocol::Serve, "alice").await;
+    let mut c = t.client(protocol, "alice").await;
     c.upload(&first, &first_nar).await.unwrap();
     assert_eq!(
         c.build(&d1_path, &d1).await.unwrap().status,
         BuildStatus::Built
     );
+    c.fetch(&drv::out_path(&d1)).await.unwrap();
+    c.close().await.unwrap();
+    // the first build's session back in the pool: the second reuses it
+    let pooled = async {
+        while t.relay.pool().idle_count("a") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, pooled)
+        .await
+        .expect("the session pooled");
+    let conns = t.fake("a").record().connections;
+    let mut c = t.client(protocol, "alice").await;
     let (cached, cached_nar) = drv::source("cached-later", &[3u8; 2048], &[]);
     t.fake("a").cache(cached.clone(), cached_nar.clone());
     c.upload(&cached, &cached_nar).await.unwrap();
@@ -122,10 +135,18 @@ async fn a_serve_session_that_built_before_still_gets_its_backend_to_substitute(
         "not pushed: {:?}",
         rec.uploaded
     );
-    assert!(
-        rec.connections >= 2,
-        "a fresh session asked: {}",
-        rec.connections
-    );
+    let fresh = rec.connections - conns;
+    let want = u64::from(protocol == Protocol::Serve);
+    assert_eq!(fresh, want, "sessions opened for the second build");
     c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_session_that_built_before_still_gets_its_backend_to_substitute() {
+    a_session_that_built_before_still_substitutes("fake://a", Protocol::Serve).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_session_that_built_before_still_gets_its_backend_to_substitute() {
+    a_session_that_built_before_still_substitutes("fake-ng://a", Protocol::Worker).await;
 }

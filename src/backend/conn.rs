@@ -104,6 +104,26 @@ impl Client {
         self.set_busy(false);
     }
 
+    /// The paths among `paths` the backend has after it substituted what
+    /// its own caches have: a worker backend first gets the build's
+    /// options (`use-substitutes` on: a session's last SetOptions, an
+    /// earlier build's, may have turned it off).
+    pub async fn query_substituting(
+        &mut self,
+        paths: Vec<StorePath>,
+        options: &Options,
+    ) -> Result<Vec<StorePath>> {
+        self.set_busy(true);
+        let r = match self {
+            Client::Serve(c) => c.query_valid_paths(paths, true).await,
+            Client::Worker(c) => match c.set_options(options, None).await {
+                Ok(()) => c.query_valid_paths(paths, true).await,
+                Err(e) => Err(e),
+            },
+        };
+        self.settle(r)
+    }
+
     /// Whether a substitute flag still works on this session: not on a
     /// `nix-store --serve` that ran a build (see `ServeClient::built`).
     pub fn substitutes(&self) -> bool {

@@ -284,6 +284,18 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         }
     }
 
+    /// SetOptions with the build's options ([`client_options`]): they last
+    /// for the rest of the session, until the next SetOptions.
+    pub async fn set_options(
+        &mut self,
+        options: &Options,
+        log: Option<&dyn EventSink>,
+    ) -> Result<()> {
+        self.request(&Request::SetOptions(client_options(options)))
+            .await?;
+        self.finish("SetOptions", log).await
+    }
+
     /// SetOptions with the build's options ([`client_options`]), then
     /// BuildDerivation; the daemon's events go to `log` as they come.
     pub async fn build_derivation(
@@ -293,9 +305,7 @@ impl<R: AsyncBufRead + AsyncRead + Unpin, W: AsyncWrite + Unpin> WorkerClient<R,
         options: &Options,
         log: &dyn EventSink,
     ) -> Result<BuildResult> {
-        self.request(&Request::SetOptions(client_options(options)))
-            .await?;
-        self.finish("SetOptions", Some(log)).await?;
+        self.set_options(options, Some(log)).await?;
         self.request(&Request::BuildDerivation {
             drv_path: drv_path.clone(),
             drv: drv.clone(),

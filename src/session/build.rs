@@ -457,8 +457,7 @@ async fn on_backend(
     relay.scheduler.report_connect(&b.name, conn.is_ok());
     let (mut conn, kind) = conn?;
     crate::metrics::backend_session(&b.name, kind.label());
-    let push =
-        super::push::push_inputs(relay, (&b, &mut conn), job.inputs, options.substitute, log);
+    let push = super::push::push_inputs(relay, (&b, &mut conn), job.inputs, options, log);
     push.await?;
     relay
         .scheduler

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use super::Core;
 use super::error::BuildError;
 use super::log::FlightLog;
-use crate::backend::BackendConn;
+use crate::backend::{BackendConn, Options};
 use crate::config::Backend;
 use crate::metrics::Direction;
 use crate::scheduler::locality::InputSummary;
@@ -55,9 +55,10 @@ pub(super) async fn push_inputs(
     relay: &Core,
     (b, conn): (&Backend, &mut BackendConn),
     inputs: &Inputs,
-    substitute: bool,
+    options: &Options,
     log: &FlightLog,
 ) -> Result<(), BuildError> {
+    let substitute = options.substitute;
     let client = &mut conn.client;
     let query = client.query_valid_paths(inputs.paths.clone(), false);
     let mut valid: HashSet<StorePath> = query
@@ -76,9 +77,9 @@ pub(super) async fn push_inputs(
             .map(|(_, n)| n.store_path.clone())
             .collect();
         let got = if client.substitutes() {
-            client.query_valid_paths(ask, true).await
+            client.query_substituting(ask, options).await
         } else {
-            substitute_on_fresh_session(relay, b, ask).await?
+            substitute_on_fresh_session(relay, b, ask, options).await?
         };
         let got: HashSet<StorePath> = got.map_err(BuildError::Inputs)?.into_iter().collect();
         let bytes = (inputs.closure.entries.iter())
@@ -155,7 +156,8 @@ async fn substitute_on_fresh_session(
     relay: &Core,
     b: &Backend,
     ask: Vec<StorePath>,
+    options: &Options,
 ) -> Result<Result<Vec<StorePath>, crate::wire::Error>, BuildError> {
     let mut fresh = crate::backend::connect(b, None, relay.limits.wire()).await?;
-    Ok(fresh.client.query_valid_paths(ask, true).await)
+    Ok(fresh.client.query_substituting(ask, options).await)
 }

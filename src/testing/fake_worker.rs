@@ -33,16 +33,19 @@ where
     let codec = WorkerCodec::new(v, Limits::default());
     send(&mut w, &codec, &[StderrMsg::Last], None).await?;
     fake.note(|rec| rec.handshakes += 1);
+    // As nix-daemon: a SetOptions' use-substitutes lasts until the next.
+    let mut use_substitutes = true;
     while let Some(req) = codec.read_request(&mut r).await? {
         let script = fake.script();
         let reply = match req {
             Request::SetOptions(o) => {
+                use_substitutes = o.use_substitutes;
                 fake.note(|rec| rec.options.push(o));
                 Reply::None
             }
             Request::QueryValidPaths {
                 paths, substitute, ..
-            } => Reply::Paths(fake.query_valid(&paths, substitute)),
+            } => Reply::Paths(fake.query_valid(&paths, substitute && use_substitutes)),
             Request::QueryPathInfo { path } => Reply::PathInfo(fake.info(&path)),
             Request::AddToStoreNar { info, .. } if codec.nar_upload() == NarUpload::Framed => {
                 let mut framed = FramedReader::new(&mut r, &codec.limits);
