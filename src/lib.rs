@@ -6,7 +6,6 @@
 //! routes each derivation to the best backend ([`scheduler`]) and drives
 //! that backend over the same protocols ([`backend`]). See ARCHITECTURE.md.
 
-#[cfg(feature = "aws")]
 pub mod aws;
 pub mod backend;
 pub mod buildlog;
