@@ -426,17 +426,37 @@ impl Store {
         roots: &[StorePath],
         client: Option<&str>,
     ) -> Result<Closure, Error> {
+        let none = |_| -> Elsewhere { Box::pin(std::future::ready(None)) };
+        let (closure, _) = self.closure_or(roots, client, none).await?;
+        Ok(closure)
+    }
+
+    /// [`Store::closure`], where a path the store lacks is taken from
+    /// `elsewhere` (public scope; e.g. an upstream's narinfo); also the
+    /// paths so taken. A path in neither is `Err(Missing)`.
+    pub async fn closure_or(
+        &self,
+        roots: &[StorePath],
+        client: Option<&str>,
+        mut elsewhere: impl FnMut(StorePath) -> Elsewhere,
+    ) -> Result<(Closure, HashSet<StorePath>), Error> {
         let mut found: HashMap<StorePath, (Scope, NarInfo)> = HashMap::new();
         let mut refs: HashMap<StorePath, BTreeSet<StorePath>> = HashMap::new();
+        let mut outside = HashSet::new();
         let mut todo: Vec<StorePath> = roots.to_vec();
         while let Some(p) = todo.pop() {
             if refs.contains_key(&p) {
                 continue;
             }
-            let (scope, info) = self
-                .find(&p, client)
-                .await?
-                .ok_or_else(|| Error::Missing(p.clone()))?;
+            let (scope, info) = match self.find(&p, client).await? {
+                Some(hit) => hit,
+                None => {
+                    let info = elsewhere(p.clone()).await;
+                    let info = info.ok_or_else(|| Error::Missing(p.clone()))?;
+                    outside.insert(p.clone());
+                    (Scope::Public, info)
+                }
+            };
             let r: BTreeSet<StorePath> = info.references.iter().cloned().collect();
             todo.extend(r.iter().filter(|r| **r != p).cloned());
             refs.insert(p.clone(), r);
@@ -447,9 +467,12 @@ impl Store {
             .filter_map(|p| found.remove(&p))
             .collect();
         let private = entries.iter().any(|(s, _)| *s != Scope::Public);
-        Ok(Closure { entries, private })
+        Ok((Closure { entries, private }, outside))
     }
 }
+
+/// [`Store::closure_or`]'s source for a path the store lacks.
+pub type Elsewhere = std::pin::Pin<Box<dyn std::future::Future<Output = Option<NarInfo>> + Send>>;
 
 /// A closure in the relay store: each path with the scope it was found in
 /// and its narinfo, references first.
