@@ -3,12 +3,10 @@
 //! (`testing::upstream::TestCache`), the real core with fake backends.
 //! Clients' queries count what upstream has (when they allow substitution),
 //! a build's input that only upstream has is fetched and pushed (unless
-//! the backend substitutes it itself: then it is never fetched), a client
-//! gets the NAR of such a path, and the HTTP cache pulls through.
+//! the backend substitutes it itself: then it is never fetched), and a client
+//! gets the NAR of such a path. The HTTP cache's pull-through: engine_pull_through.
 
 use nix_relay::config::Protocol;
-use nix_relay::http::cache::{HttpState, router, serve};
-use nix_relay::http::client::http_request;
 use nix_relay::store::Compression;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::Script;
@@ -169,61 +167,6 @@ async fn a_client_gets_the_nar_of_a_path_only_upstream_has() {
     let mut c = t.client(Protocol::Serve, "alice").await;
     let nar = c.fetch(&up.path).await.unwrap();
     assert_eq!(Sha256Hash::digest(&nar), up.nar_hash);
-}
-
-#[tokio::test]
-async fn the_http_cache_pulls_through_once_and_misses_quickly() {
-    let cache = TestCache::start(Compression::Xz).await;
-    let dep = cache.add("dep", b"dep", &[]).await;
-    let up = cache
-        .add(
-            "served",
-            b"served by the relay",
-            std::slice::from_ref(&dep.path),
-        )
-        .await;
-    let t = relay_with(&cache, "fake://a").await;
-    let mut state = HttpState::new(t.relay.store().root());
-    state.upstream = t.relay.upstream().cloned();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(serve(listener, router(state)));
-
-    let url = format!("{base}/{}.narinfo", up.path.hash_part());
-    let (status, body) = http_request("GET", &url).await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    let info = nix_relay::store::NarInfo::parse(&body).unwrap();
-    assert_eq!(
-        (info.store_path, info.nar_hash),
-        (up.path.clone(), up.nar_hash)
-    );
-    assert!(info.sigs.iter().any(|s| s.starts_with("upstream-test-1:")));
-    let (status, _) = http_request("GET", &format!("{base}/{}", info.url))
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
-    let (status, _) = http_request("GET", &url).await.unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(cache.requests("/nar/"), 1, "the path alone, once");
-    assert!(
-        t.stored(&dep.path).await.is_none(),
-        "its reference waits until a substituter asks for it"
-    );
-    let dep_url = format!("{base}/{}.narinfo", dep.path.hash_part());
-    assert_eq!(http_request("GET", &dep_url).await.unwrap().0, 200);
-    assert_eq!(cache.requests("/nar/"), 2, "then the reference, once");
-
-    let absent = drv::store_path("absent", "absent");
-    let miss = format!("{base}/{}.narinfo", absent.hash_part());
-    for _ in 0..2 {
-        assert_eq!(http_request("GET", &miss).await.unwrap().0, 404);
-    }
-    assert_eq!(
-        cache.requests(&format!("/{}", absent.hash_part())),
-        1,
-        "a miss is remembered"
-    );
-    server.abort();
 }
 
 #[tokio::test]

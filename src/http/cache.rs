@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! GET|HEAD /nix-cache-info          <root>/nix-cache-info, or DEFAULT_CACHE_INFO
-//! GET|HEAD /<32 nix32>.narinfo      <root>/<hash>.narinfo (else from upstream, see HttpState)
+//! GET|HEAD /<32 nix32>.narinfo      <root>/<hash>.narinfo (else upstream's, live: see HttpState)
 //! GET|HEAD /nar/<52 nix32>.nar[.zst|.xz]   <root>/nar/<file>, streamed
+//! GET|HEAD /nar/live/<32 nix32>.nar  a pulled-through NAR, uncompressed (`upstream::live`)
 //! GET|HEAD /log/<drv base name>     <root>/log/<base>.zst, decompressed (`nix log`)
 //! GET|HEAD /healthz                 "ok\n"
 //! anything else                     404
@@ -69,9 +70,11 @@ pub struct HttpState {
     /// status 200), e.g. for LRU bookkeeping or metrics. Runs on the request
     /// task: keep it quick and non-blocking.
     pub on_narinfo_hit: Option<NarinfoHook>,
-    /// Pull-through: a narinfo missing here is fetched from upstream
-    /// (verified, stored in the public scope, once however many ask) and
-    /// then served; absent upstream, or upstream failing, a 404.
+    /// Pull-through: a narinfo missing here that upstream has is served at
+    /// once as a live entry whose NAR URL (`nar/live/<hash>.nar`) streams
+    /// the fetch as it comes (verified and stored in the public scope
+    /// meanwhile, once however many ask); absent upstream, or upstream
+    /// failing, a 404.
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
@@ -105,6 +108,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/{file}", get(narinfo))
         .route("/nar/{file}", get(nar))
+        .route("/nar/live/{file}", get(live_nar))
         .route("/log/{file}", get(log))
         .fallback(fallback)
         .layer(middleware::from_fn(log_request))
@@ -155,9 +159,9 @@ async fn narinfo(
     let mut response = serve_file(&file, NARINFO_TYPE).await;
     if response.status() == StatusCode::NOT_FOUND
         && let Some(upstream) = &state.upstream
-        && pull_through(upstream, hash).await
+        && let Some(live) = upstream.live_narinfo(hash).await
     {
-        response = serve_file(&file, NARINFO_TYPE).await;
+        response = (StatusCode::OK, [(CONTENT_TYPE, NARINFO_TYPE)], live).into_response();
     }
     if response.status() == StatusCode::OK
         && let Some(hook) = &state.on_narinfo_hit
@@ -167,10 +171,38 @@ async fn narinfo(
     response
 }
 
-/// Fetches the path of hash part `hash` from upstream into the store;
-/// true if it is there now (a failure is logged by the fetch).
-async fn pull_through(upstream: &Arc<crate::upstream::Upstream>, hash: &str) -> bool {
-    upstream.fetch_hash(hash).await.unwrap_or(false)
+/// A pulled-through NAR, uncompressed: followed while it is fetched, else
+/// from the store, else fetched now. A fetch that fails mid-body cuts the
+/// body short (the client sees fewer bytes than Content-Length).
+async fn live_nar(
+    State(state): State<Arc<HttpState>>,
+    file: Result<UrlPath<String>, PathRejection>,
+) -> Response {
+    let Ok(UrlPath(file)) = file else {
+        return not_found();
+    };
+    let Some(hash) = file.strip_suffix(".nar").filter(|h| is_nix32(h, HASH_LEN)) else {
+        return not_found();
+    };
+    let Some(upstream) = &state.upstream else {
+        return not_found();
+    };
+    match upstream.live_nar(hash).await {
+        Ok(Some(nar)) => {
+            let body = (nar.body)
+                .inspect_err(|e| tracing::warn!(error = %e, "a live NAR's body failed mid-way"));
+            let headers = [
+                (CONTENT_TYPE, HeaderValue::from_static(NAR_TYPE)),
+                (CONTENT_LENGTH, HeaderValue::from(nar.size)),
+            ];
+            (headers, Body::from_stream(body)).into_response()
+        }
+        Ok(None) => not_found(),
+        Err(e) => {
+            let e = io::Error::other(crate::error_chain(&e));
+            internal_error(Path::new(&file), &e)
+        }
+    }
 }
 
 async fn nar(

@@ -177,6 +177,20 @@ pub struct Store {
     gate: spool::Gate,
 }
 
+/// The narinfo file `file`, parsed; None if there is none.
+async fn read_narinfo(file: &Path) -> Result<Option<NarInfo>, Error> {
+    let text = match tokio::fs::read_to_string(file).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("reading", file)(e)),
+    };
+    let info = NarInfo::parse(&text).map_err(|source| Error::BadNarInfo {
+        path: file.to_owned(),
+        source,
+    })?;
+    Ok(Some(info))
+}
+
 /// A NAR being read back, decompressed.
 pub type NarReader = Box<dyn AsyncBufRead + Send + Sync + Unpin>;
 
@@ -231,16 +245,15 @@ impl Store {
         let file = self
             .scope_dir(scope)
             .join(format!("{}.narinfo", path.hash_part()));
-        let text = match tokio::fs::read_to_string(&file).await {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("reading", &file)(e)),
-        };
-        let info = NarInfo::parse(&text).map_err(|source| Error::BadNarInfo {
-            path: file.clone(),
-            source,
-        })?;
-        Ok((info.store_path == *path).then_some(info))
+        let info = read_narinfo(&file).await?;
+        Ok(info.filter(|i| i.store_path == *path))
+    }
+
+    /// The public entry whose hash part is `hash`, if there is one.
+    pub async fn public_narinfo(&self, hash: &str) -> Result<Option<NarInfo>, Error> {
+        let file = self.root.join(format!("{hash}.narinfo"));
+        let info = read_narinfo(&file).await?;
+        Ok(info.filter(|i| i.store_path.hash_part() == hash))
     }
 
     /// The entry for `path` visible to `client` (public first, then the

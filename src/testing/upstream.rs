@@ -2,7 +2,8 @@
 //! cache.nixos.org: written by the relay's own store code (any
 //! compression), signed by a test key, served by the relay's own HTTP
 //! cache router, every request counted; NAR requests can be held
-//! ([`TestCache::hold_nars`]).
+//! ([`TestCache::hold_nars`]), or their bodies after the first chunk
+//! ([`TestCache::hold_nar_tails`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,7 @@ pub struct TestCache {
     pub key: SecretKey,
     store: Store,
     requests: Arc<Mutex<Vec<String>>>,
-    open: watch::Sender<bool>,
+    open: watch::Sender<Hold>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -49,7 +50,7 @@ impl TestCache {
         };
         let store = Store::open(dir.path(), settings).expect("test cache store");
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (open, open_rx) = watch::channel(true);
+        let (open, open_rx) = watch::channel(Hold::Open);
         let seen = requests.clone();
         let layer = middleware::from_fn(move |req: Request, next: Next| {
             let (seen, mut open) = (seen.clone(), open_rx.clone());
@@ -120,11 +121,17 @@ impl TestCache {
 
     /// NAR requests wait (counted, unanswered) until [`Self::release_nars`].
     pub fn hold_nars(&self) {
-        self.open.send_replace(false);
+        self.open.send_replace(Hold::Nars);
+    }
+
+    /// NAR bodies send their first chunk, then wait until
+    /// [`Self::release_nars`].
+    pub fn hold_nar_tails(&self) {
+        self.open.send_replace(Hold::Tails);
     }
 
     pub fn release_nars(&self) {
-        self.open.send_replace(true);
+        self.open.send_replace(Hold::Open);
     }
 }
 
@@ -134,19 +141,42 @@ impl Drop for TestCache {
     }
 }
 
+/// What NAR requests wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Open,
+    Nars,
+    Tails,
+}
+
 async fn count_and_hold(
     req: Request,
     next: Next,
     seen: Arc<Mutex<Vec<String>>>,
-    open: &mut watch::Receiver<bool>,
+    open: &mut watch::Receiver<Hold>,
 ) -> Response {
     let path = req.uri().path().to_owned();
     let nar = path.starts_with("/nar/");
     seen.lock().unwrap_or_else(|e| e.into_inner()).push(path);
-    if nar {
-        let _ = open.wait_for(|o| *o).await;
+    if !nar {
+        return next.run(req).await;
     }
-    next.run(req).await
+    let _ = open.wait_for(|h| *h != Hold::Nars).await;
+    let response = next.run(req).await;
+    if *open.borrow() != Hold::Tails {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let state = (body.into_data_stream(), open.clone(), 0usize);
+    let held = futures_util::stream::unfold(state, |(mut body, mut open, n)| async move {
+        use futures_util::StreamExt;
+        if n == 1 {
+            let _ = open.wait_for(|h| *h == Hold::Open).await;
+        }
+        let chunk = body.next().await?;
+        Some((chunk, (body, open, n + 1)))
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(held))
 }
 
 /// `http://127.0.0.1:<port>` of a listener that accepts connections (the

@@ -9,6 +9,7 @@ use async_compression::tokio::bufread::{XzDecoder, ZstdDecoder};
 use tokio::io::{AsyncBufRead, BufReader};
 use tokio::sync::watch;
 
+use super::live::{Live, LiveGuard, pump_live};
 use super::{Error, Found, Outcome, Upstream, lock};
 use crate::store::{Provenance, Scope, Verify};
 use crate::wire::store_path::StorePath;
@@ -32,19 +33,6 @@ impl Upstream {
         }
     }
 
-    /// The HTTP cache's pull-through: as [`Upstream::fetch`] for the path
-    /// whose hash part is `hash`, but that path alone, not its references
-    /// first: a substituter asks for each reference itself, so the
-    /// narinfo of the top of a closure is not held back until the whole
-    /// closure is fetched (the relay's fetches and the substituter's
-    /// downloads overlap).
-    pub async fn fetch_hash(self: &Arc<Self>, hash: &str) -> Outcome {
-        match self.lookup_hash(hash).await {
-            Some(found) => self.fetch_found(found, false).await,
-            None => Ok(false),
-        }
-    }
-
     async fn in_store(&self, path: &StorePath) -> Result<bool, Arc<Error>> {
         let found = self.store.narinfo(path, None).await;
         Ok(found.map_err(|e| store_err(path, e))?.is_some())
@@ -54,44 +42,67 @@ impl Upstream {
         Box::pin(async move { self.fetch(&path).await })
     }
 
-    /// Joins the fetch of `found`'s path in flight, or starts it in a task
-    /// of its own.
+    /// Joins the fetch of `found`'s path in flight, or starts it.
     async fn fetch_found(self: &Arc<Self>, found: Arc<Found>, refs_first: bool) -> Outcome {
-        let path = found.narinfo.store_path.clone();
-        let hash = path.hash_part().to_owned();
-        let mut rx = {
-            let mut flights = lock(&self.flights);
-            match flights.get(&hash) {
-                Some(tx) => tx.subscribe(),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    let tx = Arc::new(tx);
-                    flights.insert(hash.clone(), tx.clone());
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let outcome = this.fetch_now(&found, refs_first).await;
-                        let outcome = outcome.map_err(Arc::new);
-                        if let Err(e) = &outcome {
-                            tracing::warn!("{}", crate::error_chain(e));
-                            this.forget(&hash);
-                        }
-                        lock(&this.flights).remove(&hash);
-                        let _ = tx.send(Some(outcome));
-                    });
-                    rx
-                }
-            }
-        };
+        let path = found.narinfo.store_path.to_string();
+        let mut rx = self.start(found, refs_first, false);
         match rx.wait_for(Option::is_some).await {
             Ok(v) => (*v)
                 .clone()
-                .unwrap_or_else(|| Err(Arc::new(Error::Lost(path.to_string())))),
-            Err(_) => Err(Arc::new(Error::Lost(path.to_string()))),
+                .unwrap_or_else(|| Err(Arc::new(Error::Lost(path)))),
+            Err(_) => Err(Arc::new(Error::Lost(path))),
         }
     }
 
+    /// The fetch of `found`'s path in flight, or a new one in a task of its
+    /// own (with a spool readers can follow if `live`, see `live`): a
+    /// receiver of its result.
+    pub(super) fn start(
+        self: &Arc<Self>,
+        found: Arc<Found>,
+        refs_first: bool,
+        live: bool,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let hash = found.hash().to_owned();
+        let mut flights = lock(&self.flights);
+        if let Some(tx) = flights.get(&hash) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
+        flights.insert(hash.clone(), tx.clone());
+        let live = live.then(|| {
+            let l = Live::new(self.store.root(), &hash, found.narinfo.nar_size);
+            let l = Arc::new(l);
+            lock(&self.lives).insert(hash.clone(), l.clone());
+            LiveGuard(l)
+        });
+        let this = self.clone();
+        tokio::spawn(async move {
+            let spool = live.as_ref().map(|g| &*g.0);
+            let outcome = this.fetch_now(&found, refs_first, spool).await;
+            let outcome = outcome.map_err(Arc::new);
+            if let Some(g) = &live {
+                g.0.end(outcome.is_ok());
+                lock(&this.lives).remove(&hash);
+            }
+            if let Err(e) = &outcome {
+                tracing::warn!("{}", crate::error_chain(e));
+                this.forget(&hash);
+            }
+            lock(&this.flights).remove(&hash);
+            let _ = tx.send(Some(outcome));
+        });
+        rx
+    }
+
     /// References first (if `refs_first`), then the NAR.
-    async fn fetch_now(self: &Arc<Self>, found: &Found, refs_first: bool) -> Result<bool, Error> {
+    async fn fetch_now(
+        self: &Arc<Self>,
+        found: &Found,
+        refs_first: bool,
+        live: Option<&Live>,
+    ) -> Result<bool, Error> {
         let path = &found.narinfo.store_path;
         if self
             .in_store(path)
@@ -123,7 +134,7 @@ impl Upstream {
             }
         }
         let _permit = self.nars.acquire().await;
-        self.download(found).await.inspect_err(|e| {
+        self.download(found, live).await.inspect_err(|e| {
             crate::metrics::upstream_fetch_failed(failure_reason(e));
         })?;
         crate::metrics::upstream_nar_bytes(found.narinfo.nar_size);
@@ -131,8 +142,9 @@ impl Upstream {
         Ok(true)
     }
 
-    /// Streams the NAR of `found` into the store, verified.
-    async fn download(&self, found: &Found) -> Result<(), Error> {
+    /// Streams the NAR of `found` into the store, verified (and into
+    /// `live`'s spool as it comes, if given).
+    async fn download(&self, found: &Found, live: Option<&Live>) -> Result<(), Error> {
         let n = &found.narinfo;
         let path = &n.store_path;
         let limit = self.nar_limits.max_nar_bytes;
@@ -173,8 +185,13 @@ impl Upstream {
         };
         let store_err = |e| store_err(path, e);
         let mut w = self.store.begin(self.nar_limits).await.map_err(store_err)?;
-        let none = None::<&mut tokio::io::Sink>;
-        w.pump(&mut nar, none, path).await.map_err(store_err)?;
+        match live {
+            Some(live) => pump_live(&mut w, &mut nar, live, path).await?,
+            None => {
+                let none = None::<&mut tokio::io::Sink>;
+                w.pump(&mut nar, none, path).await.map_err(store_err)?;
+            }
+        }
         let prov = Provenance::Signed {
             key: found.key.clone(),
         };
@@ -186,7 +203,7 @@ impl Upstream {
     }
 }
 
-fn store_err(path: &StorePath, source: crate::store::Error) -> Error {
+pub(super) fn store_err(path: &StorePath, source: crate::store::Error) -> Error {
     Error::Store {
         path: path.clone(),
         source,

@@ -27,6 +27,7 @@
 
 mod closure;
 mod fetch;
+mod live;
 mod lookup;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use crate::wire::nar::NarLimits;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 pub use closure::Reach;
+pub use live::{LIVE_CHUNK, LiveNar, live_url};
 
 /// Narinfo requests in flight at once (a QueryValidPaths of 300 paths is
 /// 300 / 16 round trips deep, not 300).
@@ -94,6 +96,18 @@ pub enum Error {
     Lost(String),
     #[error("reading the S3 bucket")]
     S3(#[source] crate::s3::Error),
+    #[error("writing the live spool of {path}")]
+    Spool {
+        path: StorePath,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the stored entry of {hash}")]
+    Stored {
+        hash: String,
+        #[source]
+        source: crate::store::Error,
+    },
 }
 
 /// A path an upstream has, signed by a trusted key.
@@ -155,6 +169,8 @@ pub struct Upstream {
     nars: Semaphore,
     /// Fetches in flight, by hash part: their result, once there.
     flights: Mutex<HashMap<String, Arc<watch::Sender<Option<Outcome>>>>>,
+    /// The spools of fetches in flight for the HTTP cache, by hash part.
+    lives: Mutex<HashMap<String, Arc<live::Live>>>,
     /// The mirror to the bucket, if one is configured.
     mirror: Option<crate::s3::Mirror>,
 }
@@ -220,6 +236,7 @@ impl Upstream {
             lookups: Semaphore::new(LOOKUPS_IN_FLIGHT),
             nars: Semaphore::new(FETCHES_IN_FLIGHT),
             flights: Default::default(),
+            lives: Default::default(),
             mirror,
         }))
     }
