@@ -21,7 +21,7 @@ def save():
 async def pump(r, w, k):
     try:
         while True:
-            b = await r.read(1 << 16)
+            b = await r.read(1 << 20)
             if not b:
                 break
             totals[k] += len(b)

@@ -13,7 +13,10 @@
 #           h1: a second backend, served from the relay's cache alone
 # Per mode: wall time, bytes the client sent over SSH to its builder, bytes
 # into h1 over SSH, bytes the upstream cache served (each counted by a
-# loopback forwarder, benches/bytecount.py). Print-only; exit 1 only on errors.
+# loopback forwarder, benches/bytecount.py; the upstream's is in both modes'
+# path), NAR bytes the relay's HTTP cache sent (its metric
+# nix_relay_http_nar_bytes_total: no forwarder on the relay mode's path
+# alone). Print-only; exit 1 only on errors.
 #   sudo benches/substitute.sh
 # Env: LAB_STATE (/tmp/nix-relay-bench-sub), LAB_BASE_PORT (2600),
 #      RELAY_BIN (${CARGO_TARGET_DIR:-REPO/target}/debug/nix-relay), BENCH_TIMEOUT (900)
@@ -24,7 +27,7 @@ export LAB_H1_NIX=2.34 LAB_CLIENT_NIX=2.34 LAB_CLIENTS=1 LAB_BACKEND_PROTO=ssh-n
 export RELAY_BIN=${RELAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/nix-relay}
 STATE=$LAB_STATE B=$LAB_BASE_PORT TMO=${BENCH_TIMEOUT:-900}
 HS=$REPO/tests/lab/hosts.sh UP=$REPO/tests/lab/upstream.sh
-P_RELAY=$((B + 71)) P_H1=$((B + 72)) P_UP=$((B + 73)) P_RH=$((B + 74)) UP_PORT=$((B + 99))
+P_RELAY=$((B + 71)) P_H1=$((B + 72)) P_UP=$((B + 73)) RELAY_HTTP=http://127.0.0.1:$((B + 80)) UP_PORT=$((B + 99))
 die() { echo "bench: $*" >&2; exit 1; }
 [ -x "$RELAY_BIN" ] || die "no relay binary $RELAY_BIN"
 case $STATE in /tmp/nix-relay-lab|/tmp/nix-relay-lab/) die "LAB_STATE is the e2e lab's; use another";; esac
@@ -36,7 +39,7 @@ trap cleanup EXIT
 "$REPO/tests/setup.sh" >/dev/null
 "$HS" up 1 --fresh >/dev/null
 "$UP" serve "$UP_PORT"
-for fw in "$P_RELAY $B relay" "$P_H1 $((B + 1)) h1" "$P_UP $UP_PORT upstream" "$P_RH $((B + 80)) relayhttp"; do
+for fw in "$P_RELAY $B relay" "$P_H1 $((B + 1)) h1" "$P_UP $UP_PORT upstream"; do
   # shellcheck disable=SC2086
   set -- $fw
   python3 "$REPO/benches/bytecount.py" "$1" "$2" "$STATE/bytes.$3" & PIDS+=($!)
@@ -54,8 +57,14 @@ grep -q ":$P_H1\"" "$STATE/relay.toml" || die "the relay's h1 is not behind the 
   printf 'Host relayc\n  HostName 127.0.0.1\n  Port %s\n  User nix\n  HostKeyAlias relayc\n' "$P_RELAY"
   printf 'Include %s\n' "$STATE/ssh_config"; } > "$STATE/bench_ssh_config"
 
-counts() {  # client->relay bytes; bytes into h1; bytes upstream served; bytes the relay's HTTP served
-  echo "$(cut -d' ' -f1 "$STATE/bytes.relay") $(cut -d' ' -f1 "$STATE/bytes.h1") $(cut -d' ' -f2 "$STATE/bytes.upstream") $(cut -d' ' -f2 "$STATE/bytes.relayhttp")"
+# NAR bytes the relay's HTTP cache sent (its own counter: a forwarder in
+# front of it would cost the relay mode a hop direct mode has not)
+http_sent() {
+  curl -s --max-time 10 "$RELAY_HTTP/metrics" 2>/dev/null \
+    | awk '$1 ~ /^nix_relay_http_nar_bytes_total/ { v += $2 } END { printf "%d\n", v + 0 }'
+}
+counts() {  # client->relay bytes; bytes into h1; bytes upstream served; bytes the relay's HTTP sent
+  echo "$(cut -d' ' -f1 "$STATE/bytes.relay") $(cut -d' ' -f1 "$STATE/bytes.h1") $(cut -d' ' -f2 "$STATE/bytes.upstream") $(http_sent)"
 }
 mib() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (a - b) / 1048576 }'; }
 run() {  # run MODE BUILDER-LINE [SEED]
@@ -83,7 +92,7 @@ echo "first build of -A consumer (inputs: $(( $(du -sk "${NIX_RELAY_UPSTREAM:-/v
 printf '%-7s %10s %16s %16s %16s %16s\n' mode wall "client->builder" "ssh into h1" "upstream served" "relay http"
 h1_substituter "$CACHE" "$KEY"
 run direct "$(line "$STATE/machines-ng" h1c)"
-h1_substituter "http://127.0.0.1:$P_RH" "$(cat "$STATE/keys/relay-cache.sec.pub")"
+h1_substituter "$RELAY_HTTP" "$(cat "$STATE/keys/relay-cache.sec.pub")"
 run relay "$(line "$STATE/machines-relay-ng" relayc)"
 run sibling "$(line "$STATE/machines-relay-ng" relayc)" sibling
 # the goals (issue 16): no slower than direct; the client uploads no more than direct

@@ -410,6 +410,15 @@ fn describe_upstream() {
         "nix_relay_upstream_fetch_failures_total",
         "Upstream fetches that failed, by reason (network, mismatch, nar, too_large, store, reference)"
     );
+    describe_counter!(
+        "nix_relay_http_nar_bytes_total",
+        "NAR body bytes the HTTP cache sent, by source (stored: a stored NAR; live: pulled through while fetched)"
+    );
+}
+
+/// NAR body bytes the HTTP cache sent: `stored` or `live`.
+pub fn http_nar_bytes(source: &'static str, n: usize) {
+    counter!("nix_relay_http_nar_bytes_total", "source" => source).increment(n as u64);
 }
 
 /// One narinfo request to an upstream: `hit`, `miss`, `untrusted`, `error`.

@@ -189,13 +189,10 @@ async fn live_nar(
     };
     match upstream.live_nar(hash).await {
         Ok(Some(nar)) => {
-            let body = (nar.body)
-                .inspect_err(|e| tracing::warn!(error = %e, "a live NAR's body failed mid-way"));
-            let headers = [
-                (CONTENT_TYPE, HeaderValue::from_static(NAR_TYPE)),
-                (CONTENT_LENGTH, HeaderValue::from(nar.size)),
-            ];
-            (headers, Body::from_stream(body)).into_response()
+            let source = if nar.live { "live" } else { "stored" };
+            let body =
+                (nar.body).inspect_ok(move |b| crate::metrics::http_nar_bytes(source, b.len()));
+            body_response(body, nar.size, NAR_TYPE)
         }
         Ok(None) => not_found(),
         Err(e) => {
@@ -215,7 +212,16 @@ async fn nar(
     let Some(name) = nar_file_name(&file) else {
         return not_found();
     };
-    serve_file(&state.root.join("nar").join(name), NAR_TYPE).await
+    let path = state.root.join("nar").join(name);
+    match open_regular(&path).await {
+        Ok(Some((file, len))) => {
+            let stream = ReaderStream::with_capacity(file, CHUNK)
+                .inspect_ok(|b| crate::metrics::http_nar_bytes("stored", b.len()));
+            body_response(stream, len, NAR_TYPE)
+        }
+        Ok(None) => not_found(),
+        Err(e) => internal_error(&path, &e),
+    }
 }
 
 /// A stored build log, sent uncompressed: Nix's `getBuildLog` takes the
@@ -279,8 +285,16 @@ async fn open_regular(path: &Path) -> io::Result<Option<(File, u64)>> {
 /// A read error mid-body aborts the connection (the client sees a short
 /// body against Content-Length); it is logged here.
 fn file_response(file: File, len: u64, content_type: &'static str) -> Response {
-    let stream = ReaderStream::with_capacity(file, CHUNK)
-        .inspect_err(|e| tracing::warn!(error = %e, "reading a served file failed mid-body"));
+    body_response(ReaderStream::with_capacity(file, CHUNK), len, content_type)
+}
+
+/// `stream` as a body of `len` bytes; an error mid-body is logged and cuts
+/// the body short.
+fn body_response<S>(stream: S, len: u64, content_type: &'static str) -> Response
+where
+    S: futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static,
+{
+    let stream = stream.inspect_err(|e| tracing::warn!(error = %e, "a served body failed mid-way"));
     let headers = [
         (CONTENT_TYPE, HeaderValue::from_static(content_type)),
         (CONTENT_LENGTH, HeaderValue::from(len)),

@@ -140,6 +140,8 @@ where
 /// A NAR served at a live URL: its size and its body.
 pub struct LiveNar {
     pub size: u64,
+    /// Followed from a fetch in flight (else read from the store).
+    pub live: bool,
     pub body: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
 }
 
@@ -209,6 +211,7 @@ impl Upstream {
         let body = futures_util::stream::try_unfold((live, rx, None, 0u64), read_spool);
         Ok(Some(LiveNar {
             size,
+            live: true,
             body: Box::pin(body),
         }))
     }
@@ -225,6 +228,7 @@ impl Upstream {
         let reader = (self.store.open_nar_of(&Scope::Public, &info).await).map_err(store_err)?;
         Ok(Some(LiveNar {
             size: info.nar_size,
+            live: false,
             body: Box::pin(ReaderStream::with_capacity(reader, LIVE_CHUNK)),
         }))
     }
