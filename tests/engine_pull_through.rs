@@ -243,3 +243,27 @@ async fn a_substituter_gets_the_first_bytes_before_upstream_has_sent_the_rest() 
     assert_eq!(Sha256Hash::digest(&head), up.nar_hash);
     s.t.wait_stored(&up.path, WAIT).await;
 }
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_the_window_goes_on_from_the_stored_entry() {
+    use tokio::io::AsyncReadExt;
+    let cache = TestCache::start(Compression::None).await;
+    let size = 3 * nix_relay::upstream::LIVE_WINDOW as u32;
+    let big: Vec<u8> = (0..size).map(|i| (i * 31 % 253) as u8).collect();
+    let up = cache.add("slow-reader", &big, &[]).await;
+    let s = serve_relay(&cache).await;
+    let live = format!("nar/live/{}.nar", up.path.hash_part());
+    let reply = Client::new(WAIT)
+        .get(&BaseUrl::parse(&s.base).unwrap(), &live)
+        .await
+        .unwrap();
+    let mut body = reply.into_reader(WAIT);
+    let mut got = vec![0; 4096];
+    body.read_exact(&mut got).await.unwrap();
+    // the reader pauses; the fetch goes on to the end without it
+    s.t.wait_stored(&up.path, WAIT).await;
+    body.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got.len() as u64, up.nar_size);
+    assert_eq!(Sha256Hash::digest(&got), up.nar_hash);
+    assert_eq!(cache.requests("/nar/"), 1);
+}

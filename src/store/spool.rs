@@ -100,6 +100,17 @@ impl Spool {
         Ok(())
     }
 
+    /// As [`Spool::send`] without the copy.
+    pub async fn send_shared(&mut self, buf: Bytes) -> Result<(), Error> {
+        let mut at = 0;
+        while at < buf.len() {
+            let end = (at + CHUNK_BYTES).min(buf.len());
+            self.push(Msg::Data(buf.slice(at..end))).await?;
+            at = end;
+        }
+        Ok(())
+    }
+
     async fn push(&mut self, msg: Msg) -> Result<(), Error> {
         let Some(tx) = &self.tx else {
             return Err(self.gone("the NAR was already finished"));

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_compression::tokio::bufread::{XzDecoder, ZstdDecoder};
+use bytes::Bytes;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::spool::{Spool, Spooled};
@@ -79,6 +80,16 @@ pub enum Verify {
     Computed,
 }
 
+/// Bytes [`NarWriter::check`] accepted as the NAR's next part.
+#[derive(Debug, Clone)]
+pub struct Checked(Bytes);
+
+impl Checked {
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
 pub struct NarWriter {
     store: Store,
     tmp: PathBuf,
@@ -120,6 +131,18 @@ impl NarWriter {
         let n = self.tokenize(buf, path)?;
         self.spool.send(&buf[..n]).await?;
         Ok(n)
+    }
+
+    /// The prefix of `buf` that belongs to the NAR, checked, to be queued
+    /// with [`NarWriter::queue`] (in between, it can go elsewhere first).
+    pub fn check(&mut self, buf: Bytes, path: &StorePath) -> Result<Checked, Error> {
+        let n = self.tokenize(&buf, path)?;
+        Ok(Checked(buf.slice(..n)))
+    }
+
+    /// Queues a checked prefix for the file, without a copy.
+    pub async fn queue(&mut self, checked: Checked) -> Result<(), Error> {
+        self.spool.send_shared(checked.0).await
     }
 
     /// The prefix of `buf` that belongs to the NAR, checked.

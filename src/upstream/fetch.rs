@@ -55,7 +55,7 @@ impl Upstream {
     }
 
     /// The fetch of `found`'s path in flight, or a new one in a task of its
-    /// own (with a spool readers can follow if `live`, see `live`): a
+    /// own (with a window readers can follow if `live`, see `live`): a
     /// receiver of its result.
     pub(super) fn start(
         self: &Arc<Self>,
@@ -72,15 +72,15 @@ impl Upstream {
         let tx = Arc::new(tx);
         flights.insert(hash.clone(), tx.clone());
         let live = live.then(|| {
-            let l = Live::new(self.store.root(), &hash, found.narinfo.nar_size);
+            let l = Live::new(found.narinfo.nar_size);
             let l = Arc::new(l);
             lock(&self.lives).insert(hash.clone(), l.clone());
             LiveGuard(l)
         });
         let this = self.clone();
         tokio::spawn(async move {
-            let spool = live.as_ref().map(|g| &*g.0);
-            let outcome = this.fetch_now(&found, refs_first, spool).await;
+            let window = live.as_ref().map(|g| &*g.0);
+            let outcome = this.fetch_now(&found, refs_first, window).await;
             let outcome = outcome.map_err(Arc::new);
             if let Some(g) = &live {
                 g.0.end(outcome.is_ok());
@@ -143,7 +143,7 @@ impl Upstream {
     }
 
     /// Streams the NAR of `found` into the store, verified (and into
-    /// `live`'s spool as it comes, if given).
+    /// `live`'s window as it comes, if given).
     async fn download(&self, found: &Found, live: Option<&Live>) -> Result<(), Error> {
         let n = &found.narinfo;
         let path = &n.store_path;

@@ -3,10 +3,13 @@
 //! NarHash, NarSize and references, signed by the relay's key,
 //! `Compression: none`, URL `nar/live/<hash>.nar`), and serves that URL
 //! from the fetch in flight: each chunk, decompressed and passed by the NAR
-//! tokenizer, is appended to a spool file that readers follow, so a
+//! tokenizer, goes to the fetch's readers from a window of the last
+//! [`LIVE_WINDOW`] bytes in memory, then to the store side, so a
 //! substituter gets the bytes as the relay gets them rather than after the
-//! whole NAR is stored. Once the entry is stored the URL is served from the
-//! store, decompressed; if the store no longer has it, it is fetched again.
+//! whole NAR is stored. A reader that falls out of the window (or comes
+//! after the start has left it) goes on from the stored entry once it is
+//! stored. Once the entry is stored the URL is served from the store,
+//! decompressed; if the store no longer has it, it is fetched again.
 //! Nothing is fetched for a narinfo alone: only a NAR request starts a
 //! fetch (a `nix path-info` over a whole closure downloads nothing).
 //!
@@ -14,30 +17,29 @@
 //! it; the substituter checks it against the signed NarHash itself (every
 //! Nix does), and a body whose fetch fails is cut short with an error, never
 //! ended early as if complete. The store takes the NAR only verified.
-//! Bounds: the spool is a file (memory per reader is one
-//! [`LIVE_CHUNK`]), removed when the fetch and its last reader are done; a
-//! reader waits at most as long as the fetch, which the stall timeout bounds.
+//! Bounds: [`LIVE_WINDOW`] bytes per fetch in flight (readers share its
+//! chunks); a reader waits at most as long as the fetch, which the stall
+//! timeout bounds.
 
+use std::collections::VecDeque;
 use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::Stream;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::sync::watch;
 use tokio_util::io::ReaderStream;
 
-use super::{Error, Found, Upstream, lock};
+use super::{Error, Upstream, lock};
 use crate::store::{NarWriter, Scope};
 use crate::wire::store_path::StorePath;
 
-/// Bytes read per chunk from a spool or a stored NAR.
+/// Bytes read per chunk from a stored NAR.
 pub const LIVE_CHUNK: usize = 256 << 10;
-
-static SPOOLS: AtomicU64 = AtomicU64::new(0);
+/// The most recent bytes of a fetch in flight kept in memory for its readers.
+pub const LIVE_WINDOW: usize = 8 << 20;
 
 /// A live NAR's URL, relative to the cache.
 pub fn live_url(hash: &str) -> String {
@@ -57,30 +59,26 @@ struct Progress {
     end: Option<End>,
 }
 
-/// One fetch's spool, followed by its readers.
+/// The last bytes of a fetch: `chunks` start at offset `start`.
+#[derive(Default)]
+struct Window {
+    start: u64,
+    chunks: VecDeque<Bytes>,
+    held: usize,
+}
+
+/// One fetch's window, followed by its readers.
 pub(super) struct Live {
-    spool: PathBuf,
     nar_size: u64,
+    window: Mutex<Window>,
     progress: watch::Sender<Progress>,
 }
 
-impl Drop for Live {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.spool)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(file = %self.spool.display(), error = %e, "could not remove a live spool");
-        }
-    }
-}
-
 impl Live {
-    pub(super) fn new(store_root: &std::path::Path, hash: &str, nar_size: u64) -> Live {
-        let n = SPOOLS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{n}-{hash}.live", std::process::id());
+    pub(super) fn new(nar_size: u64) -> Live {
         Live {
-            spool: store_root.join("tmp").join(name),
             nar_size,
+            window: Mutex::default(),
             progress: watch::Sender::new(Progress::default()),
         }
     }
@@ -94,10 +92,44 @@ impl Live {
             first
         });
     }
+
+    /// Appends the NAR's next bytes, dropping the oldest beyond the window.
+    fn push(&self, chunk: Bytes) {
+        let written = {
+            let mut w = lock(&self.window);
+            w.held += chunk.len();
+            w.chunks.push_back(chunk);
+            while w.held > LIVE_WINDOW && w.chunks.len() > 1 {
+                let old = w.chunks.pop_front().unwrap_or_default();
+                w.held -= old.len();
+                w.start += old.len() as u64;
+            }
+            w.start + w.held as u64
+        };
+        self.progress.send_modify(|p| p.written = written);
+    }
+
+    /// The bytes from `pos` on (at most one chunk; empty if there are none
+    /// yet); None if `pos` has left the window.
+    fn at(&self, pos: u64) -> Option<Bytes> {
+        let w = lock(&self.window);
+        let mut off = w.start;
+        if pos < off {
+            return None;
+        }
+        for c in &w.chunks {
+            let end = off + c.len() as u64;
+            if pos < end {
+                return Some(c.slice((pos - off) as usize..));
+            }
+            off = end;
+        }
+        Some(Bytes::new())
+    }
 }
 
-/// Streams one NAR from `nar` into the store writer `w` and, chunk by
-/// chunk, into `live`'s spool (written and flushed before readers are told).
+/// Streams one NAR from `nar` into the store writer `w`, each checked chunk
+/// to `live`'s readers first.
 pub(super) async fn pump_live<R>(
     w: &mut NarWriter,
     nar: &mut R,
@@ -107,31 +139,25 @@ pub(super) async fn pump_live<R>(
 where
     R: AsyncBufRead + Unpin + ?Sized,
 {
-    let spool_err = |source| Error::Spool {
-        path: path.clone(),
-        source,
-    };
     let store_err = |e| super::fetch::store_err(path, e);
-    let mut out = (tokio::fs::File::create(&live.spool).await).map_err(spool_err)?;
-    let mut written = 0u64;
+    let nar_err = |source| {
+        store_err(crate::store::Error::Nar {
+            path: path.clone(),
+            source,
+        })
+    };
     while !w.is_done() {
-        let buf = nar.fill_buf().await.map_err(|e| {
-            store_err(crate::store::Error::Nar {
-                path: path.clone(),
-                source: crate::wire::Error::read("NAR", e),
-            })
-        })?;
+        let buf =
+            (nar.fill_buf().await).map_err(|e| nar_err(crate::wire::Error::read("NAR", e)))?;
         if buf.is_empty() {
-            return Err(store_err(crate::store::Error::Nar {
-                path: path.clone(),
-                source: crate::wire::Error::UnexpectedEof { field: "NAR" },
-            }));
+            return Err(nar_err(crate::wire::Error::UnexpectedEof { field: "NAR" }));
         }
-        let n = w.feed(buf, path).await.map_err(store_err)?;
-        out.write_all(&buf[..n]).await.map_err(spool_err)?;
-        out.flush().await.map_err(spool_err)?;
-        written += n as u64;
-        live.progress.send_modify(|p| p.written = written);
+        let checked = w
+            .check(Bytes::copy_from_slice(buf), path)
+            .map_err(store_err)?;
+        let n = checked.bytes().len();
+        live.push(checked.bytes().clone());
+        w.queue(checked).await.map_err(store_err)?;
         nar.consume(n);
     }
     Ok(())
@@ -186,29 +212,41 @@ impl Upstream {
             }
             let mut rx = self.start(found, false, true);
             if !lock(&self.lives).contains_key(hash) {
-                // A fetch with no spool (a build's input) was in flight: wait for it.
+                // A fetch with no window (a build's input) was in flight: wait for it.
                 let _ = rx.wait_for(Option::is_some).await;
             }
         }
         Ok(None)
     }
 
-    /// The spool of `hash`'s fetch in flight, once it has bytes; None if
-    /// there is none or its fetch ended without writing one.
-    async fn follow(&self, hash: &str) -> Result<Option<LiveNar>, Error> {
+    /// The window of `hash`'s fetch in flight, followed from its start;
+    /// None if there is none, its start has left the window, or its fetch
+    /// ended without streaming (the caller reads the store).
+    async fn follow(self: &Arc<Self>, hash: &str) -> Result<Option<LiveNar>, Error> {
         let Some(live) = lock(&self.lives).get(hash).cloned() else {
             return Ok(None);
         };
         let mut rx = live.progress.subscribe();
         let p = *(rx.wait_for(|p| p.written > 0 || p.end.is_some()).await)
             .map_err(|_| Error::Lost(hash.to_owned()))?;
-        match p.end {
-            _ if p.written > 0 => {}
-            Some(End::Failed) => return Err(Error::Lost(hash.to_owned())),
-            _ => return Ok(None),
+        if p.written == 0 || live.at(0).is_none() {
+            let p = *(rx.wait_for(|p| p.end.is_some()).await)
+                .map_err(|_| Error::Lost(hash.to_owned()))?;
+            return match p.end {
+                Some(End::Failed) => Err(Error::Lost(hash.to_owned())),
+                _ => Ok(None),
+            };
         }
         let size = live.nar_size;
-        let body = futures_util::stream::try_unfold((live, rx, None, 0u64), read_spool);
+        let reader = Follower {
+            up: self.clone(),
+            hash: hash.to_owned(),
+            live,
+            rx,
+            pos: 0,
+            stored: None,
+        };
+        let body = futures_util::stream::try_unfold(reader, Follower::next);
         Ok(Some(LiveNar {
             size,
             live: true,
@@ -234,41 +272,92 @@ impl Upstream {
     }
 }
 
-type SpoolState = (
-    Arc<Live>,
-    watch::Receiver<Progress>,
-    Option<tokio::fs::File>,
-    u64,
-);
+type Body = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
-/// The next chunk of a spool at `pos`, waiting for the fetch to write it;
-/// an error if the fetch ends before the NAR's last byte is there.
-async fn read_spool(
-    (live, mut rx, file, pos): SpoolState,
-) -> io::Result<Option<(Bytes, SpoolState)>> {
-    if pos >= live.nar_size {
-        return Ok(None);
-    }
-    let p = *(rx.wait_for(|p| p.written > pos || p.end.is_some()).await)
-        .map_err(|_| io::Error::other("the fetch from upstream went away"))?;
-    if p.written <= pos {
-        let (got, size) = (p.written, live.nar_size);
-        return Err(io::Error::other(format!(
-            "the fetch from upstream ended after {got} of {size} bytes"
-        )));
-    }
-    let mut f = match file {
-        Some(f) => f,
-        None => tokio::fs::File::open(&live.spool).await?,
-    };
-    let want = (p.written.min(live.nar_size) - pos).min(LIVE_CHUNK as u64) as usize;
-    let mut buf = vec![0; want];
-    f.read_exact(&mut buf).await?;
-    let next = pos + want as u64;
-    Ok(Some((Bytes::from(buf), (live, rx, Some(f), next))))
+/// A reader of a live NAR: from the window, or, once it has fallen out of
+/// it, from the stored entry (skipping what it already sent).
+struct Follower {
+    up: Arc<Upstream>,
+    hash: String,
+    live: Arc<Live>,
+    rx: watch::Receiver<Progress>,
+    /// Bytes sent so far.
+    pos: u64,
+    /// The stored entry and how much of it is still to skip.
+    stored: Option<(Body, u64)>,
 }
 
-/// Ends a fetch's spool as failed unless it was ended (a fetch task that
+impl Follower {
+    /// The next chunk; an error if the fetch ends before the NAR's last byte.
+    async fn next(mut self) -> io::Result<Option<(Bytes, Follower)>> {
+        let size = self.live.nar_size;
+        while self.pos < size {
+            let chunk = match &mut self.stored {
+                Some(_) => self.next_in_store().await?,
+                None => self.next_in_window().await?,
+            };
+            if let Some(c) = chunk {
+                let c = c.slice(..c.len().min((size - self.pos) as usize));
+                self.pos += c.len() as u64;
+                return Ok(Some((c, self)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The window's next bytes; None once the reader has left the window
+    /// (it goes on from the store).
+    async fn next_in_window(&mut self) -> io::Result<Option<Bytes>> {
+        let pos = self.pos;
+        let p = *(self
+            .rx
+            .wait_for(|p| p.written > pos || p.end.is_some())
+            .await)
+            .map_err(|_| io::Error::other("the fetch from upstream went away"))?;
+        match self.live.at(pos) {
+            Some(c) if !c.is_empty() => Ok(Some(c)),
+            Some(_) => Err(io::Error::other(format!(
+                "the fetch from upstream ended after {} of {} bytes",
+                p.written, self.live.nar_size
+            ))),
+            None => {
+                let p = *(self.rx.wait_for(|p| p.end.is_some()).await)
+                    .map_err(|_| io::Error::other("the fetch from upstream went away"))?;
+                if p.end == Some(End::Failed) {
+                    return Err(io::Error::other("the fetch from upstream failed"));
+                }
+                let nar = self.up.stored_nar(&self.hash).await;
+                let nar = nar.map_err(|e| io::Error::other(crate::error_chain(&e)))?;
+                let nar = nar.ok_or_else(|| io::Error::other("the stored entry is gone"))?;
+                self.stored = Some((nar.body, pos));
+                Ok(None)
+            }
+        }
+    }
+
+    /// The stored entry's next bytes past those already sent.
+    async fn next_in_store(&mut self) -> io::Result<Option<Bytes>> {
+        let Some((body, skip)) = &mut self.stored else {
+            return Ok(None);
+        };
+        loop {
+            let Some(c) = body.next().await.transpose()? else {
+                return Err(io::Error::other(
+                    "the stored NAR is shorter than its NarSize",
+                ));
+            };
+            if (c.len() as u64) <= *skip {
+                *skip -= c.len() as u64;
+                continue;
+            }
+            let c = c.slice(*skip as usize..);
+            *skip = 0;
+            return Ok(Some(c));
+        }
+    }
+}
+
+/// Ends a fetch's window as failed unless it was ended (a fetch task that
 /// fails or is dropped never leaves a reader waiting).
 pub(super) struct LiveGuard(pub Arc<Live>);
 
@@ -278,7 +367,7 @@ impl Drop for LiveGuard {
     }
 }
 
-impl Found {
+impl super::Found {
     pub(super) fn hash(&self) -> &str {
         self.narinfo.store_path.hash_part()
     }

@@ -43,7 +43,7 @@ use crate::wire::nar::NarLimits;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 pub use closure::Reach;
-pub use live::{LIVE_CHUNK, LiveNar, live_url};
+pub use live::{LIVE_CHUNK, LIVE_WINDOW, LiveNar, live_url};
 
 /// Narinfo requests in flight at once (a QueryValidPaths of 300 paths is
 /// 300 / 16 round trips deep, not 300).
@@ -96,12 +96,6 @@ pub enum Error {
     Lost(String),
     #[error("reading the S3 bucket")]
     S3(#[source] crate::s3::Error),
-    #[error("writing the live spool of {path}")]
-    Spool {
-        path: StorePath,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("reading the stored entry of {hash}")]
     Stored {
         hash: String,
@@ -169,7 +163,7 @@ pub struct Upstream {
     nars: Semaphore,
     /// Fetches in flight, by hash part: their result, once there.
     flights: Mutex<HashMap<String, Arc<watch::Sender<Option<Outcome>>>>>,
-    /// The spools of fetches in flight for the HTTP cache, by hash part.
+    /// The windows of fetches in flight for the HTTP cache, by hash part.
     lives: Mutex<HashMap<String, Arc<live::Live>>>,
     /// The mirror to the bucket, if one is configured.
     mirror: Option<crate::s3::Mirror>,
