@@ -257,7 +257,7 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
     let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
     let bucket = config.cache.s3.clone().map(|loc| {
         info!(store = %loc, "mirroring the cache to S3");
-        crate::s3::open(loc, store.clone())
+        crate::s3::open(loc, store.clone(), config.cache.store_max_size)
     });
     let upstream = crate::upstream::Upstream::with_bucket(
         &config.cache.upstream,

@@ -176,13 +176,22 @@ pub async fn upload_entry(
         )));
     };
     let nar_key = key_of(dir, &info.url);
+    let nar_path = base.join(&info.url);
+    // A NAR already there (another entry's, or a path built twice) is
+    // refreshed: young, an eviction pass leaves it alone (`evict`).
     let mut sent = 0;
-    if !bucket.exists(&nar_key).await? {
-        match upload_file(bucket, &nar_key, &base.join(&info.url)).await {
-            Err(Error::Local { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(None);
-            }
-            r => sent += r?,
+    let there = match bucket.refresh(&nar_key).await {
+        Ok(there) => there,
+        // CopyObject stops at 5 GiB: a bigger NAR is only checked.
+        Err(e) => {
+            tracing::debug!("{}", crate::error_chain(&e));
+            bucket.exists(&nar_key).await?
+        }
+    };
+    if !there {
+        match upload_nar(bucket, &nar_key, &nar_path).await? {
+            Some(n) => sent += n,
+            None => return Ok(None),
         }
     }
     let prov = base.join("meta").join(format!("{hash}.prov"));
@@ -196,7 +205,26 @@ pub async fn upload_entry(
     bucket
         .put(&key_of(dir, &format!("{hash}.narinfo")), text.into())
         .await?;
+    // An eviction pass that listed the NAR before the refresh may have
+    // deleted it since: then it goes up again.
+    if !bucket.exists(&nar_key).await? {
+        tracing::info!(
+            key = nar_key,
+            "S3 NAR deleted under a new narinfo: uploading it again"
+        );
+        sent += upload_nar(bucket, &nar_key, &nar_path).await?.unwrap_or(0);
+    }
     Ok(Some(sent))
+}
+
+/// [`upload_file`], None if the local file is gone (evicted).
+async fn upload_nar(bucket: &Bucket, key: &str, path: &Path) -> Result<Option<u64>, Error> {
+    match upload_file(bucket, key, path).await {
+        Err(Error::Local { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        r => r.map(Some),
+    }
 }
 
 /// Fills `buf` from `r` up to [`PART_SIZE`] bytes (less only at the end).

@@ -14,6 +14,10 @@
 //!   the narinfo **last**. At start, multipart uploads older than
 //!   [`STALE_UPLOAD_AGE`] are aborted, and public entries the bucket lacks
 //!   (a crash between the local commit and the upload) are uploaded again.
+//! * `evict` — the bucket's size cap (`[cache] store_max_size`): periodic
+//!   passes delete the least recently used entries (narinfo first), NARs
+//!   no narinfo refers to and narinfos whose NAR is gone; `refresh` makes
+//!   a used entry's narinfo young again (its LastModified is its last use).
 //! * Reading: the bucket is the first source of `upstream` (signed GETs),
 //!   trusted with the relay's own key, so a local miss pulls the entry into
 //!   the local store, verified, single-flight.
@@ -25,12 +29,15 @@
 //! readers, aborted by the next start) or an orphan NAR.
 
 pub mod client;
+pub mod evict;
 mod list;
 pub mod mirror;
+pub mod refresh;
 
 use std::time::Duration;
 
 pub use client::Bucket;
+pub use list::Object;
 pub use mirror::Mirror;
 
 /// A multipart upload's part (S3's minimum is 5 MiB but for the last one).
@@ -92,18 +99,33 @@ pub enum Error {
 }
 
 /// The bucket at `loc` (credentials from the AWS chain: environment,
-/// shared files, …) and the mirror of `store` to it, started.
-pub fn open(loc: Location, store: crate::store::Store) -> (std::sync::Arc<Bucket>, Mirror) {
+/// shared files, …), the mirror of `store` to it, started, the refresh of
+/// entries `store` uses, and the eviction passes if `max_size` is set.
+pub fn open(
+    loc: Location,
+    store: crate::store::Store,
+    max_size: Option<u64>,
+) -> (std::sync::Arc<Bucket>, Mirror) {
+    let creds = credentials();
+    let bucket = std::sync::Arc::new(Bucket::new(loc, creds));
+    let mirror = Mirror::start(bucket.clone(), store.clone(), STALE_UPLOAD_AGE);
+    let refresher = refresh::Refresher::start(bucket.clone(), refresh::REFRESH_AFTER);
+    store.set_on_use(std::sync::Arc::new(move |dir: &str, hash: &str| {
+        refresher.used(dir, hash);
+    }));
+    if let Some(max_size) = max_size {
+        let guard = STALE_UPLOAD_AGE;
+        evict::Evictor::new(bucket.clone(), evict::Policy { max_size, guard }).start();
+    }
+    (bucket, mirror)
+}
+
+fn credentials() -> crate::aws::Provider {
     #[cfg(feature = "testing")]
     if let Some(c) = TEST_CREDENTIALS.get() {
-        let bucket = std::sync::Arc::new(Bucket::new(loc, crate::aws::Provider::fixed(c.clone())));
-        let mirror = Mirror::start(bucket.clone(), store, STALE_UPLOAD_AGE);
-        return (bucket, mirror);
+        return crate::aws::Provider::fixed(c.clone());
     }
-    let creds = crate::aws::Provider::chain(crate::aws::creds::Env::process());
-    let bucket = std::sync::Arc::new(Bucket::new(loc, creds));
-    let mirror = Mirror::start(bucket.clone(), store, STALE_UPLOAD_AGE);
-    (bucket, mirror)
+    crate::aws::Provider::chain(crate::aws::creds::Env::process())
 }
 
 #[cfg(feature = "testing")]
