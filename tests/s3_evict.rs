@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix_relay::s3::Bucket;
 use nix_relay::s3::evict::{Evictor, Pass, Policy};
+use nix_relay::s3::{Bucket, Mirror};
 use nix_relay::store::NarInfo;
 use nix_relay::wire::hash::Sha256Hash;
 use nix_relay::wire::store_path::StorePath;
@@ -23,15 +23,10 @@ fn hash(i: usize) -> String {
     format!("{i:0>32}")
 }
 
-/// Writes entry `i` as the mirror does (NAR, provenance, narinfo last),
-/// its narinfo pointing at `nar` (written unless it is there).
-async fn put_entry(b: &Bucket, scope: &str, i: usize, nar: &str) {
+/// The narinfo of entry `i`, its NAR at `nar`.
+fn narinfo(i: usize, nar: &str) -> String {
     let path = StorePath::parse(&format!("/nix/store/{}-e{i}", hash(i))).unwrap();
-    if !b.exists(&format!("{scope}{nar}")).await.unwrap() {
-        let body = vec![i as u8; NAR];
-        b.put(&format!("{scope}{nar}"), body.into()).await.unwrap();
-    }
-    let n = NarInfo {
+    NarInfo {
         store_path: path,
         url: nar.into(),
         compression: "none".into(),
@@ -44,12 +39,22 @@ async fn put_entry(b: &Bucket, scope: &str, i: usize, nar: &str) {
         system: None,
         sigs: vec![],
         ca: None,
-    };
+    }
+    .render()
+}
+
+/// Writes entry `i` as the mirror does (NAR, provenance, narinfo last),
+/// its narinfo pointing at `nar` (written unless it is there).
+async fn put_entry(b: &Bucket, scope: &str, i: usize, nar: &str) {
+    if !b.exists(&format!("{scope}{nar}")).await.unwrap() {
+        let body = vec![i as u8; NAR];
+        b.put(&format!("{scope}{nar}"), body.into()).await.unwrap();
+    }
     let h = hash(i);
     b.put(&format!("{scope}meta/{h}.prov"), "built".into())
         .await
         .unwrap();
-    b.put(&format!("{scope}{h}.narinfo"), n.render().into())
+    b.put(&format!("{scope}{h}.narinfo"), narinfo(i, nar).into())
         .await
         .unwrap();
 }
@@ -191,4 +196,45 @@ async fn above_the_cap_the_least_recently_used_entries_go_narinfo_first() {
             ..Pass::default()
         }
     );
+}
+
+/// Entry `i` in the local store at `root` (public), committed `age` ago.
+fn local_entry(root: &std::path::Path, i: usize, age: Duration) {
+    let nar = format!("nar/e{i}.nar");
+    std::fs::create_dir_all(root.join("nar")).unwrap();
+    std::fs::write(root.join(&nar), vec![i as u8; NAR]).unwrap();
+    let ni = root.join(format!("{}.narinfo", hash(i)));
+    std::fs::write(&ni, narinfo(i, &nar)).unwrap();
+    let f = std::fs::File::options().write(true).open(&ni).unwrap();
+    f.set_modified(std::time::SystemTime::now() - age).unwrap();
+}
+
+/// A restart's repair uploads the local public entries the bucket lacks;
+/// with a cap, not those committed before the bucket's oldest narinfo
+/// (evicted there, not lost in a crash).
+#[tokio::test]
+async fn a_capped_buckets_repair_does_not_bring_back_evicted_entries() {
+    let Some(m) = moto::moto() else { return };
+    let b: Arc<Bucket> = m.bucket("repair").await;
+    put_entry(&b, "", 7, "nar/e7.nar").await;
+    next_second().await;
+    let dir = tempfile::tempdir().unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    local_entry(dir.path(), 8, 2 * day);
+    local_entry(dir.path(), 9, Duration::ZERO);
+    let open = || nix_relay::store::Store::open(dir.path(), Default::default()).unwrap();
+    let stale = nix_relay::s3::STALE_UPLOAD_AGE;
+    Mirror::start(b.clone(), open(), stale, true)
+        .flushed()
+        .await;
+    let (old, new) = (
+        format!("{}.narinfo", hash(8)),
+        format!("{}.narinfo", hash(9)),
+    );
+    assert!(b.exists(&new).await.unwrap(), "lost in a crash: uploaded");
+    assert!(!b.exists(&old).await.unwrap(), "evicted: left out");
+    Mirror::start(b.clone(), open(), stale, false)
+        .flushed()
+        .await;
+    assert!(b.exists(&old).await.unwrap(), "no cap: every missing one");
 }

@@ -28,8 +28,10 @@ impl Mirror {
     /// Hooks to `store`'s commits and starts the upload task, which first
     /// does the start-up cleanup: multipart uploads older than `stale_age`
     /// aborted, `nix-cache-info` written if absent, public entries the
-    /// bucket lacks queued. Needs a Tokio runtime.
-    pub fn start(bucket: Arc<Bucket>, store: Store, stale_age: Duration) -> Mirror {
+    /// bucket lacks queued (if the bucket is `capped`, only those committed
+    /// after its oldest narinfo's last use: older ones were evicted there,
+    /// not lost in a crash). Needs a Tokio runtime.
+    pub fn start(bucket: Arc<Bucket>, store: Store, stale_age: Duration, capped: bool) -> Mirror {
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
         // The start-up cleanup counts as one pending entry.
         let mirror = Mirror {
@@ -43,14 +45,14 @@ impl Mirror {
         }));
         let m = mirror.clone();
         tokio::spawn(async move {
-            m.clean_up(&bucket, &store, stale_age).await;
+            m.clean_up(&bucket, &store, stale_age, capped).await;
             done_one(&m.pending);
             run(bucket, store.root().to_owned(), rx, m.pending.clone()).await;
         });
         mirror
     }
 
-    async fn clean_up(&self, bucket: &Bucket, store: &Store, stale_age: Duration) {
+    async fn clean_up(&self, bucket: &Bucket, store: &Store, stale_age: Duration, capped: bool) {
         if let Err(e) = abort_stale(bucket, stale_age).await {
             tracing::warn!("S3 start-up: {}", crate::error_chain(&e));
         }
@@ -58,7 +60,7 @@ impl Mirror {
         if let Err(e) = put_info(bucket, &info).await {
             tracing::warn!("S3 start-up: {}", crate::error_chain(&e));
         }
-        match missing_public(bucket, store).await {
+        match missing_public(bucket, store, capped).await {
             Ok(hashes) => hashes.iter().for_each(|h| self.enqueue("", h)),
             Err(e) => tracing::warn!("S3 start-up repair: {}", crate::error_chain(&e)),
         }
@@ -306,13 +308,24 @@ async fn put_info(bucket: &Bucket, info: &Path) -> Result<(), Error> {
         .map(drop)
 }
 
-/// The hash parts of the local public entries the bucket has no narinfo for.
-async fn missing_public(bucket: &Bucket, store: &Store) -> Result<Vec<String>, Error> {
-    let keys = bucket.list_keys("").await?;
-    let there: std::collections::HashSet<&str> = (keys.iter())
-        .filter_map(|k| k.strip_suffix(".narinfo"))
+/// The hash parts of the local public entries the bucket has no narinfo
+/// for; if `capped`, only those committed after the bucket's oldest narinfo
+/// was last used (an entry evicted there was used before all that remain).
+async fn missing_public(
+    bucket: &Bucket,
+    store: &Store,
+    capped: bool,
+) -> Result<Vec<String>, Error> {
+    let objects = bucket.list_objects("").await?;
+    let narinfos = || (objects.iter()).filter(|o| o.key.ends_with(".narinfo"));
+    let there: std::collections::HashSet<&str> = narinfos()
+        .filter_map(|o| o.key.strip_suffix(".narinfo"))
         .filter(|k| !k.contains('/'))
         .collect();
+    let cutoff = narinfos()
+        .filter_map(|o| o.modified)
+        .min()
+        .filter(|_| capped);
     let root = store.root();
     let mut rd = tokio::fs::read_dir(root)
         .await
@@ -320,9 +333,12 @@ async fn missing_public(bucket: &Bucket, store: &Store) -> Result<Vec<String>, E
     let mut out = Vec::new();
     while let Some(e) = rd.next_entry().await.map_err(local("listing", root))? {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(h) = name.strip_suffix(".narinfo")
-            && !there.contains(h)
-        {
+        let Some(h) = name.strip_suffix(".narinfo") else {
+            continue;
+        };
+        let committed = e.metadata().await.and_then(|m| m.modified()).ok();
+        let evicted = cutoff.zip(committed).is_some_and(|(c, t)| t <= c);
+        if !there.contains(h) && !evicted {
             out.push(h.to_owned());
         }
     }

@@ -13,7 +13,8 @@
 //!   [`PART_SIZE`] bytes in memory at a time), the provenance object, and
 //!   the narinfo **last**. At start, multipart uploads older than
 //!   [`STALE_UPLOAD_AGE`] are aborted, and public entries the bucket lacks
-//!   (a crash between the local commit and the upload) are uploaded again.
+//!   (a crash between the local commit and the upload) are uploaded again
+//!   (with a cap, only those newer than the bucket's oldest narinfo).
 //! * `evict` — the bucket's size cap (`[cache] store_max_size`): periodic
 //!   passes delete the least recently used entries (narinfo first), NARs
 //!   no narinfo refers to and narinfos whose NAR is gone; `refresh` makes
@@ -108,7 +109,8 @@ pub fn open(
 ) -> (std::sync::Arc<Bucket>, Mirror) {
     let creds = credentials();
     let bucket = std::sync::Arc::new(Bucket::new(loc, creds));
-    let mirror = Mirror::start(bucket.clone(), store.clone(), STALE_UPLOAD_AGE);
+    let capped = max_size.is_some();
+    let mirror = Mirror::start(bucket.clone(), store.clone(), STALE_UPLOAD_AGE, capped);
     let refresher = refresh::Refresher::start(bucket.clone(), refresh::REFRESH_AFTER);
     store.set_on_use(std::sync::Arc::new(move |dir: &str, hash: &str| {
         refresher.used(dir, hash);
