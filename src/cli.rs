@@ -259,6 +259,16 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
         info!(store = %loc, "mirroring the cache to S3");
         crate::s3::open(loc, store.clone(), config.cache.store_max_size)
     });
+    let private = (bucket.as_ref()).map(|(b, _)| {
+        let stall = config.cache.upstream.stall_timeout;
+        let nar = config.limits.nar();
+        Arc::new(crate::s3::private::Private::new(
+            b.clone(),
+            store.clone(),
+            nar,
+            stall,
+        ))
+    });
     let upstream = crate::upstream::Upstream::with_bucket(
         &config.cache.upstream,
         store.clone(),
@@ -282,7 +292,9 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
         .map(|c| (c.name.clone(), c.timeouts))
         .collect();
     Ok(Arc::new(
-        relay.with_client_timeouts(timeouts).with_upstream(upstream),
+        (relay.with_client_timeouts(timeouts))
+            .with_upstream(upstream)
+            .with_private(private),
     ))
 }
 

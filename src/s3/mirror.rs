@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{Bucket, Error, PART_SIZE, QUEUE_LEN, UPLOAD_TIMEOUT};
+use crate::store::signing::SecretKey;
 use crate::store::{NarInfo, Store};
 
 /// An entry to upload: its scope directory ("" or `private/<dir>`) and hash.
@@ -47,7 +48,9 @@ impl Mirror {
         tokio::spawn(async move {
             m.clean_up(&bucket, &store, stale_age, capped).await;
             done_one(&m.pending);
-            run(bucket, store.root().to_owned(), rx, m.pending.clone()).await;
+            let signer = store.settings().signer.clone();
+            let root = store.root().to_owned();
+            run(bucket, (root, signer), rx, m.pending.clone()).await;
         });
         mirror
     }
@@ -109,18 +112,18 @@ fn failed_step(e: &Error) -> &'static str {
                 "nar"
             }
         }
-        Error::Url { .. } => "local",
+        Error::Url { .. } | Error::Store { .. } | Error::TooLarge { .. } => "local",
     }
 }
 
 async fn run(
     bucket: Arc<Bucket>,
-    root: std::path::PathBuf,
+    (root, signer): (std::path::PathBuf, Option<Arc<SecretKey>>),
     mut rx: mpsc::Receiver<Entry>,
     pending: Arc<watch::Sender<usize>>,
 ) {
     while let Some((dir, hash)) = rx.recv().await {
-        let up = upload_entry(&bucket, &root, &dir, &hash);
+        let up = upload_entry(&bucket, (&root, signer.as_deref()), &dir, &hash);
         match tokio::time::timeout(UPLOAD_TIMEOUT, up).await {
             Ok(Ok(Some(bytes))) => {
                 crate::metrics::s3_uploaded(bytes);
@@ -156,12 +159,14 @@ fn local<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) 
     }
 }
 
-/// Uploads one committed entry: NAR (unless the bucket has that file
-/// already), provenance, narinfo last: the bytes sent, or None if it left
-/// the local store before (evicted).
+/// Uploads one committed entry of the store at `root`: NAR (unless the
+/// bucket has that file already), provenance, narinfo last: the bytes
+/// sent, or None if it left the local store before (evicted). A private
+/// entry's provenance carries `signer`'s scope signature
+/// (`private::scope_message`), without which no relay pulls it.
 pub async fn upload_entry(
     bucket: &Bucket,
-    root: &Path,
+    (root, signer): (&Path, Option<&SecretKey>),
     dir: &str,
     hash: &str,
 ) -> Result<Option<u64>, Error> {
@@ -198,7 +203,12 @@ pub async fn upload_entry(
     }
     let prov = base.join("meta").join(format!("{hash}.prov"));
     sent += text.len() as u64;
-    if let Ok(p) = tokio::fs::read(&prov).await {
+    if let Ok(mut p) = tokio::fs::read(&prov).await {
+        if let Some(k) = signer.filter(|_| !dir.is_empty()) {
+            let fp = crate::store::fingerprint(&crate::store::to_path_info(&info));
+            let sig = k.sign(&super::private::scope_message(dir, &fp));
+            p.extend_from_slice(format!("{}{sig}\n", super::private::SCOPE_SIG).as_bytes());
+        }
         sent += p.len() as u64;
         bucket
             .put(&key_of(dir, &format!("meta/{hash}.prov")), p.into())

@@ -33,6 +33,7 @@ pub mod client;
 pub mod evict;
 mod list;
 pub mod mirror;
+pub mod private;
 pub mod refresh;
 
 use std::time::Duration;
@@ -97,6 +98,19 @@ pub enum Error {
     },
     #[error("uploading {key:?} took over {limit:?}")]
     Timeout { key: String, limit: Duration },
+    #[error("{step} {path} pulled from the bucket")]
+    Store {
+        step: &'static str,
+        path: crate::wire::store_path::StorePath,
+        #[source]
+        source: crate::store::Error,
+    },
+    #[error("{path} in the bucket: NarSize {size} is over max_nar_size {limit}")]
+    TooLarge {
+        path: crate::wire::store_path::StorePath,
+        size: u64,
+        limit: u64,
+    },
 }
 
 /// The bucket at `loc` (credentials from the AWS chain: environment,

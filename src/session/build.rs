@@ -149,6 +149,13 @@ async fn prepare(
     // Inputs only an upstream has stay there for now: the backend may
     // substitute them itself; the push fetches what it still lacks.
     let (roots, client_name) = (&drv.input_srcs, Some(client.name.as_str()));
+    // An untrusted client's inputs may be in its private scope in the
+    // bucket (uploaded through another relay).
+    if relay.private.is_some() && !client.trusted {
+        for r in roots {
+            relay.pull_private(client, r).await;
+        }
+    }
     let closure = match &relay.upstream {
         Some(u) => u.closure(roots, client_name).await?,
         None => crate::upstream::Reach {
@@ -170,6 +177,12 @@ async fn prepare(
             .contains(o, Some(&client.name))
             .await
             .map_err(JobError::Store)?;
+    }
+    if !all_there && relay.private.is_some() && !client.trusted {
+        all_there = !outputs.is_empty();
+        for o in &outputs {
+            all_there &= relay.pull_private(client, o).await;
+        }
     }
     if !all_there && let Some(u) = &relay.upstream {
         all_there = substitute_outputs(u, relay, client, &outputs).await;
