@@ -269,6 +269,11 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
             stall,
         ))
     });
+    let leases = (bucket.as_ref()).map(|(b, _)| {
+        let id = relay_id(&config.cache.key_name);
+        let ttl = crate::s3::lease::LEASE_TTL;
+        Arc::new(crate::s3::lease::Leases::new(b.clone(), id, ttl))
+    });
     let upstream = crate::upstream::Upstream::with_bucket(
         &config.cache.upstream,
         store.clone(),
@@ -294,8 +299,18 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
     Ok(Arc::new(
         (relay.with_client_timeouts(timeouts))
             .with_upstream(upstream)
-            .with_private(private),
+            .with_private(private)
+            .with_leases(leases),
     ))
+}
+
+/// This relay's id in its bucket leases: its key name, host, process and
+/// start time (unique among relays sharing a bucket).
+fn relay_id(key_name: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let nanos = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{key_name}@{}:{}:{nanos}", host.trim(), std::process::id())
 }
 
 /// Every second, backends whose backoff ended get their waiting jobs.

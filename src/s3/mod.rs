@@ -19,6 +19,10 @@
 //!   passes delete the least recently used entries (narinfo first), NARs
 //!   no narinfo refers to and narinfos whose NAR is gone; `refresh` makes
 //!   a used entry's narinfo young again (its LastModified is its last use).
+//! * `private` — an untrusted client's entries read back from its prefix,
+//!   vouched for by a scope signature in their provenance object.
+//! * `lease` — `leases/<drv hash>` (conditional PUT, renewed, expiring):
+//!   one relay builds a public derivation, the others wait for its outputs.
 //! * Reading: the bucket is the first source of `upstream` (signed GETs),
 //!   trusted with the relay's own key, so a local miss pulls the entry into
 //!   the local store, verified, single-flight.
@@ -31,6 +35,7 @@
 
 pub mod client;
 pub mod evict;
+pub mod lease;
 mod list;
 pub mod mirror;
 pub mod private;

@@ -247,7 +247,12 @@ async fn fly(
     let log = &flight.log;
     let scope = flight.key.scope.clone();
     let result = tokio::select! {
-        r = build(&relay, log, &client, &scope, &drv_path, &drv, closure, options) => r,
+        r = super::lease::leased(
+            &relay,
+            log,
+            (&scope, &drv_path, &flight.key.outputs),
+            build(&relay, log, &client, &scope, &drv_path, &drv, closure, options),
+        ) => r,
         _ = flight.cancel.cancelled() => {
             crate::metrics::build_finished(&drv.platform, "none", BuildOutcome::Cancelled, None);
             Err(JobError::Cancelled)

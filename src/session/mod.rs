@@ -30,6 +30,7 @@ pub mod derived;
 mod error;
 pub mod flight;
 mod handle;
+mod lease;
 pub mod log;
 mod outputs;
 mod push;
@@ -75,6 +76,8 @@ pub struct Core {
     upstream: Option<Arc<crate::upstream::Upstream>>,
     /// Untrusted clients' private entries in the bucket (`[cache] store`).
     private: Option<Arc<crate::s3::private::Private>>,
+    /// Cross-relay leases on public builds, in the bucket.
+    leases: Option<Arc<crate::s3::lease::Leases>>,
 }
 
 /// Builds kept for `/status`.
@@ -99,6 +102,7 @@ impl Core {
             started: std::time::Instant::now(),
             upstream: None,
             private: None,
+            leases: None,
         }
     }
 
@@ -116,6 +120,12 @@ impl Core {
     /// from nowhere).
     pub fn with_private(mut self, private: Option<Arc<crate::s3::private::Private>>) -> Self {
         self.private = private;
+        self
+    }
+
+    /// Building public derivations under `leases` (None: no leases).
+    pub fn with_leases(mut self, leases: Option<Arc<crate::s3::lease::Leases>>) -> Self {
+        self.leases = leases;
         self
     }
 
