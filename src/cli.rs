@@ -257,7 +257,22 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
     let store = Store::open(&config.server.state_dir.join("cache"), settings)?;
     let bucket = config.cache.s3.clone().map(|loc| {
         info!(store = %loc, "mirroring the cache to S3");
-        crate::s3::open(loc, store.clone())
+        crate::s3::open(loc, store.clone(), config.cache.store_max_size)
+    });
+    let private = (bucket.as_ref()).map(|(b, _)| {
+        let stall = config.cache.upstream.stall_timeout;
+        let nar = config.limits.nar();
+        Arc::new(crate::s3::private::Private::new(
+            b.clone(),
+            store.clone(),
+            nar,
+            stall,
+        ))
+    });
+    let leases = (bucket.as_ref()).map(|(b, _)| {
+        let id = relay_id(&config.cache.key_name);
+        let ttl = crate::s3::lease::LEASE_TTL;
+        Arc::new(crate::s3::lease::Leases::new(b.clone(), id, ttl))
     });
     let upstream = crate::upstream::Upstream::with_bucket(
         &config.cache.upstream,
@@ -282,8 +297,20 @@ pub fn open_relay(config: &Config) -> Result<Arc<Core>> {
         .map(|c| (c.name.clone(), c.timeouts))
         .collect();
     Ok(Arc::new(
-        relay.with_client_timeouts(timeouts).with_upstream(upstream),
+        (relay.with_client_timeouts(timeouts))
+            .with_upstream(upstream)
+            .with_private(private)
+            .with_leases(leases),
     ))
+}
+
+/// This relay's id in its bucket leases: its key name, host, process and
+/// start time (unique among relays sharing a bucket).
+fn relay_id(key_name: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let nanos = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{key_name}@{}:{}:{nanos}", host.trim(), std::process::id())
 }
 
 /// Every second, backends whose backoff ended get their waiting jobs.

@@ -452,7 +452,8 @@ pub fn nar_store_waited(d: Duration) {
 
 // --- The cache's bucket (`crate::s3`). Labels: `step` an upload failed at
 // (`local`, `nar`, `prov`, `narinfo`, `timeout`, `queue_full`), `result` of a
-// narinfo read from the bucket (`hit`, `miss`, `untrusted`, `error`).
+// narinfo read from the bucket (`hit`, `miss`, `untrusted`, `error`),
+// `reason` of an eviction deletion (`lru`, `orphan`, `dangling`).
 
 fn describe_s3() {
     use metrics::{describe_counter, describe_gauge};
@@ -476,6 +477,22 @@ fn describe_s3() {
         "nix_relay_s3_reads_total",
         "Narinfo reads from the bucket, by result (hit, miss, untrusted, error)"
     );
+    describe_counter!(
+        "nix_relay_s3_evicted_total",
+        "Objects deleted by the bucket's eviction, by reason (lru: an entry; orphan: a NAR no narinfo refers to; dangling: a narinfo whose NAR was gone)"
+    );
+    describe_counter!(
+        "nix_relay_s3_evicted_bytes_total",
+        "NAR bytes deleted by the bucket's eviction"
+    );
+    describe_gauge!(
+        "nix_relay_s3_bucket_bytes",
+        "The bucket's NAR objects' total size after the last eviction pass"
+    );
+    describe_counter!(
+        "nix_relay_s3_refreshed_total",
+        "Narinfos refreshed in the bucket (used, older than a day)"
+    );
 }
 
 /// One entry uploaded, `bytes` of it sent.
@@ -496,6 +513,22 @@ pub fn s3_queue_depth(n: usize) {
 /// A narinfo read from the bucket: `hit`, `miss`, `untrusted`, `error`.
 pub fn s3_read(result: &'static str) {
     counter!("nix_relay_s3_reads_total", "result" => result).increment(1);
+}
+
+/// One eviction pass's deletions.
+pub fn s3_evicted(lru: usize, orphan: usize, dangling: usize, bytes: u64) {
+    for (reason, n) in [("lru", lru), ("orphan", orphan), ("dangling", dangling)] {
+        counter!("nix_relay_s3_evicted_total", "reason" => reason).increment(n as u64);
+    }
+    counter!("nix_relay_s3_evicted_bytes_total").increment(bytes);
+}
+
+pub fn s3_bucket_bytes(n: u64) {
+    gauge!("nix_relay_s3_bucket_bytes").set(n as f64);
+}
+
+pub fn s3_refreshed() {
+    counter!("nix_relay_s3_refreshed_total").increment(1);
 }
 
 #[cfg(test)]

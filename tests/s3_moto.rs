@@ -93,7 +93,7 @@ async fn an_upload_killed_midway_leaves_no_entry_and_the_next_start_aborts_it() 
     let made = std::process::Command::new("mkfifo").arg(&fifo).status();
     assert!(made.unwrap().success(), "mkfifo");
     let (b2, r2, h2) = (b.clone(), root.path().to_owned(), hash.clone());
-    let upload = tokio::spawn(async move { mirror::upload_entry(&b2, &r2, "", &h2).await });
+    let upload = tokio::spawn(async move { mirror::upload_entry(&b2, (&r2, None), "", &h2).await });
     // The writer: one part and one byte, then it stays open and silent.
     let writer = std::thread::spawn(move || {
         use std::io::Write;

@@ -117,6 +117,7 @@ pub fn embedded(home: Option<&Path>) -> Config {
             max_stored_log_bytes: None,
             upstream: Default::default(),
             s3: None,
+            store_max_size: None,
         },
         http_listen: Some(HTTP_LISTEN.parse().expect("constant address")),
         ec2: None,

@@ -53,6 +53,9 @@ pub struct Cache {
     /// The shared, durable copy in an S3 bucket (`[cache] store`); None =
     /// the local directory only.
     pub s3: Option<crate::s3::Location>,
+    /// Evict the bucket's least recently used entries above this size
+    /// (NAR bytes); None = no cap. Only with `s3`.
+    pub store_max_size: Option<u64>,
 }
 
 /// `[cache] upstream = [urls]` and its timeouts: the binary caches the relay

@@ -37,6 +37,8 @@ pub struct RawCache {
     pub upstream_negative_ttl: Option<String>,
     /// The shared copy of the cache: `s3://bucket?region=…&endpoint=…`.
     pub store: Option<String>,
+    /// The bucket's cap (least recently used entries evicted above it).
+    pub store_max_size: Option<SizeValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -333,3 +333,25 @@ fn the_stall_timeout_and_keepalive_interval_are_read_and_checked() {
     let bad = with_limits("backend_stall_timeout = \"soon\"").unwrap_err();
     assert!(bad[0].contains("limits.backend_stall_timeout"), "{bad:?}");
 }
+
+#[test]
+fn the_bucket_cap_is_a_size_and_needs_a_bucket() {
+    let with =
+        |cache: &str| Config::parse(&(example() + "\n[cache]\n" + cache), Path::new("t.toml"));
+    let store = "store = \"s3://nix-cache?endpoint=http://127.0.0.1:9000\"\n";
+    let c = with(&format!("{store}store_max_size = \"2TiB\"")).unwrap();
+    assert_eq!(c.cache.store_max_size, Some(2 << 40));
+    assert_eq!(with(store).unwrap().cache.store_max_size, None, "no cap");
+    for (bad, says) in [
+        ("store_max_size = \"1GiB\"", "needs cache.store"),
+        (
+            &format!("{store}store_max_size = \"lots\"") as &str,
+            "store_max_size",
+        ),
+    ] {
+        let Error::Invalid { problems, .. } = with(bad).unwrap_err() else {
+            panic!("expected Invalid")
+        };
+        assert!(problems.iter().any(|p| p.contains(says)), "{problems:?}");
+    }
+}

@@ -152,6 +152,7 @@ fn validate_admin_listen(l: &str, p: &mut Vec<String>) -> Option<SocketAddr> {
 
 fn validate_cache(mut c: RawCache, state_dir: &std::path::Path, p: &mut Vec<String>) -> Cache {
     let upstream = super::upstream::validate(&mut c, p);
+    let store_given = c.store.is_some();
     let s3 = match c.store.take().map(|u| crate::s3::Location::parse(&u)) {
         Some(Ok(l)) => Some(l),
         Some(Err(e)) => {
@@ -185,6 +186,18 @@ fn validate_cache(mut c: RawCache, state_dir: &std::path::Path, p: &mut Vec<Stri
         }
         None => None,
     };
+    let store_max_size = match c.store_max_size.map(size_of) {
+        Some(Ok(n)) if store_given => Some(n),
+        Some(Ok(_)) => {
+            p.push("cache.store_max_size needs cache.store (an s3:// bucket)".into());
+            None
+        }
+        Some(Err(e)) => {
+            p.push(format!("cache.store_max_size: {e}"));
+            None
+        }
+        None => None,
+    };
     let max_stored_log_bytes = match c.max_stored_log_bytes.map(size_of) {
         Some(Ok(n)) => Some(n),
         Some(Err(e)) => {
@@ -206,6 +219,7 @@ fn validate_cache(mut c: RawCache, state_dir: &std::path::Path, p: &mut Vec<Stri
         max_stored_log_bytes,
         upstream,
         s3,
+        store_max_size,
     }
 }
 

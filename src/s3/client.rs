@@ -199,6 +199,28 @@ impl Bucket {
         }
     }
 
+    /// CopyObject onto itself (`x-amz-metadata-directive: REPLACE`): the
+    /// object's LastModified becomes now, its bytes stay. Ok(false) if absent.
+    pub async fn refresh(&self, key: &str) -> Result<bool, Error> {
+        let op = "CopyObject";
+        let source = sigv4::uri_encode(&self.raw_path(key), true);
+        let headers = vec![
+            h("x-amz-copy-source", source),
+            h("x-amz-metadata-directive", "REPLACE"),
+        ];
+        let resp = (self.call(op, ("PUT", key), &[], headers, Bytes::new())).await?;
+        if resp.status == 404 {
+            return Ok(false);
+        }
+        // S3 can answer 200 with an error document when the copy fails.
+        let failed = !(200..300).contains(&resp.status)
+            || xml_of(op, key, &resp).is_ok_and(|r| r.name == "Error");
+        if failed {
+            return Err(status_err(op, key, &resp));
+        }
+        Ok(true)
+    }
+
     /// DeleteObject (absent is fine).
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         let mk = ("DELETE", key);

@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{Bucket, Error, PART_SIZE, QUEUE_LEN, UPLOAD_TIMEOUT};
+use crate::store::signing::SecretKey;
 use crate::store::{NarInfo, Store};
 
 /// An entry to upload: its scope directory ("" or `private/<dir>`) and hash.
@@ -28,8 +29,10 @@ impl Mirror {
     /// Hooks to `store`'s commits and starts the upload task, which first
     /// does the start-up cleanup: multipart uploads older than `stale_age`
     /// aborted, `nix-cache-info` written if absent, public entries the
-    /// bucket lacks queued. Needs a Tokio runtime.
-    pub fn start(bucket: Arc<Bucket>, store: Store, stale_age: Duration) -> Mirror {
+    /// bucket lacks queued (if the bucket is `capped`, only those committed
+    /// after its oldest narinfo's last use: older ones were evicted there,
+    /// not lost in a crash). Needs a Tokio runtime.
+    pub fn start(bucket: Arc<Bucket>, store: Store, stale_age: Duration, capped: bool) -> Mirror {
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
         // The start-up cleanup counts as one pending entry.
         let mirror = Mirror {
@@ -43,14 +46,16 @@ impl Mirror {
         }));
         let m = mirror.clone();
         tokio::spawn(async move {
-            m.clean_up(&bucket, &store, stale_age).await;
+            m.clean_up(&bucket, &store, stale_age, capped).await;
             done_one(&m.pending);
-            run(bucket, store.root().to_owned(), rx, m.pending.clone()).await;
+            let signer = store.settings().signer.clone();
+            let root = store.root().to_owned();
+            run(bucket, (root, signer), rx, m.pending.clone()).await;
         });
         mirror
     }
 
-    async fn clean_up(&self, bucket: &Bucket, store: &Store, stale_age: Duration) {
+    async fn clean_up(&self, bucket: &Bucket, store: &Store, stale_age: Duration, capped: bool) {
         if let Err(e) = abort_stale(bucket, stale_age).await {
             tracing::warn!("S3 start-up: {}", crate::error_chain(&e));
         }
@@ -58,7 +63,7 @@ impl Mirror {
         if let Err(e) = put_info(bucket, &info).await {
             tracing::warn!("S3 start-up: {}", crate::error_chain(&e));
         }
-        match missing_public(bucket, store).await {
+        match missing_public(bucket, store, capped).await {
             Ok(hashes) => hashes.iter().for_each(|h| self.enqueue("", h)),
             Err(e) => tracing::warn!("S3 start-up repair: {}", crate::error_chain(&e)),
         }
@@ -107,18 +112,18 @@ fn failed_step(e: &Error) -> &'static str {
                 "nar"
             }
         }
-        Error::Url { .. } => "local",
+        Error::Url { .. } | Error::Store { .. } | Error::TooLarge { .. } => "local",
     }
 }
 
 async fn run(
     bucket: Arc<Bucket>,
-    root: std::path::PathBuf,
+    (root, signer): (std::path::PathBuf, Option<Arc<SecretKey>>),
     mut rx: mpsc::Receiver<Entry>,
     pending: Arc<watch::Sender<usize>>,
 ) {
     while let Some((dir, hash)) = rx.recv().await {
-        let up = upload_entry(&bucket, &root, &dir, &hash);
+        let up = upload_entry(&bucket, (&root, signer.as_deref()), &dir, &hash);
         match tokio::time::timeout(UPLOAD_TIMEOUT, up).await {
             Ok(Ok(Some(bytes))) => {
                 crate::metrics::s3_uploaded(bytes);
@@ -154,12 +159,14 @@ fn local<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) 
     }
 }
 
-/// Uploads one committed entry: NAR (unless the bucket has that file
-/// already), provenance, narinfo last: the bytes sent, or None if it left
-/// the local store before (evicted).
+/// Uploads one committed entry of the store at `root`: NAR (unless the
+/// bucket has that file already), provenance, narinfo last: the bytes
+/// sent, or None if it left the local store before (evicted). A private
+/// entry's provenance carries `signer`'s scope signature
+/// (`private::scope_message`), without which no relay pulls it.
 pub async fn upload_entry(
     bucket: &Bucket,
-    root: &Path,
+    (root, signer): (&Path, Option<&SecretKey>),
     dir: &str,
     hash: &str,
 ) -> Result<Option<u64>, Error> {
@@ -176,18 +183,32 @@ pub async fn upload_entry(
         )));
     };
     let nar_key = key_of(dir, &info.url);
+    let nar_path = base.join(&info.url);
+    // A NAR already there (another entry's, or a path built twice) is
+    // refreshed: young, an eviction pass leaves it alone (`evict`).
     let mut sent = 0;
-    if !bucket.exists(&nar_key).await? {
-        match upload_file(bucket, &nar_key, &base.join(&info.url)).await {
-            Err(Error::Local { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(None);
-            }
-            r => sent += r?,
+    let there = match bucket.refresh(&nar_key).await {
+        Ok(there) => there,
+        // CopyObject stops at 5 GiB: a bigger NAR is only checked.
+        Err(e) => {
+            tracing::debug!("{}", crate::error_chain(&e));
+            bucket.exists(&nar_key).await?
+        }
+    };
+    if !there {
+        match upload_nar(bucket, &nar_key, &nar_path).await? {
+            Some(n) => sent += n,
+            None => return Ok(None),
         }
     }
     let prov = base.join("meta").join(format!("{hash}.prov"));
     sent += text.len() as u64;
-    if let Ok(p) = tokio::fs::read(&prov).await {
+    if let Ok(mut p) = tokio::fs::read(&prov).await {
+        if let Some(k) = signer.filter(|_| !dir.is_empty()) {
+            let fp = crate::store::fingerprint(&crate::store::to_path_info(&info));
+            let sig = k.sign(&super::private::scope_message(dir, &fp));
+            p.extend_from_slice(format!("{}{sig}\n", super::private::SCOPE_SIG).as_bytes());
+        }
         sent += p.len() as u64;
         bucket
             .put(&key_of(dir, &format!("meta/{hash}.prov")), p.into())
@@ -196,7 +217,26 @@ pub async fn upload_entry(
     bucket
         .put(&key_of(dir, &format!("{hash}.narinfo")), text.into())
         .await?;
+    // An eviction pass that listed the NAR before the refresh may have
+    // deleted it since: then it goes up again.
+    if !bucket.exists(&nar_key).await? {
+        tracing::info!(
+            key = nar_key,
+            "S3 NAR deleted under a new narinfo: uploading it again"
+        );
+        sent += upload_nar(bucket, &nar_key, &nar_path).await?.unwrap_or(0);
+    }
     Ok(Some(sent))
+}
+
+/// [`upload_file`], None if the local file is gone (evicted).
+async fn upload_nar(bucket: &Bucket, key: &str, path: &Path) -> Result<Option<u64>, Error> {
+    match upload_file(bucket, key, path).await {
+        Err(Error::Local { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        r => r.map(Some),
+    }
 }
 
 /// Fills `buf` from `r` up to [`PART_SIZE`] bytes (less only at the end).
@@ -278,13 +318,24 @@ async fn put_info(bucket: &Bucket, info: &Path) -> Result<(), Error> {
         .map(drop)
 }
 
-/// The hash parts of the local public entries the bucket has no narinfo for.
-async fn missing_public(bucket: &Bucket, store: &Store) -> Result<Vec<String>, Error> {
-    let keys = bucket.list_keys("").await?;
-    let there: std::collections::HashSet<&str> = (keys.iter())
-        .filter_map(|k| k.strip_suffix(".narinfo"))
+/// The hash parts of the local public entries the bucket has no narinfo
+/// for; if `capped`, only those committed after the bucket's oldest narinfo
+/// was last used (an entry evicted there was used before all that remain).
+async fn missing_public(
+    bucket: &Bucket,
+    store: &Store,
+    capped: bool,
+) -> Result<Vec<String>, Error> {
+    let objects = bucket.list_objects("").await?;
+    let narinfos = || (objects.iter()).filter(|o| o.key.ends_with(".narinfo"));
+    let there: std::collections::HashSet<&str> = narinfos()
+        .filter_map(|o| o.key.strip_suffix(".narinfo"))
         .filter(|k| !k.contains('/'))
         .collect();
+    let cutoff = narinfos()
+        .filter_map(|o| o.modified)
+        .min()
+        .filter(|_| capped);
     let root = store.root();
     let mut rd = tokio::fs::read_dir(root)
         .await
@@ -292,9 +343,12 @@ async fn missing_public(bucket: &Bucket, store: &Store) -> Result<Vec<String>, E
     let mut out = Vec::new();
     while let Some(e) = rd.next_entry().await.map_err(local("listing", root))? {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(h) = name.strip_suffix(".narinfo")
-            && !there.contains(h)
-        {
+        let Some(h) = name.strip_suffix(".narinfo") else {
+            continue;
+        };
+        let committed = e.metadata().await.and_then(|m| m.modified()).ok();
+        let evicted = cutoff.zip(committed).is_some_and(|(c, t)| t <= c);
+        if !there.contains(h) && !evicted {
             out.push(h.to_owned());
         }
     }

@@ -13,7 +13,16 @@
 //!   [`PART_SIZE`] bytes in memory at a time), the provenance object, and
 //!   the narinfo **last**. At start, multipart uploads older than
 //!   [`STALE_UPLOAD_AGE`] are aborted, and public entries the bucket lacks
-//!   (a crash between the local commit and the upload) are uploaded again.
+//!   (a crash between the local commit and the upload) are uploaded again
+//!   (with a cap, only those newer than the bucket's oldest narinfo).
+//! * `evict` — the bucket's size cap (`[cache] store_max_size`): periodic
+//!   passes delete the least recently used entries (narinfo first), NARs
+//!   no narinfo refers to and narinfos whose NAR is gone; `refresh` makes
+//!   a used entry's narinfo young again (its LastModified is its last use).
+//! * `private` — an untrusted client's entries read back from its prefix,
+//!   vouched for by a scope signature in their provenance object.
+//! * `lease` — `leases/<drv hash>` (conditional PUT, renewed, expiring):
+//!   one relay builds a public derivation, the others wait for its outputs.
 //! * Reading: the bucket is the first source of `upstream` (signed GETs),
 //!   trusted with the relay's own key, so a local miss pulls the entry into
 //!   the local store, verified, single-flight.
@@ -25,12 +34,17 @@
 //! readers, aborted by the next start) or an orphan NAR.
 
 pub mod client;
+pub mod evict;
+pub mod lease;
 mod list;
 pub mod mirror;
+pub mod private;
+pub mod refresh;
 
 use std::time::Duration;
 
 pub use client::Bucket;
+pub use list::Object;
 pub use mirror::Mirror;
 
 /// A multipart upload's part (S3's minimum is 5 MiB but for the last one).
@@ -89,21 +103,50 @@ pub enum Error {
     },
     #[error("uploading {key:?} took over {limit:?}")]
     Timeout { key: String, limit: Duration },
+    #[error("{step} {path} pulled from the bucket")]
+    Store {
+        step: &'static str,
+        path: crate::wire::store_path::StorePath,
+        #[source]
+        source: crate::store::Error,
+    },
+    #[error("{path} in the bucket: NarSize {size} is over max_nar_size {limit}")]
+    TooLarge {
+        path: crate::wire::store_path::StorePath,
+        size: u64,
+        limit: u64,
+    },
 }
 
 /// The bucket at `loc` (credentials from the AWS chain: environment,
-/// shared files, …) and the mirror of `store` to it, started.
-pub fn open(loc: Location, store: crate::store::Store) -> (std::sync::Arc<Bucket>, Mirror) {
+/// shared files, …), the mirror of `store` to it, started, the refresh of
+/// entries `store` uses, and the eviction passes if `max_size` is set.
+pub fn open(
+    loc: Location,
+    store: crate::store::Store,
+    max_size: Option<u64>,
+) -> (std::sync::Arc<Bucket>, Mirror) {
+    let creds = credentials();
+    let bucket = std::sync::Arc::new(Bucket::new(loc, creds));
+    let capped = max_size.is_some();
+    let mirror = Mirror::start(bucket.clone(), store.clone(), STALE_UPLOAD_AGE, capped);
+    let refresher = refresh::Refresher::start(bucket.clone(), refresh::REFRESH_AFTER);
+    store.set_on_use(std::sync::Arc::new(move |dir: &str, hash: &str| {
+        refresher.used(dir, hash);
+    }));
+    if let Some(max_size) = max_size {
+        let guard = STALE_UPLOAD_AGE;
+        evict::Evictor::new(bucket.clone(), evict::Policy { max_size, guard }).start();
+    }
+    (bucket, mirror)
+}
+
+fn credentials() -> crate::aws::Provider {
     #[cfg(feature = "testing")]
     if let Some(c) = TEST_CREDENTIALS.get() {
-        let bucket = std::sync::Arc::new(Bucket::new(loc, crate::aws::Provider::fixed(c.clone())));
-        let mirror = Mirror::start(bucket.clone(), store, STALE_UPLOAD_AGE);
-        return (bucket, mirror);
+        return crate::aws::Provider::fixed(c.clone());
     }
-    let creds = crate::aws::Provider::chain(crate::aws::creds::Env::process());
-    let bucket = std::sync::Arc::new(Bucket::new(loc, creds));
-    let mirror = Mirror::start(bucket.clone(), store, STALE_UPLOAD_AGE);
-    (bucket, mirror)
+    crate::aws::Provider::chain(crate::aws::creds::Env::process())
 }
 
 #[cfg(feature = "testing")]

@@ -223,7 +223,9 @@ impl Core {
     ) -> Result<(ValidPathInfo, NarReader), CoreError> {
         let opened = self.store.open_nar(path, Some(&client.name)).await;
         let (info, nar) = match opened {
-            Err(crate::store::Error::Missing(_)) if self.substitute(path).await? => {
+            Err(crate::store::Error::Missing(_))
+                if self.pull_private(client, path).await || self.substitute(path).await? =>
+            {
                 self.store.open_nar(path, Some(&client.name)).await?
             }
             r => r?,

@@ -149,6 +149,13 @@ async fn prepare(
     // Inputs only an upstream has stay there for now: the backend may
     // substitute them itself; the push fetches what it still lacks.
     let (roots, client_name) = (&drv.input_srcs, Some(client.name.as_str()));
+    // An untrusted client's inputs may be in its private scope in the
+    // bucket (uploaded through another relay).
+    if relay.private.is_some() && !client.trusted {
+        for r in roots {
+            relay.pull_private(client, r).await;
+        }
+    }
     let closure = match &relay.upstream {
         Some(u) => u.closure(roots, client_name).await?,
         None => crate::upstream::Reach {
@@ -170,6 +177,12 @@ async fn prepare(
             .contains(o, Some(&client.name))
             .await
             .map_err(JobError::Store)?;
+    }
+    if !all_there && relay.private.is_some() && !client.trusted {
+        all_there = !outputs.is_empty();
+        for o in &outputs {
+            all_there &= relay.pull_private(client, o).await;
+        }
     }
     if !all_there && let Some(u) = &relay.upstream {
         all_there = substitute_outputs(u, relay, client, &outputs).await;
@@ -234,7 +247,12 @@ async fn fly(
     let log = &flight.log;
     let scope = flight.key.scope.clone();
     let result = tokio::select! {
-        r = build(&relay, log, &client, &scope, &drv_path, &drv, closure, options) => r,
+        r = super::lease::leased(
+            &relay,
+            log,
+            (&scope, &drv_path, &flight.key.outputs),
+            build(&relay, log, &client, &scope, &drv_path, &drv, closure, options),
+        ) => r,
         _ = flight.cancel.cancelled() => {
             crate::metrics::build_finished(&drv.platform, "none", BuildOutcome::Cancelled, None);
             Err(JobError::Cancelled)

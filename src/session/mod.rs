@@ -30,6 +30,7 @@ pub mod derived;
 mod error;
 pub mod flight;
 mod handle;
+mod lease;
 pub mod log;
 mod outputs;
 mod push;
@@ -73,6 +74,10 @@ pub struct Core {
     started: std::time::Instant,
     /// Binary caches the relay substitutes from (`[cache] upstream`).
     upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// Untrusted clients' private entries in the bucket (`[cache] store`).
+    private: Option<Arc<crate::s3::private::Private>>,
+    /// Cross-relay leases on public builds, in the bucket.
+    leases: Option<Arc<crate::s3::lease::Leases>>,
 }
 
 /// Builds kept for `/status`.
@@ -96,6 +101,8 @@ impl Core {
             recent: Default::default(),
             started: std::time::Instant::now(),
             upstream: None,
+            private: None,
+            leases: None,
         }
     }
 
@@ -107,6 +114,49 @@ impl Core {
 
     pub fn upstream(&self) -> Option<&Arc<crate::upstream::Upstream>> {
         self.upstream.as_ref()
+    }
+
+    /// Pulling untrusted clients' private entries from `private` (None:
+    /// from nowhere).
+    pub fn with_private(mut self, private: Option<Arc<crate::s3::private::Private>>) -> Self {
+        self.private = private;
+        self
+    }
+
+    /// Building public derivations under `leases` (None: no leases).
+    pub fn with_leases(mut self, leases: Option<Arc<crate::s3::lease::Leases>>) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    /// Whether `client` sees `path` now, pulled from its private scope in
+    /// the bucket if need be (untrusted clients only: a trusted client has
+    /// no private scope). A failed pull is logged and counts as absent.
+    pub async fn pull_private(
+        &self,
+        client: &ClientId,
+        path: &crate::wire::store_path::StorePath,
+    ) -> bool {
+        let Some(p) = self.private.as_ref().filter(|_| !client.trusted) else {
+            return false;
+        };
+        let up = self.upstream.clone();
+        let public = move |r: crate::wire::store_path::StorePath| {
+            let up = up.clone();
+            Box::pin(async move {
+                match up {
+                    Some(u) => u.fetch(&r).await.unwrap_or(false),
+                    None => false,
+                }
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        };
+        match p.pull(&client.name, path, &public).await {
+            Ok(there) => there,
+            Err(e) => {
+                tracing::warn!("{}", crate::error_chain(&e));
+                false
+            }
+        }
     }
 
     /// With `[[client]]` build timeouts, by client name.

@@ -80,11 +80,13 @@ impl Store {
     /// Marks an entry as used now (for LRU).
     pub(super) fn touch(&self, scope_dir: &Path, path: &StorePath) {
         touch_prov(scope_dir, path.hash_part());
+        self.used(scope_dir, path.hash_part());
     }
 
     /// Marks a public entry as used now, by hash part (HTTP cache hits).
     pub fn touch_public(&self, hash_part: &str) {
         touch_prov(&self.root, hash_part);
+        self.used(&self.root, hash_part);
     }
 
     /// Sums the NAR files of every scope (at open).

@@ -418,3 +418,29 @@ async fn a_commit_that_cannot_publish_its_narinfo_fails_and_leaves_no_temp_file(
     let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "temp files left: {left:?}");
 }
+
+#[tokio::test]
+async fn the_use_hook_hears_of_each_use_with_the_entry_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let used = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let u = used.clone();
+    assert!(store.set_on_use(Arc::new(move |d: &str, h: &str| {
+        u.lock().unwrap().push((d.to_owned(), h.to_owned()));
+    })));
+    let nar = file_nar(b"used");
+    let (p, q) = (path_n(1, "pub"), path_n(2, "priv"));
+    add(&store, info_for(&p, &nar, &[]), &nar).await.unwrap();
+    let bob = Scope::Private("bob".into());
+    add_in(&store, info_for(&q, &nar, &[]), &nar, &bob)
+        .await
+        .unwrap();
+    assert!(used.lock().unwrap().is_empty(), "a commit is no use");
+    drop(store.open_nar(&q, Some("bob")).await.unwrap());
+    store.touch_public(p.hash_part());
+    let want = [
+        ("private/bob".to_owned(), q.hash_part().to_owned()),
+        (String::new(), p.hash_part().to_owned()),
+    ];
+    assert_eq!(*used.lock().unwrap(), want);
+}
