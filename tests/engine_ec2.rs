@@ -122,10 +122,17 @@ async fn told_of_the_launch(protocol: Protocol) {
         .expect("the template is checked and queued for");
     let (drv_path, d) = drv::derivation(&format!("arm-only-{protocol}"), "aarch64-linux", &[]);
     let mut c = t.client(protocol, "alice").await;
+    let arm = nix_relay::scheduler::JobSpec {
+        system: "aarch64-linux".into(),
+        ..Default::default()
+    };
+    let mut heard = sched.launch_notices(&arm);
     let drive = async {
         until_waiting(&sched).await;
         m.tick().await;
         assert_eq!(api.instances.lock().unwrap().len(), 1, "launched");
+        // The launch is announced (the build's own listener has it too).
+        heard.next().await.expect("a launch notice");
         // End the wait: without the template nothing can serve the job.
         sched.set_elastic(vec![]);
     };
