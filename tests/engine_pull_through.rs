@@ -267,3 +267,36 @@ async fn a_reader_that_falls_behind_the_window_goes_on_from_the_stored_entry() {
     assert_eq!(Sha256Hash::digest(&got), up.nar_hash);
     assert_eq!(cache.requests("/nar/"), 1);
 }
+
+#[tokio::test]
+async fn a_builds_inputs_are_fetched_side_by_side_once_its_backend_asks_the_relay_for_one() {
+    let cache = TestCache::start(Compression::Zstd).await;
+    let a = cache.add("a", b"bottom", &[]).await;
+    let b = cache
+        .add("b", b"middle", std::slice::from_ref(&a.path))
+        .await;
+    let c = cache.add("c", b"top", std::slice::from_ref(&b.path)).await;
+    let s = serve_relay(&cache).await;
+    let up = s.t.relay.upstream().unwrap().clone();
+    let paths = vec![a.path.clone(), b.path.clone(), c.path.clone()];
+    let expected = up.expect(paths);
+    assert_eq!(
+        cache.requests("/nar/"),
+        0,
+        "nothing before the backend asks"
+    );
+    // a substituter asks for the top first (its references come later)
+    assert_eq!(s.narinfo(&c).await.0, 200);
+    for p in [&a, &b, &c] {
+        s.t.wait_stored(&p.path, WAIT).await;
+    }
+    assert_eq!(cache.requests("/nar/"), 3, "each once");
+    drop(expected);
+    let d = cache.add("d", b"not an input", &[]).await;
+    assert_eq!(s.narinfo(&d).await.0, 200);
+    assert_eq!(
+        cache.requests("/nar/"),
+        3,
+        "no longer expected: nothing fetched"
+    );
+}

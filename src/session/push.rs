@@ -72,10 +72,14 @@ pub(super) async fn push_inputs(
             .collect()
     };
     if substitute && !absent(&valid).is_empty() {
-        let ask = absent(&valid)
+        let ask: Vec<StorePath> = absent(&valid)
             .iter()
             .map(|(_, n)| n.store_path.clone())
             .collect();
+        // If the backend substitutes from the relay's HTTP cache, what only
+        // upstream has is fetched side by side meanwhile.
+        let remote = ask.iter().filter(|p| inputs.remote.contains(p));
+        let _expected = (relay.upstream.as_ref()).map(|u| u.expect(remote.cloned().collect()));
         let got = if client.substitutes() {
             client.query_substituting(ask, options).await
         } else {

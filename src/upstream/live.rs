@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -163,6 +164,33 @@ where
     Ok(())
 }
 
+/// Paths a backend may substitute from the relay (see [`Upstream::expect`]).
+pub(super) struct Group {
+    paths: Vec<StorePath>,
+    started: AtomicBool,
+}
+
+/// Unmarks its paths when dropped.
+pub struct Expected {
+    up: Arc<Upstream>,
+    group: Arc<Group>,
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        let mut expected = lock(&self.up.expected);
+        for p in &self.group.paths {
+            let hash = p.hash_part();
+            if expected
+                .get(hash)
+                .is_some_and(|g| Arc::ptr_eq(g, &self.group))
+            {
+                expected.remove(hash);
+            }
+        }
+    }
+}
+
 /// A NAR served at a live URL: its size and its body.
 pub struct LiveNar {
     pub size: u64,
@@ -175,8 +203,9 @@ impl Upstream {
     /// The narinfo the HTTP cache serves for `hash` when the store lacks
     /// it: upstream's trusted entry as a live entry of the relay's (see the
     /// module doc); None if no upstream has it (or it is over `max_nar_size`).
-    pub async fn live_narinfo(&self, hash: &str) -> Option<String> {
+    pub async fn live_narinfo(self: &Arc<Self>, hash: &str) -> Option<String> {
         let found = self.lookup_hash(hash).await?;
+        self.asked(hash);
         if found.narinfo.nar_size > self.nar_limits.max_nar_bytes {
             return None;
         }
@@ -217,6 +246,51 @@ impl Upstream {
             }
         }
         Ok(None)
+    }
+
+    /// Marks `paths` (references first) as a build's inputs a backend is
+    /// about to be asked to substitute: if the backend asks the relay's
+    /// HTTP cache for one of them while the guard lives (so it substitutes
+    /// from the relay), all of them are fetched side by side from then on,
+    /// rather than each only after its references as a substituter asks.
+    /// A backend that substitutes from elsewhere costs no fetch.
+    pub fn expect(self: &Arc<Self>, paths: Vec<StorePath>) -> Expected {
+        let group = Arc::new(Group {
+            paths,
+            started: AtomicBool::new(false),
+        });
+        let mut expected = lock(&self.expected);
+        for p in &group.paths {
+            expected.insert(p.hash_part().to_owned(), group.clone());
+        }
+        Expected {
+            up: self.clone(),
+            group,
+        }
+    }
+
+    /// A narinfo of `hash` was asked for: its group's prefetch starts.
+    fn asked(self: &Arc<Self>, hash: &str) {
+        let Some(group) = lock(&self.expected).get(hash).cloned() else {
+            return;
+        };
+        if group.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::debug!(
+            paths = group.paths.len(),
+            "prefetching inputs from upstream"
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            for p in &group.paths {
+                if let Some(found) = this.lookup(p).await
+                    && found.narinfo.nar_size <= this.nar_limits.max_nar_bytes
+                {
+                    drop(this.start(found, false, true));
+                }
+            }
+        });
     }
 
     /// The window of `hash`'s fetch in flight, followed from its start;

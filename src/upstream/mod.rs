@@ -43,7 +43,7 @@ use crate::wire::nar::NarLimits;
 use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 pub use closure::Reach;
-pub use live::{LIVE_CHUNK, LIVE_WINDOW, LiveNar, live_url};
+pub use live::{Expected, LIVE_CHUNK, LIVE_WINDOW, LiveNar, live_url};
 
 /// Narinfo requests in flight at once (a QueryValidPaths of 300 paths is
 /// 300 / 16 round trips deep, not 300).
@@ -165,6 +165,8 @@ pub struct Upstream {
     flights: Mutex<HashMap<String, Arc<watch::Sender<Option<Outcome>>>>>,
     /// The windows of fetches in flight for the HTTP cache, by hash part.
     lives: Mutex<HashMap<String, Arc<live::Live>>>,
+    /// Inputs backends are being asked to substitute, by hash part.
+    expected: Mutex<HashMap<String, Arc<live::Group>>>,
     /// The mirror to the bucket, if one is configured.
     mirror: Option<crate::s3::Mirror>,
 }
@@ -231,6 +233,7 @@ impl Upstream {
             nars: Semaphore::new(FETCHES_IN_FLIGHT),
             flights: Default::default(),
             lives: Default::default(),
+            expected: Default::default(),
             mirror,
         }))
     }
