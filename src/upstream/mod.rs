@@ -18,6 +18,9 @@
 //!   fetches of one path run once: later callers await the first's result
 //!   (the fetch runs in its own task, so a caller that goes away does not
 //!   abort it). At most [`FETCHES_IN_FLIGHT`] NAR downloads at a time.
+//! * `live` — the HTTP cache's pull-through: live entries whose NAR is
+//!   streamed to its readers while it is fetched, and the prefetch of a
+//!   build's inputs a backend substitutes from the relay (see its doc).
 //!
 //! Invariant: nothing enters the store from upstream without a signature by
 //! a trusted key and a NAR matching its signed hash and size, and then only
