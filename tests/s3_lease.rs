@@ -10,7 +10,7 @@ use nix_relay::config::Protocol;
 use nix_relay::s3::lease::Leases;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::{Outcome, Script};
-use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
+use nix_relay::testing::harness::{SYSTEM, TestRelay};
 use nix_relay::wire::build::BuildStatus;
 
 #[path = "s3_moto/moto.rs"]
@@ -19,15 +19,7 @@ mod moto;
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn relay_on(m: &moto::Moto, bucket: &str, trust: Option<String>, s: Script) -> TestRelay {
-    let trust = trust.map_or(String::new(), |k| {
-        format!("trusted_public_keys = [\"{k}\"]\n")
-    });
-    let config = format!(
-        "{}\n[cache]\nstore = \"{}\"\n{trust}",
-        fake_backend("a", "fake://a", ""),
-        m.url(bucket),
-    );
-    TestRelay::start(&config, &[("a", s)]).await
+    moto::relay_on_bucket(m, bucket, trust, "", s).await
 }
 
 /// Polls `cond` until it holds; panics after [`WAIT`] (a hang, not a

@@ -10,7 +10,7 @@ use nix_relay::s3::{Bucket, PART_SIZE, mirror};
 use nix_relay::store::NarInfo;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::Script;
-use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
+use nix_relay::testing::harness::{SYSTEM, TestRelay};
 use nix_relay::wire::build::BuildStatus;
 use nix_relay::wire::hash::Sha256Hash;
 use nix_relay::wire::store_path::StorePath;
@@ -132,15 +132,7 @@ fn sample(text: &str, key: &str) -> f64 {
 }
 
 async fn relay_on(m: &moto::Moto, bucket: &str, trust: Option<String>) -> TestRelay {
-    let trust = trust.map_or(String::new(), |k| {
-        format!("trusted_public_keys = [\"{k}\"]\n")
-    });
-    let config = format!(
-        "{}\n[cache]\nstore = \"{}\"\n{trust}",
-        fake_backend("a", "fake://a", ""),
-        m.url(bucket),
-    );
-    TestRelay::start(&config, &[("a", Script::default())]).await
+    moto::relay_on_bucket(m, bucket, trust, "", Script::default()).await
 }
 
 fn mirror_of(t: &TestRelay) -> &nix_relay::s3::Mirror {

@@ -10,7 +10,7 @@ use nix_relay::config::Protocol;
 use nix_relay::session::ClientId;
 use nix_relay::testing::drv;
 use nix_relay::testing::fake::Script;
-use nix_relay::testing::harness::{SYSTEM, TestClient, TestRelay, fake_backend};
+use nix_relay::testing::harness::{SYSTEM, TestClient, TestRelay};
 use nix_relay::wire::build::BuildStatus;
 use nix_relay::wire::store_path::StorePath;
 
@@ -18,15 +18,8 @@ use nix_relay::wire::store_path::StorePath;
 mod moto;
 
 async fn relay_on(m: &moto::Moto, bucket: &str, trust: Option<String>) -> TestRelay {
-    let trust = trust.map_or(String::new(), |k| {
-        format!("trusted_public_keys = [\"{k}\"]\n")
-    });
-    let config = format!(
-        "{}\n[cache]\nstore = \"{}\"\n{trust}",
-        fake_backend("a", "fake://a", "untrusted_clients = true\n"),
-        m.url(bucket),
-    );
-    TestRelay::start(&config, &[("a", Script::default())]).await
+    let untrusted = "untrusted_clients = true\n";
+    moto::relay_on_bucket(m, bucket, trust, untrusted, Script::default()).await
 }
 
 async fn untrusted(t: &TestRelay, name: &str) -> TestClient {

@@ -70,3 +70,24 @@ impl Moto {
         b
     }
 }
+
+/// A relay with one fake backend `a` (its config lines `backend_extra`,
+/// driven by `script`) whose cache is on `bucket`, trusting `trust`'s key.
+#[allow(dead_code)]
+pub async fn relay_on_bucket(
+    m: &Moto,
+    bucket: &str,
+    trust: Option<String>,
+    backend_extra: &str,
+    script: nix_relay::testing::fake::Script,
+) -> nix_relay::testing::harness::TestRelay {
+    let trust = trust.map_or(String::new(), |k| {
+        format!("trusted_public_keys = [\"{k}\"]\n")
+    });
+    let config = format!(
+        "{}\n[cache]\nstore = \"{}\"\n{trust}",
+        nix_relay::testing::harness::fake_backend("a", "fake://a", backend_extra),
+        m.url(bucket),
+    );
+    nix_relay::testing::harness::TestRelay::start(&config, &[("a", script)]).await
+}
