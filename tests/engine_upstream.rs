@@ -14,7 +14,7 @@ use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
 use nix_relay::testing::upstream::{TestCache, cache_key};
 use nix_relay::wire::build::BuildStatus;
 use nix_relay::wire::hash::Sha256Hash;
-use nix_relay::wire::worker::{Reply, Request};
+use nix_relay::wire::worker::{Reply, Request, StoreOp};
 
 async fn relay_with(cache: &TestCache, uri: &str) -> TestRelay {
     let config = format!(
@@ -53,6 +53,24 @@ async fn query_valid_paths_counts_upstream_only_when_the_client_substitutes() {
         (vec![up.path.clone()], vec![])
     );
     assert_eq!(m.nar_size, up.nar_size);
+    let absent = drv::store_path("absent", "nowhere");
+    let paths = vec![
+        (up.path.clone(), String::new()),
+        (absent.clone(), String::new()),
+    ];
+    let op = StoreOp::QuerySubstitutablePathInfos { paths };
+    let Reply::SubstitutableInfos(infos) = c.call(Request::Store(op)).await.unwrap() else {
+        panic!("not a QuerySubstitutablePathInfos reply");
+    };
+    assert_eq!(infos.len(), 1, "{infos:?}");
+    let (path, info) = &infos[0];
+    assert_eq!((path, info.nar_size), (&up.path, up.nar_size));
+    assert!(info.download_size > 0);
+    for (path, found) in [(up.path.clone(), true), (absent, false)] {
+        let op = StoreOp::QuerySubstitutablePathInfo { path };
+        let reply = c.call(Request::Store(op)).await.unwrap();
+        assert!(matches!(reply, Reply::SubstitutableInfo(i) if i.is_some() == found));
+    }
     assert!(t.stored(&up.path).await.is_none(), "queries fetch nothing");
     // The serve protocol's flag reaches the same core call.
     let core = &t.relay;

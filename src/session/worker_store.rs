@@ -30,7 +30,7 @@ use crate::wire::path_info::ValidPathInfo;
 use crate::wire::store_path::StorePath;
 use crate::wire::worker::LegacyAddToStore;
 use crate::wire::worker::framed::FramedReader;
-use crate::wire::worker::store_ops::{GC_DELETE_DEAD, GcRequest, StoreOp};
+use crate::wire::worker::store_ops::{GC_DELETE_DEAD, GcRequest, StoreOp, SubstitutableInfo};
 use crate::wire::worker::{Reply, StderrMsg};
 
 type OpResult = Result<Result<(), OpError>, Error>;
@@ -47,6 +47,21 @@ where
     R: AsyncBufRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    /// What an upstream has of `paths` the store lacks.
+    async fn substitutable_infos(
+        &self,
+        paths: Vec<StorePath>,
+    ) -> Result<Vec<(StorePath, SubstitutableInfo)>, Error> {
+        let found = self.core.substitutable(&self.client, &paths).await?;
+        let info = |f: &crate::upstream::Found| SubstitutableInfo {
+            deriver: f.narinfo.deriver.clone(),
+            references: f.narinfo.references.clone(),
+            download_size: f.download_size(),
+            nar_size: f.narinfo.nar_size,
+        };
+        Ok(found.into_iter().map(|(p, f)| (p, info(&f))).collect())
+    }
+
     pub(super) async fn store_op(&mut self, op: StoreOp) -> OpResult {
         match op {
             StoreOp::AddTextToStore { name, text, refs } => {
@@ -69,10 +84,17 @@ where
                 let paths = self.core.all_paths(&self.client).await?;
                 self.ok(Reply::Paths(paths)).await
             }
-            // Substitutes' path infos are not answered (QuerySubstitutablePaths
-            // and QueryMissing are): none.
-            StoreOp::QuerySubstitutablePathInfo { .. }
-            | StoreOp::QuerySubstitutablePathInfos { .. } => self.ok(Reply::NoInfos).await,
+            // What upstream has (`[cache] upstream`), as QuerySubstitutablePaths.
+            StoreOp::QuerySubstitutablePathInfo { path } => {
+                let mut found = self.substitutable_infos(vec![path]).await?;
+                self.ok(Reply::SubstitutableInfo(found.pop().map(|(_, i)| i)))
+                    .await
+            }
+            StoreOp::QuerySubstitutablePathInfos { paths } => {
+                let paths = paths.into_iter().map(|(p, _)| p).collect();
+                let found = self.substitutable_infos(paths).await?;
+                self.ok(Reply::SubstitutableInfos(found)).await
+            }
             StoreOp::CollectGarbage(gc) => self.collect_garbage(gc).await,
             other => Ok(Err(OpError::Unsupported(other.op()))),
         }

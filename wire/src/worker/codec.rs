@@ -13,7 +13,7 @@ use super::super::{Error, Limits, Result};
 use super::reply::Reply;
 use super::request::Request;
 use super::stderr::StderrMsg;
-use super::store_ops::StoreOp;
+use super::store_ops::{StoreOp, SubstitutableInfo};
 use super::values::{
     QueryMissingReply, WorkerBuildResult, read_keyed_build_results, read_upload_path_info,
     read_worker_path_info, read_worker_valid_path_info,
@@ -163,17 +163,24 @@ impl WorkerCodec {
                 Reply::Strings(read_strings(r, "outputs", &self.limits).await?)
             }
             StoreOp::VerifyStore { .. } => Reply::Bool(read_bool(r, "errors").await?),
-            StoreOp::QuerySubstitutablePathInfo { .. }
-            | StoreOp::QuerySubstitutablePathInfos { .. } => {
-                match read_u64(r, "substitutable infos").await? {
-                    0 => Reply::NoInfos,
+            StoreOp::QuerySubstitutablePathInfo { .. } => {
+                Reply::SubstitutableInfo(match read_u64(r, "substitutable").await? {
+                    0 => None,
+                    1 => Some(SubstitutableInfo::read(r, &self.limits).await?),
                     value => {
-                        return Err(Error::BadValue {
-                            field: "substitutable infos",
-                            value,
-                        });
+                        let field = "substitutable";
+                        return Err(Error::BadValue { field, value });
                     }
+                })
+            }
+            StoreOp::QuerySubstitutablePathInfos { .. } => {
+                let n = read_len(r, "substitutable infos", self.limits.max_collection_len).await?;
+                let mut v = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let path = read_path(r, "substitutable path").await?;
+                    v.push((path, SubstitutableInfo::read(r, &self.limits).await?));
                 }
+                Reply::SubstitutableInfos(v)
             }
             StoreOp::CollectGarbage(_) => {
                 let paths = read_strings(r, "deleted paths", &self.limits).await?;

@@ -39,7 +39,7 @@ pub use handshake::{ClientHandshake, ServerHandshake, client_handshake, server_h
 pub use options::{ClientOptions, DrvOutputRegistration, LegacyAddToStore};
 pub use request::Request;
 pub use stderr::{Field, StderrEnd, StderrMsg, WorkerError, read_stderr_stream};
-pub use store_ops::{GcRequest, StoreOp};
+pub use store_ops::{GcRequest, StoreOp, SubstitutableInfo};
 pub use values::{
     QueryMissingReply, Reply, WorkerBuildResult, read_worker_path_info,
     read_worker_valid_path_info, write_worker_path_info, write_worker_valid_path_info,

@@ -10,6 +10,7 @@ use super::super::{Limits, Result};
 use super::WorkerVersion;
 use super::codec::WorkerCodec;
 use super::request::Request;
+use super::store_ops::SubstitutableInfo;
 use super::values::{
     QueryMissingReply, WorkerBuildResult, write_keyed_build_results, write_worker_path_info,
     write_worker_valid_path_info,
@@ -40,8 +41,10 @@ pub enum Reply {
     Strings(Vec<String>),
     /// NarFromPath: a raw NAR follows, left unread.
     Nar,
-    /// `u64 0`: QuerySubstitutablePathInfo (not found), …Infos (none).
-    NoInfos,
+    /// QuerySubstitutablePathInfo: `u64 0` (none) or `u64 1` · the info.
+    SubstitutableInfo(Option<SubstitutableInfo>),
+    /// QuerySubstitutablePathInfos: `u64 n` · n × (path · info).
+    SubstitutableInfos(Vec<(StorePath, SubstitutableInfo)>),
     /// CollectGarbage: paths deleted, bytes freed (then an obsolete `u64 0`).
     Gc {
         paths: Vec<String>,
@@ -90,7 +93,18 @@ impl Reply {
                 }
             }
             Reply::Strings(v) => put_strings(buf, v),
-            Reply::NoInfos => put_u64(buf, 0),
+            Reply::SubstitutableInfo(None) => put_u64(buf, 0),
+            Reply::SubstitutableInfo(Some(info)) => {
+                put_u64(buf, 1);
+                info.write(buf);
+            }
+            Reply::SubstitutableInfos(v) => {
+                put_u64(buf, v.len() as u64);
+                for (path, info) in v {
+                    put_str(buf, path.as_str());
+                    info.write(buf);
+                }
+            }
             Reply::Gc { paths, bytes_freed } => {
                 put_strings(buf, paths);
                 put_u64(buf, *bytes_freed);

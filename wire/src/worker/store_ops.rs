@@ -41,6 +41,34 @@ pub struct GcRequest {
     pub max_freed: u64,
 }
 
+/// What a substituter has of a path: QuerySubstitutablePathInfo(s)'s
+/// `deriver · refs · downloadSize · narSize`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubstitutableInfo {
+    pub deriver: Option<StorePath>,
+    pub references: Vec<StorePath>,
+    pub download_size: u64,
+    pub nar_size: u64,
+}
+
+impl SubstitutableInfo {
+    pub fn write(&self, buf: &mut Vec<u8>) {
+        put_opt_path(buf, self.deriver.as_ref());
+        put_paths(buf, self.references.iter());
+        put_u64(buf, self.download_size);
+        put_u64(buf, self.nar_size);
+    }
+
+    pub async fn read<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits) -> Result<Self> {
+        Ok(SubstitutableInfo {
+            deriver: read_opt_path(r, "deriver").await?,
+            references: read_paths(r, "references", limits).await?,
+            download_size: read_u64(r, "downloadSize").await?,
+            nar_size: read_u64(r, "narSize").await?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
     AddTextToStore {
@@ -275,6 +303,74 @@ mod tests {
             for op in ops.clone() {
                 roundtrip(op, v);
             }
+        }
+    }
+
+    /// The replies as Nix's daemon writes them (daemon.cc): op 21 `u64 0`
+    /// or `u64 1 · deriver ("" none) · refs · downloadSize · narSize`; op 30
+    /// `u64 n` · n × (path · the same).
+    #[test]
+    fn substitutable_infos_read_back_as_nix_writes_them() {
+        use super::super::Reply;
+        let p = StorePath::parse("/nix/store/58s8h4wmfxv0kaaz00kg56xz2d45nhxd-hello.txt").unwrap();
+        let d = StorePath::parse("/nix/store/9ss8h4wmfxv0kaaz00kg56xz2d45nhxd-hello.drv").unwrap();
+        let info = SubstitutableInfo {
+            deriver: Some(d.clone()),
+            references: vec![p.clone()],
+            download_size: 300,
+            nar_size: 1000,
+        };
+        let mut nix = Vec::new();
+        put_u64(&mut nix, 1);
+        put_str(&mut nix, d.as_str());
+        put_u64(&mut nix, 1);
+        put_str(&mut nix, p.as_str());
+        put_u64(&mut nix, 300);
+        put_u64(&mut nix, 1000);
+        let single = Request::Store(StoreOp::QuerySubstitutablePathInfo { path: p.clone() });
+        let many = Request::Store(StoreOp::QuerySubstitutablePathInfos {
+            paths: vec![(p.clone(), String::new())],
+        });
+        let none = SubstitutableInfo {
+            deriver: None,
+            ..info.clone()
+        };
+        let cases = [
+            (
+                single.clone(),
+                Reply::SubstitutableInfo(Some(info.clone())),
+                nix.clone(),
+            ),
+            (single, Reply::SubstitutableInfo(None), vec![0; 8]),
+            (
+                many.clone(),
+                Reply::SubstitutableInfos(vec![(p.clone(), info)]),
+                {
+                    let mut b = Vec::new();
+                    put_u64(&mut b, 1);
+                    put_str(&mut b, p.as_str());
+                    b.extend_from_slice(&nix[8..]);
+                    b
+                },
+            ),
+            (many, Reply::SubstitutableInfos(vec![(p.clone(), none)]), {
+                let mut b = Vec::new();
+                put_u64(&mut b, 1);
+                put_str(&mut b, p.as_str());
+                put_str(&mut b, "");
+                b.extend_from_slice(&nix[8 + 8 + 56..]);
+                b
+            }),
+        ];
+        let v = WorkerVersion::V1_38;
+        for (req, reply, bytes) in cases {
+            let mut ours = Vec::new();
+            reply.write(&mut ours, v);
+            assert_eq!(ours, bytes, "{reply:?}");
+            let mut r = &bytes[..];
+            let back = futures_lite_block(Reply::read(&mut r, &req, v, &Limits::default()));
+            assert_eq!(back.unwrap(), reply);
+            assert!(r.is_empty());
         }
     }
 
