@@ -14,6 +14,7 @@ use nix_relay::testing::harness::{SYSTEM, TestRelay, fake_backend};
 use nix_relay::testing::upstream::{TestCache, cache_key};
 use nix_relay::wire::build::BuildStatus;
 use nix_relay::wire::hash::Sha256Hash;
+use nix_relay::wire::store_path::StorePath;
 use nix_relay::wire::worker::{Reply, Request, StoreOp};
 
 async fn relay_with(cache: &TestCache, uri: &str) -> TestRelay {
@@ -203,4 +204,52 @@ async fn a_derivation_whose_output_upstream_has_is_a_cache_hit() {
     );
     let nar = c.fetch(&out).await.unwrap();
     assert_eq!(Sha256Hash::digest(&nar), info.nar_hash);
+}
+
+#[tokio::test]
+async fn query_missing_substitutes_the_outputs_upstream_has_instead_of_building() {
+    use nix_relay::testing::drv_aterm::drv_file;
+    let cache = TestCache::start(Compression::Zstd).await;
+    let a = drv_file("qm-leaf-a", SYSTEM, &["out"], &[]);
+    let b = drv_file("qm-leaf-b", SYSTEM, &["out"], &[]);
+    let top = drv_file("qm-top", SYSTEM, &["out"], &[&a, &b]);
+    cache.add_at(&a.out("out"), b"a built by hydra", &[]).await;
+    let t = relay_with(&cache, "fake-ng://a").await;
+    let mut c = t.client(Protocol::Worker, "alice").await;
+    for d in [&a, &b, &top] {
+        c.upload(&d.info, &d.nar).await.unwrap();
+    }
+    let mut build = vec![b.path.clone(), top.path.clone()];
+    build.sort();
+    assert_eq!(
+        missing(&mut c, &top).await,
+        (build, vec![a.out("out")]),
+        "a leaf's output"
+    );
+    cache
+        .add_at(&top.out("out"), b"top built by hydra", &[])
+        .await;
+    let t2 = relay_with(&cache, "fake-ng://a").await;
+    let mut c = t2.client(Protocol::Worker, "alice").await;
+    for d in [&a, &b, &top] {
+        c.upload(&d.info, &d.nar).await.unwrap();
+    }
+    assert_eq!(
+        missing(&mut c, &top).await,
+        (vec![], vec![top.out("out")]),
+        "the top's output: nothing below it is needed"
+    );
+}
+
+/// QueryMissing of `drv!out`: (will build, sorted; will substitute).
+async fn missing(
+    c: &mut nix_relay::testing::harness::TestClient,
+    drv: &nix_relay::testing::drv_aterm::DrvFile,
+) -> (Vec<StorePath>, Vec<StorePath>) {
+    let paths = vec![format!("{}!out", drv.path)];
+    let Reply::Missing(mut m) = c.call(Request::QueryMissing { paths }).await.unwrap() else {
+        panic!("not a QueryMissing reply");
+    };
+    m.will_build.sort();
+    (m.will_build, m.will_substitute)
 }

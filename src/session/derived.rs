@@ -475,6 +475,13 @@ pub fn results(
         .collect()
 }
 
+/// QueryMissing's sets (see [`Request::missing`]).
+pub struct Missing {
+    pub build: Vec<StorePath>,
+    pub substitute: Vec<StorePath>,
+    pub unknown: Vec<StorePath>,
+}
+
 /// A remote-store request read and planned: what is built, what is there.
 pub struct Request {
     pub wanted: Vec<DerivedPath>,
@@ -544,15 +551,50 @@ impl Request {
         results(&self.graph, &self.wanted, &self.valid, &run.results())
     }
 
-    /// QueryMissing's answer: the derivations that will be built, and the
-    /// opaque paths that are neither valid nor buildable.
-    pub fn missing(&self) -> (Vec<StorePath>, Vec<StorePath>) {
+    /// QueryMissing's answer, given the outputs an upstream has (see
+    /// [`Request::unbuilt_outputs`]): what will be built, which of those
+    /// outputs will be substituted instead (their derivations, and inputs
+    /// only they need, are not built), and the opaque paths that are
+    /// neither valid nor buildable.
+    pub fn missing(&self, upstream: &HashSet<StorePath>) -> Result<Missing, DerivedError> {
+        let wanted: Vec<_> = (self.wanted.iter())
+            .filter_map(|w| match w {
+                DerivedPath::Built { drv, outputs } => Some((drv.clone(), outputs.clone())),
+                DerivedPath::Opaque(_) => None,
+            })
+            .collect();
+        let valid = self.valid.union(upstream).cloned().collect();
+        let build = plan(&self.graph, &valid, &wanted)?.order;
+        // Needed: what is wanted, and the inputs of what is built.
+        let inputs = (build.iter())
+            .flat_map(|d| self.graph.drvs[d].input_drvs.iter())
+            .map(|(i, outs)| (i.clone(), Some(outs.clone())));
+        let needed = (wanted.iter().cloned()).chain(inputs);
+        let mut substitute: Vec<StorePath> = needed
+            .flat_map(|(d, outs)| self.graph.outputs(&d, outs.as_deref()).unwrap_or_default())
+            .map(|(_, p)| p)
+            .filter(|p| upstream.contains(p) && !self.valid.contains(p))
+            .collect();
+        substitute.sort();
+        substitute.dedup();
         let unknown = (self.wanted.iter())
             .filter_map(|w| match w {
                 DerivedPath::Opaque(p) if !self.valid.contains(p) => Some(p.clone()),
                 _ => None,
             })
             .collect();
-        (self.plan.order.clone(), unknown)
+        Ok(Missing {
+            build,
+            substitute,
+            unknown,
+        })
+    }
+
+    /// The outputs of the derivations the plan builds (an upstream may have them).
+    pub fn unbuilt_outputs(&self) -> Vec<StorePath> {
+        (self.plan.order.iter())
+            .flat_map(|d| self.graph.outputs(d, None).unwrap_or_default())
+            .map(|(_, p)| p)
+            .collect()
     }
 }

@@ -3,7 +3,7 @@
 //! [`crate::session::derived`]. Each derivation built shows as its own
 //! build activity with its log lines, as a Nix daemon shows them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio::io::{AsyncBufRead, AsyncWrite};
 
@@ -108,8 +108,9 @@ where
     }
 
     /// QueryMissing: what building `paths` would build, what the relay
-    /// would fetch from upstream (with its download and NAR sizes), and
-    /// what is none of these.
+    /// would fetch from upstream instead (outputs an upstream has: their
+    /// derivations are not built; and opaque paths; with download and NAR
+    /// sizes), and what is none of these.
     pub(super) async fn query_missing(
         &mut self,
         paths: Vec<String>,
@@ -118,14 +119,26 @@ where
             Ok(w) => w,
             Err(msg) => return Ok(Err(OpError::Unbuildable(msg))),
         };
-        let (will_build, mut unknown) = match Derived::read(&self.core, &self.client, wanted).await
-        {
-            Ok(req) => req.missing(),
-            Err(CoreError::Derived(DerivedError::NoDrv(drv))) => (Vec::new(), vec![drv]),
-            Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
-        };
-        let upstream = self.core.substitutable(&self.client, &unknown).await?;
-        unknown.retain(|p| !upstream.iter().any(|(u, _)| u == p));
+        let (will_build, mut upstream, mut unknown) =
+            match Derived::read(&self.core, &self.client, wanted).await {
+                Ok(req) => {
+                    let outs = req.unbuilt_outputs();
+                    let found = self.core.substitutable(&self.client, &outs).await?;
+                    let have = found.iter().map(|(p, _)| p.clone()).collect();
+                    let m = match req.missing(&have) {
+                        Ok(m) => m,
+                        Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
+                    };
+                    let used: HashSet<_> = m.substitute.into_iter().collect();
+                    let found = found.into_iter().filter(|(p, _)| used.contains(p));
+                    (m.build, found.collect::<Vec<_>>(), m.unknown)
+                }
+                Err(CoreError::Derived(DerivedError::NoDrv(drv))) => (vec![], vec![], vec![drv]),
+                Err(e) => return Ok(Err(OpError::Unbuildable(crate::error_chain(&e)))),
+            };
+        let opaque = self.core.substitutable(&self.client, &unknown).await?;
+        unknown.retain(|p| !opaque.iter().any(|(u, _)| u == p));
+        upstream.extend(opaque);
         let reply = QueryMissingReply {
             will_build,
             download_size: upstream.iter().map(|(_, f)| f.download_size()).sum(),
