@@ -73,7 +73,10 @@ run() {  # run MODE BUILDER-LINE [SEED]
   # a fresh h1 is a new machine: no pooled session to the old one (the
   # relay's store stays)
   "$HS" relay stop >/dev/null; LAB_H1_RELAY_PORT=$P_H1 "$HS" relay start >/dev/null
-  sleep 1; before=$(counts); t0=$EPOCHREALTIME
+  # every mode starts with the disk caught up: the previous mode's writes
+  # (GiBs: the client's, the backend's, the relay's store) would otherwise
+  # be written back during this one
+  sync; sleep 1; before=$(counts); t0=$EPOCHREALTIME
   timeout "$TMO" "$HS" exec client env NIX_SSHOPTS="-F $STATE/bench_ssh_config" \
     nix-build "$REPO/tests/lab/drv" -A consumer --argstr seed "${3:-0}" --no-out-link --max-jobs 0 --builders "$2" \
     --option substituters "$CACHE" --option trusted-public-keys "$KEY" \
