@@ -9,9 +9,10 @@
 //!
 //! * deletes NARs no narinfo refers to that are older than the guard age
 //!   (orphans of a crash or of an earlier eviction);
-//! * deletes narinfos whose NAR is gone (checked again just before);
+//! * deletes narinfos whose NAR is gone (checked again just before; no
+//!   age guard: an upload writes the NAR first);
 //! * while the sum is above the cap, deletes the least recently used
-//!   entries older than the guard age: the narinfo **first**, then its
+//!   entries older than the guard age (whose narinfo was read): the narinfo **first**, then its
 //!   provenance, then its NAR if no other narinfo refers to it and it was
 //!   not refreshed since the listing.
 //!
@@ -132,7 +133,9 @@ pub(super) fn plan(
     for e in entries {
         if let Some(n) = &e.nar {
             *users.entry(n.as_str()).or_default() += 1;
-            if !by_key.contains_key(n.as_str()) && older(&e.narinfo, policy.guard, now) {
+            // No age guard: an upload writes its NAR first, and the pass
+            // checks the NAR is still absent just before the delete.
+            if !by_key.contains_key(n.as_str()) {
                 out.dangling.push((e.narinfo.key.clone(), n.clone()));
             }
         }
@@ -148,6 +151,11 @@ pub(super) fn plan(
     for e in lru {
         if out.total <= policy.max_size || !older(&e.narinfo, policy.guard, now) {
             break;
+        }
+        if e.nar.is_none() {
+            // Unread (an error, or not the relay's): deleting it frees
+            // nothing the pass can count.
+            continue;
         }
         let mut nar = None;
         if let Some(n) = &e.nar

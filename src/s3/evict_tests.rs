@@ -130,11 +130,30 @@ fn old_unreferenced_nars_go_unless_a_narinfo_could_not_be_read() {
 }
 
 #[test]
-fn an_old_narinfo_whose_nar_is_gone_is_dangling() {
+fn a_narinfo_whose_nar_is_gone_is_dangling_however_young() {
     let entries = [
         entry("a", "nar/gone", 2 * HOUR),
         entry("b", "nar/young", HOUR / 2),
     ];
     let p = plan(&entries, &[], true, policy(1000), now());
-    assert_eq!(p.dangling, [("a.narinfo".into(), "nar/gone".into())]);
+    let want: [(String, String); 2] = [
+        ("a.narinfo".into(), "nar/gone".into()),
+        ("b.narinfo".into(), "nar/young".into()),
+    ];
+    assert_eq!(p.dangling, want);
+}
+
+#[test]
+fn an_unread_narinfo_is_not_evicted_for_space() {
+    let entries = [
+        Entry {
+            narinfo: obj("x.narinfo", 300, 3 * HOUR),
+            nar: None,
+        },
+        entry("a", "nar/a", 2 * HOUR),
+    ];
+    let nars = [obj("nar/a", 2000, 2 * HOUR)];
+    let p = plan(&entries, &nars, false, policy(1000), now());
+    let evicted: Vec<&str> = p.evict.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(evicted, ["a.narinfo"], "x frees nothing the pass can count");
 }

@@ -30,6 +30,9 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(30);
 pub const BUILT_GRACE: Duration = Duration::from_secs(300);
 /// How often a waiter looks for the outputs and the lease.
 pub const POLL_EVERY: Duration = Duration::from_secs(1);
+/// The longest a relay waits for another relay's build (which may sit in
+/// that relay's queue first); then it builds itself.
+pub const MAX_WAIT: Duration = Duration::from_secs(2 * 3600);
 /// The largest lease object read.
 const MAX_LEASE_BYTES: u64 = 4096;
 

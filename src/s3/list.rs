@@ -71,11 +71,18 @@ impl Bucket {
             let (page, next) = self.list_page(prefix, token.as_deref(), None).await?;
             out.extend(page);
             match next {
+                None => return Ok(out),
                 Some(t) if token.as_ref() != Some(&t) => token = Some(t),
-                _ => return Ok(out),
+                // A cut listing is never taken for the whole bucket (an
+                // eviction pass would count unlisted narinfos' NARs as orphans).
+                Some(_) => break,
             }
         }
-        Ok(out)
+        Err(Error::Reply {
+            op: "ListObjectsV2",
+            key: prefix.to_owned(),
+            what: "an end within MAX_PAGES pages (or a new continuation token)",
+        })
     }
 
     /// The object at exactly `key` (size, last modified), if there is one:

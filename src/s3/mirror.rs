@@ -224,7 +224,16 @@ pub async fn upload_entry(
             key = nar_key,
             "S3 NAR deleted under a new narinfo: uploading it again"
         );
-        sent += upload_nar(bucket, &nar_key, &nar_path).await?.unwrap_or(0);
+        match upload_nar(bucket, &nar_key, &nar_path).await? {
+            Some(n) => sent += n,
+            None => {
+                // Evicted here too: the narinfo must not stay without its NAR.
+                bucket
+                    .delete(&key_of(dir, &format!("{hash}.narinfo")))
+                    .await?;
+                return Ok(None);
+            }
+        }
     }
     Ok(Some(sent))
 }

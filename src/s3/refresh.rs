@@ -65,7 +65,10 @@ impl Refresher {
             }
             checked.insert(key.clone(), now);
         }
-        if self.tx.try_send(key).is_err() {
+        if let Err(e) = self.tx.try_send(key) {
+            // Not checked after all: the next use tries again.
+            let key = e.into_inner();
+            (self.checked.lock().unwrap_or_else(|e| e.into_inner())).remove(&key);
             tracing::debug!(hash, "S3 refresh queue full: this use is not recorded");
         }
     }

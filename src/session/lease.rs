@@ -11,7 +11,7 @@ use super::Core;
 use super::error::JobError;
 use super::log::FlightLog;
 use super::outputs::Finished;
-use crate::s3::lease::{Acquired, POLL_EVERY};
+use crate::s3::lease::{Acquired, MAX_WAIT, POLL_EVERY};
 use crate::store::Scope;
 use crate::wire::build::{BuildResult, BuildStatus};
 use crate::wire::store_path::StorePath;
@@ -31,7 +31,15 @@ pub(super) async fn leased(
     let Some(leases) = relay.leases.as_ref().filter(|_| *scope == Scope::Public) else {
         return build.await;
     };
+    let give_up = tokio::time::Instant::now() + MAX_WAIT;
     let held = loop {
+        if tokio::time::Instant::now() >= give_up {
+            log.note(format!(
+                "waited {} s for another relay's build of '{drv_path}': building here",
+                MAX_WAIT.as_secs()
+            ));
+            break None;
+        }
         match leases.acquire(drv_path).await {
             Ok(Acquired::Mine(h)) => break Some(h),
             Err(e) => {
@@ -45,7 +53,7 @@ pub(super) async fn leased(
                 log.note(format!(
                     "relay {other} is building '{drv_path}': waiting for its outputs in the bucket"
                 ));
-                if wait_for_outputs(relay, leases, drv_path, outputs).await {
+                if wait_for_outputs(relay, leases, drv_path, outputs, give_up).await {
                     crate::metrics::cache_lookup(true);
                     let hit = BuildResult::failure(BuildStatus::AlreadyValid, "");
                     return Ok((hit, None));
@@ -66,14 +74,19 @@ pub(super) async fn leased(
 }
 
 /// Polls until every output is in the store (fetched from the bucket):
-/// true; or until the other relay's lease is gone or expired: false.
+/// true; or until the other relay's lease is gone or expired, or
+/// `give_up`: false.
 async fn wait_for_outputs(
     relay: &Core,
     leases: &crate::s3::lease::Leases,
     drv_path: &StorePath,
     outputs: &[StorePath],
+    give_up: tokio::time::Instant,
 ) -> bool {
     loop {
+        if tokio::time::Instant::now() >= give_up {
+            return false;
+        }
         tokio::time::sleep(POLL_EVERY).await;
         if outputs_here(relay, outputs).await {
             return true;
