@@ -148,10 +148,12 @@ impl Leases {
         Ok(Acquired::Theirs { relay })
     }
 
-    /// Whether another relay holds a live lease on `drv`.
-    pub async fn held_by_other(&self, drv: &StorePath) -> Result<bool, Error> {
+    /// Whether a relay holds a live lease on `drv` (this one too: another
+    /// flight of the same derivation here, with other outputs wanted,
+    /// builds it; a waiter keeps waiting rather than polling to take it).
+    pub async fn held_live(&self, drv: &StorePath) -> Result<bool, Error> {
         let live = self.holder(&Leases::key(drv)).await?;
-        Ok(live.is_some_and(|(r, until)| r != self.id && until > SystemTime::now()))
+        Ok(live.is_some_and(|(_, until)| until > SystemTime::now()))
     }
 
     async fn holder(&self, key: &str) -> Result<Option<(String, SystemTime)>, Error> {

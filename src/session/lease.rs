@@ -91,7 +91,7 @@ async fn wait_for_outputs(
         if outputs_here(relay, outputs).await {
             return true;
         }
-        if !leases.held_by_other(drv_path).await.unwrap_or(false) {
+        if !leases.held_live(drv_path).await.unwrap_or(false) {
             // It may have finished just now: one last look.
             return outputs_here(relay, outputs).await;
         }
