@@ -139,9 +139,11 @@ async fn told_of_the_launch(protocol: Protocol) {
     let (res, ()) = tokio::join!(c.build(&drv_path, &d), drive);
     let res = res.expect("a build result");
     assert!(!res.status.is_success(), "{res:?}");
-    let log = c.log();
     let note = "nix-relay: launching an EC2 instance (template arm, c7g.2xlarge, on-demand) \
                 for this build: no static backend serves aarch64-linux; boot estimate 90 s\n";
+    // A serve client's log is its stderr channel, read apart from the
+    // result: the last lines may come after it.
+    let log = c.wait_log(note, Duration::from_secs(10)).await;
     assert!(log.contains(note), "{protocol}: no launch note in:\n{log}");
     let waiting = log
         .find("nix-relay: waiting: position 1")
