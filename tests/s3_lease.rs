@@ -74,13 +74,7 @@ async fn a_second_relay_waits_for_the_first_relays_build_instead_of_building() {
     a.fake("a").release();
     let nar = on_a.await.unwrap();
     a.wait_stored(&out, WAIT).await;
-    a.relay
-        .upstream()
-        .unwrap()
-        .mirror()
-        .unwrap()
-        .flushed()
-        .await;
+    moto::mirror_of(&a).flushed().await;
     let (status, log, mut cb) = on_b.await.unwrap();
     assert_eq!(status, BuildStatus::AlreadyValid, "log:\n{log}");
     assert!(

@@ -135,11 +135,6 @@ async fn relay_on(m: &moto::Moto, bucket: &str, trust: Option<String>) -> TestRe
     moto::relay_on_bucket(m, bucket, trust, "", Script::default()).await
 }
 
-fn mirror_of(t: &TestRelay) -> &nix_relay::s3::Mirror {
-    let up = t.relay.upstream().expect("a bucket makes an upstream");
-    up.mirror().expect("the bucket's mirror")
-}
-
 /// Relay A builds; its mirror uploads the output; relay B, on the same
 /// bucket and trusting A's key, answers the same build as a cache hit
 /// with no backend build, and serves the NAR.
@@ -167,7 +162,7 @@ async fn an_output_built_through_one_relay_is_a_cache_hit_through_another() {
     let a_nar = ca.fetch(&out).await.unwrap();
     ca.close().await.unwrap();
     a.wait_stored(&out, Duration::from_secs(10)).await;
-    mirror_of(&a).flushed().await;
+    moto::mirror_of(&a).flushed().await;
     let hash = out.hash_part();
     let keys = bucket.list_keys("").await.unwrap();
     assert!(keys.contains(&format!("{hash}.narinfo")), "{keys:?}");

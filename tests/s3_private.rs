@@ -70,13 +70,7 @@ async fn a_private_output_built_through_one_relay_is_a_hit_through_another_for_i
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(!sees(&a, None, &out).await, "private on A");
-    a.relay
-        .upstream()
-        .unwrap()
-        .mirror()
-        .unwrap()
-        .flushed()
-        .await;
+    moto::mirror_of(&a).flushed().await;
     let key = format!("private/xavier/{}.narinfo", out.hash_part());
     assert!(
         bucket.exists(&key).await.unwrap(),

@@ -91,3 +91,10 @@ pub async fn relay_on_bucket(
     );
     nix_relay::testing::harness::TestRelay::start(&config, &[("a", script)]).await
 }
+
+/// The mirror to the bucket of a relay with `[cache] store = "s3://…"`.
+#[allow(dead_code)]
+pub fn mirror_of(t: &nix_relay::testing::harness::TestRelay) -> &nix_relay::s3::Mirror {
+    let up = t.relay.upstream().expect("a bucket makes an upstream");
+    up.mirror().expect("the bucket's mirror")
+}
