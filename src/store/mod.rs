@@ -56,7 +56,7 @@ pub use evict::Pin;
 pub use hook::OnCommit;
 pub use narinfo::NarInfo;
 use signing::{PublicKey, SecretKey};
-pub use writer::{Checked, Compression, NarWriter, Verify};
+pub use writer::{Compression, NarWriter, Verify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -80,16 +80,6 @@ pub enum Verify {
     Computed,
 }
 
-/// Bytes [`NarWriter::check`] accepted as the NAR's next part.
-#[derive(Debug, Clone)]
-pub struct Checked(Bytes);
-
-impl Checked {
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-}
-
 pub struct NarWriter {
     store: Store,
     tmp: PathBuf,
@@ -133,18 +123,6 @@ impl NarWriter {
         Ok(n)
     }
 
-    /// The prefix of `buf` that belongs to the NAR, checked, to be queued
-    /// with [`NarWriter::queue`] (in between, it can go elsewhere first).
-    pub fn check(&mut self, buf: Bytes, path: &StorePath) -> Result<Checked, Error> {
-        let n = self.tokenize(&buf, path)?;
-        Ok(Checked(buf.slice(..n)))
-    }
-
-    /// Queues a checked prefix for the file, without a copy.
-    pub async fn queue(&mut self, checked: Checked) -> Result<(), Error> {
-        self.spool.send_shared(checked.0).await
-    }
-
     /// The prefix of `buf` that belongs to the NAR, checked.
     fn tokenize(&mut self, buf: &[u8], path: &StorePath) -> Result<usize, Error> {
         self.parser.feed(buf).map_err(|source| Error::Nar {
@@ -167,25 +145,38 @@ impl NarWriter {
         R: AsyncBufRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let nar_err = |source| Error::Nar {
-            path: path.clone(),
-            source,
-        };
         while !self.is_done() {
-            let buf = r
-                .fill_buf()
-                .await
-                .map_err(|e| nar_err(crate::wire::Error::read("NAR", e)))?;
-            if buf.is_empty() {
-                return Err(nar_err(crate::wire::Error::UnexpectedEof { field: "NAR" }));
-            }
+            let buf = filled(r, path).await?;
             let n = self.tokenize(buf, path)?;
             if let Some(t) = tee.as_mut() {
-                t.write_all(&buf[..n])
-                    .await
-                    .map_err(|e| nar_err(crate::wire::Error::Write(e)))?;
+                t.write_all(&buf[..n]).await.map_err(|e| Error::Nar {
+                    path: path.clone(),
+                    source: crate::wire::Error::Write(e),
+                })?;
             }
             self.spool.send(&buf[..n]).await?;
+            r.consume(n);
+        }
+        Ok(())
+    }
+
+    /// As [`NarWriter::pump`], handing each chunk to `each` (before the
+    /// store side's queue) as shared bytes instead of writing it to a tee.
+    pub async fn pump_shared<R>(
+        &mut self,
+        r: &mut R,
+        path: &StorePath,
+        mut each: impl FnMut(&Bytes),
+    ) -> Result<(), Error>
+    where
+        R: AsyncBufRead + Unpin + ?Sized,
+    {
+        while !self.is_done() {
+            let buf = Bytes::copy_from_slice(filled(r, path).await?);
+            let n = self.tokenize(&buf, path)?;
+            let prefix = buf.slice(..n);
+            each(&prefix);
+            self.spool.send_shared(prefix).await?;
             r.consume(n);
         }
         Ok(())
@@ -315,6 +306,26 @@ impl NarWriter {
         store.committed(scope, hash);
         Ok(info)
     }
+}
+
+/// `r`'s next buffered bytes: an error if it fails or ends (a NAR's end is
+/// the tokenizer's to find, never the reader's).
+async fn filled<'a, R>(r: &'a mut R, path: &StorePath) -> Result<&'a [u8], Error>
+where
+    R: AsyncBufRead + Unpin + ?Sized,
+{
+    let nar_err = |source| Error::Nar {
+        path: path.clone(),
+        source,
+    };
+    let buf = r
+        .fill_buf()
+        .await
+        .map_err(|e| nar_err(crate::wire::Error::read("NAR", e)))?;
+    if buf.is_empty() {
+        return Err(nar_err(crate::wire::Error::UnexpectedEof { field: "NAR" }));
+    }
+    Ok(buf)
 }
 
 fn tmp_path(store: &Store, ext: &str) -> PathBuf {

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::AsyncBufRead;
 use tokio::sync::watch;
 use tokio_util::io::ReaderStream;
 
@@ -140,28 +140,8 @@ pub(super) async fn pump_live<R>(
 where
     R: AsyncBufRead + Unpin + ?Sized,
 {
-    let store_err = |e| super::fetch::store_err(path, e);
-    let nar_err = |source| {
-        store_err(crate::store::Error::Nar {
-            path: path.clone(),
-            source,
-        })
-    };
-    while !w.is_done() {
-        let buf =
-            (nar.fill_buf().await).map_err(|e| nar_err(crate::wire::Error::read("NAR", e)))?;
-        if buf.is_empty() {
-            return Err(nar_err(crate::wire::Error::UnexpectedEof { field: "NAR" }));
-        }
-        let checked = w
-            .check(Bytes::copy_from_slice(buf), path)
-            .map_err(store_err)?;
-        let n = checked.bytes().len();
-        live.push(checked.bytes().clone());
-        w.queue(checked).await.map_err(store_err)?;
-        nar.consume(n);
-    }
-    Ok(())
+    let pumped = w.pump_shared(nar, path, |c| live.push(c.clone())).await;
+    pumped.map_err(|e| super::fetch::store_err(path, e))
 }
 
 /// Paths a backend may substitute from the relay (see [`Upstream::expect`]).
